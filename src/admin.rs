@@ -1,0 +1,71 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`. Keep it on loopback.
+
+use crate::engine::Snapshot;
+use crate::telemetry::Metrics;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub struct AdminApp {
+    pub state: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    pub started: SystemTime,
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
+            // The process starts serving only after keys and policies loaded, so it is ready.
+            "/readyz" => reply(200, "text/plain", b"ready\n".to_vec()),
+            "/metrics" => reply(
+                200,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            ),
+            "/status" => {
+                let snap = self.state.load();
+                let issuers: Vec<_> = snap
+                    .issuers
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "name": &*i.name,
+                            "iss": i.iss,
+                            "keys": i.keys.iter().map(|k| serde_json::json!({
+                                "kid": k.kid, "alg": format!("{:?}", k.alg)
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                let body = serde_json::json!({
+                    "routes": snap.policy.routes.iter().map(|r| &*r.name).collect::<Vec<_>>(),
+                    "rules_files": snap.policy.files,
+                    "issuers": issuers,
+                    "uptime_seconds": self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+                });
+                reply(
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )
+            }
+            _ => reply(404, "application/json", br#"{"error":"not_found"}"#.to_vec()),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+use thiserror::Error;
+
+/// Why a token was not accepted. Each variant maps to a stable `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TokenError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("more than one Authorization header")]
+    MultipleAuthorization,
+    #[error("the bearer token is empty")]
+    Empty,
+    #[error("the bearer token is too large")]
+    TooLarge,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's algorithm is not accepted")]
+    AlgorithmNotAllowed,
+    #[error("the token has a critical header the gateway does not understand")]
+    CriticalHeader,
+    #[error("no key matches the token's key id")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token has no valid `exp` claim")]
+    MissingExpiry,
+    #[error("the token's issuer is not accepted here")]
+    WrongIssuer,
+    #[error("the token's audience is not accepted")]
+    WrongAudience,
+}
+
+impl TokenError {
+    /// The stable, closed `reason` label used in metrics, logs and response bodies.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing_token",
+            TokenError::MultipleAuthorization => "multiple_authorization",
+            TokenError::Empty => "empty_token",
+            TokenError::TooLarge => "token_too_large",
+            TokenError::Malformed => "malformed_token",
+            TokenError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            TokenError::CriticalHeader => "critical_header",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::MissingExpiry => "missing_exp",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::WrongAudience => "wrong_audience",
+        }
+    }
+
+    /// RFC 6750 error code: `None` when the request carried no credentials at all.
+    pub fn rfc6750_code(self) -> Option<&'static str> {
+        match self {
+            TokenError::Missing => None,
+            TokenError::MultipleAuthorization => Some("invalid_request"),
+            _ => Some("invalid_token"),
+        }
+    }
+
+    /// HTTP status: 400 for a request that is malformed as a request, 401 otherwise.
+    pub fn status(self) -> u16 {
+        match self {
+            TokenError::MultipleAuthorization => 400,
+            _ => 401,
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Finding the bearer token in a request (RFC 6750, section 2.1).
+
+use super::TokenError;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+/// The token from `Authorization: Bearer <token>`.
+///
+/// `Ok(None)` when there is no Authorization header or it uses another scheme (Basic, say): the
+/// request carries no bearer token. Two Authorization headers are refused outright, because a
+/// gateway and an upstream that pick different ones disagree about who is calling.
+pub fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<Option<&str>, TokenError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(TokenError::MultipleAuthorization);
+    }
+    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
+    let value = value.trim_start_matches([' ', '\t']);
+    let (scheme, rest) = match value.split_once([' ', '\t']) {
+        Some((s, r)) => (s, r),
+        None => (value, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim_matches([' ', '\t']);
+    if token.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if token.len() > max_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    // b64token of RFC 6750, restricted to what a JWS compact serialisation can contain.
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+    {
+        return Err(TokenError::Malformed);
+    }
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        for v in ["Bearer a.b.c", "bearer a.b.c", "BEARER   a.b.c  "] {
+            assert_eq!(bearer_token(&headers(&[v]), 100), Ok(Some("a.b.c")), "{v}");
+        }
+    }
+
+    #[test]
+    fn other_schemes_carry_no_token() {
+        assert_eq!(bearer_token(&headers(&["Basic dXNlcjpw"]), 100), Ok(None));
+        assert_eq!(bearer_token(&HeaderMap::new(), 100), Ok(None));
+    }
+
+    #[test]
+    fn rejects_duplicates_empty_oversized_and_junk() {
+        assert_eq!(
+            bearer_token(&headers(&["Bearer a.b.c", "Bearer d.e.f"]), 100),
+            Err(TokenError::MultipleAuthorization)
+        );
+        assert_eq!(bearer_token(&headers(&["Bearer "]), 100), Err(TokenError::Empty));
+        assert_eq!(bearer_token(&headers(&["Bearer"]), 100), Err(TokenError::Empty));
+        assert_eq!(
+            bearer_token(&headers(&["Bearer aaaaaaaaaaa"]), 10),
+            Err(TokenError::TooLarge)
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Bearer a.b c"]), 100),
+            Err(TokenError::Malformed)
+        );
+    }
+}

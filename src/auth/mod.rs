@@ -1,0 +1,11 @@
+//! Tokens: where they come from, which keys verify them, and what makes them valid.
+
+pub mod error;
+pub mod extract;
+pub mod issuer;
+pub mod keys;
+pub mod verify;
+
+pub use error::TokenError;
+pub use issuer::{Issuer, IssuerSet};
+pub use verify::VerifiedToken;

@@ -1,0 +1,418 @@
+//! `gateway.toml`: the process-level settings (listeners, upstreams, issuers, rules directory).
+//!
+//! Paths in the file are relative to the file's own directory, so the gateway can be started
+//! from anywhere. Unknown keys are errors: a typo must never silently fall back to a default.
+
+use crate::location::{SourceError, SourceErrors};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: ServerSettings,
+    pub listen: Listen,
+    #[serde(default)]
+    pub limits: Limits,
+    pub rules: RulesSettings,
+    #[serde(default)]
+    pub unmatched: Unmatched,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
+    #[serde(default)]
+    pub issuers: BTreeMap<String, Spanned<IssuerConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Seconds to keep serving after SIGTERM before shutting down (Pingora's default is 300).
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+    /// Seconds allowed for in-flight requests to finish during shutdown.
+    #[serde(default = "default_shutdown_timeout")]
+    pub graceful_shutdown_timeout_seconds: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            threads: default_threads(),
+            grace_period_seconds: default_grace(),
+            graceful_shutdown_timeout_seconds: default_shutdown_timeout(),
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+fn default_grace() -> u64 {
+    0
+}
+fn default_shutdown_timeout() -> u64 {
+    5
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Address of the proxy listener, e.g. `0.0.0.0:8080`.
+    pub proxy: Spanned<String>,
+    /// Address of the admin listener (`/metrics`, `/healthz`); keep it on loopback.
+    pub admin: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest bearer token accepted, in bytes.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_token_bytes: default_max_token_bytes(),
+        }
+    }
+}
+
+fn default_max_token_bytes() -> usize {
+    8 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSettings {
+    /// Directory holding the policy files (`*.toml`), relative to this file.
+    pub dir: PathBuf,
+}
+
+/// What happens to a request that matches no route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unmatched {
+    #[serde(default)]
+    pub action: UnmatchedAction,
+    /// Status of the denial when `action = "deny"`.
+    #[serde(default = "default_unmatched_status")]
+    pub status: u16,
+    /// Upstream for `action = "allow"`.
+    pub upstream: Option<Spanned<String>>,
+    /// Token handling for `action = "allow"`.
+    #[serde(default)]
+    pub auth: AuthMode,
+}
+
+impl Default for Unmatched {
+    fn default() -> Self {
+        Unmatched {
+            action: UnmatchedAction::Deny,
+            status: default_unmatched_status(),
+            upstream: None,
+            auth: AuthMode::Required,
+        }
+    }
+}
+
+fn default_unmatched_status() -> u16 {
+    404
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmatchedAction {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// Whether a route needs a token.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A valid token is required (the default).
+    #[default]
+    Required,
+    /// A token is verified when present; requests without one proceed with empty claims.
+    Optional,
+    /// The token is not looked at.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` addresses, used round-robin.
+    pub addresses: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and certificate name for TLS upstreams.
+    #[serde(default)]
+    pub sni: String,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_read_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` value tokens of this issuer carry.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one of them.
+    pub audiences: Vec<String>,
+    /// Algorithms accepted from this issuer, e.g. `["RS256"]`.
+    pub algorithms: Vec<Spanned<String>>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Where the verification keys come from.
+    pub keys: Vec<Spanned<KeySource>>,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+/// One source of verification keys. Exactly one of the fields is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySource {
+    /// A public key (or certificate) in PEM: RSA, EC P-256/P-384 or Ed25519.
+    pub pem_file: Option<PathBuf>,
+    /// A JSON Web Key Set document on disk.
+    pub jwks_file: Option<PathBuf>,
+    /// Name of an environment variable holding an HMAC secret.
+    pub secret_env: Option<String>,
+    /// A file holding an HMAC secret (trailing newline ignored).
+    pub secret_file: Option<PathBuf>,
+    /// Key id for a PEM key or a secret; tokens naming another `kid` do not use it.
+    pub kid: Option<String>,
+}
+
+/// The loaded `gateway.toml`, with relative paths already resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The file's text, kept for error locations found after parsing.
+    pub source: String,
+    pub raw: RawConfig,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub rules_dir: PathBuf,
+}
+
+impl Config {
+    /// Reads and validates the file. Every error found is returned, each with its location.
+    pub fn load(path: &Path) -> Result<Config, SourceErrors> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            SourceErrors(vec![SourceError::whole_file(
+                path,
+                format!("cannot read the file: {e}"),
+            )])
+        })?;
+        Self::from_str(path, source)
+    }
+
+    /// Parses `source` as if it were the contents of `path`.
+    pub fn from_str(path: &Path, source: String) -> Result<Config, SourceErrors> {
+        let raw: RawConfig = toml::from_str(&source)
+            .map_err(|e| SourceErrors(vec![SourceError::from_toml(path, &source, &e)]))?;
+        let mut errors = Vec::new();
+        let at = |span: std::ops::Range<usize>, msg: String| {
+            SourceError::at_offset(path, &source, span.start, msg)
+        };
+
+        let proxy_addr = parse_addr(&raw.listen.proxy).map_err(|m| at(raw.listen.proxy.span(), m));
+        let admin_addr = parse_addr(&raw.listen.admin).map_err(|m| at(raw.listen.admin.span(), m));
+        if raw.limits.max_token_bytes < 16 {
+            errors.push(SourceError::whole_file(
+                path,
+                "`limits.max_token_bytes` must be at least 16",
+            ));
+        }
+        for (name, up) in &raw.upstreams {
+            if up.get_ref().addresses.is_empty() {
+                errors.push(at(
+                    up.span(),
+                    format!("upstream `{name}` has no addresses"),
+                ));
+            }
+            for a in &up.get_ref().addresses {
+                if let Err(m) = parse_addr(a) {
+                    errors.push(at(a.span(), m));
+                }
+            }
+            if up.get_ref().tls && up.get_ref().sni.is_empty() {
+                errors.push(at(
+                    up.span(),
+                    format!("upstream `{name}` uses TLS and needs `sni`"),
+                ));
+            }
+        }
+        if raw.unmatched.action == UnmatchedAction::Allow {
+            match &raw.unmatched.upstream {
+                None if raw.upstreams.len() != 1 => errors.push(SourceError::whole_file(
+                    path,
+                    "`unmatched.action = \"allow\"` needs `unmatched.upstream`",
+                )),
+                Some(u) if !raw.upstreams.contains_key(u.get_ref()) => errors.push(at(
+                    u.span(),
+                    format!("unknown upstream `{}`", u.get_ref()),
+                )),
+                _ => {}
+            }
+        }
+        if !(100..=599).contains(&raw.unmatched.status) {
+            errors.push(SourceError::whole_file(
+                path,
+                "`unmatched.status` must be an HTTP status code",
+            ));
+        }
+        for (name, iss) in &raw.issuers {
+            let i = iss.get_ref();
+            if i.audiences.is_empty() {
+                errors.push(at(
+                    iss.span(),
+                    format!("issuer `{name}` needs at least one entry in `audiences`"),
+                ));
+            }
+            if i.algorithms.is_empty() {
+                errors.push(at(
+                    iss.span(),
+                    format!("issuer `{name}` needs at least one entry in `algorithms`"),
+                ));
+            }
+            if i.keys.is_empty() {
+                errors.push(at(
+                    iss.span(),
+                    format!("issuer `{name}` needs at least one entry in `keys`"),
+                ));
+            }
+            for k in &i.keys {
+                let s = k.get_ref();
+                let set = [
+                    s.pem_file.is_some(),
+                    s.jwks_file.is_some(),
+                    s.secret_env.is_some(),
+                    s.secret_file.is_some(),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count();
+                if set != 1 {
+                    errors.push(at(
+                        k.span(),
+                        "a key needs exactly one of `pem_file`, `jwks_file`, `secret_env`, `secret_file`"
+                            .to_string(),
+                    ));
+                }
+            }
+        }
+
+        let (proxy_addr, admin_addr) = match (proxy_addr, admin_addr) {
+            (Ok(p), Ok(a)) => (p, a),
+            (p, a) => {
+                errors.extend(p.err());
+                errors.extend(a.err());
+                return Err(SourceErrors(errors));
+            }
+        };
+        if !errors.is_empty() {
+            return Err(SourceErrors(errors));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rules_dir = base.join(&raw.rules.dir);
+        Ok(Config {
+            path: path.to_path_buf(),
+            source,
+            raw,
+            proxy_addr,
+            admin_addr,
+            rules_dir,
+        })
+    }
+
+    /// A path from the file, resolved against the file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join(p)
+    }
+
+    /// An error located at `span` of this file.
+    pub fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> SourceError {
+        SourceError::at_offset(&self.path, &self.source, span.start, message)
+    }
+}
+
+fn parse_addr(s: &Spanned<String>) -> Result<SocketAddr, String> {
+    let v = s.get_ref();
+    use std::net::ToSocketAddrs;
+    v.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| format!("`{v}` is not a `host:port` address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[listen]
+proxy = "127.0.0.1:8080"
+admin = "127.0.0.1:9901"
+
+[rules]
+dir = "rules"
+"#;
+
+    #[test]
+    fn minimal_config_loads() {
+        let c = Config::from_str(Path::new("/etc/cg/gateway.toml"), MINIMAL.into()).unwrap();
+        assert_eq!(c.rules_dir, Path::new("/etc/cg/rules"));
+        assert_eq!(c.raw.limits.max_token_bytes, 8192);
+        assert_eq!(c.raw.unmatched.action, UnmatchedAction::Deny);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let src = format!("{MINIMAL}\n[limits]\nmax_tokn_bytes = 5\n");
+        let err = Config::from_str(Path::new("g.toml"), src).unwrap_err();
+        let e = &err.0[0];
+        assert_eq!(e.line, 10, "{e}");
+        assert!(e.message.contains("max_tokn_bytes"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_located() {
+        let src = MINIMAL.replace("127.0.0.1:8080", "nowhere");
+        let err = Config::from_str(Path::new("g.toml"), src).unwrap_err();
+        assert_eq!((err.0[0].line, err.0[0].column), (3, 9), "{}", err);
+    }
+}

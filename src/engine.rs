@@ -1,0 +1,193 @@
+//! The decision core: `(snapshot, request facts, now) -> Decision`. No proxy types, no I/O, no
+//! clock of its own. The proxy, the CLI and the benches all call [`Snapshot::decide`].
+
+use crate::auth::{extract, verify, Issuer, IssuerSet, TokenError, VerifiedToken};
+use crate::config::{AuthMode, Config, UnmatchedAction};
+use crate::facts::{Activation, RequestFacts};
+use crate::location::SourceError;
+use crate::policy::decision::Allow;
+use crate::policy::eval::evaluate;
+use crate::policy::{Decision, DenyReason, Denial, LoadContext, Outcome, PolicySet};
+use crate::upstream::Upstreams;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Everything one request is decided with. Immutable; a reload builds a new one and swaps it in,
+/// and a request keeps the snapshot it started with.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub issuers: Arc<IssuerSet>,
+    pub policy: Arc<PolicySet>,
+    pub upstreams: Upstreams,
+    /// The accepted issuers of each route, by route index, resolved once here.
+    route_issuers: Vec<Vec<Arc<Issuer>>>,
+    unmatched_issuers: Vec<Arc<Issuer>>,
+    unmatched_upstream: Option<Arc<str>>,
+}
+
+impl Snapshot {
+    /// Loads keys and policies for `config`. All errors, each with its location.
+    pub fn load(config: Arc<Config>) -> Result<Snapshot, Vec<SourceError>> {
+        let issuers = IssuerSet::load(&config);
+        let ctx = load_context(&config);
+        let policy = PolicySet::load_dir(&config.rules_dir, &ctx);
+        match (issuers, policy) {
+            (Ok(i), Ok(p)) => Ok(Snapshot::new(config, Arc::new(i), Arc::new(p))),
+            (i, p) => {
+                let mut errors = i.err().unwrap_or_default();
+                errors.extend(p.err().unwrap_or_default());
+                Err(errors)
+            }
+        }
+    }
+
+    /// Binds a policy set to the issuers it names. The policy was validated against the same
+    /// configuration, so every name resolves.
+    pub fn new(config: Arc<Config>, issuers: Arc<IssuerSet>, policy: Arc<PolicySet>) -> Snapshot {
+        let route_issuers = policy
+            .routes
+            .iter()
+            .map(|r| {
+                r.issuers
+                    .iter()
+                    .filter_map(|n| issuers.get(n).cloned())
+                    .collect()
+            })
+            .collect();
+        let unmatched_issuers = issuers.iter().cloned().collect();
+        let unmatched_upstream = match config.raw.unmatched.action {
+            UnmatchedAction::Deny => None,
+            UnmatchedAction::Allow => config
+                .raw
+                .unmatched
+                .upstream
+                .as_ref()
+                .map(|u| Arc::from(u.get_ref().as_str()))
+                .or_else(|| config.raw.upstreams.keys().next().map(|k| Arc::from(k.as_str()))),
+        };
+        Snapshot {
+            upstreams: Upstreams::from_config(&config),
+            config,
+            issuers,
+            policy,
+            route_issuers,
+            unmatched_issuers,
+            unmatched_upstream,
+        }
+    }
+
+    /// Decides one request at time `now`.
+    pub fn decide(&self, req: &RequestFacts<'_>, now: SystemTime) -> Decision {
+        let now: DateTime<Utc> = now.into();
+        let Some(m) = self.policy.index.lookup(req.host, req.method, req.path) else {
+            return self.unmatched(req, now);
+        };
+        let route = &self.policy.routes[m.route];
+        let token = match self.authenticate(req, route.auth, &self.route_issuers[m.route], now) {
+            Ok(t) => t,
+            Err(e) => return token_denial(Some(route.name.clone()), e),
+        };
+        let activation = Activation::new(req, &m.params, token.as_ref(), now);
+        let verdict = evaluate(route, &self.policy.cel, &activation);
+        Decision {
+            route: Some(route.name.clone()),
+            outcome: verdict.outcome,
+            audits: verdict.audits,
+            subject: subject(token.as_ref()),
+            issuer: token.map(|t| t.issuer),
+        }
+    }
+
+    fn authenticate(
+        &self,
+        req: &RequestFacts<'_>,
+        mode: AuthMode,
+        issuers: &[Arc<Issuer>],
+        now: DateTime<Utc>,
+    ) -> Result<Option<VerifiedToken>, TokenError> {
+        if mode == AuthMode::None {
+            return Ok(None);
+        }
+        let max = self.config.raw.limits.max_token_bytes;
+        match extract::bearer_token(req.headers, max)? {
+            Some(t) => verify::verify(t, issuers, now.timestamp()).map(Some),
+            None if mode == AuthMode::Optional => Ok(None),
+            None => Err(TokenError::Missing),
+        }
+    }
+
+    fn unmatched(&self, req: &RequestFacts<'_>, now: DateTime<Utc>) -> Decision {
+        let Some(upstream) = &self.unmatched_upstream else {
+            let status = self.config.raw.unmatched.status;
+            return Decision {
+                route: None,
+                outcome: Outcome::Deny(Denial {
+                    status,
+                    reason: DenyReason::NoRoute,
+                    rule: None,
+                    message: "no route matches this request".into(),
+                    www_authenticate: None,
+                }),
+                audits: Vec::new(),
+                subject: None,
+                issuer: None,
+            };
+        };
+        let mode = self.config.raw.unmatched.auth;
+        match self.authenticate(req, mode, &self.unmatched_issuers, now) {
+            Ok(token) => Decision {
+                route: None,
+                outcome: Outcome::Allow(Allow {
+                    upstream: upstream.clone(),
+                    forward: Vec::new(),
+                    strip: Arc::from([]),
+                }),
+                audits: Vec::new(),
+                subject: subject(token.as_ref()),
+                issuer: token.map(|t| t.issuer),
+            },
+            Err(e) => token_denial(None, e),
+        }
+    }
+}
+
+fn subject(token: Option<&VerifiedToken>) -> Option<String> {
+    token
+        .and_then(|t| t.claims.get("sub"))
+        .and_then(|s| s.as_str())
+        .map(str::to_string)
+}
+
+fn token_denial(route: Option<Arc<str>>, e: TokenError) -> Decision {
+    let www = match e.rfc6750_code() {
+        None => "Bearer realm=\"claimgate\"".to_string(),
+        Some(code) => format!("Bearer realm=\"claimgate\", error=\"{code}\", error_description=\"{e}\""),
+    };
+    Decision {
+        route,
+        outcome: Outcome::Deny(Denial {
+            status: e.status(),
+            reason: DenyReason::Token(e),
+            rule: None,
+            message: if e == TokenError::Missing {
+                "a bearer token is required".into()
+            } else {
+                format!("invalid token: {e}")
+            },
+            www_authenticate: Some(www),
+        }),
+        audits: Vec::new(),
+        subject: None,
+        issuer: None,
+    }
+}
+
+/// The names policies may refer to.
+pub fn load_context(config: &Config) -> LoadContext {
+    LoadContext {
+        issuers: config.raw.issuers.keys().cloned().collect(),
+        upstreams: config.raw.upstreams.keys().cloned().collect(),
+    }
+}

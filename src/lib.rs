@@ -1,0 +1,18 @@
+//! claimgate: a reverse proxy that verifies JWTs and enforces CEL policies on claims and requests.
+//!
+//! The decision core ([`engine::Snapshot::decide`]) is plain library code: facts in, decision
+//! out. The Pingora proxy ([`proxy`]), the CLI and the benches are thin callers of it.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod facts;
+pub mod location;
+pub mod policy;
+pub mod admin;
+pub mod echo;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

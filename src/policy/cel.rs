@@ -1,0 +1,155 @@
+//! The CEL environment: one standard environment and one root context, built when policies load;
+//! each request evaluates in a child scope whose variables come from [`crate::facts::Activation`].
+
+use cel::common::value::Val;
+use cel::objects::{Key, Map};
+use cel::{Context, Env, Program, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The names a condition may read. Anything else is an error at load time, not at request time.
+pub const VARIABLES: &[&str] = &["claims", "token", "request", "now"];
+
+/// Compiled-once CEL state shared by every request of a policy set.
+pub struct CelRuntime {
+    env: Arc<Env>,
+    root: Context<'static, 'static>,
+}
+
+impl std::fmt::Debug for CelRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CelRuntime")
+    }
+}
+
+impl Default for CelRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CelRuntime {
+    pub fn new() -> Self {
+        let env = Arc::new(Env::stdlib());
+        let root = Context::with_env(env.clone());
+        CelRuntime { env, root }
+    }
+
+    pub fn compile(&self, src: &str) -> Result<Program, cel::ParseErrors> {
+        self.env.compile(src)
+    }
+
+    /// The root every request scope is a child of.
+    pub fn root(&self) -> &Context<'static, 'static> {
+        &self.root
+    }
+}
+
+/// Converts JSON (claims, bodies) to CEL. Integers stay integers so `claims.n == 3` holds; only
+/// values beyond `i64` become `uint`, and fractions become `double`.
+pub fn json_to_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::UInt(u)
+            } else {
+                Value::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
+        serde_json::Value::Array(a) => Value::List(Arc::new(a.iter().map(json_to_value).collect())),
+        serde_json::Value::Object(o) => json_object_to_value(o),
+    }
+}
+
+pub fn json_object_to_value(o: &serde_json::Map<String, serde_json::Value>) -> Value {
+    let map: HashMap<Key, Value> = o
+        .iter()
+        .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_value(v)))
+        .collect();
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+/// Boxes a value as the interpreter stores variables.
+pub fn to_val(v: Value) -> Box<dyn Val> {
+    // Only `Function` values fail to convert, and none is ever built here.
+    v.try_into().unwrap_or_else(|_| {
+        let null: Box<dyn Val> = Value::Null.try_into().unwrap_or_else(|_| unreachable!());
+        null
+    })
+}
+
+/// A map of string keys, for request facts.
+pub fn string_map<I, K, V>(entries: I) -> Value
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<Value>,
+{
+    let map: HashMap<Key, Value> = entries
+        .into_iter()
+        .map(|(k, v)| (Key::String(Arc::new(k.into())), v.into()))
+        .collect();
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+/// Renders a CEL result as a header value: scalars as text, lists of scalars comma-separated,
+/// maps and nested lists as JSON. `None` for null: the header is then not sent.
+pub fn to_header_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.to_string()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::UInt(u) => Some(u.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Timestamp(t) => Some(t.to_rfc3339()),
+        Value::List(items)
+            if items
+                .iter()
+                .all(|i| !matches!(i, Value::List(_) | Value::Map(_))) =>
+        {
+            Some(
+                items
+                    .iter()
+                    .filter_map(to_header_text)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+        }
+        other => other.json().ok().map(|j| j.to_string()),
+    }
+}
+
+/// Renders a CEL result as message text.
+pub fn to_message_text(v: &Value) -> String {
+    to_header_text(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_numbers_keep_their_kind() {
+        let v: serde_json::Value = serde_json::json!({"a": 3, "b": 2.5, "c": u64::MAX});
+        let rt = CelRuntime::new();
+        let mut ctx = rt.root().new_inner_scope();
+        ctx.add_variable_from_value("claims", json_to_value(&v));
+        let p = rt.compile("claims.a == 3 && claims.b > 2.0 && claims.c > 0u").unwrap();
+        assert_eq!(p.execute(&ctx), Ok(Value::Bool(true)));
+    }
+
+    #[test]
+    fn header_text_of_lists_and_maps() {
+        let v = json_to_value(&serde_json::json!(["a", 1, true]));
+        assert_eq!(to_header_text(&v).as_deref(), Some("a,1,true"));
+        let v = json_to_value(&serde_json::json!({"k": [1]}));
+        assert_eq!(to_header_text(&v).as_deref(), Some(r#"{"k":[1]}"#));
+        assert_eq!(to_header_text(&Value::Null), None);
+    }
+}

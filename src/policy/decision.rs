@@ -1,0 +1,120 @@
+//! What the decision core answers.
+
+use crate::auth::TokenError;
+use http::{HeaderName, HeaderValue};
+use std::sync::Arc;
+
+/// Why a request was denied: a closed set, so it can be a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    Token(TokenError),
+    /// A rule's condition denied the request.
+    RuleDenied,
+    /// A condition or expression failed at run time (missing field, wrong type): fail closed.
+    PolicyError,
+    /// No route matched and the default action is deny.
+    NoRoute,
+}
+
+impl DenyReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            DenyReason::Token(t) => t.reason(),
+            DenyReason::RuleDenied => "rule_denied",
+            DenyReason::PolicyError => "policy_error",
+            DenyReason::NoRoute => "no_route",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub status: u16,
+    pub reason: DenyReason,
+    pub rule: Option<Arc<str>>,
+    pub message: String,
+    /// The `WWW-Authenticate` header value, for 401s (RFC 6750).
+    pub www_authenticate: Option<String>,
+}
+
+impl Denial {
+    /// The JSON body sent to the client. It never contains the token or a claim value other
+    /// than what a rule's own message chose to show.
+    pub fn body(&self, route: Option<&str>) -> Vec<u8> {
+        let body = serde_json::json!({
+            "error": error_code(self.status),
+            "reason": self.reason.label(),
+            "route": route,
+            "rule": self.rule.as_deref(),
+            "message": self.message,
+        });
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+/// A short, stable code for the status, for clients that branch on it.
+pub fn error_code(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        429 => "too_many_requests",
+        451 => "unavailable_for_legal_reasons",
+        500..=599 => "unavailable",
+        _ => "denied",
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Allow {
+    pub upstream: Arc<str>,
+    /// Headers to set on the upstream request, computed from the route's `forward` table.
+    pub forward: Vec<(HeaderName, HeaderValue)>,
+    /// Headers removed from the client's request first: every header the route may set, so a
+    /// client can never supply one itself, even when the gateway's value is absent.
+    pub strip: Arc<[HeaderName]>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Allow(Allow),
+    Deny(Denial),
+}
+
+/// A rule in audit mode that would have denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDenial {
+    pub rule: Arc<str>,
+    pub reason: DenyReason,
+    pub status: u16,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The matched route, if any.
+    pub route: Option<Arc<str>>,
+    pub outcome: Outcome,
+    pub audits: Vec<AuditDenial>,
+    /// The token's `sub`, for decision logs.
+    pub subject: Option<String>,
+    /// Name of the issuer of the verified token.
+    pub issuer: Option<Arc<str>>,
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        matches!(self.outcome, Outcome::Allow(_))
+    }
+
+    pub fn denial(&self) -> Option<&Denial> {
+        match &self.outcome {
+            Outcome::Deny(d) => Some(d),
+            Outcome::Allow(_) => None,
+        }
+    }
+}

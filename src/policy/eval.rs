@@ -1,0 +1,131 @@
+//! Rules -> decision for one matched route.
+
+use super::cel::{to_header_text, to_message_text};
+use super::decision::{Allow, AuditDenial, DenyReason, Denial, Outcome};
+use super::{CelRuntime, Condition, Message, Mode, Route, Rule};
+use crate::facts::Activation;
+use ::cel::{Context, Value};
+use http::HeaderValue;
+
+/// What evaluating a route's rules gives: the outcome and the audit-mode would-be denials.
+pub struct RouteVerdict {
+    pub outcome: Outcome,
+    pub audits: Vec<AuditDenial>,
+}
+
+enum RuleResult {
+    Pass,
+    Deny,
+    Error(String),
+}
+
+fn run_rule(rule: &Rule, ctx: &Context<'_, '_>) -> RuleResult {
+    let (program, deny_when) = match &rule.condition {
+        Condition::AllowIf(p) => (p, false),
+        Condition::DenyIf(p) => (p, true),
+    };
+    match program.execute(ctx) {
+        Ok(Value::Bool(b)) if b == deny_when => RuleResult::Deny,
+        Ok(Value::Bool(_)) => RuleResult::Pass,
+        Ok(other) => RuleResult::Error(format!(
+            "condition gave {} instead of a bool",
+            other.type_of()
+        )),
+        Err(e) => RuleResult::Error(e.to_string()),
+    }
+}
+
+fn message(rule: &Rule, ctx: &Context<'_, '_>) -> String {
+    match &rule.message {
+        Message::Text(t) => t.clone(),
+        Message::Expr(p) => match p.execute(ctx) {
+            Ok(v) => to_message_text(&v),
+            // The denial stands; only its wording failed.
+            Err(_) => format!("denied by rule `{}`", rule.name),
+        },
+    }
+}
+
+/// Evaluates `route`'s rules in order, then its forwarded headers. The first enforced denial
+/// decides; an evaluation error denies with `policy_error` (fail closed).
+pub fn evaluate(route: &Route, cel: &CelRuntime, activation: &Activation<'_>) -> RouteVerdict {
+    // The root lives as long as the policy set; the scope below only borrows it and the facts.
+    let root: &Context<'_, '_> = cel.root();
+    let mut ctx = root.new_inner_scope();
+    ctx.set_variable_resolver(activation);
+    let mut audits = Vec::new();
+
+    for rule in &route.rules {
+        let (reason, status, msg) = match run_rule(rule, &ctx) {
+            RuleResult::Pass => continue,
+            RuleResult::Deny => (DenyReason::RuleDenied, rule.status, message(rule, &ctx)),
+            RuleResult::Error(e) => {
+                tracing::debug!(route = %route.name, rule = %rule.name, error = %e, "rule evaluation failed");
+                (
+                    DenyReason::PolicyError,
+                    403,
+                    format!("rule `{}` could not be evaluated", rule.name),
+                )
+            }
+        };
+        if rule.mode == Mode::Audit {
+            audits.push(AuditDenial {
+                rule: rule.name.clone(),
+                reason,
+                status,
+                message: msg,
+            });
+            continue;
+        }
+        return RouteVerdict {
+            outcome: Outcome::Deny(Denial {
+                status,
+                reason,
+                rule: Some(rule.name.clone()),
+                message: msg,
+                www_authenticate: None,
+            }),
+            audits,
+        };
+    }
+
+    let mut forward = Vec::with_capacity(route.forward.len());
+    for f in &route.forward {
+        let text = match f.expr.execute(&ctx) {
+            Ok(v) => to_header_text(&v),
+            Err(e) => {
+                tracing::debug!(route = %route.name, header = %f.header, error = %e, "forward header evaluation failed");
+                return forward_error(route, &f.header, audits);
+            }
+        };
+        let Some(text) = text else { continue };
+        match HeaderValue::from_str(&text) {
+            Ok(v) => forward.push((f.header.clone(), v)),
+            Err(_) => return forward_error(route, &f.header, audits),
+        }
+    }
+    RouteVerdict {
+        outcome: Outcome::Allow(Allow {
+            upstream: route.upstream.clone(),
+            forward,
+            strip: route.strip.clone(),
+        }),
+        audits,
+    }
+}
+
+fn forward_error(route: &Route, header: &http::HeaderName, audits: Vec<AuditDenial>) -> RouteVerdict {
+    RouteVerdict {
+        outcome: Outcome::Deny(Denial {
+            status: 403,
+            reason: DenyReason::PolicyError,
+            rule: None,
+            message: format!(
+                "header `{header}` of route `{}` could not be computed",
+                route.name
+            ),
+            www_authenticate: None,
+        }),
+        audits,
+    }
+}

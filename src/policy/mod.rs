@@ -1,0 +1,74 @@
+//! Policies: routes and their rules, loaded from `rules/*.toml` and compiled once.
+
+pub mod cel;
+pub mod decision;
+pub mod eval;
+pub mod load;
+pub mod route;
+
+use crate::config::AuthMode;
+use ::cel::Program;
+use http::HeaderName;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use decision::{AuditDenial, Decision, DenyReason, Denial, Outcome};
+pub use cel::CelRuntime;
+pub use load::{LoadContext, PolicySet};
+
+/// Whether a failing rule denies or is only recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Shadow mode: a would-be denial is counted and logged, the request goes on.
+    Audit,
+}
+
+#[derive(Debug)]
+pub enum Condition {
+    /// The request passes this rule when the expression is `true`.
+    AllowIf(Program),
+    /// The request is denied when the expression is `true`.
+    DenyIf(Program),
+}
+
+#[derive(Debug)]
+pub enum Message {
+    Text(String),
+    Expr(Program),
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: Arc<str>,
+    pub condition: Condition,
+    pub status: u16,
+    pub message: Message,
+    pub mode: Mode,
+}
+
+#[derive(Debug)]
+pub struct Forward {
+    pub header: HeaderName,
+    pub expr: Program,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    /// The file the route came from.
+    pub file: PathBuf,
+    pub host: Option<String>,
+    pub path: String,
+    /// Upper-case methods; `None` for any.
+    pub methods: Option<Vec<String>>,
+    pub auth: AuthMode,
+    /// Issuer names whose tokens the route accepts.
+    pub issuers: Vec<Arc<str>>,
+    pub upstream: Arc<str>,
+    pub rules: Vec<Rule>,
+    pub forward: Vec<Forward>,
+    pub strip: Arc<[HeaderName]>,
+}

@@ -1,0 +1,211 @@
+//! The Pingora side: a thin `ProxyHttp` that turns a request into facts, asks the decision core,
+//! and either answers the denial itself or forwards with the decided headers.
+
+use crate::engine::Snapshot;
+use crate::facts::RequestFacts;
+use crate::policy::decision::Allow;
+use crate::policy::{Decision, Outcome};
+use crate::telemetry::{log_decision, LogFacts, Metrics};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+pub struct ClaimgateProxy {
+    pub state: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Per-request state: the snapshot the request is decided and routed with, and what was allowed.
+#[derive(Default)]
+pub struct RequestCtx {
+    snapshot: Option<Arc<Snapshot>>,
+    allow: Option<Allow>,
+    client_ip: Option<IpAddr>,
+}
+
+/// Host of the request without port, lower-cased: from the absolute URI or the Host header.
+fn request_host(req: &RequestHeader) -> Option<String> {
+    let raw = match req.uri.host() {
+        Some(h) => h,
+        None => req.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    let host = if raw.starts_with('[') {
+        // [v6]:port
+        raw.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(raw)
+    } else {
+        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    body: Vec<u8>,
+    www_authenticate: Option<&str>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if let Some(w) = www_authenticate {
+        resp.insert_header(http::header::WWW_AUTHENTICATE, w)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
+}
+
+#[async_trait]
+impl ProxyHttp for ClaimgateProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let started = Instant::now();
+        let snapshot = self.state.load_full();
+        let req = session.req_header();
+        let host = request_host(req);
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let facts = RequestFacts {
+            method: req.method.as_str(),
+            host: host.as_deref(),
+            path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &req.headers,
+            client_ip,
+        };
+        let decision: Decision = snapshot.decide(&facts, SystemTime::now());
+        let took = started.elapsed();
+        self.metrics.record(&decision, took);
+        log_decision(
+            &decision,
+            &LogFacts {
+                method: facts.method,
+                path: facts.path,
+                client_ip,
+            },
+            took,
+        );
+        ctx.client_ip = client_ip;
+        match decision.outcome {
+            Outcome::Allow(allow) => {
+                ctx.allow = Some(allow);
+                ctx.snapshot = Some(snapshot);
+                Ok(false)
+            }
+            Outcome::Deny(denial) => {
+                let body = denial.body(decision.route.as_deref());
+                respond_json(
+                    session,
+                    denial.status,
+                    body,
+                    denial.www_authenticate.as_deref(),
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(snapshot), Some(allow)) = (&ctx.snapshot, &ctx.allow) else {
+            return Error::e_explain(ErrorType::InternalError, "no decision for this request");
+        };
+        let Some(pool) = snapshot.upstreams.get(&allow.upstream) else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, "unknown upstream");
+        };
+        let mut peer = HttpPeer::new(pool.pick(), pool.tls, pool.sni.clone());
+        peer.options.connection_timeout = Some(pool.connect_timeout);
+        peer.options.read_timeout = Some(pool.read_timeout);
+        peer.options.write_timeout = Some(pool.read_timeout);
+        peer.options.idle_timeout = Some(pool.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(allow) = &ctx.allow {
+            // Remove every header the route may set before adding the computed ones, so a client
+            // can never supply them, not even when the gateway's own value is absent.
+            for h in allow.strip.iter() {
+                upstream_request.remove_header(h);
+            }
+            for (name, value) in &allow.forward {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        if let Some(ip) = ctx.client_ip {
+            let xff = http::header::HeaderName::from_static("x-forwarded-for");
+            let value = match upstream_request.headers.get(&xff) {
+                Some(prev) => format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes())),
+                None => ip.to_string(),
+            };
+            upstream_request.insert_header(xff, value)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut Self::CTX,
+    ) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        let (code, reason, message) = match e.etype() {
+            ErrorType::HTTPStatus(code) => (*code, "http_error", "the request could not be served"),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "upstream_unavailable", "the upstream could not be reached"),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, "", "")
+                    }
+                    _ => (400, "bad_request", "the request could not be read"),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    (502, "upstream_unavailable", "the request could not be forwarded")
+                }
+            },
+        };
+        if code > 0 {
+            let body = serde_json::json!({
+                "error": crate::policy::decision::error_code(code),
+                "reason": reason,
+                "message": message,
+            });
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            if let Err(err) = respond_json(session, code, body, None).await {
+                tracing::debug!(error = %err, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

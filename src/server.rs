@@ -1,0 +1,120 @@
+//! Assembles the Pingora server from a loaded configuration.
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::echo::EchoApp;
+use crate::engine::Snapshot;
+use crate::location::SourceErrors;
+use crate::proxy::ClaimgateProxy;
+use crate::telemetry::Metrics;
+use arc_swap::ArcSwap;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Invalid(SourceErrors),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("server: {0}")]
+    Server(String),
+    #[error("crypto self-test failed: {0}")]
+    Crypto(String),
+}
+
+/// Loads configuration, keys and policies: everything `run` needs, or every error at once.
+pub fn load(config_path: &Path) -> Result<Snapshot, SourceErrors> {
+    let config = Arc::new(Config::load(config_path)?);
+    Snapshot::load(config).map_err(SourceErrors)
+}
+
+/// Makes the crypto backend explicit and proves it works before serving. With no backend or two
+/// (feature unification through a dependency), jsonwebtoken would panic on the first request.
+pub fn crypto_self_test() -> Result<(), StartError> {
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    let secret = b"claimgate-self-test-secret-0123456789";
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    let claims = serde_json::json!({"exp": 4_000_000_000u64});
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| StartError::Crypto(e.to_string()))?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.validate_aud = false;
+    jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(secret),
+        &v,
+    )
+    .map_err(|e| StartError::Crypto(e.to_string()))?;
+    Ok(())
+}
+
+/// Runs the gateway until the process is signalled. `echo` also serves the built-in echo upstream
+/// on that address.
+pub fn run(config_path: &Path, echo: Option<SocketAddr>) -> Result<(), StartError> {
+    crypto_self_test()?;
+    let snapshot = load(config_path).map_err(StartError::Invalid)?;
+    let settings = snapshot.config.raw.server.clone();
+    let proxy_addr = snapshot.config.proxy_addr;
+    let admin_addr = snapshot.config.admin_addr;
+    tracing::info!(
+        routes = snapshot.policy.routes.len(),
+        issuers = snapshot.issuers.len(),
+        proxy = %proxy_addr,
+        admin = %admin_addr,
+        "claimgate starting"
+    );
+    let metrics = Arc::new(Metrics::new()?);
+    metrics.rules_generation.set(1);
+    let state = Arc::new(ArcSwap::from_pointee(snapshot));
+
+    // Built in code: Pingora only reads thread counts and timeouts given at construction.
+    let conf = ServerConf {
+        threads: settings.threads.max(1),
+        grace_period_seconds: Some(settings.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_seconds),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        ClaimgateProxy {
+            state: state.clone(),
+            metrics: metrics.clone(),
+        },
+        "claimgate proxy",
+    );
+    proxy.add_tcp(&proxy_addr.to_string());
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "claimgate admin".to_string(),
+        AdminApp {
+            state,
+            metrics,
+            started: SystemTime::now(),
+        },
+    );
+    admin.add_tcp(&admin_addr.to_string());
+    server.add_service(admin);
+
+    if let Some(addr) = echo {
+        let mut svc = Service::new("claimgate echo upstream".to_string(), EchoApp);
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+        tracing::info!(echo = %addr, "built-in echo upstream listening");
+    }
+    server.run_forever()
+}
