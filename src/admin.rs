@@ -33,11 +33,7 @@ impl ServeHttp for AdminApp {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             // The process starts serving only after keys and policies loaded, so it is ready.
             "/readyz" => reply(200, "text/plain", b"ready\n".to_vec()),
-            "/metrics" => reply(
-                200,
-                "text/plain; version=0.0.4",
-                self.metrics.render(),
-            ),
+            "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/status" => {
                 let snap = self.state.load();
                 let issuers: Vec<_> = snap
@@ -65,7 +61,11 @@ impl ServeHttp for AdminApp {
                     serde_json::to_vec_pretty(&body).unwrap_or_default(),
                 )
             }
-            _ => reply(404, "application/json", br#"{"error":"not_found"}"#.to_vec()),
+            _ => reply(
+                404,
+                "application/json",
+                br#"{"error":"not_found"}"#.to_vec(),
+            ),
         }
     }
 }

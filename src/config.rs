@@ -259,10 +259,7 @@ impl Config {
         }
         for (name, up) in &raw.upstreams {
             if up.get_ref().addresses.is_empty() {
-                errors.push(at(
-                    up.span(),
-                    format!("upstream `{name}` has no addresses"),
-                ));
+                errors.push(at(up.span(), format!("upstream `{name}` has no addresses")));
             }
             for a in &up.get_ref().addresses {
                 if let Err(m) = parse_addr(a) {
@@ -282,10 +279,9 @@ impl Config {
                     path,
                     "`unmatched.action = \"allow\"` needs `unmatched.upstream`",
                 )),
-                Some(u) if !raw.upstreams.contains_key(u.get_ref()) => errors.push(at(
-                    u.span(),
-                    format!("unknown upstream `{}`", u.get_ref()),
-                )),
+                Some(u) if !raw.upstreams.contains_key(u.get_ref()) => {
+                    errors.push(at(u.span(), format!("unknown upstream `{}`", u.get_ref())))
+                }
                 _ => {}
             }
         }
@@ -365,7 +361,11 @@ impl Config {
     }
 
     /// An error located at `span` of this file.
-    pub fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> SourceError {
+    pub fn error_at(
+        &self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> SourceError {
         SourceError::at_offset(&self.path, &self.source, span.start, message)
     }
 }

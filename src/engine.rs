@@ -7,7 +7,7 @@ use crate::facts::{Activation, RequestFacts};
 use crate::location::SourceError;
 use crate::policy::decision::Allow;
 use crate::policy::eval::evaluate;
-use crate::policy::{Decision, DenyReason, Denial, LoadContext, Outcome, PolicySet};
+use crate::policy::{Decision, Denial, DenyReason, LoadContext, Outcome, PolicySet};
 use crate::upstream::Upstreams;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -65,7 +65,14 @@ impl Snapshot {
                 .upstream
                 .as_ref()
                 .map(|u| Arc::from(u.get_ref().as_str()))
-                .or_else(|| config.raw.upstreams.keys().next().map(|k| Arc::from(k.as_str()))),
+                .or_else(|| {
+                    config
+                        .raw
+                        .upstreams
+                        .keys()
+                        .next()
+                        .map(|k| Arc::from(k.as_str()))
+                }),
         };
         Snapshot {
             upstreams: Upstreams::from_config(&config),
@@ -163,7 +170,9 @@ fn subject(token: Option<&VerifiedToken>) -> Option<String> {
 fn token_denial(route: Option<Arc<str>>, e: TokenError) -> Decision {
     let www = match e.rfc6750_code() {
         None => "Bearer realm=\"claimgate\"".to_string(),
-        Some(code) => format!("Bearer realm=\"claimgate\", error=\"{code}\", error_description=\"{e}\""),
+        Some(code) => {
+            format!("Bearer realm=\"claimgate\", error=\"{code}\", error_description=\"{e}\"")
+        }
     };
     Decision {
         route,

@@ -126,7 +126,9 @@ fn request_value(req: &RequestFacts<'_>, params: &[(String, String)]) -> Value {
     if let Some(q) = req.query {
         // The first value of a repeated parameter wins, as in most frameworks.
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-            query.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+            query
+                .entry(k.into_owned())
+                .or_insert_with(|| v.into_owned());
         }
     }
     string_map([

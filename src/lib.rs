@@ -4,14 +4,14 @@
 //! out. The Pingora proxy ([`proxy`]), the CLI and the benches are thin callers of it.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod echo;
 pub mod engine;
 pub mod facts;
 pub mod location;
 pub mod policy;
-pub mod admin;
-pub mod echo;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;

@@ -180,16 +180,22 @@ impl ProxyHttp for ClaimgateProxy {
         let (code, reason, message) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "http_error", "the request could not be served"),
             _ => match e.esource() {
-                ErrorSource::Upstream => (502, "upstream_unavailable", "the upstream could not be reached"),
+                ErrorSource::Upstream => (
+                    502,
+                    "upstream_unavailable",
+                    "the upstream could not be reached",
+                ),
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                         (0, "", "")
                     }
                     _ => (400, "bad_request", "the request could not be read"),
                 },
-                ErrorSource::Internal | ErrorSource::Unset => {
-                    (502, "upstream_unavailable", "the request could not be forwarded")
-                }
+                ErrorSource::Internal | ErrorSource::Unset => (
+                    502,
+                    "upstream_unavailable",
+                    "the request could not be forwarded",
+                ),
             },
         };
         if code > 0 {

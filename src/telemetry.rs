@@ -31,7 +31,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("claimgate_requests_total", "Requests decided, by route and decision."),
+            Opts::new(
+                "claimgate_requests_total",
+                "Requests decided, by route and decision.",
+            ),
             &["route", "decision"],
         )?;
         let denials = IntCounterVec::new(

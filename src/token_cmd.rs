@@ -70,19 +70,22 @@ pub fn run(a: TokenArgs) -> ExitCode {
             };
             match k {
                 Ok(k) => k,
-                Err(e) => return fail(format!("`{}` is not a usable private key: {e}", path.display())),
+                Err(e) => {
+                    return fail(format!(
+                        "`{}` is not a usable private key: {e}",
+                        path.display()
+                    ))
+                }
             }
         }
         (None, Some(var), None) => match std::env::var(var) {
             Ok(s) if !s.is_empty() => EncodingKey::from_secret(s.as_bytes()),
             _ => return fail(format!("environment variable `{var}` is not set")),
         },
-        (None, None, Some(path)) => {
-            match claimgate::auth::keys::secret_from_file(path) {
-                Ok(s) => EncodingKey::from_secret(&s),
-                Err(e) => return fail(e),
-            }
-        }
+        (None, None, Some(path)) => match claimgate::auth::keys::secret_from_file(path) {
+            Ok(s) => EncodingKey::from_secret(&s),
+            Err(e) => return fail(e),
+        },
         _ => return fail("give exactly one of --key, --secret-env, --secret-file"),
     };
     let mut claims: serde_json::Map<String, serde_json::Value> =

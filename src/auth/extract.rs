@@ -75,8 +75,14 @@ mod tests {
             bearer_token(&headers(&["Bearer a.b.c", "Bearer d.e.f"]), 100),
             Err(TokenError::MultipleAuthorization)
         );
-        assert_eq!(bearer_token(&headers(&["Bearer "]), 100), Err(TokenError::Empty));
-        assert_eq!(bearer_token(&headers(&["Bearer"]), 100), Err(TokenError::Empty));
+        assert_eq!(
+            bearer_token(&headers(&["Bearer "]), 100),
+            Err(TokenError::Empty)
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Bearer"]), 100),
+            Err(TokenError::Empty)
+        );
         assert_eq!(
             bearer_token(&headers(&["Bearer aaaaaaaaaaa"]), 10),
             Err(TokenError::TooLarge)

@@ -73,13 +73,18 @@ impl IssuerSet {
             for k in &ic.keys {
                 match load_source(config, k.get_ref(), &algorithms) {
                     Ok(mut ks) => all.append(&mut ks),
-                    Err(e) => errors.push(config.error_at(k.span(), format!("issuer `{name}`: {e}"))),
+                    Err(e) => {
+                        errors.push(config.error_at(k.span(), format!("issuer `{name}`: {e}")))
+                    }
                 }
             }
             if set.by_iss.contains_key(&ic.issuer) {
                 errors.push(config.error_at(
                     spanned.span(),
-                    format!("issuer `{name}`: another issuer already has `issuer = \"{}\"`", ic.issuer),
+                    format!(
+                        "issuer `{name}`: another issuer already has `issuer = \"{}\"`",
+                        ic.issuer
+                    ),
                 ));
                 continue;
             }
@@ -115,7 +120,11 @@ fn load_source(
     } else if let Some(var) = &source.secret_env {
         keys::from_secret(&keys::secret_from_env(var)?, kid, algorithms)
     } else if let Some(p) = &source.secret_file {
-        keys::from_secret(&keys::secret_from_file(&config.resolve(p))?, kid, algorithms)
+        keys::from_secret(
+            &keys::secret_from_file(&config.resolve(p))?,
+            kid,
+            algorithms,
+        )
     } else {
         // Config validation guarantees exactly one source; this is unreachable in practice.
         Err(KeyError::InvalidPem {

@@ -67,7 +67,10 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
 
 /// Checks an issuer's algorithm list before any key is loaded.
 pub fn check_algorithms(algs: &[Algorithm]) -> Result<(), KeyError> {
-    let hmac = algs.iter().filter(|a| a.family() == AlgorithmFamily::Hmac).count();
+    let hmac = algs
+        .iter()
+        .filter(|a| a.family() == AlgorithmFamily::Hmac)
+        .count();
     if hmac != 0 && hmac != algs.len() {
         return Err(KeyError::MixedFamilies);
     }
@@ -127,7 +130,11 @@ pub fn from_pem_file(
                     path: path.to_path_buf(),
                 });
             };
-            let algs = allowed.iter().copied().filter(|a| *a == curve_alg).collect();
+            let algs = allowed
+                .iter()
+                .copied()
+                .filter(|a| *a == curve_alg)
+                .collect();
             ("EC", k, algs)
         } else if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
             let algs = allowed
@@ -328,9 +335,10 @@ impl KeySet {
                 return Some(k);
             }
         }
-        let mut unnamed = self.keys.iter().filter(|k| {
-            k.alg == alg && (k.kid.is_none() || kid.is_none())
-        });
+        let mut unnamed = self
+            .keys
+            .iter()
+            .filter(|k| k.alg == alg && (k.kid.is_none() || kid.is_none()));
         let first = unnamed.next()?;
         if unnamed.next().is_some() {
             return None;

@@ -43,9 +43,14 @@ struct IssOnly {
 const MAX_HEADER_BYTES: usize = 2048;
 
 /// Verifies `token` against the issuers a route accepts, at time `now` (seconds since the epoch).
-pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<VerifiedToken, TokenError> {
+pub fn verify(
+    token: &str,
+    accepted: &[Arc<Issuer>],
+    now: i64,
+) -> Result<VerifiedToken, TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed);
     };
@@ -98,7 +103,10 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
     })
 }
 
-fn pick_issuer<'a>(token: &str, accepted: &'a [Arc<Issuer>]) -> Result<&'a Arc<Issuer>, TokenError> {
+fn pick_issuer<'a>(
+    token: &str,
+    accepted: &'a [Arc<Issuer>],
+) -> Result<&'a Arc<Issuer>, TokenError> {
     match accepted {
         [] => Err(TokenError::WrongIssuer),
         // The common case: one issuer per route, and no need to read the payload twice.
@@ -116,9 +124,11 @@ fn pick_issuer<'a>(token: &str, accepted: &'a [Arc<Issuer>]) -> Result<&'a Arc<I
 
 fn numeric_date(v: &Value) -> Option<i64> {
     match v {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f.floor() as i64)),
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite())
+                .map(|f| f.floor() as i64)
+        }),
         _ => None,
     }
 }

@@ -140,7 +140,9 @@ mod tests {
         let rt = CelRuntime::new();
         let mut ctx = rt.root().new_inner_scope();
         ctx.add_variable_from_value("claims", json_to_value(&v));
-        let p = rt.compile("claims.a == 3 && claims.b > 2.0 && claims.c > 0u").unwrap();
+        let p = rt
+            .compile("claims.a == 3 && claims.b > 2.0 && claims.c > 0u")
+            .unwrap();
         assert_eq!(p.execute(&ctx), Ok(Value::Bool(true)));
     }
 

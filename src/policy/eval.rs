@@ -1,7 +1,7 @@
 //! Rules -> decision for one matched route.
 
 use super::cel::{to_header_text, to_message_text};
-use super::decision::{Allow, AuditDenial, DenyReason, Denial, Outcome};
+use super::decision::{Allow, AuditDenial, Denial, DenyReason, Outcome};
 use super::{CelRuntime, Condition, Message, Mode, Route, Rule};
 use crate::facts::Activation;
 use ::cel::{Context, Value};
@@ -114,7 +114,11 @@ pub fn evaluate(route: &Route, cel: &CelRuntime, activation: &Activation<'_>) ->
     }
 }
 
-fn forward_error(route: &Route, header: &http::HeaderName, audits: Vec<AuditDenial>) -> RouteVerdict {
+fn forward_error(
+    route: &Route,
+    header: &http::HeaderName,
+    audits: Vec<AuditDenial>,
+) -> RouteVerdict {
     RouteVerdict {
         outcome: Outcome::Deny(Denial {
             status: 403,

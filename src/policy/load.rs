@@ -230,7 +230,8 @@ impl Loader<'_> {
         let raw = raw.into_inner();
         let name = raw.name.get_ref().clone();
         if name.is_empty() {
-            self.errors.push(fx.err(raw.name.span().start, "a route needs a non-empty name"));
+            self.errors
+                .push(fx.err(raw.name.span().start, "a route needs a non-empty name"));
         } else if !self.names.insert(name.clone()) {
             self.errors.push(fx.err(
                 raw.name.span().start,
@@ -242,8 +243,10 @@ impl Loader<'_> {
         for m in &raw.methods {
             let up = m.get_ref().to_ascii_uppercase();
             if up.is_empty() || !up.bytes().all(|b| b.is_ascii_alphabetic()) {
-                self.errors
-                    .push(fx.err(m.span().start, format!("`{}` is not an HTTP method", m.get_ref())));
+                self.errors.push(fx.err(
+                    m.span().start,
+                    format!("`{}` is not an HTTP method", m.get_ref()),
+                ));
             }
             methods.push(up);
         }
@@ -271,7 +274,9 @@ impl Loader<'_> {
                 }
                 v
             }
-            (None, _) if self.ctx.issuers.len() == 1 => vec![Arc::from(self.ctx.issuers[0].as_str())],
+            (None, _) if self.ctx.issuers.len() == 1 => {
+                vec![Arc::from(self.ctx.issuers[0].as_str())]
+            }
             (None, _) => {
                 self.errors.push(fx.err(
                     route_start,
@@ -297,7 +302,10 @@ impl Loader<'_> {
             None => {
                 self.errors.push(fx.err(
                     route_start,
-                    format!("route `{name}` needs `upstream`: gateway.toml has {} upstreams", self.ctx.upstreams.len()),
+                    format!(
+                        "route `{name}` needs `upstream`: gateway.toml has {} upstreams",
+                        self.ctx.upstreams.len()
+                    ),
                 ));
                 Arc::from("")
             }
@@ -399,7 +407,8 @@ impl Loader<'_> {
             methods.clone(),
             self.routes.len(),
         ) {
-            self.errors.push(fx.err(raw.path.span().start, format!("route `{name}`: {m}")));
+            self.errors
+                .push(fx.err(raw.path.span().start, format!("route `{name}`: {m}")));
         }
 
         if self.errors.len() > before {

@@ -12,8 +12,8 @@ use http::HeaderName;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use decision::{AuditDenial, Decision, DenyReason, Denial, Outcome};
 pub use cel::CelRuntime;
+pub use decision::{AuditDenial, Decision, Denial, DenyReason, Outcome};
 pub use load::{LoadContext, PolicySet};
 
 /// Whether a failing rule denies or is only recorded.

@@ -146,10 +146,13 @@ mod tests {
     #[test]
     fn params_wildcards_methods_hosts() {
         let mut ix = RouteIndex::default();
-        ix.insert(None, "/users/{id}", methods(&["GET"]), 0).unwrap();
-        ix.insert(None, "/users/{id}", methods(&["POST"]), 1).unwrap();
+        ix.insert(None, "/users/{id}", methods(&["GET"]), 0)
+            .unwrap();
+        ix.insert(None, "/users/{id}", methods(&["POST"]), 1)
+            .unwrap();
         ix.insert(None, "/files/*", None, 2).unwrap();
-        ix.insert(Some("Admin.example.com"), "/users/{id}", None, 3).unwrap();
+        ix.insert(Some("Admin.example.com"), "/users/{id}", None, 3)
+            .unwrap();
 
         let m = ix.lookup(None, "GET", "/users/7").unwrap();
         assert_eq!(m.route, 0);
@@ -157,8 +160,16 @@ mod tests {
         assert_eq!(ix.lookup(None, "post", "/users/7").unwrap().route, 1);
         assert_eq!(ix.lookup(None, "DELETE", "/users/7"), None);
         assert_eq!(ix.lookup(None, "GET", "/files/a/b").unwrap().route, 2);
-        assert_eq!(ix.lookup(Some("admin.example.com"), "DELETE", "/users/7").unwrap().route, 3);
-        assert_eq!(ix.lookup(Some("other"), "GET", "/users/7").unwrap().route, 0);
+        assert_eq!(
+            ix.lookup(Some("admin.example.com"), "DELETE", "/users/7")
+                .unwrap()
+                .route,
+            3
+        );
+        assert_eq!(
+            ix.lookup(Some("other"), "GET", "/users/7").unwrap().route,
+            0
+        );
         assert_eq!(ix.lookup(None, "GET", "/nope"), None);
     }
 

@@ -1,0 +1,335 @@
+//! Test harness: a real upstream (hyper) that records what it receives, and the real claimgate
+//! binary started on ephemeral loopback ports, killed when the guard drops.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        // Tests drop the upstream inside their own runtime, where a blocking shutdown panics.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Upstream {
+    /// An HTTP/1.1 server on an ephemeral port, on its own runtime so it outlives test code.
+    pub fn start() -> Upstream {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let seen2 = seen.clone();
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            seen.lock().unwrap().push(Seen {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body: body.to_vec(),
+                            });
+                            Ok::<_, hyper::Error>(
+                                Response::builder()
+                                    .header("x-upstream", "yes")
+                                    .body(Full::new(Bytes::from_static(b"upstream ok")))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            rt: Some(rt),
+        }
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/keys")
+        .join(name)
+}
+
+pub const HS_SECRET: &str = "test-secret-for-hmac-keys-0123456789abcdef";
+
+/// The issuers every test gateway knows; `{upstream}` is replaced by the upstream address.
+pub fn standard_config(upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+
+[listen]
+proxy = "127.0.0.1:{{proxy}}"
+admin = "127.0.0.1:{{admin}}"
+
+[rules]
+dir = "rules"
+
+[upstreams.main]
+addresses = ["{upstream}"]
+connect_timeout_ms = 500
+read_timeout_ms = 5000
+
+[issuers.hs]
+issuer = "https://hs.test"
+audiences = ["api"]
+algorithms = ["HS256", "HS384", "HS512"]
+keys = [{{ secret_env = "CLAIMGATE_TEST_SECRET", kid = "hs1" }}]
+
+[issuers.rsa]
+issuer = "https://rsa.test"
+audiences = ["api", "other-api"]
+algorithms = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+keys = [{{ pem_file = "{rsa}", kid = "rsa1" }}]
+
+[issuers.ec]
+issuer = "https://ec.test"
+audiences = ["api"]
+algorithms = ["ES256", "ES384"]
+keys = [{{ pem_file = "{ec256}", kid = "ec256" }}, {{ pem_file = "{ec384}", kid = "ec384" }}]
+
+[issuers.ed]
+issuer = "https://ed.test"
+audiences = ["api"]
+algorithms = ["EdDSA"]
+keys = [{{ pem_file = "{ed}" }}]
+
+[issuers.jwks]
+issuer = "https://jwks.test"
+audiences = ["api"]
+algorithms = ["RS256"]
+keys = [{{ jwks_file = "{jwks}" }}]
+"#,
+        rsa = fixture("rsa-public.pem").display(),
+        ec256 = fixture("ec256-public.pem").display(),
+        ec384 = fixture("ec384-public.pem").display(),
+        ed = fixture("ed25519-public.pem").display(),
+        jwks = fixture("jwks.json").display(),
+    )
+}
+
+pub const ALL_ISSUERS: &str = r#"issuers = ["hs", "rsa", "ec", "ed", "jwks"]"#;
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    /// Holds the configuration and rules; removed when the guard drops.
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes the configuration and rules into a temporary directory.
+pub fn write_setup(config: &str, rules: &[(&str, &str)]) -> (tempfile::TempDir, u16, u16) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (proxy, admin) = (free_port(), free_port());
+    let config = config
+        .replace("{proxy}", &proxy.to_string())
+        .replace("{admin}", &admin.to_string());
+    std::fs::write(dir.path().join("gateway.toml"), config).expect("write config");
+    std::fs::create_dir(dir.path().join("rules")).expect("rules dir");
+    for (name, text) in rules {
+        std::fs::write(dir.path().join("rules").join(name), text).expect("write rules");
+    }
+    (dir, proxy, admin)
+}
+
+pub fn binary() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_claimgate"));
+    c.env("CLAIMGATE_TEST_SECRET", HS_SECRET);
+    c
+}
+
+impl Gateway {
+    pub fn start(config: &str, rules: &[(&str, &str)]) -> Gateway {
+        let (dir, proxy, admin) = write_setup(config, rules);
+        let log = dir.path().join("gateway.log");
+        let child = binary()
+            .arg("run")
+            .arg("--config")
+            .arg(dir.path().join("gateway.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn claimgate");
+        let mut gw = Gateway {
+            child,
+            proxy: SocketAddr::from(([127, 0, 0, 1], proxy)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            _dir: dir,
+            log,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "claimgate exited with {status} during startup:\n{}",
+                    self.logs()
+                );
+            }
+            if std::net::TcpStream::connect(self.proxy).is_ok()
+                && std::net::TcpStream::connect(self.admin).is_ok()
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("claimgate did not start in time:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The Prometheus text from the admin listener.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Waits until the decision log contains `needle` (logs are written asynchronously).
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) || Instant::now() > deadline {
+                return logs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The value of a metric sample with exactly these labels, in Prometheus text format.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if n != name {
+            return None;
+        }
+        let body = rest.strip_suffix('}')?;
+        let mut got: Vec<(String, String)> = body
+            .split("\",")
+            .filter(|s| !s.is_empty())
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_string(), v.trim_matches('"').to_string()))
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        want.sort();
+        (got == want).then(|| value.parse().ok()).flatten()
+    })
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real claimgate binary on ephemeral loopback ports, in front of a real
+//! upstream owned by the test, with tokens signed by real keys. One binary, one link step.
+
+mod harness;
+mod tokens;
+
+mod auth;
+mod policy;
+mod proxying;
+mod startup;
