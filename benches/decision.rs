@@ -1,1 +1,145 @@
-fn main() {}
+//! Decision-core benchmark: verification + a route with 3 rules and 2 forwarded headers, the
+//! same `Snapshot::decide` call the proxy makes, for HS256 and ES256 tokens.
+//!
+//! Run: `cargo bench --bench decision`
+
+use claimgate::auth::IssuerSet;
+use claimgate::config::Config;
+use claimgate::engine::{load_context, Snapshot};
+use claimgate::facts::RequestFacts;
+use claimgate::policy::PolicySet;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::HeaderMap;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const SECRET: &str = "bench-secret-for-hmac-keys-0123456789abcdef";
+
+const RULES: &str = r#"
+[[route]]
+name = "transfer"
+path = "/api/accounts/{id}/transfer"
+methods = ["POST"]
+issuers = ["hs", "ec"]
+
+  [[route.rule]]
+  name = "needs-transfer-permission"
+  allow_if = "'transfer' in claims.permissions"
+
+  [[route.rule]]
+  name = "account-owner"
+  allow_if = "request.params.id == claims.account"
+
+  [[route.rule]]
+  name = "limit-present"
+  allow_if = "has(claims.features.maxTransactionAmount) && claims.features.maxTransactionAmount > 0"
+
+  [route.forward]
+  "x-user-id" = "claims.sub"
+  "x-max-amount" = "claims.features.maxTransactionAmount"
+"#;
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/keys")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn snapshot() -> Snapshot {
+    let config = format!(
+        r#"
+[listen]
+proxy = "127.0.0.1:1"
+admin = "127.0.0.1:2"
+[rules]
+dir = "rules"
+[upstreams.main]
+addresses = ["127.0.0.1:3"]
+[issuers.hs]
+issuer = "https://hs.test"
+audiences = ["api"]
+algorithms = ["HS256"]
+keys = [{{ secret_env = "CLAIMGATE_BENCH_SECRET" }}]
+[issuers.ec]
+issuer = "https://ec.test"
+audiences = ["api"]
+algorithms = ["ES256"]
+keys = [{{ pem_file = "{ec}", kid = "ec256" }}]
+"#,
+        ec = fixture("ec256-public.pem")
+    );
+    std::env::set_var("CLAIMGATE_BENCH_SECRET", SECRET);
+    let config = Arc::new(Config::from_str(Path::new("bench.toml"), config).expect("config"));
+    let issuers = IssuerSet::load(&config).expect("issuers");
+    let policy = PolicySet::from_sources(
+        &[("bench.toml".into(), RULES.to_string())],
+        &load_context(&config),
+    )
+    .expect("policy");
+    Snapshot::new(config, Arc::new(issuers), Arc::new(policy))
+}
+
+fn token(alg: Algorithm, iss: &str, kid: Option<&str>, key: &EncodingKey) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": iss, "aud": "api", "sub": "user-1", "exp": now + 3600, "iat": now,
+        "account": "acc-1", "permissions": ["read", "transfer"],
+        "features": {"maxTransactionAmount": 5000},
+    });
+    let mut h = Header::new(alg);
+    h.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&h, &claims, key).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    claimgate::server::crypto_self_test().expect("crypto");
+    let snap = snapshot();
+    let ec_key =
+        EncodingKey::from_ec_pem(&std::fs::read(fixture("ec256-private.pem")).unwrap()).unwrap();
+    let tokens = [
+        (
+            "hs256",
+            token(
+                Algorithm::HS256,
+                "https://hs.test",
+                None,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            ),
+        ),
+        (
+            "es256",
+            token(Algorithm::ES256, "https://ec.test", Some("ec256"), &ec_key),
+        ),
+    ];
+    let mut group = c.benchmark_group("decide_3_rules");
+    for (name, t) in &tokens {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        headers.insert("content-type", "application/json".parse().unwrap());
+        let facts = RequestFacts {
+            method: "POST",
+            host: Some("api.example.com"),
+            path: "/api/accounts/acc-1/transfer",
+            query: None,
+            headers: &headers,
+            client_ip: Some([127, 0, 0, 1].into()),
+        };
+        let d = snap.decide(&facts, SystemTime::now());
+        assert!(d.is_allow(), "{name}: {:?}", d.outcome);
+        group.bench_function(*name, |b| {
+            b.iter(|| black_box(snap.decide(black_box(&facts), SystemTime::now())))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
