@@ -266,10 +266,14 @@ impl Config {
                     errors.push(at(a.span(), m));
                 }
             }
-            if up.get_ref().tls && up.get_ref().sni.is_empty() {
+            if up.get_ref().tls {
+                // Pingora panics at run time on a TLS peer without a TLS backend compiled in;
+                // refusing here turns that into a clear startup error.
                 errors.push(at(
                     up.span(),
-                    format!("upstream `{name}` uses TLS and needs `sni`"),
+                    format!(
+                        "upstream `{name}`: TLS to upstreams is not supported by this build yet"
+                    ),
                 ));
             }
         }
