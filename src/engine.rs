@@ -3,7 +3,8 @@
 
 use crate::auth::{extract, verify, Issuer, IssuerSet, TokenError, VerifiedToken};
 use crate::config::{AuthMode, Config, UnmatchedAction};
-use crate::facts::{Activation, RequestFacts};
+use crate::facts::{Activation, Body, Inputs, RequestFacts};
+use crate::policy::route::RouteMatch;
 use crate::location::SourceError;
 use crate::policy::decision::Allow;
 use crate::policy::eval::evaluate;
@@ -87,8 +88,31 @@ impl Snapshot {
 
     /// Decides one request at time `now`.
     pub fn decide(&self, req: &RequestFacts<'_>, now: SystemTime) -> Decision {
+        let m = self.lookup(req);
+        self.decide_matched(req, m, now)
+    }
+
+    /// The route a request matches. Callers that may need to read the body look first, then
+    /// decide with [`Snapshot::decide_matched`].
+    pub fn lookup(&self, req: &RequestFacts<'_>) -> Option<RouteMatch> {
+        self.policy.index.lookup(req.host, req.method, req.path)
+    }
+
+    /// The body limit of the matched route, when its expressions read the body.
+    pub fn body_limit(&self, m: &RouteMatch) -> Option<usize> {
+        let r = &self.policy.routes[m.route];
+        r.reads_body.then_some(r.body_limit)
+    }
+
+    /// Decides a request whose route was already looked up.
+    pub fn decide_matched(
+        &self,
+        req: &RequestFacts<'_>,
+        m: Option<RouteMatch>,
+        now: SystemTime,
+    ) -> Decision {
         let now: DateTime<Utc> = now.into();
-        let Some(m) = self.policy.index.lookup(req.host, req.method, req.path) else {
+        let Some(m) = m else {
             return self.unmatched(req, now);
         };
         let route = &self.policy.routes[m.route];
@@ -96,8 +120,38 @@ impl Snapshot {
             Ok(t) => t,
             Err(e) => return token_denial(Some(route.name.clone()), e),
         };
-        let activation = Activation::new(req, &m.params, token.as_ref(), now);
-        let verdict = evaluate(route, &self.policy.cel, &activation);
+        let body = if route.reads_body {
+            match parse_body(req) {
+                Ok(b) => b,
+                Err((status, reason, message)) => {
+                    return Decision {
+                        route: Some(route.name.clone()),
+                        outcome: Outcome::Deny(Denial {
+                            status,
+                            reason,
+                            rule: None,
+                            message: message.into(),
+                            www_authenticate: None,
+                        }),
+                        audits: Vec::new(),
+                        subject: subject(token.as_ref()),
+                        issuer: token.map(|t| t.issuer),
+                    };
+                }
+            }
+        } else {
+            None
+        };
+        let activation = Activation::new(Inputs {
+            req,
+            params: &m.params,
+            token: token.as_ref(),
+            now,
+            route: Some(route),
+            cel: &self.policy.cel,
+            body: body.as_ref(),
+        });
+        let verdict = evaluate(route, &activation);
         Decision {
             route: Some(route.name.clone()),
             outcome: verdict.outcome,
@@ -158,6 +212,38 @@ impl Snapshot {
             Err(e) => token_denial(None, e),
         }
     }
+}
+
+type BodyError = (u16, DenyReason, &'static str);
+
+/// The JSON body for rules: `null` when the request has none.
+fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyError> {
+    let bytes = match req.body {
+        Body::TooLarge => {
+            return Err((413, DenyReason::BodyTooLarge, "the request body is too large"));
+        }
+        Body::NotRead | Body::Bytes(&[]) => return Ok(Some(serde_json::Value::Null)),
+        Body::Bytes(b) => b,
+    };
+    let json_type = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if !json_type {
+        return Err((
+            415,
+            DenyReason::UnsupportedMediaType,
+            "this endpoint takes a JSON body (Content-Type: application/json)",
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map(Some)
+        .map_err(|_| (400, DenyReason::InvalidJson, "the request body is not valid JSON"))
 }
 
 fn subject(token: Option<&VerifiedToken>) -> Option<String> {

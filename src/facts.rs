@@ -3,10 +3,13 @@
 //! never pays for converting headers.
 
 use crate::auth::VerifiedToken;
-use crate::policy::cel::{json_object_to_value, string_map, to_val};
+use crate::policy::cel::{json_object_to_value, json_to_value, string_map, to_val, CelRuntime};
+use crate::policy::{AttrKind, Route};
+use cel::common::traits::Indexer;
+use cel::common::types::{self, CelString};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
-use cel::Value;
+use cel::{Context, ExecutionError, Program, Value};
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use std::net::IpAddr;
@@ -23,6 +26,20 @@ pub struct RequestFacts<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub client_ip: Option<IpAddr>,
+    pub body: Body<'a>,
+}
+
+/// The request body as far as the caller read it. Only routes whose expressions read `body`
+/// need it; the proxy reads it for those only.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Body<'a> {
+    /// Not read (the route does not need it, or the caller does not have it).
+    #[default]
+    NotRead,
+    /// The whole body.
+    Bytes(&'a [u8]),
+    /// Longer than the route's `body_limit` (from Content-Length or while reading).
+    TooLarge,
 }
 
 /// The variables of one evaluation, resolved lazily and at most once.
@@ -31,29 +48,55 @@ pub struct Activation<'a> {
     params: &'a [(String, String)],
     token: Option<&'a VerifiedToken>,
     now: DateTime<Utc>,
+    route: Option<&'a Route>,
+    cel: &'a CelRuntime,
+    body: Option<&'a serde_json::Value>,
     claims: OnceLock<Box<dyn Val>>,
     token_val: OnceLock<Box<dyn Val>>,
     request: OnceLock<Box<dyn Val>>,
     now_val: OnceLock<Box<dyn Val>>,
+    body_val: OnceLock<Box<dyn Val>>,
+    attrs: Vec<OnceLock<Result<Box<dyn Val>, String>>>,
+}
+
+/// What one evaluation is about.
+pub struct Inputs<'a> {
+    pub req: &'a RequestFacts<'a>,
+    pub params: &'a [(String, String)],
+    pub token: Option<&'a VerifiedToken>,
+    pub now: DateTime<Utc>,
+    pub route: Option<&'a Route>,
+    pub cel: &'a CelRuntime,
+    /// The parsed JSON body, on routes whose expressions read it.
+    pub body: Option<&'a serde_json::Value>,
 }
 
 impl<'a> Activation<'a> {
-    pub fn new(
-        req: &'a RequestFacts<'a>,
-        params: &'a [(String, String)],
-        token: Option<&'a VerifiedToken>,
-        now: DateTime<Utc>,
-    ) -> Self {
+    pub fn new(i: Inputs<'a>) -> Self {
+        let n_attrs = i.route.map(|r| r.attrs.len()).unwrap_or(0);
         Activation {
-            req,
-            params,
-            token,
-            now,
+            req: i.req,
+            params: i.params,
+            token: i.token,
+            now: i.now,
+            route: i.route,
+            cel: i.cel,
+            body: i.body,
             claims: OnceLock::new(),
             token_val: OnceLock::new(),
             request: OnceLock::new(),
             now_val: OnceLock::new(),
+            body_val: OnceLock::new(),
+            attrs: (0..n_attrs).map(|_| OnceLock::new()).collect(),
         }
+    }
+
+    /// Runs `program` with this activation's variables.
+    pub fn execute(&self, program: &Program) -> Result<Value, ExecutionError> {
+        let root: &Context<'_, '_> = self.cel.root();
+        let mut ctx = root.new_inner_scope();
+        ctx.set_variable_resolver(self);
+        program.execute(&ctx)
     }
 
     fn claims(&self) -> &dyn Val {
@@ -95,6 +138,54 @@ impl<'a> Activation<'a> {
             .get_or_init(|| to_val(Value::Timestamp(self.now.fixed_offset())))
             .as_ref()
     }
+
+    fn body(&self) -> &dyn Val {
+        self.body_val
+            .get_or_init(|| to_val(self.body.map(json_to_value).unwrap_or(Value::Null)))
+            .as_ref()
+    }
+
+    /// The value of derived attribute `name`, computed on first use.
+    fn attr(&self, name: &str) -> Result<&dyn Val, ExecutionError> {
+        let route = self
+            .route
+            .ok_or_else(|| ExecutionError::no_such_key(name))?;
+        let i = route
+            .attr_index(name)
+            .ok_or_else(|| ExecutionError::no_such_key(name))?;
+        let attr = &route.attrs[i];
+        if let AttrKind::Static(v) = &attr.kind {
+            return Ok(v.as_ref());
+        }
+        let slot = self.attrs[i].get_or_init(|| self.compute(&attr.kind).map(to_val));
+        match slot {
+            Ok(v) => Ok(v.as_ref()),
+            Err(e) => Err(ExecutionError::function_error(
+                &format!("attr.{name}"),
+                e.clone(),
+            )),
+        }
+    }
+
+    fn compute(&self, kind: &AttrKind) -> Result<Value, String> {
+        let run = |p: &Program| self.execute(p).map_err(|e| e.to_string());
+        match kind {
+            AttrKind::Static(_) => Err("static attributes are not computed".into()),
+            AttrKind::Dynamic(p) => run(p),
+            AttrKind::Conditional { cases, otherwise } => {
+                for (cond, then) in cases {
+                    match run(cond)? {
+                        Value::Bool(true) => return run(then),
+                        Value::Bool(false) => {}
+                        other => {
+                            return Err(format!("a case condition gave {other:?}, not a bool"))
+                        }
+                    }
+                }
+                run(otherwise)
+            }
+        }
+    }
 }
 
 impl VariableResolver for Activation<'_> {
@@ -104,9 +195,73 @@ impl VariableResolver for Activation<'_> {
             "token" => self.token(),
             "request" => self.request(),
             "now" => self.now(),
+            "body" => self.body(),
+            "attr" => return Some(CowVal::Owned(Box::new(AttrView { act: self }))),
             _ => return None,
         };
         Some(CowVal::Borrowed(v))
+    }
+}
+
+/// `attr` as CEL sees it: a map whose entries are computed when first read.
+#[derive(Clone, Copy)]
+struct AttrView<'a> {
+    act: &'a Activation<'a>,
+}
+
+impl std::fmt::Debug for AttrView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("attr")
+    }
+}
+
+impl Val for AttrView<'_> {
+    fn get_type(&self) -> &types::Type {
+        &types::MAP_TYPE
+    }
+
+    fn cel_type() -> &'static types::Type
+    where
+        Self: Sized,
+    {
+        &types::MAP_TYPE
+    }
+
+    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
+    where
+        Self: 'w,
+    {
+        Box::new(*self)
+    }
+}
+
+impl<'a> Indexer for AttrView<'a> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let Some(name) = idx.downcast_ref::<CelString>() else {
+            return Err(ExecutionError::unsupported_key_type(Value::Null));
+        };
+        let v: &'a dyn Val = self.act.attr(name.inner())?;
+        Ok(CowVal::Borrowed(v))
+    }
+
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let Some(name) = idx.downcast_ref::<CelString>() else {
+            return Err(ExecutionError::unsupported_key_type(Value::Null));
+        };
+        Ok(self.act.attr(name.inner())?.clone_as_boxed())
     }
 }
 

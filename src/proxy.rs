@@ -2,7 +2,7 @@
 //! and either answers the denial itself or forwards with the decided headers.
 
 use crate::engine::Snapshot;
-use crate::facts::RequestFacts;
+use crate::facts::{Body, RequestFacts};
 use crate::policy::decision::Allow;
 use crate::policy::{Decision, Outcome};
 use crate::telemetry::{log_decision, LogFacts, Metrics};
@@ -64,6 +64,40 @@ async fn respond_json(
         .await
 }
 
+/// Reads the whole request body into `buf`, up to `limit` bytes. Returns `false` (and stops
+/// reading) when the body is larger, judged from Content-Length first, then from what arrives.
+///
+/// Pingora sends the request head upstream before any body hook runs, so a body that decides
+/// must be read here; retry buffering makes Pingora replay what was read to the upstream. That
+/// buffer holds 64 KiB, which is why `body_limit` cannot exceed it.
+async fn read_body(session: &mut Session, limit: usize, buf: &mut Vec<u8>) -> Result<bool> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Ok(false);
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.as_mut().write_continue_response().await?;
+    }
+    session.as_mut().enable_retry_buffering();
+    while let Some(chunk) = session.read_request_body().await? {
+        if buf.len() + chunk.len() > limit {
+            return Ok(false);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(true)
+}
+
 #[async_trait]
 impl ProxyHttp for ClaimgateProxy {
     type CTX = RequestCtx;
@@ -75,12 +109,34 @@ impl ProxyHttp for ClaimgateProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let started = Instant::now();
         let snapshot = self.state.load_full();
-        let req = session.req_header();
-        let host = request_host(req);
+        let host = request_host(session.req_header());
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        // Look the route up first: only routes whose rules read the body buffer it.
+        let (m, body_limit) = {
+            let req = session.req_header();
+            let facts = RequestFacts {
+                method: req.method.as_str(),
+                host: host.as_deref(),
+                path: req.uri.path(),
+                query: req.uri.query(),
+                headers: &req.headers,
+                client_ip,
+                body: Body::NotRead,
+            };
+            let m = snapshot.lookup(&facts);
+            let limit = m.as_ref().and_then(|m| snapshot.body_limit(m));
+            (m, limit)
+        };
+        let mut buf = Vec::new();
+        let mut too_large = false;
+        if let Some(limit) = body_limit {
+            too_large = !read_body(session, limit, &mut buf).await?;
+        }
+
+        let req = session.req_header();
         let facts = RequestFacts {
             method: req.method.as_str(),
             host: host.as_deref(),
@@ -88,8 +144,13 @@ impl ProxyHttp for ClaimgateProxy {
             query: req.uri.query(),
             headers: &req.headers,
             client_ip,
+            body: match (body_limit, too_large) {
+                (None, _) => Body::NotRead,
+                (Some(_), true) => Body::TooLarge,
+                (Some(_), false) => Body::Bytes(&buf),
+            },
         };
-        let decision: Decision = snapshot.decide(&facts, SystemTime::now());
+        let decision: Decision = snapshot.decide_matched(&facts, m, SystemTime::now());
         let took = started.elapsed();
         self.metrics.record(&decision, took);
         log_decision(

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The names a condition may read. Anything else is an error at load time, not at request time.
-pub const VARIABLES: &[&str] = &["claims", "token", "request", "now"];
+pub const VARIABLES: &[&str] = &["claims", "token", "request", "now", "attr", "body"];
 
 /// Compiled-once CEL state shared by every request of a policy set.
 pub struct CelRuntime {
@@ -31,7 +31,8 @@ impl Default for CelRuntime {
 impl CelRuntime {
     pub fn new() -> Self {
         let env = Arc::new(Env::stdlib());
-        let root = Context::with_env(env.clone());
+        let mut root = Context::with_env(env.clone());
+        super::functions::register(&mut root);
         CelRuntime { env, root }
     }
 

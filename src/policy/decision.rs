@@ -14,6 +14,12 @@ pub enum DenyReason {
     PolicyError,
     /// No route matched and the default action is deny.
     NoRoute,
+    /// The body is larger than the route's `body_limit`.
+    BodyTooLarge,
+    /// A rule reads the body, and it is not JSON by its content type.
+    UnsupportedMediaType,
+    /// A rule reads the body, and it does not parse as JSON.
+    InvalidJson,
 }
 
 impl DenyReason {
@@ -23,6 +29,9 @@ impl DenyReason {
             DenyReason::RuleDenied => "rule_denied",
             DenyReason::PolicyError => "policy_error",
             DenyReason::NoRoute => "no_route",
+            DenyReason::BodyTooLarge => "body_too_large",
+            DenyReason::UnsupportedMediaType => "unsupported_media_type",
+            DenyReason::InvalidJson => "invalid_json",
         }
     }
 }

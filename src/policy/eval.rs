@@ -2,9 +2,9 @@
 
 use super::cel::{to_header_text, to_message_text};
 use super::decision::{Allow, AuditDenial, Denial, DenyReason, Outcome};
-use super::{CelRuntime, Condition, Message, Mode, Route, Rule};
+use super::{Condition, Message, Mode, Route, Rule};
 use crate::facts::Activation;
-use ::cel::{Context, Value};
+use ::cel::Value;
 use http::HeaderValue;
 
 /// What evaluating a route's rules gives: the outcome and the audit-mode would-be denials.
@@ -19,12 +19,12 @@ enum RuleResult {
     Error(String),
 }
 
-fn run_rule(rule: &Rule, ctx: &Context<'_, '_>) -> RuleResult {
+fn run_rule(rule: &Rule, ctx: &Activation<'_>) -> RuleResult {
     let (program, deny_when) = match &rule.condition {
         Condition::AllowIf(p) => (p, false),
         Condition::DenyIf(p) => (p, true),
     };
-    match program.execute(ctx) {
+    match ctx.execute(program) {
         Ok(Value::Bool(b)) if b == deny_when => RuleResult::Deny,
         Ok(Value::Bool(_)) => RuleResult::Pass,
         Ok(other) => RuleResult::Error(format!(
@@ -35,10 +35,10 @@ fn run_rule(rule: &Rule, ctx: &Context<'_, '_>) -> RuleResult {
     }
 }
 
-fn message(rule: &Rule, ctx: &Context<'_, '_>) -> String {
+fn message(rule: &Rule, ctx: &Activation<'_>) -> String {
     match &rule.message {
         Message::Text(t) => t.clone(),
-        Message::Expr(p) => match p.execute(ctx) {
+        Message::Expr(p) => match ctx.execute(p) {
             Ok(v) => to_message_text(&v),
             // The denial stands; only its wording failed.
             Err(_) => format!("denied by rule `{}`", rule.name),
@@ -48,17 +48,14 @@ fn message(rule: &Rule, ctx: &Context<'_, '_>) -> String {
 
 /// Evaluates `route`'s rules in order, then its forwarded headers. The first enforced denial
 /// decides; an evaluation error denies with `policy_error` (fail closed).
-pub fn evaluate(route: &Route, cel: &CelRuntime, activation: &Activation<'_>) -> RouteVerdict {
-    // The root lives as long as the policy set; the scope below only borrows it and the facts.
-    let root: &Context<'_, '_> = cel.root();
-    let mut ctx = root.new_inner_scope();
-    ctx.set_variable_resolver(activation);
+pub fn evaluate(route: &Route, activation: &Activation<'_>) -> RouteVerdict {
+    let ctx = activation;
     let mut audits = Vec::new();
 
     for rule in &route.rules {
-        let (reason, status, msg) = match run_rule(rule, &ctx) {
+        let (reason, status, msg) = match run_rule(rule, ctx) {
             RuleResult::Pass => continue,
-            RuleResult::Deny => (DenyReason::RuleDenied, rule.status, message(rule, &ctx)),
+            RuleResult::Deny => (DenyReason::RuleDenied, rule.status, message(rule, ctx)),
             RuleResult::Error(e) => {
                 tracing::debug!(route = %route.name, rule = %rule.name, error = %e, "rule evaluation failed");
                 (
@@ -91,7 +88,7 @@ pub fn evaluate(route: &Route, cel: &CelRuntime, activation: &Activation<'_>) ->
 
     let mut forward = Vec::with_capacity(route.forward.len());
     for f in &route.forward {
-        let text = match f.expr.execute(&ctx) {
+        let text = match ctx.execute(&f.expr) {
             Ok(v) => to_header_text(&v),
             Err(e) => {
                 tracing::debug!(route = %route.name, header = %f.header, error = %e, "forward header evaluation failed");
@@ -104,9 +101,32 @@ pub fn evaluate(route: &Route, cel: &CelRuntime, activation: &Activation<'_>) ->
             Err(_) => return forward_error(route, &f.header, audits),
         }
     }
+    let mut upstream = route.upstream.clone();
+    for case in &route.upstream_select {
+        match ctx.execute(&case.condition) {
+            Ok(Value::Bool(true)) => {
+                upstream = case.upstream.clone();
+                break;
+            }
+            Ok(Value::Bool(false)) => {}
+            other => {
+                tracing::debug!(route = %route.name, result = ?other, "upstream selection failed");
+                return RouteVerdict {
+                    outcome: Outcome::Deny(Denial {
+                        status: 403,
+                        reason: DenyReason::PolicyError,
+                        rule: None,
+                        message: format!("the upstream of route `{}` could not be chosen", route.name),
+                        www_authenticate: None,
+                    }),
+                    audits,
+                };
+            }
+        }
+    }
     RouteVerdict {
         outcome: Outcome::Allow(Allow {
-            upstream: route.upstream.clone(),
+            upstream,
             forward,
             strip: route.strip.clone(),
         }),

@@ -3,7 +3,9 @@
 
 use super::cel::{CelRuntime, VARIABLES};
 use super::route::RouteIndex;
-use super::{Condition, Forward, Message, Mode, Route, Rule};
+use super::{
+    Attr, AttrKind, Condition, Forward, Message, Mode, Route, Rule, UpstreamCase, MAX_BODY_LIMIT,
+};
 use crate::config::AuthMode;
 use crate::location::{offset_in_string_value, SourceError};
 use ::cel::Program;
@@ -40,6 +42,50 @@ struct RawRoute {
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     forward: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    attr: BTreeMap<String, Spanned<RawAttr>>,
+    #[serde(default)]
+    body_limit: Option<Spanned<usize>>,
+    #[serde(default)]
+    upstream_select: Vec<Spanned<RawUpstreamCase>>,
+}
+
+/// `name = "cel"` (dynamic), or a table: `{ value = ... }` (static),
+/// `{ cases = [{ if = "cel", then = "cel" }], else = "cel" }` (conditional), `{ expr = "cel" }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawAttr {
+    Expr(String),
+    Table(RawAttrTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttrTable {
+    #[serde(default)]
+    expr: Option<String>,
+    #[serde(default)]
+    value: Option<toml::Value>,
+    #[serde(default)]
+    cases: Option<Vec<RawCase>>,
+    #[serde(default, rename = "else")]
+    otherwise: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCase {
+    #[serde(rename = "if")]
+    cond: String,
+    then: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamCase {
+    #[serde(rename = "if")]
+    cond: Spanned<String>,
+    upstream: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +181,8 @@ impl PolicySet {
             index: RouteIndex::default(),
             names: HashSet::new(),
             errors: Vec::new(),
+            reads_body: false,
+            attr_reads: Vec::new(),
         };
         for (path, src) in sources {
             loader.file(path, src);
@@ -158,6 +206,34 @@ struct Loader<'c> {
     index: RouteIndex,
     names: HashSet<String>,
     errors: Vec<SourceError>,
+    /// Per route being loaded: whether an expression reads `body`, and every `attr.x` read,
+    /// with where it was read.
+    reads_body: bool,
+    attr_reads: Vec<(String, usize, String)>,
+}
+
+/// The attribute names an expression reads as `attr.name`.
+pub fn attr_refs(src: &str) -> Vec<String> {
+    let bytes = src.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(pos) = src[i..].find("attr.") {
+        let start = i + pos;
+        let boundary = start == 0 || {
+            let c = bytes[start - 1];
+            !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
+        };
+        let name_start = start + 5;
+        let name_end = src[name_start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map(|e| name_start + e)
+            .unwrap_or(src.len());
+        if boundary && name_end > name_start {
+            out.push(src[name_start..name_end].to_string());
+        }
+        i = name_end.max(start + 5);
+    }
+    out
 }
 
 /// One file being loaded: where errors go and how to locate them.
@@ -190,8 +266,21 @@ impl Loader<'_> {
     }
 
     fn compile(&mut self, fx: &FileCx<'_>, expr: &Spanned<String>, what: &str) -> Option<Program> {
-        let start = expr.span().start;
-        match self.cel.compile(expr.get_ref()) {
+        self.compile_at(fx, expr.get_ref(), expr.span().start, true, what)
+    }
+
+    /// Compiles `src`, written at `start` in the file. When `exact`, `start` is the string's
+    /// opening quote and CEL positions map to file positions; otherwise errors point at `start`
+    /// and give the position inside the expression.
+    fn compile_at(
+        &mut self,
+        fx: &FileCx<'_>,
+        src: &str,
+        start: usize,
+        exact: bool,
+        what: &str,
+    ) -> Option<Program> {
+        match self.cel.compile(src) {
             Ok(p) => {
                 let refs = p.references();
                 let mut unknown: Vec<&str> = refs
@@ -210,22 +299,160 @@ impl Loader<'_> {
                     ));
                     return None;
                 }
+                if refs.has_variable("body") {
+                    self.reads_body = true;
+                }
+                if refs.has_variable("attr") {
+                    for a in attr_refs(src) {
+                        self.attr_reads.push((a, start, what.to_string()));
+                    }
+                }
                 Some(p)
             }
             Err(errs) => {
                 for e in errs.errors {
                     let (line, col) = (e.pos.0.max(1) as usize, e.pos.1.max(1) as usize);
-                    let off = offset_in_string_value(fx.src, start, line, col);
-                    self.errors
-                        .push(fx.err(off, format!("{what}: CEL syntax error: {}", e.msg)));
+                    if exact {
+                        let off = offset_in_string_value(fx.src, start, line, col);
+                        self.errors
+                            .push(fx.err(off, format!("{what}: CEL syntax error: {}", e.msg)));
+                    } else {
+                        self.errors.push(fx.err(
+                            start,
+                            format!(
+                                "{what}: CEL syntax error at {line}:{col} of the expression: {}",
+                                e.msg
+                            ),
+                        ));
+                    }
                 }
                 None
             }
         }
     }
 
+    /// Compiles a route's derived attributes and checks that what reads them exists and that
+    /// they do not depend on each other in a cycle.
+    fn attrs(
+        &mut self,
+        fx: &FileCx<'_>,
+        route: &str,
+        raw: &BTreeMap<String, Spanned<RawAttr>>,
+    ) -> Vec<Attr> {
+        let mut attrs = Vec::new();
+        let mut deps: Vec<(String, Vec<String>, usize)> = Vec::new();
+        for (name, spanned) in raw {
+            let start = spanned.span().start;
+            let what = format!("attribute `{name}`");
+            let reads_before = self.attr_reads.len();
+            let kind = match spanned.get_ref() {
+                RawAttr::Expr(e) => self.compile_at(fx, e, start, true, &what).map(AttrKind::Dynamic),
+                RawAttr::Table(t) => match (&t.expr, &t.value, &t.cases, &t.otherwise) {
+                    (Some(e), None, None, None) => {
+                        self.compile_at(fx, e, start, false, &what).map(AttrKind::Dynamic)
+                    }
+                    (None, Some(v), None, None) => match serde_json::to_value(v) {
+                        Ok(j) => Some(AttrKind::Static(super::cel::to_val(
+                            super::cel::json_to_value(&j),
+                        ))),
+                        Err(e) => {
+                            self.errors.push(fx.err(start, format!("{what}: {e}")));
+                            None
+                        }
+                    },
+                    (None, None, Some(cases), Some(otherwise)) => {
+                        let mut compiled = Vec::new();
+                        for (i, c) in cases.iter().enumerate() {
+                            let w = format!("{what}, case {}", i + 1);
+                            let cond = self.compile_at(fx, &c.cond, start, false, &format!("{w} `if`"));
+                            let then = self.compile_at(fx, &c.then, start, false, &format!("{w} `then`"));
+                            if let (Some(a), Some(b)) = (cond, then) {
+                                compiled.push((a, b));
+                            }
+                        }
+                        let otherwise =
+                            self.compile_at(fx, otherwise, start, false, &format!("{what} `else`"));
+                        (compiled.len() == cases.len())
+                            .then_some(otherwise)
+                            .flatten()
+                            .map(|otherwise| AttrKind::Conditional {
+                                cases: compiled,
+                                otherwise,
+                            })
+                    }
+                    _ => {
+                        self.errors.push(fx.err(
+                            start,
+                            format!("{what} needs an expression, `value`, or `cases` with `else`"),
+                        ));
+                        None
+                    }
+                },
+            };
+            let reads: Vec<String> = self.attr_reads[reads_before..]
+                .iter()
+                .map(|(a, _, _)| a.clone())
+                .collect();
+            deps.push((name.clone(), reads, start));
+            if let Some(kind) = kind {
+                attrs.push(Attr {
+                    name: Arc::from(name.as_str()),
+                    kind,
+                });
+            }
+        }
+        for (a, at, what) in std::mem::take(&mut self.attr_reads) {
+            if !raw.contains_key(&a) {
+                self.errors.push(fx.err(
+                    at,
+                    format!("{what}: unknown attribute `attr.{a}` in route `{route}`"),
+                ));
+            }
+        }
+        // Depth-first search for a cycle among the attributes.
+        fn visit<'d>(
+            n: &'d str,
+            deps: &'d [(String, Vec<String>, usize)],
+            path: &mut Vec<&'d str>,
+            done: &mut HashSet<&'d str>,
+        ) -> Option<Vec<String>> {
+            if done.contains(n) {
+                return None;
+            }
+            if let Some(i) = path.iter().position(|p| *p == n) {
+                let mut cycle: Vec<String> = path[i..].iter().map(|s| s.to_string()).collect();
+                cycle.push(n.to_string());
+                return Some(cycle);
+            }
+            path.push(n);
+            if let Some((_, reads, _)) = deps.iter().find(|(d, _, _)| d == n) {
+                for r in reads {
+                    if let Some(c) = visit(r, deps, path, done) {
+                        return Some(c);
+                    }
+                }
+            }
+            path.pop();
+            done.insert(n);
+            None
+        }
+        let mut done = HashSet::new();
+        for (name, _, start) in &deps {
+            if let Some(cycle) = visit(name, &deps, &mut Vec::new(), &mut done) {
+                self.errors.push(fx.err(
+                    *start,
+                    format!("attributes depend on each other in a cycle: {}", cycle.join(" -> ")),
+                ));
+                break;
+            }
+        }
+        attrs
+    }
+
     fn route(&mut self, fx: &FileCx<'_>, raw: Spanned<RawRoute>) -> Option<Route> {
         let before = self.errors.len();
+        self.reads_body = false;
+        self.attr_reads.clear();
         let route_start = raw.span().start;
         let raw = raw.into_inner();
         let name = raw.name.get_ref().clone();
@@ -400,6 +627,48 @@ impl Loader<'_> {
         }
         let strip: Arc<[HeaderName]> = forward.iter().map(|f| f.header.clone()).collect();
 
+        let mut upstream_select = Vec::new();
+        for case in &raw.upstream_select {
+            let c = case.get_ref();
+            let name_ok = self.ctx.upstreams.contains(c.upstream.get_ref());
+            if !name_ok {
+                self.errors.push(fx.err(
+                    c.upstream.span().start,
+                    format!("unknown upstream `{}` (not in gateway.toml)", c.upstream.get_ref()),
+                ));
+            }
+            if let Some(p) = self.compile(fx, &c.cond, "upstream_select") {
+                if name_ok {
+                    upstream_select.push(UpstreamCase {
+                        condition: p,
+                        upstream: Arc::from(c.upstream.get_ref().as_str()),
+                    });
+                }
+            }
+        }
+
+        // Attributes last: everything above has recorded which attributes it reads.
+        let attrs = self.attrs(fx, &name, &raw.attr);
+        let reads_body = self.reads_body;
+
+        let body_limit = match &raw.body_limit {
+            Some(l) if *l.get_ref() == 0 || *l.get_ref() > MAX_BODY_LIMIT => {
+                self.errors.push(fx.err(
+                    l.span().start,
+                    format!("`body_limit` must be between 1 and {MAX_BODY_LIMIT} bytes"),
+                ));
+                MAX_BODY_LIMIT
+            }
+            Some(l) => *l.get_ref(),
+            None => MAX_BODY_LIMIT,
+        };
+        if raw.body_limit.is_some() && !reads_body {
+            self.errors.push(fx.err(
+                route_start,
+                format!("route `{name}` sets `body_limit` but no expression reads `body`"),
+            ));
+        }
+
         let host = raw.host.as_ref().map(|h| h.to_ascii_lowercase());
         if let Err(m) = self.index.insert(
             host.as_deref(),
@@ -423,7 +692,11 @@ impl Loader<'_> {
             auth: raw.auth,
             issuers,
             upstream,
+            upstream_select,
             rules,
+            attrs,
+            reads_body,
+            body_limit,
             forward,
             strip,
         })

@@ -3,6 +3,7 @@
 pub mod cel;
 pub mod decision;
 pub mod eval;
+pub mod functions;
 pub mod load;
 pub mod route;
 
@@ -55,6 +56,36 @@ pub struct Forward {
     pub expr: Program,
 }
 
+/// A derived attribute, computed at most once per request and only when read.
+#[derive(Debug)]
+pub enum AttrKind {
+    /// A fixed value.
+    Static(Box<dyn ::cel::common::value::Val>),
+    /// A CEL expression.
+    Dynamic(Program),
+    /// The first case whose `if` holds gives the value; `else` otherwise.
+    Conditional {
+        cases: Vec<(Program, Program)>,
+        otherwise: Program,
+    },
+}
+
+#[derive(Debug)]
+pub struct Attr {
+    pub name: Arc<str>,
+    pub kind: AttrKind,
+}
+
+/// One case of upstream selection: the first whose condition holds picks the upstream.
+#[derive(Debug)]
+pub struct UpstreamCase {
+    pub condition: Program,
+    pub upstream: Arc<str>,
+}
+
+/// Largest body a rule may read: Pingora replays at most 64 KiB of a buffered body upstream.
+pub const MAX_BODY_LIMIT: usize = 64 * 1024;
+
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
@@ -67,8 +98,20 @@ pub struct Route {
     pub auth: AuthMode,
     /// Issuer names whose tokens the route accepts.
     pub issuers: Vec<Arc<str>>,
+    /// The upstream when no `upstream_select` case matches.
     pub upstream: Arc<str>,
+    pub upstream_select: Vec<UpstreamCase>,
     pub rules: Vec<Rule>,
+    pub attrs: Vec<Attr>,
+    /// Whether any expression of the route reads `body`: only then is the body buffered.
+    pub reads_body: bool,
+    pub body_limit: usize,
     pub forward: Vec<Forward>,
     pub strip: Arc<[HeaderName]>,
+}
+
+impl Route {
+    pub fn attr_index(&self, name: &str) -> Option<usize> {
+        self.attrs.iter().position(|a| &*a.name == name)
+    }
 }
