@@ -4,10 +4,10 @@
 use crate::auth::{extract, verify, Issuer, IssuerSet, TokenError, VerifiedToken};
 use crate::config::{AuthMode, Config, UnmatchedAction};
 use crate::facts::{Activation, Body, Inputs, RequestFacts};
-use crate::policy::route::RouteMatch;
 use crate::location::SourceError;
 use crate::policy::decision::Allow;
 use crate::policy::eval::evaluate;
+use crate::policy::route::RouteMatch;
 use crate::policy::{Decision, Denial, DenyReason, LoadContext, Outcome, PolicySet};
 use crate::upstream::Upstreams;
 use chrono::{DateTime, Utc};
@@ -220,7 +220,11 @@ type BodyError = (u16, DenyReason, &'static str);
 fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyError> {
     let bytes = match req.body {
         Body::TooLarge => {
-            return Err((413, DenyReason::BodyTooLarge, "the request body is too large"));
+            return Err((
+                413,
+                DenyReason::BodyTooLarge,
+                "the request body is too large",
+            ));
         }
         Body::NotRead | Body::Bytes(&[]) => return Ok(Some(serde_json::Value::Null)),
         Body::Bytes(b) => b,
@@ -230,8 +234,14 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
-            let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            let mime = v
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
         .unwrap_or(false);
     if !json_type {
@@ -241,9 +251,13 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
             "this endpoint takes a JSON body (Content-Type: application/json)",
         ));
     }
-    serde_json::from_slice(bytes)
-        .map(Some)
-        .map_err(|_| (400, DenyReason::InvalidJson, "the request body is not valid JSON"))
+    serde_json::from_slice(bytes).map(Some).map_err(|_| {
+        (
+            400,
+            DenyReason::InvalidJson,
+            "the request body is not valid JSON",
+        )
+    })
 }
 
 fn subject(token: Option<&VerifiedToken>) -> Option<String> {

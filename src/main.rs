@@ -25,6 +25,10 @@ enum Command {
         /// Also serve a built-in echo upstream on this address (for trying claimgate out).
         #[arg(long, value_name = "ADDR")]
         echo_upstream: Option<SocketAddr>,
+        /// Testing only: decide every request as if it were this instant (RFC 3339, e.g.
+        /// 2026-03-02T10:00:00+01:00) instead of the real time, token expiry included.
+        #[arg(long, value_name = "TIME")]
+        fixed_clock: Option<chrono::DateTime<chrono::FixedOffset>>,
     },
     /// Validate the configuration, its keys and every rules file; print every error found.
     Check {
@@ -41,9 +45,14 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             echo_upstream,
+            fixed_clock,
         } => {
             claimgate::telemetry::init_logging();
-            match claimgate::server::run(&config, echo_upstream) {
+            let clock = match fixed_clock {
+                Some(t) => claimgate::proxy::Clock::Fixed(t.into()),
+                None => claimgate::proxy::Clock::System,
+            };
+            match claimgate::server::run(&config, echo_upstream, clock) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("claimgate: cannot start:\n{e}");

@@ -20,6 +20,25 @@ use std::time::{Instant, SystemTime};
 pub struct ClaimgateProxy {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+}
+
+/// Where the decision time comes from. Always the system clock in production; a fixed instant
+/// only when the operator asks for it on the command line (for tests and demos).
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Fixed(SystemTime),
+}
+
+impl Clock {
+    pub fn now(&self) -> SystemTime {
+        match self {
+            Clock::System => SystemTime::now(),
+            Clock::Fixed(t) => *t,
+        }
+    }
 }
 
 /// Per-request state: the snapshot the request is decided and routed with, and what was allowed.
@@ -150,7 +169,7 @@ impl ProxyHttp for ClaimgateProxy {
                 (Some(_), false) => Body::Bytes(&buf),
             },
         };
-        let decision: Decision = snapshot.decide_matched(&facts, m, SystemTime::now());
+        let decision: Decision = snapshot.decide_matched(&facts, m, self.clock.now());
         let took = started.elapsed();
         self.metrics.record(&decision, took);
         log_decision(

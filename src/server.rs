@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::echo::EchoApp;
 use crate::engine::Snapshot;
 use crate::location::SourceErrors;
-use crate::proxy::ClaimgateProxy;
+use crate::proxy::{ClaimgateProxy, Clock};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use pingora::server::configuration::ServerConf;
@@ -61,7 +61,7 @@ pub fn crypto_self_test() -> Result<(), StartError> {
 
 /// Runs the gateway until the process is signalled. `echo` also serves the built-in echo upstream
 /// on that address.
-pub fn run(config_path: &Path, echo: Option<SocketAddr>) -> Result<(), StartError> {
+pub fn run(config_path: &Path, echo: Option<SocketAddr>, clock: Clock) -> Result<(), StartError> {
     crypto_self_test()?;
     let snapshot = load(config_path).map_err(StartError::Invalid)?;
     let settings = snapshot.config.raw.server.clone();
@@ -74,6 +74,12 @@ pub fn run(config_path: &Path, echo: Option<SocketAddr>) -> Result<(), StartErro
         admin = %admin_addr,
         "claimgate starting"
     );
+    if let Clock::Fixed(t) = clock {
+        tracing::warn!(
+            fixed_now = %chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339(),
+            "the clock is FIXED: token expiry and time rules use this instant, not the real time"
+        );
+    }
     let metrics = Arc::new(Metrics::new()?);
     metrics.rules_generation.set(1);
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -93,6 +99,7 @@ pub fn run(config_path: &Path, echo: Option<SocketAddr>) -> Result<(), StartErro
         ClaimgateProxy {
             state: state.clone(),
             metrics: metrics.clone(),
+            clock,
         },
         "claimgate proxy",
     );

@@ -116,7 +116,10 @@ pub fn evaluate(route: &Route, activation: &Activation<'_>) -> RouteVerdict {
                         status: 403,
                         reason: DenyReason::PolicyError,
                         rule: None,
-                        message: format!("the upstream of route `{}` could not be chosen", route.name),
+                        message: format!(
+                            "the upstream of route `{}` could not be chosen",
+                            route.name
+                        ),
                         www_authenticate: None,
                     }),
                     audits,

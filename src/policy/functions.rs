@@ -58,7 +58,6 @@ fn in_cidr(ip: Arc<String>, cidr: Arc<String>) -> Result<bool, ExecutionError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::policy::cel::CelRuntime;
     use cel::Value;
 
@@ -71,7 +70,9 @@ mod tests {
     #[test]
     fn days_between_timestamps() {
         assert_eq!(
-            eval("daysBetween(timestamp('2026-01-01T00:00:00Z'), timestamp('2026-03-01T12:00:00Z'))"),
+            eval(
+                "daysBetween(timestamp('2026-01-01T00:00:00Z'), timestamp('2026-03-01T12:00:00Z'))"
+            ),
             Value::Int(59)
         );
     }

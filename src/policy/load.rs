@@ -346,11 +346,13 @@ impl Loader<'_> {
             let what = format!("attribute `{name}`");
             let reads_before = self.attr_reads.len();
             let kind = match spanned.get_ref() {
-                RawAttr::Expr(e) => self.compile_at(fx, e, start, true, &what).map(AttrKind::Dynamic),
+                RawAttr::Expr(e) => self
+                    .compile_at(fx, e, start, true, &what)
+                    .map(AttrKind::Dynamic),
                 RawAttr::Table(t) => match (&t.expr, &t.value, &t.cases, &t.otherwise) {
-                    (Some(e), None, None, None) => {
-                        self.compile_at(fx, e, start, false, &what).map(AttrKind::Dynamic)
-                    }
+                    (Some(e), None, None, None) => self
+                        .compile_at(fx, e, start, false, &what)
+                        .map(AttrKind::Dynamic),
                     (None, Some(v), None, None) => match serde_json::to_value(v) {
                         Ok(j) => Some(AttrKind::Static(super::cel::to_val(
                             super::cel::json_to_value(&j),
@@ -364,8 +366,10 @@ impl Loader<'_> {
                         let mut compiled = Vec::new();
                         for (i, c) in cases.iter().enumerate() {
                             let w = format!("{what}, case {}", i + 1);
-                            let cond = self.compile_at(fx, &c.cond, start, false, &format!("{w} `if`"));
-                            let then = self.compile_at(fx, &c.then, start, false, &format!("{w} `then`"));
+                            let cond =
+                                self.compile_at(fx, &c.cond, start, false, &format!("{w} `if`"));
+                            let then =
+                                self.compile_at(fx, &c.then, start, false, &format!("{w} `then`"));
                             if let (Some(a), Some(b)) = (cond, then) {
                                 compiled.push((a, b));
                             }
@@ -441,7 +445,10 @@ impl Loader<'_> {
             if let Some(cycle) = visit(name, &deps, &mut Vec::new(), &mut done) {
                 self.errors.push(fx.err(
                     *start,
-                    format!("attributes depend on each other in a cycle: {}", cycle.join(" -> ")),
+                    format!(
+                        "attributes depend on each other in a cycle: {}",
+                        cycle.join(" -> ")
+                    ),
                 ));
                 break;
             }
@@ -634,7 +641,10 @@ impl Loader<'_> {
             if !name_ok {
                 self.errors.push(fx.err(
                     c.upstream.span().start,
-                    format!("unknown upstream `{}` (not in gateway.toml)", c.upstream.get_ref()),
+                    format!(
+                        "unknown upstream `{}` (not in gateway.toml)",
+                        c.upstream.get_ref()
+                    ),
                 ));
             }
             if let Some(p) = self.compile(fx, &c.cond, "upstream_select") {

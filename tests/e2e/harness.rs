@@ -224,12 +224,32 @@ pub fn binary() -> Command {
     c
 }
 
+/// The repository's own `gateway.toml`, pointed at the test's ports, upstream and the
+/// repository's `rules/` and dev key.
+pub fn repo_config(upstream: SocketAddr) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("gateway.toml")).expect("repo gateway.toml");
+    text.replace("127.0.0.1:8080", "127.0.0.1:{proxy}")
+        .replace("127.0.0.1:9901", "127.0.0.1:{admin}")
+        .replace("127.0.0.1:9000", &upstream.to_string())
+        .replace(
+            "dir = \"rules\"",
+            &format!("dir = \"{}\"", root.join("rules").display()),
+        )
+        .replace("dev/keys/", &format!("{}/dev/keys/", root.display()))
+}
+
 impl Gateway {
     pub fn start(config: &str, rules: &[(&str, &str)]) -> Gateway {
+        Self::start_with(config, rules, &[])
+    }
+
+    pub fn start_with(config: &str, rules: &[(&str, &str)], args: &[&str]) -> Gateway {
         let (dir, proxy, admin) = write_setup(config, rules);
         let log = dir.path().join("gateway.log");
         let child = binary()
             .arg("run")
+            .args(args)
             .arg("--config")
             .arg(dir.path().join("gateway.toml"))
             .env("RUST_LOG", "info")

@@ -7,4 +7,5 @@ mod tokens;
 mod auth;
 mod policy;
 mod proxying;
+mod scenarios;
 mod startup;

@@ -108,3 +108,32 @@ pub fn hs256_with_header(header: &Value, payload: &Value, secret: &[u8]) -> Stri
     let tag = hmac::sign(&key, signing_input.as_bytes());
     format!("{signing_input}.{}", b64(tag.as_ref()))
 }
+
+/// A token from the repository's development issuer (`dev/keys/`), valid around `at`.
+pub fn dev_token_at(at: i64, extra: Value) -> String {
+    let key = EncodingKey::from_ec_pem(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/dev/keys/es256-private.pem"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut c = json!({
+        "iss": "https://dev.claimgate.local",
+        "aud": "claimgate-demo",
+        "sub": "user-1",
+        "iat": at - 10,
+        "exp": at + 600,
+    });
+    if let (Some(base), Value::Object(more)) = (c.as_object_mut(), extra) {
+        for (k, v) in more {
+            base.insert(k, v);
+        }
+    }
+    sign(Algorithm::ES256, Some("dev-es256"), &c, &key)
+}
+
+pub fn dev_token(extra: Value) -> String {
+    dev_token_at(now(), extra)
+}

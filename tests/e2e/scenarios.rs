@@ -1,0 +1,534 @@
+//! The seed scenarios, through the repository's own `gateway.toml` and `rules/`.
+
+use super::harness::*;
+use super::tokens::*;
+use chrono::DateTime;
+use serde_json::{json, Value};
+
+/// The repository's gateway with its clock fixed at `at` (RFC 3339).
+fn at(at: &str) -> (Upstream, Gateway, i64) {
+    let up = Upstream::start();
+    let gw = Gateway::start_with(&repo_config(up.addr), &[], &["--fixed-clock", at]);
+    let ts = DateTime::parse_from_rfc3339(at).unwrap().timestamp();
+    (up, gw, ts)
+}
+
+fn real_time() -> (Upstream, Gateway) {
+    let up = Upstream::start();
+    let gw = Gateway::start(&repo_config(up.addr), &[]);
+    (up, gw)
+}
+
+async fn get(gw: &Gateway, path: &str, token: &str) -> reqwest::Response {
+    client()
+        .get(gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn body_of(resp: reqwest::Response) -> Value {
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn scenario_1_paid_permission_or_beta_user() {
+    let (up, gw) = real_time();
+    let paid =
+        dev_token(json!({"permissions": ["paid:access"], "createdAt": 1_790_000_000_000i64}));
+    let beta = dev_token(json!({"createdAt": 1_760_000_000_000i64}));
+    let neither = dev_token(json!({"permissions": ["read"], "createdAt": 1_790_000_000_000i64}));
+    let no_claims = dev_token(json!({}));
+
+    let r = get(&gw, "/api/paid/reports", &paid).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["x-access-basis"], "paid");
+    let r = get(&gw, "/api/paid/reports", &beta).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["x-access-basis"], "beta");
+    for t in [&neither, &no_claims] {
+        let r = get(&gw, "/api/paid/reports", t).await;
+        assert_eq!(r.status(), 402);
+        let b = body_of(r).await;
+        assert_eq!(b["rule"], "paid-or-beta");
+        assert_eq!(b["message"], "This feature needs a paid plan");
+    }
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn scenario_2_birthday_headers() {
+    let (up, gw, now) = at("2026-06-10T12:00:00Z");
+    let r = get(
+        &gw,
+        "/api/greeting",
+        &dev_token_at(now, json!({"birthday": "1990-06-13"})),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let h = up.last().headers;
+    assert_eq!(h["x-birthday"], "1990-06-13");
+    assert_eq!(h["x-birthday-soon"], "true");
+    assert_eq!(h["x-days-to-birthday"], "3");
+
+    let r = get(
+        &gw,
+        "/api/greeting",
+        &dev_token_at(now, json!({"birthday": "1990-07-01"})),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let h = up.last().headers;
+    assert_eq!(h["x-birthday-soon"], "false");
+    assert_eq!(h["x-days-to-birthday"], "21");
+
+    // No birthday claim: no birthday headers, and a client cannot inject them.
+    let r = client()
+        .get(gw.url("/api/greeting"))
+        .bearer_auth(dev_token_at(now, json!({})))
+        .header("x-birthday", "2000-01-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = up.last().headers;
+    assert!(h.get("x-birthday").is_none());
+    assert!(h.get("x-days-to-birthday").is_none());
+    assert_eq!(h["x-birthday-soon"], "false");
+}
+
+#[tokio::test]
+async fn scenario_5_risk_bands() {
+    let (up, gw) = real_time();
+    let c = client();
+    let low = dev_token(json!({"riskScore": 10, "jailbroken": false, "attestationCount": 11}));
+    let low_but_jailbroken =
+        dev_token(json!({"riskScore": 10, "jailbroken": true, "attestationCount": 50}));
+    let medium = dev_token(json!({"riskScore": 35, "jailbroken": false, "attestationCount": 3}));
+    let high = dev_token(json!({"riskScore": 80, "jailbroken": false, "attestationCount": 30}));
+
+    let del = |t: &str| {
+        c.delete(gw.url("/api/documents/1"))
+            .bearer_auth(t.to_string())
+            .send()
+    };
+    let put = |t: &str| {
+        c.put(gw.url("/api/documents/1"))
+            .bearer_auth(t.to_string())
+            .body("x")
+            .send()
+    };
+
+    let r = del(&low).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().headers["x-permissions"],
+        "read,write,delete,admin"
+    );
+
+    let r = del(&low_but_jailbroken).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        body_of(r).await["message"],
+        "Your device risk level does not allow delete access"
+    );
+    assert_eq!(put(&low_but_jailbroken).await.unwrap().status(), 200);
+    assert_eq!(up.last().headers["x-permissions"], "read,write");
+
+    assert_eq!(put(&medium).await.unwrap().status(), 200);
+    assert_eq!(del(&medium).await.unwrap().status(), 403);
+
+    assert_eq!(get(&gw, "/api/documents/1", &high).await.status(), 200);
+    assert_eq!(up.last().headers["x-permissions"], "read");
+    let r = put(&high).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        body_of(r).await["message"],
+        "Your device risk level does not allow write access"
+    );
+
+    // A token without riskScore cannot be placed in a band: fail closed.
+    let r = get(&gw, "/api/documents/1", &dev_token(json!({}))).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(body_of(r).await["reason"], "policy_error");
+}
+
+fn transfer_claims() -> Value {
+    json!({"permissions": ["transfer"], "geoCompliance": {"isAllowed": true}})
+}
+
+async fn post_json(gw: &Gateway, path: &str, token: &str, body: Vec<u8>) -> reqwest::Response {
+    client()
+        .post(gw.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn scenario_8_transfer_validation() {
+    let (up, gw) = real_time();
+    let ok = dev_token(transfer_claims());
+    let amount = |a: f64| serde_json::to_vec(&json!({"amount": a, "to": "acc-2"})).unwrap();
+
+    // Invalid token: 401 before any rule.
+    let r = post_json(&gw, "/api/transfer", "not.a.token", amount(5.0)).await;
+    assert_eq!(r.status(), 401);
+    assert!(body_of(r).await["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid token"));
+
+    // Geo flag.
+    let t = dev_token(json!({"permissions": ["transfer"], "geoCompliance": {"isAllowed": false}}));
+    let r = post_json(&gw, "/api/transfer", &t, amount(5.0)).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        body_of(r).await["message"],
+        "Service not available in your region"
+    );
+
+    // Permission.
+    let t = dev_token(json!({"geoCompliance": {"isAllowed": true}}));
+    let r = post_json(&gw, "/api/transfer", &t, amount(5.0)).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(body_of(r).await["message"], "Transfer permission required");
+
+    // Amount against the default limit of 1000.
+    let r = post_json(&gw, "/api/transfer", &ok, amount(1500.0)).await;
+    assert_eq!(r.status(), 400);
+    let b = body_of(r).await;
+    assert_eq!(b["message"], "Amount exceeds limit of 1000");
+    assert_eq!(b["rule"], "amount-within-limit");
+    let body = amount(1000.0);
+    let r = post_json(&gw, "/api/transfer", &ok, body.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().body, body);
+    assert_eq!(up.last().headers["x-max-amount"], "1000");
+
+    // A limit carried in the token.
+    let mut c = transfer_claims();
+    c["features"] = json!({"maxTransactionAmount": 5000});
+    let t = dev_token(c);
+    assert_eq!(
+        post_json(&gw, "/api/transfer", &t, amount(4999.5))
+            .await
+            .status(),
+        200
+    );
+    let r = post_json(&gw, "/api/transfer", &t, amount(5001.0)).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(body_of(r).await["message"], "Amount exceeds limit of 5000");
+}
+
+/// A JSON document of exactly `len` bytes with an `amount`.
+fn json_of_len(len: usize, amount: u32) -> Vec<u8> {
+    let head = format!("{{\"amount\":{amount},\"pad\":\"");
+    let tail = "\"}";
+    let pad = len - head.len() - tail.len();
+    let mut v = head.into_bytes();
+    v.extend(std::iter::repeat_n(b'x', pad));
+    v.extend_from_slice(tail.as_bytes());
+    assert_eq!(v.len(), len);
+    v
+}
+
+#[tokio::test]
+async fn body_limits_types_and_integrity() {
+    let (up, gw) = real_time();
+    let ok = dev_token(transfer_claims());
+
+    // The transfer route's limit is 16 KiB: exactly at the limit passes, byte for byte.
+    let body = json_of_len(16384, 10);
+    let r = post_json(&gw, "/api/transfer", &ok, body.clone()).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let seen = up.last();
+    assert!(seen.body == body, "the upstream got other bytes");
+    assert_eq!(seen.headers["content-length"], "16384");
+
+    // One byte over, by Content-Length.
+    let r = post_json(&gw, "/api/transfer", &ok, json_of_len(16385, 10)).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(body_of(r).await["reason"], "body_too_large");
+
+    // Over the limit, chunked (no Content-Length): caught while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = json_of_len(20000, 10)
+        .chunks(4000)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let r = client()
+        .post(gw.url("/api/transfer"))
+        .bearer_auth(&ok)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    // Chunked and within the limit: allowed, and the bytes arrive intact.
+    let small = json_of_len(9000, 10);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        small.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    let r = client()
+        .post(gw.url("/api/transfer"))
+        .bearer_auth(&ok)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(up.last().body == small);
+
+    // Invalid JSON and a non-JSON content type.
+    let r = post_json(&gw, "/api/transfer", &ok, b"{\"amount\": 1,".to_vec()).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(body_of(r).await["reason"], "invalid_json");
+    let r = client()
+        .post(gw.url("/api/transfer"))
+        .bearer_auth(&ok)
+        .header("content-type", "text/plain")
+        .body("{\"amount\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    // application/*+json counts as JSON.
+    let r = client()
+        .post(gw.url("/api/transfer"))
+        .bearer_auth(&ok)
+        .header("content-type", "application/vnd.api+json; charset=utf-8")
+        .body("{\"amount\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test]
+async fn body_limit_of_64_kib_exactly() {
+    // Wednesday 2026-03-04 10:00 in New York: orders of any size are open.
+    let (up, gw, now) = at("2026-03-04T10:00:00-05:00");
+    let t = dev_token_at(now, json!({}));
+    let body = json_of_len(64 * 1024, 20000);
+    let r = post_json(&gw, "/api/orders", &t, body.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert!(up.last().body == body, "64 KiB body not replayed intact");
+    let r = post_json(&gw, "/api/orders", &t, json_of_len(64 * 1024 + 1, 20000)).await;
+    assert_eq!(r.status(), 413);
+}
+
+#[tokio::test]
+async fn scenario_9_time_windows_in_new_york() {
+    struct Case {
+        at: &'static str,
+        path: &'static str,
+        amount: Option<u32>,
+        status: u16,
+        rule: Option<&'static str>,
+    }
+    let cases = [
+        // Wednesday 10:00 EST: support open.
+        Case {
+            at: "2026-03-04T15:00:00Z",
+            path: "/api/support/chat",
+            amount: None,
+            status: 200,
+            rule: None,
+        },
+        // Wednesday 18:00 EST: closed.
+        Case {
+            at: "2026-03-04T23:00:00Z",
+            path: "/api/support/chat",
+            amount: None,
+            status: 403,
+            rule: Some("business-hours"),
+        },
+        // Saturday 10:00 EST.
+        Case {
+            at: "2026-03-07T15:00:00Z",
+            path: "/api/support/chat",
+            amount: None,
+            status: 403,
+            rule: Some("weekdays-only"),
+        },
+        // DST: 13:30Z is 08:30 on Friday 6 March (EST, closed) but 09:30 on Monday 9 March (EDT, open).
+        Case {
+            at: "2026-03-06T13:30:00Z",
+            path: "/api/support/chat",
+            amount: None,
+            status: 403,
+            rule: Some("business-hours"),
+        },
+        Case {
+            at: "2026-03-09T13:30:00Z",
+            path: "/api/support/chat",
+            amount: None,
+            status: 200,
+            rule: None,
+        },
+        // DST ended on 1 November 2026: 13:30Z on Monday 2 November is 08:30 EST (closed), where a
+        // summer offset would have said 09:30 (open).
+        Case {
+            at: "2026-11-02T13:30:00Z",
+            path: "/api/support/chat",
+            amount: None,
+            status: 403,
+            rule: Some("business-hours"),
+        },
+        Case {
+            at: "2026-11-02T14:30:00Z",
+            path: "/api/support/chat",
+            amount: None,
+            status: 200,
+            rule: None,
+        },
+        // Maintenance 02:00-04:00 local, small or large orders alike.
+        Case {
+            at: "2026-03-04T08:30:00Z",
+            path: "/api/orders",
+            amount: Some(5),
+            status: 503,
+            rule: Some("maintenance-window"),
+        },
+        Case {
+            at: "2026-03-04T09:00:00Z",
+            path: "/api/orders",
+            amount: Some(5),
+            status: 200,
+            rule: None,
+        },
+        // High-value only on weekdays in business hours.
+        Case {
+            at: "2026-03-04T09:00:00Z",
+            path: "/api/orders",
+            amount: Some(20000),
+            status: 403,
+            rule: Some("high-value-in-business-hours"),
+        },
+        Case {
+            at: "2026-03-04T16:00:00Z",
+            path: "/api/orders",
+            amount: Some(20000),
+            status: 200,
+            rule: None,
+        },
+        Case {
+            at: "2026-03-07T16:00:00Z",
+            path: "/api/orders",
+            amount: Some(20000),
+            status: 403,
+            rule: Some("high-value-in-business-hours"),
+        },
+        // A window across midnight: 22:00-06:00 local.
+        Case {
+            at: "2026-03-05T03:30:00Z",
+            path: "/api/batch/run",
+            amount: None,
+            status: 200,
+            rule: None,
+        },
+        Case {
+            at: "2026-03-05T04:30:00Z",
+            path: "/api/batch/run",
+            amount: None,
+            status: 200,
+            rule: None,
+        },
+        Case {
+            at: "2026-03-05T10:30:00Z",
+            path: "/api/batch/run",
+            amount: None,
+            status: 200,
+            rule: None,
+        },
+        Case {
+            at: "2026-03-05T11:30:00Z",
+            path: "/api/batch/run",
+            amount: None,
+            status: 403,
+            rule: Some("night-window"),
+        },
+        Case {
+            at: "2026-03-05T02:59:00Z",
+            path: "/api/batch/run",
+            amount: None,
+            status: 403,
+            rule: Some("night-window"),
+        },
+    ];
+    for c in cases {
+        let (_up, gw, now) = at(c.at);
+        let t = dev_token_at(now, json!({}));
+        let r = match c.amount {
+            None => get(&gw, c.path, &t).await,
+            Some(a) => {
+                post_json(
+                    &gw,
+                    c.path,
+                    &t,
+                    serde_json::to_vec(&json!({"amount": a})).unwrap(),
+                )
+                .await
+            }
+        };
+        let status = r.status().as_u16();
+        let b: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, c.status, "{} {}: {b}", c.at, c.path);
+        if let Some(rule) = c.rule {
+            assert_eq!(b["rule"], rule, "{} {}", c.at, c.path);
+        }
+    }
+}
+
+#[tokio::test]
+async fn scenario_10_device_history() {
+    let (up, gw, now) = at("2026-06-10T12:00:00Z");
+    let device = |first_seen: &str, score: i64, avg: i64| {
+        dev_token_at(
+            now,
+            json!({"device": {"firstSeen": first_seen, "attestations30d": 14, "riskScore": score, "riskAvg30d": avg}}),
+        )
+    };
+    let r = get(
+        &gw,
+        "/api/account/security/keys",
+        &device("2026-04-01T00:00:00Z", 10, 18),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let h = up.last().headers;
+    assert_eq!(h["x-device-age-days"], "70");
+    assert_eq!(h["x-device-attestations-30d"], "14");
+    assert_eq!(h["x-device-risk-trend"], "improving");
+    assert_eq!(h["x-device-trusted"], "true");
+
+    // Too new.
+    let r = get(
+        &gw,
+        "/api/account/security/keys",
+        &device("2026-05-20T00:00:00Z", 10, 18),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(body_of(r).await["rule"], "trusted-device");
+    // Old but risky on average.
+    let r = get(
+        &gw,
+        "/api/account/security/keys",
+        &device("2025-01-01T00:00:00Z", 40, 30),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(up.count(), 1);
+}
