@@ -81,7 +81,12 @@ keys = [{{ pem_file = "{ec}", kid = "ec256" }}]
         &load_context(&config),
     )
     .expect("policy");
-    Snapshot::new(config, Arc::new(issuers), Arc::new(policy))
+    Snapshot::new(
+        config,
+        Arc::new(issuers),
+        Arc::new(policy),
+        Arc::new(Default::default()),
+    )
 }
 
 fn token(alg: Algorithm, iss: &str, kid: Option<&str>, key: &EncodingKey) -> String {

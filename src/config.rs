@@ -22,6 +22,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub unmatched: Unmatched,
     #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub geo: GeoSettings,
+    #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
     #[serde(default)]
     pub issuers: BTreeMap<String, Spanned<IssuerConfig>>,
@@ -92,6 +96,25 @@ fn default_max_token_bytes() -> usize {
     8 * 1024
 }
 
+/// Which peers are proxies whose `X-Forwarded-For` (and edge country header) is believed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// IP addresses or CIDR blocks, e.g. `["10.0.0.0/8", "127.0.0.1"]`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoSettings {
+    /// A MaxMind/GeoLite2 country (or city) database.
+    pub mmdb: Option<Spanned<PathBuf>>,
+    /// A country header set by a trusted edge, e.g. `CF-IPCountry`; believed only from
+    /// `network.trusted_proxies`.
+    pub country_header: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesSettings {
@@ -156,6 +179,9 @@ pub enum AuthMode {
 pub struct UpstreamConfig {
     /// `host:port` addresses, used round-robin.
     pub addresses: Vec<Spanned<String>>,
+    /// The upstream of routes that do not name one.
+    #[serde(default)]
+    pub default: bool,
     #[serde(default)]
     pub tls: bool,
     /// SNI and certificate name for TLS upstreams.
@@ -277,6 +303,25 @@ impl Config {
                 ));
             }
         }
+        for t in &raw.network.trusted_proxies {
+            if let Err(e) = crate::geo::parse_network(t.get_ref()) {
+                errors.push(at(t.span(), e.to_string()));
+            }
+        }
+        let defaults: Vec<_> = raw
+            .upstreams
+            .iter()
+            .filter(|(_, u)| u.get_ref().default)
+            .collect();
+        if defaults.len() > 1 {
+            errors.push(at(
+                defaults[1].1.span(),
+                format!(
+                    "upstream `{}`: only one upstream can be the default",
+                    defaults[1].0
+                ),
+            ));
+        }
         if raw.unmatched.action == UnmatchedAction::Allow {
             match &raw.unmatched.upstream {
                 None if raw.upstreams.len() != 1 => errors.push(SourceError::whole_file(
@@ -362,6 +407,19 @@ impl Config {
     /// A path from the file, resolved against the file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         self.path.parent().unwrap_or(Path::new(".")).join(p)
+    }
+
+    /// The upstream of routes that name none: the one marked `default`, or the only one.
+    pub fn default_upstream(&self) -> Option<&str> {
+        let ups = &self.raw.upstreams;
+        ups.iter()
+            .find(|(_, u)| u.get_ref().default)
+            .map(|(n, _)| n.as_str())
+            .or_else(|| {
+                (ups.len() == 1)
+                    .then(|| ups.keys().next().map(String::as_str))
+                    .flatten()
+            })
     }
 
     /// An error located at `span` of this file.

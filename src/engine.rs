@@ -4,6 +4,7 @@
 use crate::auth::{extract, verify, Issuer, IssuerSet, TokenError, VerifiedToken};
 use crate::config::{AuthMode, Config, UnmatchedAction};
 use crate::facts::{Activation, Body, Inputs, RequestFacts};
+use crate::geo::GeoResolver;
 use crate::location::SourceError;
 use crate::policy::decision::Allow;
 use crate::policy::eval::evaluate;
@@ -22,6 +23,7 @@ pub struct Snapshot {
     pub issuers: Arc<IssuerSet>,
     pub policy: Arc<PolicySet>,
     pub upstreams: Upstreams,
+    pub geo: Arc<GeoResolver>,
     /// The accepted issuers of each route, by route index, resolved once here.
     route_issuers: Vec<Vec<Arc<Issuer>>>,
     unmatched_issuers: Vec<Arc<Issuer>>,
@@ -34,11 +36,15 @@ impl Snapshot {
         let issuers = IssuerSet::load(&config);
         let ctx = load_context(&config);
         let policy = PolicySet::load_dir(&config.rules_dir, &ctx);
-        match (issuers, policy) {
-            (Ok(i), Ok(p)) => Ok(Snapshot::new(config, Arc::new(i), Arc::new(p))),
-            (i, p) => {
+        let geo = load_geo(&config);
+        match (issuers, policy, geo) {
+            (Ok(i), Ok(p), Ok(g)) => {
+                Ok(Snapshot::new(config, Arc::new(i), Arc::new(p), Arc::new(g)))
+            }
+            (i, p, g) => {
                 let mut errors = i.err().unwrap_or_default();
                 errors.extend(p.err().unwrap_or_default());
+                errors.extend(g.err());
                 Err(errors)
             }
         }
@@ -46,7 +52,12 @@ impl Snapshot {
 
     /// Binds a policy set to the issuers it names. The policy was validated against the same
     /// configuration, so every name resolves.
-    pub fn new(config: Arc<Config>, issuers: Arc<IssuerSet>, policy: Arc<PolicySet>) -> Snapshot {
+    pub fn new(
+        config: Arc<Config>,
+        issuers: Arc<IssuerSet>,
+        policy: Arc<PolicySet>,
+        geo: Arc<GeoResolver>,
+    ) -> Snapshot {
         let route_issuers = policy
             .routes
             .iter()
@@ -76,6 +87,7 @@ impl Snapshot {
                 }),
         };
         Snapshot {
+            geo,
             upstreams: Upstreams::from_config(&config),
             config,
             issuers,
@@ -150,6 +162,7 @@ impl Snapshot {
             route: Some(route),
             cel: &self.policy.cel,
             body: body.as_ref(),
+            geo: &self.geo,
         });
         let verdict = evaluate(route, &activation);
         Decision {
@@ -293,10 +306,36 @@ fn token_denial(route: Option<Arc<str>>, e: TokenError) -> Decision {
     }
 }
 
+fn load_geo(config: &Config) -> Result<GeoResolver, SourceError> {
+    let g = &config.raw.geo;
+    let trusted: Vec<String> = config
+        .raw
+        .network
+        .trusted_proxies
+        .iter()
+        .map(|t| t.get_ref().clone())
+        .collect();
+    let mmdb = g.mmdb.as_ref().map(|p| config.resolve(p.get_ref()));
+    GeoResolver::new(
+        mmdb.as_deref(),
+        g.country_header.as_ref().map(|h| h.get_ref().as_str()),
+        &trusted,
+    )
+    .map_err(|e| {
+        let span = match (&e, &g.mmdb, &g.country_header) {
+            (crate::geo::GeoError::Database { .. }, Some(p), _) => p.span(),
+            (crate::geo::GeoError::BadHeader(_), _, Some(h)) => h.span(),
+            _ => 0..0,
+        };
+        config.error_at(span, e.to_string())
+    })
+}
+
 /// The names policies may refer to.
 pub fn load_context(config: &Config) -> LoadContext {
     LoadContext {
         issuers: config.raw.issuers.keys().cloned().collect(),
         upstreams: config.raw.upstreams.keys().cloned().collect(),
+        default_upstream: config.default_upstream().map(str::to_string),
     }
 }

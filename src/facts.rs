@@ -3,6 +3,7 @@
 //! never pays for converting headers.
 
 use crate::auth::VerifiedToken;
+use crate::geo::GeoResolver;
 use crate::policy::cel::{json_object_to_value, json_to_value, string_map, to_val, CelRuntime};
 use crate::policy::{AttrKind, Route};
 use cel::common::traits::Indexer;
@@ -25,6 +26,7 @@ pub struct RequestFacts<'a> {
     /// The raw query string, without `?`.
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The address of the connection's peer (the client, or a proxy in front of it).
     pub client_ip: Option<IpAddr>,
     pub body: Body<'a>,
 }
@@ -51,6 +53,9 @@ pub struct Activation<'a> {
     route: Option<&'a Route>,
     cel: &'a CelRuntime,
     body: Option<&'a serde_json::Value>,
+    geo: &'a GeoResolver,
+    client_ip: OnceLock<Option<IpAddr>>,
+    geo_val: OnceLock<Box<dyn Val>>,
     claims: OnceLock<Box<dyn Val>>,
     token_val: OnceLock<Box<dyn Val>>,
     request: OnceLock<Box<dyn Val>>,
@@ -69,6 +74,7 @@ pub struct Inputs<'a> {
     pub cel: &'a CelRuntime,
     /// The parsed JSON body, on routes whose expressions read it.
     pub body: Option<&'a serde_json::Value>,
+    pub geo: &'a GeoResolver,
 }
 
 impl<'a> Activation<'a> {
@@ -82,6 +88,9 @@ impl<'a> Activation<'a> {
             route: i.route,
             cel: i.cel,
             body: i.body,
+            geo: i.geo,
+            client_ip: OnceLock::new(),
+            geo_val: OnceLock::new(),
             claims: OnceLock::new(),
             token_val: OnceLock::new(),
             request: OnceLock::new(),
@@ -127,9 +136,31 @@ impl<'a> Activation<'a> {
             .as_ref()
     }
 
+    /// The client's address, through trusted proxies.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        *self
+            .client_ip
+            .get_or_init(|| self.geo.client_ip(self.req.client_ip, self.req.headers))
+    }
+
     fn request(&self) -> &dyn Val {
         self.request
-            .get_or_init(|| to_val(request_value(self.req, self.params)))
+            .get_or_init(|| to_val(request_value(self.req, self.params, self.client_ip())))
+            .as_ref()
+    }
+
+    fn geo(&self) -> &dyn Val {
+        self.geo_val
+            .get_or_init(|| {
+                let loc = self
+                    .geo
+                    .locate(self.req.client_ip, self.client_ip(), self.req.headers);
+                let v = |s: Option<String>| s.map(Value::from).unwrap_or(Value::Null);
+                to_val(string_map([
+                    ("country", v(loc.country)),
+                    ("continent", v(loc.continent)),
+                ]))
+            })
             .as_ref()
     }
 
@@ -196,6 +227,7 @@ impl VariableResolver for Activation<'_> {
             "request" => self.request(),
             "now" => self.now(),
             "body" => self.body(),
+            "geo" => self.geo(),
             "attr" => return Some(CowVal::Owned(Box::new(AttrView { act: self }))),
             _ => return None,
         };
@@ -265,7 +297,11 @@ impl<'a> Indexer for AttrView<'a> {
     }
 }
 
-fn request_value(req: &RequestFacts<'_>, params: &[(String, String)]) -> Value {
+fn request_value(
+    req: &RequestFacts<'_>,
+    params: &[(String, String)],
+    client_ip: Option<IpAddr>,
+) -> Value {
     let mut headers: std::collections::HashMap<String, String> = Default::default();
     for (name, value) in req.headers.iter() {
         let text = String::from_utf8_lossy(value.as_bytes());
@@ -299,7 +335,7 @@ fn request_value(req: &RequestFacts<'_>, params: &[(String, String)]) -> Value {
         (
             "client_ip",
             Value::String(Arc::new(
-                req.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             )),
         ),
     ])

@@ -10,6 +10,7 @@ pub mod config;
 pub mod echo;
 pub mod engine;
 pub mod facts;
+pub mod geo;
 pub mod location;
 pub mod policy;
 pub mod proxy;

@@ -37,6 +37,18 @@ enum Command {
     },
     /// Mint a signed token for local testing.
     Token(token_cmd::TokenArgs),
+    /// Write a small country database (.mmdb) for tests and demos.
+    GeoDb {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Write the demo database shipped as dev/geo-demo.mmdb.
+        #[arg(long, conflicts_with = "entry")]
+        demo: bool,
+        /// A network and its place: CIDR=COUNTRY:CONTINENT, e.g. 192.0.2.0/24=DE:EU.
+        #[arg(long, value_name = "CIDR=CC:CONT")]
+        entry: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,5 +97,44 @@ fn main() -> ExitCode {
             }
         }
         Command::Token(args) => token_cmd::run(args),
+        Command::GeoDb { out, demo, entry } => {
+            use claimgate::geo::writer;
+            let (entries, epoch) = if demo {
+                (writer::demo_entries(), writer::DEMO_EPOCH)
+            } else {
+                let mut v = Vec::new();
+                for e in &entry {
+                    let parsed = e.split_once('=').and_then(|(net, place)| {
+                        let (cc, cont) = place.split_once(':')?;
+                        Some(writer::Entry {
+                            network: net.parse().ok()?,
+                            country: cc.to_string(),
+                            continent: cont.to_string(),
+                        })
+                    });
+                    match parsed {
+                        Some(x) => v.push(x),
+                        None => {
+                            eprintln!(
+                                "claimgate geo-db: `{e}` is not CIDR=COUNTRY:CONTINENT (IPv4)"
+                            );
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                (v, now)
+            };
+            match std::fs::write(&out, writer::build(&entries, epoch)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("claimgate geo-db: cannot write `{}`: {e}", out.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }

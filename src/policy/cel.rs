@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The names a condition may read. Anything else is an error at load time, not at request time.
-pub const VARIABLES: &[&str] = &["claims", "token", "request", "now", "attr", "body"];
+pub const VARIABLES: &[&str] = &["claims", "token", "request", "now", "attr", "body", "geo"];
 
 /// Compiled-once CEL state shared by every request of a policy set.
 pub struct CelRuntime {

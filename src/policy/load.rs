@@ -111,6 +111,8 @@ struct RawRule {
 pub struct LoadContext {
     pub issuers: Vec<String>,
     pub upstreams: Vec<String>,
+    /// The upstream of routes that name none.
+    pub default_upstream: Option<String>,
 }
 
 /// Headers a route may not set: they belong to the HTTP connection or to the client's identity
@@ -532,17 +534,19 @@ impl Loader<'_> {
                 ));
                 Arc::from("")
             }
-            None if self.ctx.upstreams.len() == 1 => Arc::from(self.ctx.upstreams[0].as_str()),
-            None => {
-                self.errors.push(fx.err(
-                    route_start,
-                    format!(
-                        "route `{name}` needs `upstream`: gateway.toml has {} upstreams",
-                        self.ctx.upstreams.len()
-                    ),
-                ));
-                Arc::from("")
-            }
+            None => match &self.ctx.default_upstream {
+                Some(d) => Arc::from(d.as_str()),
+                None => {
+                    self.errors.push(fx.err(
+                        route_start,
+                        format!(
+                            "route `{name}` needs `upstream`: gateway.toml has {} upstreams and none is `default = true`",
+                            self.ctx.upstreams.len()
+                        ),
+                    ));
+                    Arc::from("")
+                }
+            },
         };
 
         let mut rules = Vec::new();

@@ -237,6 +237,29 @@ pub fn repo_config(upstream: SocketAddr) -> String {
             &format!("dir = \"{}\"", root.join("rules").display()),
         )
         .replace("dev/keys/", &format!("{}/dev/keys/", root.display()))
+        .replace(
+            "dev/geo-demo.mmdb",
+            &format!("{}/dev/geo-demo.mmdb", root.display()),
+        )
+}
+
+/// The repository configuration with each residency pool at its own upstream.
+pub fn repo_config_with_pools(
+    default: SocketAddr,
+    eu: SocketAddr,
+    ca: SocketAddr,
+    us: SocketAddr,
+) -> String {
+    let mut text = repo_config(default);
+    for (pool, addr) in [("eu-west-1", eu), ("ca-central-1", ca), ("us-east-1", us)] {
+        let section = format!("[upstreams.{pool}]\naddresses = [\"{default}\"]");
+        assert!(text.contains(&section), "no pool {pool} in gateway.toml");
+        text = text.replace(
+            &section,
+            &format!("[upstreams.{pool}]\naddresses = [\"{addr}\"]"),
+        );
+    }
+    text
 }
 
 impl Gateway {

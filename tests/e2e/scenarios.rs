@@ -532,3 +532,135 @@ async fn scenario_10_device_history() {
     assert_eq!(r.status(), 403);
     assert_eq!(up.count(), 1);
 }
+
+struct Pools {
+    eu: Upstream,
+    ca: Upstream,
+    us: Upstream,
+    gw: Gateway,
+}
+
+fn pools(edit: impl Fn(String) -> String) -> Pools {
+    let (default, eu, ca, us) = (
+        Upstream::start(),
+        Upstream::start(),
+        Upstream::start(),
+        Upstream::start(),
+    );
+    let config = edit(repo_config_with_pools(
+        default.addr,
+        eu.addr,
+        ca.addr,
+        us.addr,
+    ));
+    let gw = Gateway::start(&config, &[]);
+    Pools { eu, ca, us, gw }
+}
+
+async fn regional(gw: &Gateway, token: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = client().get(gw.url("/api/data/x")).bearer_auth(token);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn scenario_7_geo_from_edge_header_and_residency() {
+    let p = pools(|c| c);
+    let consented = dev_token(json!({"consents": ["gdpr"]}));
+    let plain = dev_token(json!({}));
+
+    let (s, _) = regional(&p.gw, &consented, &[("cf-ipcountry", "DE")]).await;
+    assert_eq!(s, 200);
+    assert_eq!(p.eu.count(), 1);
+    let h = p.eu.last().headers;
+    assert_eq!(h["x-data-region"], "eu-west-1");
+    assert_eq!(h["x-country"], "DE");
+
+    let (s, b) = regional(&p.gw, &plain, &[("cf-ipcountry", "de")]).await;
+    assert_eq!(s, 451);
+    assert_eq!(b["message"], "Consent is required in your region");
+
+    // Another EU country without the consent rule.
+    assert_eq!(
+        regional(&p.gw, &plain, &[("cf-ipcountry", "NL")]).await.0,
+        200
+    );
+    assert_eq!(p.eu.count(), 2);
+
+    assert_eq!(
+        regional(&p.gw, &plain, &[("cf-ipcountry", "CA")]).await.0,
+        200
+    );
+    assert_eq!(p.ca.count(), 1);
+    assert_eq!(p.ca.last().headers["x-data-region"], "ca-central-1");
+    assert_eq!(
+        regional(&p.gw, &plain, &[("cf-ipcountry", "US")]).await.0,
+        200
+    );
+    assert_eq!(p.us.count(), 1);
+
+    let (s, b) = regional(&p.gw, &plain, &[("cf-ipcountry", "JP")]).await;
+    assert_eq!(s, 403);
+    assert_eq!(b["message"], "Service not available in your region");
+    assert_eq!(b["rule"], "allowed-regions");
+}
+
+#[tokio::test]
+async fn scenario_7_geo_from_the_database_through_trusted_proxies() {
+    let p = pools(|c| c);
+    let consented = dev_token(json!({"consents": ["gdpr"]}));
+    // 192.0.2.200 is FR in the demo database; the client address comes from X-Forwarded-For
+    // because the peer (127.0.0.1) is a trusted proxy.
+    let (s, _) = regional(&p.gw, &consented, &[("x-forwarded-for", "192.0.2.200")]).await;
+    assert_eq!(s, 200);
+    assert_eq!(p.eu.last().headers["x-country"], "FR");
+    // The upstream still sees the whole chain, with the proxy appended.
+    assert_eq!(
+        p.eu.last().headers["x-forwarded-for"],
+        "192.0.2.200, 127.0.0.1"
+    );
+
+    let (s, _) = regional(&p.gw, &consented, &[("x-forwarded-for", "198.51.100.9")]).await;
+    assert_eq!(s, 200);
+    assert_eq!(p.us.last().headers["x-country"], "US");
+    // A spoofed left-most entry is ignored: the right-most untrusted hop (JP) counts.
+    let (s, _) = regional(
+        &p.gw,
+        &consented,
+        &[("x-forwarded-for", "198.51.100.9, 203.0.113.200")],
+    )
+    .await;
+    assert_eq!(s, 403);
+    // Not in the database: no country, not allowed.
+    let (s, b) = regional(&p.gw, &consented, &[("x-forwarded-for", "8.8.8.8")]).await;
+    assert_eq!(s, 403);
+    assert_eq!(b["message"], "Service not available in your region");
+}
+
+#[tokio::test]
+async fn scenario_7_untrusted_peers_cannot_choose_their_country() {
+    let p = pools(|c| {
+        c.replace(
+            r#"trusted_proxies = ["127.0.0.1", "::1"]"#,
+            "trusted_proxies = []",
+        )
+    });
+    let consented = dev_token(json!({"consents": ["gdpr"]}));
+    for headers in [
+        &[("cf-ipcountry", "US")][..],
+        &[("x-forwarded-for", "198.51.100.9")][..],
+    ] {
+        let (s, b) = regional(&p.gw, &consented, headers).await;
+        assert_eq!(s, 403, "{headers:?}");
+        assert_eq!(b["rule"], "allowed-regions");
+    }
+    assert_eq!(p.us.count() + p.eu.count() + p.ca.count(), 0);
+}
