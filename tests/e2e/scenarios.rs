@@ -664,3 +664,50 @@ async fn scenario_7_untrusted_peers_cannot_choose_their_country() {
     }
     assert_eq!(p.us.count() + p.eu.count() + p.ca.count(), 0);
 }
+
+#[tokio::test]
+async fn expect_continue_on_a_body_reading_route() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, gw) = real_time();
+    let token = dev_token(transfer_claims());
+    let body = br#"{"amount": 12}"#;
+    let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let head = format!(
+        "POST /api/transfer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The gateway must invite the body before it waits for it.
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no 100 Continue: the client would wait forever")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(body).await.unwrap();
+    let mut resp = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !String::from_utf8_lossy(&resp).contains("upstream ok")
+        && std::time::Instant::now() < deadline
+    {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        resp.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&resp);
+    assert!(
+        text.contains("200 OK") && text.contains("upstream ok"),
+        "{text}"
+    );
+    assert_eq!(up.last().body, body);
+}
