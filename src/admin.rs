@@ -13,6 +13,7 @@ use std::time::SystemTime;
 pub struct AdminApp {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    pub status: Arc<crate::reload::ReloadStatus>,
     pub started: SystemTime,
 }
 
@@ -50,6 +51,7 @@ impl ServeHttp for AdminApp {
                     })
                     .collect();
                 let body = serde_json::json!({
+                    "rules": self.status.view(),
                     "routes": snap.policy.routes.iter().map(|r| &*r.name).collect::<Vec<_>>(),
                     "rules_files": snap.policy.files,
                     "issuers": issuers,

@@ -24,6 +24,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub network: Network,
     #[serde(default)]
+    pub reload: ReloadSettings,
+    #[serde(default)]
     pub geo: GeoSettings,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
@@ -94,6 +96,45 @@ impl Default for Limits {
 
 fn default_max_token_bytes() -> usize {
     8 * 1024
+}
+
+/// Live reload of `rules/`, keys and this file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadSettings {
+    /// Watch the files (through their directories) and reload on change.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    /// Quiet time after the last change event before reloading.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+    /// Also compare a content hash this often, in case an event was missed; 0 turns it off.
+    #[serde(default = "default_poll_seconds")]
+    pub poll_seconds: u64,
+    /// Accept a reload that leaves no route at all (every request then gets the unmatched action).
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        ReloadSettings {
+            watch: true,
+            debounce_ms: default_debounce_ms(),
+            poll_seconds: default_poll_seconds(),
+            allow_empty: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_debounce_ms() -> u64 {
+    150
+}
+fn default_poll_seconds() -> u64 {
+    5
 }
 
 /// Which peers are proxies whose `X-Forwarded-For` (and edge country header) is believed.

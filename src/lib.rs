@@ -14,6 +14,7 @@ pub mod geo;
 pub mod location;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -6,10 +6,11 @@ use crate::echo::EchoApp;
 use crate::engine::Snapshot;
 use crate::location::SourceErrors;
 use crate::proxy::{ClaimgateProxy, Clock};
+use crate::reload::{ReloadService, Reloader};
 use crate::telemetry::Metrics;
-use arc_swap::ArcSwap;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -81,8 +82,8 @@ pub fn run(config_path: &Path, echo: Option<SocketAddr>, clock: Clock) -> Result
         );
     }
     let metrics = Arc::new(Metrics::new()?);
-    metrics.rules_generation.set(1);
-    let state = Arc::new(ArcSwap::from_pointee(snapshot));
+    let reloader = Arc::new(Reloader::new(config_path, snapshot, metrics.clone()));
+    let state = reloader.state.clone();
 
     // Built in code: Pingora only reads thread counts and timeouts given at construction.
     let conf = ServerConf {
@@ -111,11 +112,16 @@ pub fn run(config_path: &Path, echo: Option<SocketAddr>, clock: Clock) -> Result
         AdminApp {
             state,
             metrics,
+            status: reloader.status.clone(),
             started: SystemTime::now(),
         },
     );
     admin.add_tcp(&admin_addr.to_string());
     server.add_service(admin);
+    server.add_service(background_service(
+        "claimgate reload",
+        ReloadService { reloader },
+    ));
 
     if let Some(addr) = echo {
         let mut svc = Service::new("claimgate echo upstream".to_string(), EchoApp);

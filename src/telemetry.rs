@@ -19,6 +19,8 @@ pub struct Metrics {
     pub audit_denials: IntCounterVec,
     pub decision_seconds: HistogramVec,
     pub rules_generation: IntGauge,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: prometheus::Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,6 +67,22 @@ impl Metrics {
             "claimgate_rules_generation",
             "Generation of the policy set in force; increases on every successful load.",
         )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "claimgate_rules_reload_total",
+                "Reload attempts of rules, keys and configuration, by result (success, error, refused).",
+            ),
+            &["result"],
+        )?;
+        let last_reload_success = prometheus::Gauge::new(
+            "claimgate_rules_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful load of rules, keys and configuration.",
+        )?;
+        for r in ["success", "error", "refused"] {
+            reloads.with_label_values(&[r]);
+        }
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(last_reload_success.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(denials.clone()))?;
         registry.register(Box::new(audit_denials.clone()))?;
@@ -77,6 +95,8 @@ impl Metrics {
             audit_denials,
             decision_seconds,
             rules_generation,
+            reloads,
+            last_reload_success,
         })
     }
 

@@ -269,6 +269,11 @@ impl Gateway {
 
     pub fn start_with(config: &str, rules: &[(&str, &str)], args: &[&str]) -> Gateway {
         let (dir, proxy, admin) = write_setup(config, rules);
+        Self::start_in(dir, proxy, admin, args)
+    }
+
+    /// Starts the gateway on a directory prepared by [`write_setup`].
+    pub fn start_in(dir: tempfile::TempDir, proxy: u16, admin: u16, args: &[&str]) -> Gateway {
         let log = dir.path().join("gateway.log");
         let child = binary()
             .arg("run")
@@ -310,6 +315,25 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The directory holding `gateway.toml` and `rules/`.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The admin `/status` document.
+    pub async fn status(&self) -> serde_json::Value {
+        reqwest::get(format!("http://{}/status", self.admin))
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status json")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -7,5 +7,6 @@ mod tokens;
 mod auth;
 mod policy;
 mod proxying;
+mod reload;
 mod scenarios;
 mod startup;
