@@ -294,3 +294,59 @@ async fn no_request_fails_while_policies_flip() {
         "policies did not flip often enough: generation {generation}"
     );
 }
+
+#[tokio::test]
+async fn gateway_toml_changes_reload_live_or_are_reported_as_restart_only() {
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        &config(up.addr, "poll_seconds = 0\ndebounce_ms = 50"),
+        &[("flip.toml", SET_A)],
+    );
+    let path = gw.dir().join("gateway.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let unmatched = |c: String| async move {
+        let r = client()
+            .get(format!("http://{c}/nowhere"))
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    };
+    assert_eq!(unmatched(gw.proxy.to_string()).await, 404);
+
+    // A live setting: the unmatched status.
+    write_atomically(
+        &path,
+        &format!("{original}\n[unmatched]\naction = \"deny\"\nstatus = 403\n"),
+    );
+    let start = Instant::now();
+    while unmatched(gw.proxy.to_string()).await != 403 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "unmatched status did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A restart-only setting: applied nowhere, reported everywhere.
+    let moved = original.replace(&format!("127.0.0.1:{}", gw.admin.port()), "127.0.0.1:1");
+    assert_ne!(moved, original);
+    write_atomically(&path, &moved);
+    let start = Instant::now();
+    loop {
+        let s = gw.status().await;
+        if s["rules"]["restart_needed"] == serde_json::json!(["listen.admin"]) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "restart-only change not reported: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gw
+        .wait_log("takes effect only after a restart")
+        .contains("listen.admin"));
+    // The unmatched status from the file in force is back to 404, served on the old listener.
+    assert_eq!(unmatched(gw.proxy.to_string()).await, 404);
+}
