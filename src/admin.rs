@@ -37,6 +37,12 @@ impl ServeHttp for AdminApp {
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/status" => {
                 let snap = self.state.load();
+                let view = self.status.view();
+                let now = SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let keys_age = now.saturating_sub(view.loaded_at);
                 let issuers: Vec<_> = snap
                     .issuers
                     .iter()
@@ -44,6 +50,7 @@ impl ServeHttp for AdminApp {
                         serde_json::json!({
                             "name": &*i.name,
                             "iss": i.iss,
+                            "keys_age_seconds": keys_age,
                             "keys": i.keys.iter().map(|k| serde_json::json!({
                                 "kid": k.kid, "alg": format!("{:?}", k.alg)
                             })).collect::<Vec<_>>(),
@@ -51,7 +58,7 @@ impl ServeHttp for AdminApp {
                     })
                     .collect();
                 let body = serde_json::json!({
-                    "rules": self.status.view(),
+                    "rules": view,
                     "routes": snap.policy.routes.iter().map(|r| &*r.name).collect::<Vec<_>>(),
                     "rules_files": snap.policy.files,
                     "issuers": issuers,

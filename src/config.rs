@@ -26,6 +26,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub reload: ReloadSettings,
     #[serde(default)]
+    pub logging: LoggingSettings,
+    #[serde(default)]
     pub geo: GeoSettings,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
@@ -96,6 +98,40 @@ impl Default for Limits {
 
 fn default_max_token_bytes() -> usize {
     8 * 1024
+}
+
+/// The decision log.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSettings {
+    /// How the token's `sub` appears in decision logs.
+    #[serde(default)]
+    pub subject: SubjectLogging,
+    /// Share of allowed requests that also get a decision line (0.0 to 1.0). Denials and audit
+    /// would-be denials are always logged.
+    #[serde(default)]
+    pub allow_sample_rate: f64,
+}
+
+impl Default for LoggingSettings {
+    fn default() -> Self {
+        LoggingSettings {
+            subject: SubjectLogging::Plain,
+            allow_sample_rate: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectLogging {
+    /// The `sub` as it is.
+    #[default]
+    Plain,
+    /// A SHA-256 prefix of the `sub`: correlatable, not readable.
+    Hash,
+    /// No subject.
+    Omit,
 }
 
 /// Live reload of `rules/`, keys and this file.
@@ -374,6 +410,12 @@ impl Config {
                 }
                 _ => {}
             }
+        }
+        if !(0.0..=1.0).contains(&raw.logging.allow_sample_rate) {
+            errors.push(SourceError::whole_file(
+                path,
+                "`logging.allow_sample_rate` must be between 0.0 and 1.0",
+            ));
         }
         if !(100..=599).contains(&raw.unmatched.status) {
             errors.push(SourceError::whole_file(

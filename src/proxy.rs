@@ -46,7 +46,39 @@ impl Clock {
 pub struct RequestCtx {
     snapshot: Option<Arc<Snapshot>>,
     allow: Option<Allow>,
+    /// The TCP peer, appended to X-Forwarded-For.
     client_ip: Option<IpAddr>,
+    request_id: String,
+    route: Option<Arc<str>>,
+    upstream_started: Option<Instant>,
+    upstream_observed: bool,
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The client's request id when it is a sane token, else a new one.
+fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// Host of the request without port, lower-cased: from the absolute URI or the Host header.
@@ -69,8 +101,12 @@ async fn respond_json(
     status: u16,
     body: Vec<u8>,
     www_authenticate: Option<&str>,
+    request_id: &str,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, request_id)?;
+    }
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
@@ -128,6 +164,7 @@ impl ProxyHttp for ClaimgateProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let started = Instant::now();
         let snapshot = self.state.load_full();
+        ctx.request_id = request_id(session.req_header());
         let host = request_host(session.req_header());
         let client_ip = session
             .client_addr()
@@ -175,13 +212,16 @@ impl ProxyHttp for ClaimgateProxy {
         log_decision(
             &decision,
             &LogFacts {
+                request_id: &ctx.request_id,
                 method: facts.method,
                 path: facts.path,
-                client_ip,
+                client_ip: snapshot.geo.client_ip(client_ip, facts.headers),
             },
             took,
+            &snapshot.config.raw.logging,
         );
         ctx.client_ip = client_ip;
+        ctx.route = decision.route.clone();
         match decision.outcome {
             Outcome::Allow(allow) => {
                 ctx.allow = Some(allow);
@@ -195,6 +235,7 @@ impl ProxyHttp for ClaimgateProxy {
                     denial.status,
                     body,
                     denial.www_authenticate.as_deref(),
+                    &ctx.request_id,
                 )
                 .await?;
                 Ok(true)
@@ -213,6 +254,7 @@ impl ProxyHttp for ClaimgateProxy {
         let Some(pool) = snapshot.upstreams.get(&allow.upstream) else {
             return Error::e_explain(ErrorType::ConnectNoRoute, "unknown upstream");
         };
+        ctx.upstream_started = Some(Instant::now());
         let mut peer = HttpPeer::new(pool.pick(), pool.tls, pool.sni.clone());
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
@@ -237,6 +279,7 @@ impl ProxyHttp for ClaimgateProxy {
                 upstream_request.insert_header(name.clone(), value.clone())?;
             }
         }
+        upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(ip) = ctx.client_ip {
             let xff = http::header::HeaderName::from_static("x-forwarded-for");
             let value = match upstream_request.headers.get(&xff) {
@@ -246,6 +289,41 @@ impl ProxyHttp for ClaimgateProxy {
             upstream_request.insert_header(xff, value)?;
         }
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let route = ctx.route.as_deref().unwrap_or(crate::telemetry::UNMATCHED);
+        if let Some(t) = ctx.upstream_started {
+            self.metrics
+                .upstream_seconds
+                .with_label_values(&[route])
+                .observe(t.elapsed().as_secs_f64());
+        }
+        self.metrics
+            .upstream_responses
+            .with_label_values(&[route, status_class(upstream_response.status.as_u16())])
+            .inc();
+        ctx.upstream_observed = true;
+        Ok(())
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX)
+    where
+        Self::CTX: Send + Sync,
+    {
+        // An allowed request that got no upstream response header: the upstream failed.
+        if ctx.allow.is_some() && !ctx.upstream_observed && e.is_some() {
+            let route = ctx.route.as_deref().unwrap_or(crate::telemetry::UNMATCHED);
+            self.metrics
+                .upstream_responses
+                .with_label_values(&[route, "error"])
+                .inc();
+        }
     }
 
     async fn fail_to_proxy(
@@ -285,7 +363,7 @@ impl ProxyHttp for ClaimgateProxy {
                 "message": message,
             });
             let body = serde_json::to_vec(&body).unwrap_or_default();
-            if let Err(err) = respond_json(session, code, body, None).await {
+            if let Err(err) = respond_json(session, code, body, None, "").await {
                 tracing::debug!(error = %err, "could not send the error response");
             }
         }

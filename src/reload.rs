@@ -193,6 +193,7 @@ impl Reloader {
         let started_with = initial.config.clone();
         metrics.rules_generation.set(1);
         metrics.last_reload_success.set(unix(now) as f64);
+        count_key_loads(&metrics, &initial);
         Reloader {
             config_path: config_path.to_path_buf(),
             started_with,
@@ -260,6 +261,7 @@ impl Reloader {
             tracing::warn!(setting = %setting, "this setting changed but takes effect only after a restart");
         }
         let routes = snapshot.policy.routes.len();
+        count_key_loads(&self.metrics, &snapshot);
         self.state.store(Arc::new(snapshot));
         let generation = self.status.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let millis = started.elapsed().as_millis() as u64;
@@ -293,6 +295,15 @@ impl Reloader {
             v.last_attempt_at = attempt;
             v.last_error = Some(message);
         });
+    }
+}
+
+fn count_key_loads(metrics: &Metrics, snapshot: &Snapshot) {
+    for issuer in snapshot.issuers.iter() {
+        metrics
+            .key_loads
+            .with_label_values(&[&issuer.name, "success"])
+            .inc();
     }
 }
 

@@ -3,6 +3,7 @@
 //! Label values come only from configuration names and closed enums, never from a request or a
 //! claim, so the number of series stays bounded whatever clients send.
 
+use crate::config::{LoggingSettings, SubjectLogging};
 use crate::policy::Decision;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -21,6 +22,9 @@ pub struct Metrics {
     pub rules_generation: IntGauge,
     pub reloads: IntCounterVec,
     pub last_reload_success: prometheus::Gauge,
+    pub upstream_responses: IntCounterVec,
+    pub upstream_seconds: HistogramVec,
+    pub key_loads: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,6 +85,33 @@ impl Metrics {
         for r in ["success", "error", "refused"] {
             reloads.with_label_values(&[r]);
         }
+        let upstream_responses = IntCounterVec::new(
+            Opts::new(
+                "claimgate_upstream_responses_total",
+                "Responses from upstreams, by route and status class (2xx..5xx, or error when none came).",
+            ),
+            &["route", "class"],
+        )?;
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "claimgate_upstream_duration_seconds",
+                "Time from choosing the upstream to its response header.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route"],
+        )?;
+        let key_loads = IntCounterVec::new(
+            Opts::new(
+                "claimgate_jwks_refresh_total",
+                "Loads of an issuer's verification keys, by issuer and result.",
+            ),
+            &["issuer", "result"],
+        )?;
+        registry.register(Box::new(upstream_responses.clone()))?;
+        registry.register(Box::new(upstream_seconds.clone()))?;
+        registry.register(Box::new(key_loads.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -97,6 +128,9 @@ impl Metrics {
             rules_generation,
             reloads,
             last_reload_success,
+            upstream_responses,
+            upstream_seconds,
+            key_loads,
         })
     }
 
@@ -134,43 +168,95 @@ impl Metrics {
 
 /// Facts of a request for its decision log line, borrowed from the proxy.
 pub struct LogFacts<'a> {
+    pub request_id: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     pub client_ip: Option<std::net::IpAddr>,
 }
 
-/// One structured line per denial and per audit-mode would-be denial. Never the token; the
-/// subject is logged because operators need to know whom a denial hit.
-pub fn log_decision(d: &Decision, facts: &LogFacts<'_>, took: Duration) {
+fn subject_for_log(sub: Option<&str>, how: SubjectLogging) -> String {
+    match (sub, how) {
+        (None, _) | (_, SubjectLogging::Omit) => String::new(),
+        (Some(s), SubjectLogging::Plain) => s.to_string(),
+        (Some(s), SubjectLogging::Hash) => {
+            use sha2::Digest;
+            format!(
+                "sha256:{}",
+                hex::encode(&sha2::Sha256::digest(s.as_bytes())[..8])
+            )
+        }
+    }
+}
+
+/// Whether an allowed request is in the sample: decided from the request id, so every log
+/// line of one request agrees and no random source is needed.
+fn sampled(request_id: &str, rate: f64) -> bool {
+    if rate <= 0.0 {
+        return false;
+    }
+    if rate >= 1.0 {
+        return true;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    request_id.hash(&mut h);
+    (h.finish() as f64 / u64::MAX as f64) < rate
+}
+
+/// One structured line per denial and per audit-mode would-be denial (and sampled allows).
+/// Never the token.
+pub fn log_decision(
+    d: &Decision,
+    facts: &LogFacts<'_>,
+    took: Duration,
+    settings: &LoggingSettings,
+) {
     let route = d.route.as_deref().unwrap_or(UNMATCHED);
     let client_ip = facts.client_ip.map(|ip| ip.to_string());
+    let client_ip = client_ip.as_deref().unwrap_or("");
     let latency_us = took.as_micros() as u64;
-    if let Some(den) = d.denial() {
-        tracing::info!(
+    let sub = subject_for_log(d.subject.as_deref(), settings.subject);
+    match d.denial() {
+        Some(den) => tracing::info!(
             target: "claimgate::decision",
+            request_id = facts.request_id,
             decision = "deny",
             route,
             rule = den.rule.as_deref().unwrap_or(""),
             reason = den.reason.label(),
             status = den.status,
-            sub = d.subject.as_deref().unwrap_or(""),
-            client_ip = client_ip.as_deref().unwrap_or(""),
+            sub = %sub,
+            client_ip,
             method = facts.method,
             path = facts.path,
             latency_us,
             "request denied"
-        );
+        ),
+        None if sampled(facts.request_id, settings.allow_sample_rate) => tracing::info!(
+            target: "claimgate::decision",
+            request_id = facts.request_id,
+            decision = "allow",
+            route,
+            sub = %sub,
+            client_ip,
+            method = facts.method,
+            path = facts.path,
+            latency_us,
+            "request allowed"
+        ),
+        None => {}
     }
     for a in &d.audits {
         tracing::info!(
             target: "claimgate::decision",
+            request_id = facts.request_id,
             decision = "audit_deny",
             route,
             rule = &*a.rule,
             reason = a.reason.label(),
             status = a.status,
-            sub = d.subject.as_deref().unwrap_or(""),
-            client_ip = client_ip.as_deref().unwrap_or(""),
+            sub = %sub,
+            client_ip,
             method = facts.method,
             path = facts.path,
             latency_us,

@@ -5,6 +5,7 @@ mod harness;
 mod tokens;
 
 mod auth;
+mod observability;
 mod policy;
 mod proxying;
 mod reload;
