@@ -96,6 +96,23 @@ fn request_host(req: &RequestHeader) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
+fn request_facts<'a>(
+    req: &'a RequestHeader,
+    host: Option<&'a str>,
+    client_ip: Option<IpAddr>,
+    body: Body<'a>,
+) -> RequestFacts<'a> {
+    RequestFacts {
+        method: req.method.as_str(),
+        host,
+        path: req.uri.path(),
+        query: req.uri.query(),
+        headers: &req.headers,
+        client_ip,
+        body,
+    }
+}
+
 async fn respond_json(
     session: &mut Session,
     status: u16,
@@ -172,16 +189,12 @@ impl ProxyHttp for ClaimgateProxy {
             .map(|a| a.ip());
         // Look the route up first: only routes whose rules read the body buffer it.
         let (m, body_limit) = {
-            let req = session.req_header();
-            let facts = RequestFacts {
-                method: req.method.as_str(),
-                host: host.as_deref(),
-                path: req.uri.path(),
-                query: req.uri.query(),
-                headers: &req.headers,
+            let facts = request_facts(
+                session.req_header(),
+                host.as_deref(),
                 client_ip,
-                body: Body::NotRead,
-            };
+                Body::NotRead,
+            );
             let m = snapshot.lookup(&facts);
             let limit = m.as_ref().and_then(|m| snapshot.body_limit(m));
             (m, limit)
@@ -192,20 +205,12 @@ impl ProxyHttp for ClaimgateProxy {
             too_large = !read_body(session, limit, &mut buf).await?;
         }
 
-        let req = session.req_header();
-        let facts = RequestFacts {
-            method: req.method.as_str(),
-            host: host.as_deref(),
-            path: req.uri.path(),
-            query: req.uri.query(),
-            headers: &req.headers,
-            client_ip,
-            body: match (body_limit, too_large) {
-                (None, _) => Body::NotRead,
-                (Some(_), true) => Body::TooLarge,
-                (Some(_), false) => Body::Bytes(&buf),
-            },
+        let body = match (body_limit, too_large) {
+            (None, _) => Body::NotRead,
+            (Some(_), true) => Body::TooLarge,
+            (Some(_), false) => Body::Bytes(&buf),
         };
+        let facts = request_facts(session.req_header(), host.as_deref(), client_ip, body);
         let decision: Decision = snapshot.decide_matched(&facts, m, self.clock.now());
         let took = started.elapsed();
         self.metrics.record(&decision, took);
