@@ -75,7 +75,7 @@ keys = [{{ pem_file = "{ec}", kid = "ec256" }}]
     );
     std::env::set_var("CLAIMGATE_BENCH_SECRET", SECRET);
     let config = Arc::new(Config::from_str(Path::new("bench.toml"), config).expect("config"));
-    let issuers = IssuerSet::load(&config).expect("issuers");
+    let issuers = IssuerSet::load(&config, &Default::default()).expect("issuers");
     let policy = PolicySet::from_sources(
         &[("bench.toml".into(), RULES.to_string())],
         &load_context(&config),

@@ -32,8 +32,24 @@ impl ServeHttp for AdminApp {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
-            // The process starts serving only after keys and policies loaded, so it is ready.
-            "/readyz" => reply(200, "text/plain", b"ready\n".to_vec()),
+            // Policies and file keys load before the process serves; fetched keys may still be
+            // missing (identity provider down at startup): not ready until every issuer has keys.
+            "/readyz" => {
+                let snap = self.state.load();
+                let waiting: Vec<String> = snap
+                    .issuers
+                    .remotes()
+                    .iter()
+                    .filter(|r| !r.has_keys())
+                    .map(|r| r.issuer.to_string())
+                    .collect();
+                if waiting.is_empty() {
+                    reply(200, "text/plain", b"ready\n".to_vec())
+                } else {
+                    let msg = format!("waiting for the keys of: {}\n", waiting.join(", "));
+                    reply(503, "text/plain", msg.into_bytes())
+                }
+            }
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/status" => {
                 let snap = self.state.load();
@@ -51,6 +67,7 @@ impl ServeHttp for AdminApp {
                             "name": &*i.name,
                             "iss": i.iss,
                             "keys_age_seconds": keys_age,
+                            "fetched": i.remote.iter().map(|r| r.status()).collect::<Vec<_>>(),
                             "keys": i.keys.iter().map(|k| serde_json::json!({
                                 "kid": k.kid, "alg": format!("{:?}", k.alg)
                             })).collect::<Vec<_>>(),

@@ -296,6 +296,46 @@ pub struct IssuerConfig {
     pub leeway_seconds: u64,
     /// Where the verification keys come from.
     pub keys: Vec<Spanned<KeySource>>,
+    /// Refresh interval for `jwks_url` / `discovery_url` keys, unless the response's
+    /// `Cache-Control: max-age` says otherwise (then kept within the min and max below).
+    #[serde(default = "default_refresh")]
+    pub refresh_seconds: u64,
+    #[serde(default = "default_min_refresh")]
+    pub min_refresh_seconds: u64,
+    #[serde(default = "default_max_refresh")]
+    pub max_refresh_seconds: u64,
+    /// At most one refetch per this many seconds when tokens name unknown key ids.
+    #[serde(default = "default_kid_cooldown")]
+    pub unknown_kid_cooldown_seconds: u64,
+    /// Fetched keys are used this long after the last successful fetch, then rejected.
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness_seconds: u64,
+    #[serde(default = "default_fetch_timeout_ms")]
+    pub fetch_timeout_ms: u64,
+    #[serde(default = "default_max_jwks_bytes")]
+    pub max_jwks_bytes: usize,
+}
+
+fn default_refresh() -> u64 {
+    300
+}
+fn default_min_refresh() -> u64 {
+    30
+}
+fn default_max_refresh() -> u64 {
+    86_400
+}
+fn default_kid_cooldown() -> u64 {
+    30
+}
+fn default_max_staleness() -> u64 {
+    86_400
+}
+fn default_fetch_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_jwks_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_leeway() -> u64 {
@@ -310,6 +350,11 @@ pub struct KeySource {
     pub pem_file: Option<PathBuf>,
     /// A JSON Web Key Set document on disk.
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL, fetched and refreshed.
+    pub jwks_url: Option<String>,
+    /// An OIDC discovery URL (`.../.well-known/openid-configuration`); its `issuer` must equal
+    /// this issuer's `issuer`, its `jwks_uri` is fetched and refreshed.
+    pub discovery_url: Option<String>,
     /// Name of an environment variable holding an HMAC secret.
     pub secret_env: Option<String>,
     /// A file holding an HMAC secret (trailing newline ignored).
@@ -445,9 +490,16 @@ impl Config {
             }
             for k in &i.keys {
                 let s = k.get_ref();
+                for u in [&s.jwks_url, &s.discovery_url].into_iter().flatten() {
+                    if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        errors.push(at(k.span(), format!("`{u}` is not an http(s) URL")));
+                    }
+                }
                 let set = [
                     s.pem_file.is_some(),
                     s.jwks_file.is_some(),
+                    s.jwks_url.is_some(),
+                    s.discovery_url.is_some(),
                     s.secret_env.is_some(),
                     s.secret_file.is_some(),
                 ]
@@ -457,7 +509,7 @@ impl Config {
                 if set != 1 {
                     errors.push(at(
                         k.span(),
-                        "a key needs exactly one of `pem_file`, `jwks_file`, `secret_env`, `secret_file`"
+                        "a key needs exactly one of `pem_file`, `jwks_file`, `jwks_url`, `discovery_url`, `secret_env`, `secret_file`"
                             .to_string(),
                     ));
                 }

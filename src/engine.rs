@@ -1,6 +1,8 @@
 //! The decision core: `(snapshot, request facts, now) -> Decision`. No proxy types, no I/O, no
 //! clock of its own. The proxy, the CLI and the benches all call [`Snapshot::decide`].
 
+use crate::auth::remote::RemoteRegistry;
+use crate::auth::verify::Rejection;
 use crate::auth::{extract, verify, Issuer, IssuerSet, TokenError, VerifiedToken};
 use crate::config::{AuthMode, Config, UnmatchedAction};
 use crate::facts::{Activation, Body, Inputs, RequestFacts};
@@ -32,8 +34,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Loads keys and policies for `config`. All errors, each with its location.
-    pub fn load(config: Arc<Config>) -> Result<Snapshot, Vec<SourceError>> {
-        let issuers = IssuerSet::load(&config);
+    pub fn load(
+        config: Arc<Config>,
+        remote: &RemoteRegistry,
+    ) -> Result<Snapshot, Vec<SourceError>> {
+        let issuers = IssuerSet::load(&config, remote);
         let ctx = load_context(&config);
         let policy = PolicySet::load_dir(&config.rules_dir, &ctx);
         let geo = load_geo(&config);
@@ -148,6 +153,7 @@ impl Snapshot {
                         audits: Vec::new(),
                         subject: subject(token.as_ref()),
                         issuer: token.map(|t| t.issuer),
+                        unknown_key_issuer: None,
                     };
                 }
             }
@@ -171,6 +177,7 @@ impl Snapshot {
             audits: verdict.audits,
             subject: subject(token.as_ref()),
             issuer: token.map(|t| t.issuer),
+            unknown_key_issuer: None,
         }
     }
 
@@ -180,7 +187,7 @@ impl Snapshot {
         mode: AuthMode,
         issuers: &[Arc<Issuer>],
         now: DateTime<Utc>,
-    ) -> Result<Option<VerifiedToken>, TokenError> {
+    ) -> Result<Option<VerifiedToken>, Rejection> {
         if mode == AuthMode::None {
             return Ok(None);
         }
@@ -188,7 +195,7 @@ impl Snapshot {
         match extract::bearer_token(req.headers, max)? {
             Some(t) => verify::verify(t, issuers, now.timestamp()).map(Some),
             None if mode == AuthMode::Optional => Ok(None),
-            None => Err(TokenError::Missing),
+            None => Err(TokenError::Missing.into()),
         }
     }
 
@@ -207,6 +214,7 @@ impl Snapshot {
                 audits: Vec::new(),
                 subject: None,
                 issuer: None,
+                unknown_key_issuer: None,
             };
         };
         let mode = self.config.raw.unmatched.auth;
@@ -221,6 +229,7 @@ impl Snapshot {
                 audits: Vec::new(),
                 subject: subject(token.as_ref()),
                 issuer: token.map(|t| t.issuer),
+                unknown_key_issuer: None,
             },
             Err(e) => token_denial(None, e),
         }
@@ -280,7 +289,9 @@ fn subject(token: Option<&VerifiedToken>) -> Option<String> {
         .map(str::to_string)
 }
 
-fn token_denial(route: Option<Arc<str>>, e: TokenError) -> Decision {
+fn token_denial(route: Option<Arc<str>>, r: Rejection) -> Decision {
+    let e = r.error;
+    let unknown_key_issuer = (e == TokenError::UnknownKey).then_some(r.issuer).flatten();
     let www = match e.rfc6750_code() {
         None => "Bearer realm=\"claimgate\"".to_string(),
         Some(code) => {
@@ -303,6 +314,7 @@ fn token_denial(route: Option<Arc<str>>, e: TokenError) -> Decision {
         audits: Vec::new(),
         subject: None,
         issuer: None,
+        unknown_key_issuer,
     }
 }
 

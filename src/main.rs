@@ -77,7 +77,7 @@ fn main() -> ExitCode {
                 eprintln!("{e}");
                 return ExitCode::from(2);
             }
-            match claimgate::server::load(&config) {
+            match claimgate::server::load(&config, &Default::default()) {
                 Ok(s) => {
                     println!(
                         "ok: {} routes from {} files, {} issuers",

@@ -211,7 +211,22 @@ impl ProxyHttp for ClaimgateProxy {
             (Some(_), false) => Body::Bytes(&buf),
         };
         let facts = request_facts(session.req_header(), host.as_deref(), client_ip, body);
-        let decision: Decision = snapshot.decide_matched(&facts, m, self.clock.now());
+        let mut decision: Decision = snapshot.decide_matched(&facts, m.clone(), self.clock.now());
+        // A key id no key has: maybe the identity provider rotated. Refetch (single-flight,
+        // rate-limited per issuer) and decide once more.
+        if let Some(issuer) = decision
+            .unknown_key_issuer
+            .as_deref()
+            .and_then(|n| snapshot.issuers.get(n))
+        {
+            let mut refreshed = false;
+            for r in &issuer.remote {
+                refreshed |= r.refresh_for_unknown_kid().await;
+            }
+            if refreshed {
+                decision = snapshot.decide_matched(&facts, m, self.clock.now());
+            }
+        }
         let took = started.elapsed();
         self.metrics.record(&decision, took);
         log_decision(

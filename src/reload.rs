@@ -5,6 +5,7 @@
 //! ConfigMap `..data` symlink swaps are seen; any event only means "maybe changed": a content
 //! hash decides. SIGHUP and a periodic hash poll back the watcher up.
 
+use crate::auth::remote::RemoteRegistry;
 use crate::config::Config;
 use crate::engine::Snapshot;
 use crate::location::SourceErrors;
@@ -180,6 +181,7 @@ pub struct Reloader {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub status: Arc<ReloadStatus>,
     metrics: Arc<Metrics>,
+    remote: Arc<RemoteRegistry>,
     /// Hash of the last content that failed, so a poll does not log the same error forever.
     failed_hash: Mutex<Option<String>>,
     /// Serialises reloads from the watcher, the poll and SIGHUP.
@@ -187,7 +189,12 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(config_path: &Path, initial: Snapshot, metrics: Arc<Metrics>) -> Reloader {
+    pub fn new(
+        config_path: &Path,
+        initial: Snapshot,
+        metrics: Arc<Metrics>,
+        remote: Arc<RemoteRegistry>,
+    ) -> Reloader {
         let hash = content_hash(config_path);
         let now = SystemTime::now();
         let started_with = initial.config.clone();
@@ -212,6 +219,7 @@ impl Reloader {
                 }),
             }),
             metrics,
+            remote,
             failed_hash: Mutex::new(None),
             busy: Mutex::new(()),
         }
@@ -239,7 +247,7 @@ impl Reloader {
         let started = Instant::now();
         let attempt = unix(SystemTime::now());
         let loaded = Config::load(&self.config_path)
-            .and_then(|c| Snapshot::load(Arc::new(c)).map_err(SourceErrors));
+            .and_then(|c| Snapshot::load(Arc::new(c), &self.remote).map_err(SourceErrors));
         let snapshot = match loaded {
             Ok(s) => s,
             Err(errors) => {
@@ -262,6 +270,7 @@ impl Reloader {
         }
         let routes = snapshot.policy.routes.len();
         count_key_loads(&self.metrics, &snapshot);
+        self.remote.retain(&snapshot.issuers.remotes());
         self.state.store(Arc::new(snapshot));
         let generation = self.status.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let millis = started.elapsed().as_millis() as u64;
@@ -299,7 +308,8 @@ impl Reloader {
 }
 
 fn count_key_loads(metrics: &Metrics, snapshot: &Snapshot) {
-    for issuer in snapshot.issuers.iter() {
+    // Fetched keys count their own fetches; this counts keys loaded from files and secrets.
+    for issuer in snapshot.issuers.iter().filter(|i| i.remote.is_empty()) {
         metrics
             .key_loads
             .with_label_values(&[&issuer.name, "success"])

@@ -1,6 +1,7 @@
 //! Assembles the Pingora server from a loaded configuration.
 
 use crate::admin::AdminApp;
+use crate::auth::remote::{KeyRefreshService, RemoteRegistry};
 use crate::config::Config;
 use crate::echo::EchoApp;
 use crate::engine::Snapshot;
@@ -31,9 +32,40 @@ pub enum StartError {
 }
 
 /// Loads configuration, keys and policies: everything `run` needs, or every error at once.
-pub fn load(config_path: &Path) -> Result<Snapshot, SourceErrors> {
+pub fn load(config_path: &Path, remote: &RemoteRegistry) -> Result<Snapshot, SourceErrors> {
     let config = Arc::new(Config::load(config_path)?);
-    Snapshot::load(config).map_err(SourceErrors)
+    Snapshot::load(config, remote).map_err(SourceErrors)
+}
+
+/// Fetches every issuer's remote keys once before serving, each within its own timeout.
+/// Failures are logged; the gateway then starts not ready and keeps retrying in the background.
+fn initial_key_fetch(snapshot: &Snapshot) {
+    let remotes = snapshot.issuers.remotes();
+    if remotes.is_empty() {
+        return;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot fetch keys at startup");
+            return;
+        }
+    };
+    rt.block_on(async {
+        for r in remotes {
+            if let Err(e) = r.refresh().await {
+                tracing::error!(
+                    issuer = %r.issuer,
+                    url = r.url(),
+                    error = %e,
+                    "cannot fetch the issuer's keys at startup; its tokens are rejected until a fetch succeeds"
+                );
+            }
+        }
+    });
 }
 
 /// Makes the crypto backend explicit and proves it works before serving. With no backend or two
@@ -64,7 +96,10 @@ pub fn crypto_self_test() -> Result<(), StartError> {
 /// on that address.
 pub fn run(config_path: &Path, echo: Option<SocketAddr>, clock: Clock) -> Result<(), StartError> {
     crypto_self_test()?;
-    let snapshot = load(config_path).map_err(StartError::Invalid)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let remote = Arc::new(RemoteRegistry::new(Some(metrics.clone())));
+    let snapshot = load(config_path, &remote).map_err(StartError::Invalid)?;
+    initial_key_fetch(&snapshot);
     let settings = snapshot.config.raw.server.clone();
     let proxy_addr = snapshot.config.proxy_addr;
     let admin_addr = snapshot.config.admin_addr;
@@ -81,8 +116,12 @@ pub fn run(config_path: &Path, echo: Option<SocketAddr>, clock: Clock) -> Result
             "the clock is FIXED: token expiry and time rules use this instant, not the real time"
         );
     }
-    let metrics = Arc::new(Metrics::new()?);
-    let reloader = Arc::new(Reloader::new(config_path, snapshot, metrics.clone()));
+    let reloader = Arc::new(Reloader::new(
+        config_path,
+        snapshot,
+        metrics.clone(),
+        remote.clone(),
+    ));
     let state = reloader.state.clone();
 
     // Built in code: Pingora only reads thread counts and timeouts given at construction.
@@ -121,6 +160,10 @@ pub fn run(config_path: &Path, echo: Option<SocketAddr>, clock: Clock) -> Result
     server.add_service(background_service(
         "claimgate reload",
         ReloadService { reloader },
+    ));
+    server.add_service(background_service(
+        "claimgate key refresh",
+        KeyRefreshService { registry: remote },
     ));
 
     if let Some(addr) = echo {

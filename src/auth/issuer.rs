@@ -1,6 +1,7 @@
 //! Issuers: who may sign tokens, for which audiences, with which keys.
 
 use super::keys::{self, KeyError, KeySet, VerifyKey};
+use super::remote::{RefreshSettings, RemoteKeys, RemoteRegistry, Source};
 use crate::config::{Config, KeySource};
 use crate::location::SourceError;
 use jsonwebtoken::Algorithm;
@@ -16,7 +17,32 @@ pub struct Issuer {
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
     pub leeway_seconds: u64,
+    /// Keys from files and secrets, loaded with the configuration.
     pub keys: KeySet,
+    /// Keys fetched from the identity provider, refreshed in the background.
+    pub remote: Vec<Arc<RemoteKeys>>,
+}
+
+impl Issuer {
+    /// Runs `f` with the key for `kid` and `alg`: configured keys first, then fetched ones.
+    pub fn with_key<R>(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        f: impl FnOnce(&VerifyKey) -> R,
+    ) -> Option<R> {
+        if let Some(k) = self.keys.find(kid, alg) {
+            return Some(f(k));
+        }
+        for r in &self.remote {
+            if let Some(set) = r.current() {
+                if let Some(k) = set.find(kid, alg) {
+                    return Some(f(k));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// All configured issuers, looked up by name (from policies) or by `iss` (from tokens).
@@ -47,12 +73,20 @@ impl IssuerSet {
         self.by_name.len()
     }
 
+    /// Every fetched key set of every issuer.
+    pub fn remotes(&self) -> Vec<Arc<RemoteKeys>> {
+        self.by_name
+            .values()
+            .flat_map(|i| i.remote.iter().cloned())
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
 
     /// Loads every issuer's keys. Errors point at the issuer or key entry in `gateway.toml`.
-    pub fn load(config: &Config) -> Result<IssuerSet, Vec<SourceError>> {
+    pub fn load(config: &Config, registry: &RemoteRegistry) -> Result<IssuerSet, Vec<SourceError>> {
         let mut set = IssuerSet::default();
         let mut errors = Vec::new();
         for (name, spanned) in &config.raw.issuers {
@@ -70,8 +104,45 @@ impl IssuerSet {
                 continue;
             }
             let mut all: Vec<VerifyKey> = Vec::new();
+            let mut remote = Vec::new();
+            let settings = RefreshSettings {
+                interval: std::time::Duration::from_secs(ic.refresh_seconds),
+                min_interval: std::time::Duration::from_secs(ic.min_refresh_seconds),
+                max_interval: std::time::Duration::from_secs(
+                    ic.max_refresh_seconds.max(ic.min_refresh_seconds),
+                ),
+                unknown_kid_cooldown: std::time::Duration::from_secs(
+                    ic.unknown_kid_cooldown_seconds,
+                ),
+                max_staleness: std::time::Duration::from_secs(ic.max_staleness_seconds),
+                timeout: std::time::Duration::from_millis(ic.fetch_timeout_ms),
+                max_bytes: ic.max_jwks_bytes,
+            };
             for k in &ic.keys {
-                match load_source(config, k.get_ref(), &algorithms) {
+                let ks = k.get_ref();
+                let source = match (&ks.jwks_url, &ks.discovery_url) {
+                    (Some(u), _) => Some(Source::Jwks(u.clone())),
+                    (_, Some(u)) => Some(Source::Discovery {
+                        url: u.clone(),
+                        issuer: ic.issuer.clone(),
+                    }),
+                    _ => None,
+                };
+                if let Some(source) = source {
+                    if algorithms
+                        .iter()
+                        .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
+                    {
+                        errors.push(config.error_at(
+                            k.span(),
+                            format!("issuer `{name}`: fetched keys are public keys; HS algorithms take a secret"),
+                        ));
+                        continue;
+                    }
+                    remote.push(registry.get(name, source, &algorithms, &settings));
+                    continue;
+                }
+                match load_source(config, ks, &algorithms) {
                     Ok(mut ks) => all.append(&mut ks),
                     Err(e) => {
                         errors.push(config.error_at(k.span(), format!("issuer `{name}`: {e}")))
@@ -95,6 +166,7 @@ impl IssuerSet {
                 algorithms,
                 leeway_seconds: ic.leeway_seconds,
                 keys: KeySet::new(all),
+                remote,
             });
             set.by_iss.insert(ic.issuer.clone(), issuer.clone());
             set.by_name.insert(issuer.name.clone(), issuer);

@@ -9,3 +9,4 @@ pub mod verify;
 pub use error::TokenError;
 pub use issuer::{Issuer, IssuerSet};
 pub use verify::VerifiedToken;
+pub mod remote;

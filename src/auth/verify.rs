@@ -42,20 +42,33 @@ struct IssOnly {
 
 const MAX_HEADER_BYTES: usize = 2048;
 
+/// A failed verification: why, and which issuer the token was judged against (so the caller can
+/// refetch that issuer's keys when the key id was unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub error: TokenError,
+    pub issuer: Option<Arc<str>>,
+}
+
+impl From<TokenError> for Rejection {
+    fn from(error: TokenError) -> Self {
+        Rejection {
+            error,
+            issuer: None,
+        }
+    }
+}
+
 /// Verifies `token` against the issuers a route accepts, at time `now` (seconds since the epoch).
-pub fn verify(
-    token: &str,
-    accepted: &[Arc<Issuer>],
-    now: i64,
-) -> Result<VerifiedToken, TokenError> {
+pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<VerifiedToken, Rejection> {
     let mut parts = token.split('.');
     let (Some(h), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(TokenError::Malformed);
+        return Err(TokenError::Malformed.into());
     };
     if h.len() > MAX_HEADER_BYTES {
-        return Err(TokenError::Malformed);
+        return Err(TokenError::Malformed.into());
     }
     let header_json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(h)
@@ -64,7 +77,7 @@ pub fn verify(
         serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
     if header.crit.is_some() {
         // RFC 7515 4.1.11: a recipient that does not understand a critical extension must reject.
-        return Err(TokenError::CriticalHeader);
+        return Err(TokenError::CriticalHeader.into());
     }
     // `none` (in any spelling) and anything unknown fail to parse here.
     let alg: Algorithm = header
@@ -73,14 +86,19 @@ pub fn verify(
         .map_err(|_| TokenError::AlgorithmNotAllowed)?;
 
     let issuer = pick_issuer(token, accepted)?;
+    let reject = |error| Rejection {
+        error,
+        issuer: Some(issuer.name.clone()),
+    };
     if !issuer.algorithms.contains(&alg) {
-        return Err(TokenError::AlgorithmNotAllowed);
+        return Err(reject(TokenError::AlgorithmNotAllowed));
     }
-    let key = issuer
-        .keys
-        .find(header.kid.as_deref(), alg)
-        .ok_or(TokenError::UnknownKey)?;
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)
+    let decoded = issuer
+        .with_key(header.kid.as_deref(), alg, |key| {
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)
+        })
+        .ok_or_else(|| reject(TokenError::UnknownKey))?;
+    let data = decoded
         .map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
@@ -91,16 +109,19 @@ pub fn verify(
                 ErrorKind::InvalidKeyFormat => TokenError::BadSignature,
                 _ => TokenError::Malformed,
             }
-        })?;
+        })
+        .map_err(reject)?;
     let claims = data.claims;
-    check_claims(&claims, issuer, now).map(|expires_at| VerifiedToken {
-        issuer: issuer.name.clone(),
-        alg,
-        kid: header.kid,
-        typ: header.typ,
-        claims,
-        expires_at,
-    })
+    check_claims(&claims, issuer, now)
+        .map_err(reject)
+        .map(|expires_at| VerifiedToken {
+            issuer: issuer.name.clone(),
+            alg,
+            kid: header.kid,
+            typ: header.typ,
+            claims,
+            expires_at,
+        })
 }
 
 fn pick_issuer<'a>(

@@ -113,6 +113,8 @@ pub struct Decision {
     pub subject: Option<String>,
     /// Name of the issuer of the verified token.
     pub issuer: Option<Arc<str>>,
+    /// When a token named a key id no key has: the issuer whose fetched keys may be stale.
+    pub unknown_key_issuer: Option<Arc<str>>,
 }
 
 impl Decision {

@@ -57,7 +57,7 @@ struct Tree {
 }
 
 /// A match: the route's index and the path parameters.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch {
     pub route: usize,
     pub params: Vec<(String, String)>,

@@ -328,7 +328,9 @@ impl Gateway {
 
     /// The admin `/status` document.
     pub async fn status(&self) -> serde_json::Value {
-        reqwest::get(format!("http://{}/status", self.admin))
+        client()
+            .get(format!("http://{}/status", self.admin))
+            .send()
             .await
             .expect("status")
             .json()
@@ -346,7 +348,9 @@ impl Gateway {
 
     /// The Prometheus text from the admin listener.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin))
+        client()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
             .await
             .expect("metrics")
             .text()
@@ -395,8 +399,17 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
+    // Building a client loads the system's trust roots, which is slow: build one. No idle
+    // connections are kept, because each test runs its own runtime and a pooled connection
+    // would outlive the runtime that opened it.
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client")
+        })
+        .clone()
 }

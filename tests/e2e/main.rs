@@ -2,6 +2,7 @@
 //! upstream owned by the test, with tokens signed by real keys. One binary, one link step.
 
 mod harness;
+mod jwks;
 mod tokens;
 
 mod auth;

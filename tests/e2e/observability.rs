@@ -303,7 +303,7 @@ async fn request_ids_flow_through_and_logs_never_hold_tokens() {
 #[tokio::test]
 async fn admin_endpoints() {
     let (_up, gw) = start("");
-    let get = |p: &str| reqwest::get(format!("http://{}{p}", gw.admin));
+    let get = |p: &str| client().get(format!("http://{}{p}", gw.admin)).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
     assert_eq!(get("/nope").await.unwrap().status(), 404);

@@ -1,0 +1,377 @@
+//! Keys from an identity provider: a real local HTTP server serving OIDC discovery and JWKS.
+
+use super::harness::*;
+use super::tokens::*;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{json, Value};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ISS: &str = "https://idp.test";
+
+/// A fake identity provider: discovery at `/.well-known/openid-configuration`, keys at `/jwks`.
+struct Idp {
+    addr: SocketAddr,
+    published: Arc<Mutex<Vec<&'static str>>>,
+    jwks_requests: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn jwk(kid: &str) -> Value {
+    let all: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("rotation-jwks.json")).unwrap())
+            .unwrap();
+    all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .cloned()
+        .unwrap()
+}
+
+impl Idp {
+    fn start(kids: &[&'static str]) -> Idp {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let published = Arc::new(Mutex::new(kids.to_vec()));
+        let jwks_requests = Arc::new(AtomicUsize::new(0));
+        let down = Arc::new(AtomicBool::new(false));
+        let (p, n, d) = (published.clone(), jwks_requests.clone(), down.clone());
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (p, n, d) = (p.clone(), n.clone(), d.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (p, n, d) = (p.clone(), n.clone(), d.clone());
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let (status, body) = if d.load(Ordering::SeqCst) {
+                                if path == "/jwks" {
+                                    n.fetch_add(1, Ordering::SeqCst);
+                                }
+                                (503, json!({"error": "down"}))
+                            } else if path == "/.well-known/openid-configuration" {
+                                (200, json!({"issuer": ISS, "jwks_uri": format!("http://{addr}/jwks")}))
+                            } else if path == "/jwks" {
+                                n.fetch_add(1, Ordering::SeqCst);
+                                let kids = p.lock().unwrap().clone();
+                                (200, json!({"keys": kids.iter().map(|k| jwk(k)).collect::<Vec<_>>()}))
+                            } else {
+                                (404, json!({}))
+                            };
+                            Ok::<_, hyper::Error>(
+                                Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body.to_string())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Idp {
+            addr,
+            published,
+            jwks_requests,
+            down,
+            rt: Some(rt),
+        }
+    }
+
+    fn publish(&self, kids: &[&'static str]) {
+        *self.published.lock().unwrap() = kids.to_vec();
+    }
+
+    fn fetches(&self) -> usize {
+        self.jwks_requests.load(Ordering::SeqCst)
+    }
+}
+
+fn config(up: SocketAddr, idp: &Idp, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+threads = 2
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+[listen]
+proxy = "127.0.0.1:{{proxy}}"
+admin = "127.0.0.1:{{admin}}"
+[rules]
+dir = "rules"
+[reload]
+poll_seconds = 0
+[upstreams.main]
+addresses = ["{up}"]
+[issuers.idp]
+issuer = "{ISS}"
+audiences = ["api"]
+algorithms = ["RS256"]
+keys = [{{ discovery_url = "http://{idp}/.well-known/openid-configuration" }}]
+{extra}
+"#,
+        idp = idp.addr
+    )
+}
+
+const ROUTE: &str = "[[route]]\nname = \"api\"\npath = \"/api\"\n";
+
+fn token(kid: &str) -> String {
+    let pem = if kid == "rot-1" {
+        "rsa-private.pem"
+    } else {
+        "rsa2-private.pem"
+    };
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture(pem)).unwrap()).unwrap();
+    sign(Algorithm::RS256, Some(kid), &claims(ISS, json!({})), &key)
+}
+
+async fn status_of(gw: &Gateway, t: &str) -> u16 {
+    client()
+        .get(gw.url("/api"))
+        .bearer_auth(t)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn rotation_retirement_and_readiness() {
+    let up = Upstream::start();
+    let idp = Idp::start(&["rot-1"]);
+    // Refresh every second, unknown kids refetch without cooldown in this test.
+    let gw = Gateway::start(
+        &config(
+            up.addr,
+            &idp,
+            "refresh_seconds = 1\nmin_refresh_seconds = 1\nunknown_kid_cooldown_seconds = 0",
+        ),
+        &[("api.toml", ROUTE)],
+    );
+    assert_eq!(
+        client()
+            .get(format!("http://{}/readyz", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
+    assert_eq!(
+        status_of(&gw, &token("rot-2")).await,
+        401,
+        "rot-2 is not published yet"
+    );
+
+    // Rotation: a token with a newly published kid is accepted after the refetch it triggers.
+    idp.publish(&["rot-1", "rot-2"]);
+    let before = idp.fetches();
+    assert_eq!(status_of(&gw, &token("rot-2")).await, 200);
+    assert!(
+        idp.fetches() > before,
+        "the unknown kid did not trigger a fetch"
+    );
+
+    // Retirement: once the refresh sees rot-1 gone, its tokens are rejected.
+    idp.publish(&["rot-2"]);
+    let start = Instant::now();
+    while status_of(&gw, &token("rot-1")).await != 401 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "retired key still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status_of(&gw, &token("rot-2")).await, 200);
+    let s = gw.status().await;
+    let fetched = &s["issuers"][0]["fetched"][0];
+    assert_eq!(fetched["kids"], json!(["rot-2"]));
+    assert!(fetched["age_seconds"].as_u64().unwrap() <= 2, "{fetched}");
+}
+
+#[tokio::test]
+async fn outage_keeps_the_last_good_keys() {
+    let up = Upstream::start();
+    let idp = Idp::start(&["rot-1"]);
+    let gw = Gateway::start(
+        &config(
+            up.addr,
+            &idp,
+            "refresh_seconds = 1\nmin_refresh_seconds = 1",
+        ),
+        &[("api.toml", ROUTE)],
+    );
+    assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
+    idp.down.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    loop {
+        let m = gw.metrics().await;
+        if metric_value(
+            &m,
+            "claimgate_jwks_refresh_total",
+            &[("issuer", "idp"), ("result", "error")],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "no failed refresh counted:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The cached keys keep working through the outage.
+    assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
+    let s = gw.status().await;
+    let fetched = &s["issuers"][0]["fetched"][0];
+    assert!(
+        fetched["last_error"].as_str().unwrap().contains("503"),
+        "{fetched}"
+    );
+    assert_eq!(fetched["stale"], false);
+}
+
+#[tokio::test]
+async fn a_flood_of_made_up_kids_fetches_at_most_once_per_cooldown() {
+    let up = Upstream::start();
+    let idp = Idp::start(&["rot-1"]);
+    let gw = Gateway::start(
+        &config(up.addr, &idp, "unknown_kid_cooldown_seconds = 30"),
+        &[("api.toml", ROUTE)],
+    );
+    let before = idp.fetches();
+    let gw = Arc::new(gw);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            let key =
+                EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa-private.pem")).unwrap())
+                    .unwrap();
+            let t = sign(
+                Algorithm::RS256,
+                Some(&format!("made-up-{i}")),
+                &claims(ISS, json!({})),
+                &key,
+            );
+            status_of(&gw, &t).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    assert!(
+        idp.fetches() - before <= 1,
+        "{} fetches for one cooldown",
+        idp.fetches() - before
+    );
+    // Valid tokens are unaffected.
+    assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
+}
+
+#[tokio::test]
+async fn identity_provider_down_at_startup_means_not_ready_until_it_answers() {
+    let up = Upstream::start();
+    let idp = Idp::start(&["rot-1"]);
+    idp.down.store(true, Ordering::SeqCst);
+    let gw = Gateway::start(
+        &config(
+            up.addr,
+            &idp,
+            "min_refresh_seconds = 1\nfetch_timeout_ms = 500",
+        ),
+        &[("api.toml", ROUTE)],
+    );
+    let r = client()
+        .get(format!("http://{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("idp"));
+    assert_eq!(
+        status_of(&gw, &token("rot-1")).await,
+        401,
+        "fail closed without keys"
+    );
+    idp.down.store(false, Ordering::SeqCst);
+    let start = Instant::now();
+    while client()
+        .get(format!("http://{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
+    assert!(gw
+        .logs()
+        .contains("cannot fetch the issuer's keys at startup"));
+}
+
+#[tokio::test]
+async fn discovery_must_name_the_configured_issuer() {
+    let up = Upstream::start();
+    let idp = Idp::start(&["rot-1"]);
+    let text = config(up.addr, &idp, "").replace(
+        &format!("issuer = \"{ISS}\""),
+        "issuer = \"https://someone-else.test\"",
+    );
+    let gw = Gateway::start(&text, &[("api.toml", ROUTE)]);
+    let s = gw.status().await;
+    let err = s["issuers"][0]["fetched"][0]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(err.contains("names issuer `https://idp.test`"), "{s}");
+    assert_eq!(
+        client()
+            .get(format!("http://{}/readyz", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+}
