@@ -103,10 +103,19 @@ impl Snapshot {
         }
     }
 
-    /// Decides one request at time `now`.
+    /// Decides one request at time `now`. The path is normalised first (see [`crate::path`]);
+    /// callers that forward the request must forward the normalised path too.
     pub fn decide(&self, req: &RequestFacts<'_>, now: SystemTime) -> Decision {
-        let m = self.lookup(req);
-        self.decide_matched(req, m, now)
+        let path = match crate::path::normalise(req.path) {
+            Ok(p) => p,
+            Err(e) => return bad_path(e),
+        };
+        let req = RequestFacts {
+            path: &path,
+            ..*req
+        };
+        let m = self.lookup(&req);
+        self.decide_matched(&req, m, now)
     }
 
     /// The route a request matches. Callers that may need to read the body look first, then
@@ -233,6 +242,24 @@ impl Snapshot {
             },
             Err(e) => token_denial(None, e),
         }
+    }
+}
+
+/// The answer to a path that cannot be matched unambiguously.
+pub fn bad_path(e: crate::path::PathError) -> Decision {
+    Decision {
+        route: None,
+        outcome: Outcome::Deny(Denial {
+            status: 400,
+            reason: DenyReason::BadPath,
+            rule: None,
+            message: e.to_string(),
+            www_authenticate: None,
+        }),
+        audits: Vec::new(),
+        subject: None,
+        issuer: None,
+        unknown_key_issuer: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod facts;
 pub mod geo;
 pub mod location;
+pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

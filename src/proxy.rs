@@ -52,6 +52,8 @@ pub struct RequestCtx {
     route: Option<Arc<str>>,
     upstream_started: Option<Instant>,
     upstream_observed: bool,
+    /// The normalised path, when it differs from what the client sent.
+    rewritten_path: Option<String>,
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -98,6 +100,7 @@ fn request_host(req: &RequestHeader) -> Option<String> {
 
 fn request_facts<'a>(
     req: &'a RequestHeader,
+    path: Option<&'a str>,
     host: Option<&'a str>,
     client_ip: Option<IpAddr>,
     body: Body<'a>,
@@ -105,7 +108,7 @@ fn request_facts<'a>(
     RequestFacts {
         method: req.method.as_str(),
         host,
-        path: req.uri.path(),
+        path: path.unwrap_or(req.uri.path()),
         query: req.uri.query(),
         headers: &req.headers,
         client_ip,
@@ -134,6 +137,51 @@ async fn respond_json(
     session
         .write_response_body(Some(Bytes::from(body)), true)
         .await
+}
+
+impl ClaimgateProxy {
+    /// Metrics and the decision log line for a decided request.
+    fn observe(
+        &self,
+        decision: &Decision,
+        log: &LogFacts<'_>,
+        started: Instant,
+        snapshot: &Snapshot,
+    ) {
+        let took = started.elapsed();
+        self.metrics.record(decision, took);
+        log_decision(decision, log, took, &snapshot.config.raw.logging);
+    }
+
+    /// Acts on a decision: remember what an allow needs for forwarding, or answer a denial.
+    async fn conclude(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snapshot: Arc<Snapshot>,
+        decision: Decision,
+    ) -> Result<bool> {
+        ctx.route = decision.route.clone();
+        match decision.outcome {
+            Outcome::Allow(allow) => {
+                ctx.allow = Some(allow);
+                ctx.snapshot = Some(snapshot);
+                Ok(false)
+            }
+            Outcome::Deny(denial) => {
+                let body = denial.body(decision.route.as_deref());
+                respond_json(
+                    session,
+                    denial.status,
+                    body,
+                    denial.www_authenticate.as_deref(),
+                    &ctx.request_id,
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
 }
 
 /// Reads the whole request body into `buf`, up to `limit` bytes. Returns `false` (and stops
@@ -187,10 +235,29 @@ impl ProxyHttp for ClaimgateProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.client_ip = client_ip;
+        // The policy and the upstream must see the same path: normalise or refuse it first.
+        match crate::path::normalise(session.req_header().uri.path()) {
+            Ok(std::borrow::Cow::Borrowed(_)) => {}
+            Ok(std::borrow::Cow::Owned(p)) => ctx.rewritten_path = Some(p),
+            Err(e) => {
+                let decision = crate::engine::bad_path(e);
+                let req = session.req_header();
+                let log = LogFacts {
+                    request_id: &ctx.request_id,
+                    method: req.method.as_str(),
+                    path: req.uri.path(),
+                    client_ip: snapshot.geo.client_ip(client_ip, &req.headers),
+                };
+                self.observe(&decision, &log, started, &snapshot);
+                return self.conclude(session, ctx, snapshot, decision).await;
+            }
+        }
         // Look the route up first: only routes whose rules read the body buffer it.
         let (m, body_limit) = {
             let facts = request_facts(
                 session.req_header(),
+                ctx.rewritten_path.as_deref(),
                 host.as_deref(),
                 client_ip,
                 Body::NotRead,
@@ -210,7 +277,13 @@ impl ProxyHttp for ClaimgateProxy {
             (Some(_), true) => Body::TooLarge,
             (Some(_), false) => Body::Bytes(&buf),
         };
-        let facts = request_facts(session.req_header(), host.as_deref(), client_ip, body);
+        let facts = request_facts(
+            session.req_header(),
+            ctx.rewritten_path.as_deref(),
+            host.as_deref(),
+            client_ip,
+            body,
+        );
         let mut decision: Decision = snapshot.decide_matched(&facts, m.clone(), self.clock.now());
         // A key id no key has: maybe the identity provider rotated. Refetch (single-flight,
         // rate-limited per issuer) and decide once more.
@@ -227,40 +300,14 @@ impl ProxyHttp for ClaimgateProxy {
                 decision = snapshot.decide_matched(&facts, m, self.clock.now());
             }
         }
-        let took = started.elapsed();
-        self.metrics.record(&decision, took);
-        log_decision(
-            &decision,
-            &LogFacts {
-                request_id: &ctx.request_id,
-                method: facts.method,
-                path: facts.path,
-                client_ip: snapshot.geo.client_ip(client_ip, facts.headers),
-            },
-            took,
-            &snapshot.config.raw.logging,
-        );
-        ctx.client_ip = client_ip;
-        ctx.route = decision.route.clone();
-        match decision.outcome {
-            Outcome::Allow(allow) => {
-                ctx.allow = Some(allow);
-                ctx.snapshot = Some(snapshot);
-                Ok(false)
-            }
-            Outcome::Deny(denial) => {
-                let body = denial.body(decision.route.as_deref());
-                respond_json(
-                    session,
-                    denial.status,
-                    body,
-                    denial.www_authenticate.as_deref(),
-                    &ctx.request_id,
-                )
-                .await?;
-                Ok(true)
-            }
-        }
+        let log = LogFacts {
+            request_id: &ctx.request_id,
+            method: facts.method,
+            path: facts.path,
+            client_ip: snapshot.geo.client_ip(client_ip, facts.headers),
+        };
+        self.observe(&decision, &log, started, &snapshot);
+        self.conclude(session, ctx, snapshot, decision).await
     }
 
     async fn upstream_peer(
@@ -297,6 +344,19 @@ impl ProxyHttp for ClaimgateProxy {
             }
             for (name, value) in &allow.forward {
                 upstream_request.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        if let Some(path) = &ctx.rewritten_path {
+            // Forward the path the policy matched, not the client's spelling of it.
+            let pq = match upstream_request.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            match http::Uri::builder().path_and_query(pq).build() {
+                Ok(uri) => upstream_request.set_uri(uri),
+                Err(_) => {
+                    return Error::e_explain(ErrorType::InvalidHTTPHeader, "normalised path");
+                }
             }
         }
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;

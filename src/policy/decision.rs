@@ -20,6 +20,8 @@ pub enum DenyReason {
     UnsupportedMediaType,
     /// A rule reads the body, and it does not parse as JSON.
     InvalidJson,
+    /// The request path is ambiguous (dot segments, `//`, encoded separators, ...).
+    BadPath,
 }
 
 impl DenyReason {
@@ -32,6 +34,7 @@ impl DenyReason {
             DenyReason::BodyTooLarge => "body_too_large",
             DenyReason::UnsupportedMediaType => "unsupported_media_type",
             DenyReason::InvalidJson => "invalid_json",
+            DenyReason::BadPath => "bad_path",
         }
     }
 }

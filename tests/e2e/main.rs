@@ -7,6 +7,7 @@ mod tokens;
 
 mod auth;
 mod observability;
+mod paths;
 mod policy;
 mod proxying;
 mod reload;

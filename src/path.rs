@@ -1,0 +1,167 @@
+//! Request paths as the policy sees them, and as the upstream will see them.
+//!
+//! A gateway that enforces per-path policy must agree with the upstream about what the path is:
+//! `/api/./transfer`, `/api//transfer` and `/api/%74ransfer` are `/api/transfer` to many servers.
+//! So before route lookup, percent-encoded unreserved characters are decoded and hex digits
+//! upper-cased (RFC 3986 6.2.2), and anything still ambiguous is refused: dot segments, empty
+//! segments, encoded `/` `\` or NUL, `;` parameters, backslashes, control and non-ASCII bytes.
+//! The upstream receives the normalised path: the one the policy matched.
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum PathError {
+    #[error("the path must start with `/`")]
+    NotAbsolute,
+    #[error("the path has a `.` or `..` segment")]
+    DotSegment,
+    #[error("the path has an empty segment (`//`)")]
+    EmptySegment,
+    #[error("the path encodes a `/`, `\\` or NUL")]
+    EncodedSeparator,
+    #[error("the path has a `;` parameter")]
+    Parameter,
+    #[error("the path has a backslash, a control character or a non-ASCII byte")]
+    BadCharacter,
+    #[error("the path has a malformed percent-encoding")]
+    BadEncoding,
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The normalised path, or why the path is refused. Returns the input unchanged (borrowed) in
+/// the common case where nothing needs rewriting.
+pub fn normalise(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let mut out: Option<Vec<u8>> = None;
+    // Every escape decoded, to check that the bytes the upstream may decode are valid UTF-8
+    // (this refuses overlong encodings such as `%C0%AF` for `/`).
+    let mut decoded_all: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(PathError::BadEncoding);
+                };
+                let decoded = h * 16 + l;
+                decoded_all.push(decoded);
+                if matches!(decoded, b'/' | b'\\' | 0) {
+                    return Err(PathError::EncodedSeparator);
+                }
+                let buf = out.get_or_insert_with(|| bytes[..i].to_vec());
+                if unreserved(decoded) {
+                    buf.push(decoded);
+                } else {
+                    buf.push(b'%');
+                    buf.push(bytes[i + 1].to_ascii_uppercase());
+                    buf.push(bytes[i + 2].to_ascii_uppercase());
+                }
+                i += 3;
+                continue;
+            }
+            b';' => return Err(PathError::Parameter),
+            b'\\' => return Err(PathError::BadCharacter),
+            0..=0x20 | 0x7f..=0xff => return Err(PathError::BadCharacter),
+            _ => {}
+        }
+        if let Some(buf) = out.as_mut() {
+            buf.push(b);
+        }
+        decoded_all.push(b);
+        i += 1;
+    }
+    if std::str::from_utf8(&decoded_all).is_err() {
+        return Err(PathError::BadEncoding);
+    }
+    let result = match out {
+        // Only ASCII was pushed, so this cannot fail.
+        Some(buf) => {
+            std::borrow::Cow::Owned(String::from_utf8(buf).map_err(|_| PathError::BadEncoding)?)
+        }
+        None => std::borrow::Cow::Borrowed(path),
+    };
+    // Segment checks run on the decoded path, so `%2e%2e` counts as `..`.
+    let segments: Vec<&str> = result[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (n, seg) in segments.iter().enumerate() {
+        if *seg == "." || *seg == ".." {
+            return Err(PathError::DotSegment);
+        }
+        // A trailing slash (`/a/`) is an empty last segment and is allowed.
+        if seg.is_empty() && n != last {
+            return Err(PathError::EmptySegment);
+        }
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_pass_unchanged() {
+        for p in [
+            "/",
+            "/api/transfer",
+            "/a/b/",
+            "/a-b_c~d.e",
+            "/files/%20x",
+            "/q%3Fx",
+            "/caf%C3%A9",
+        ] {
+            assert_eq!(normalise(p).unwrap(), p);
+        }
+        assert!(matches!(
+            normalise("/api/transfer"),
+            Ok(std::borrow::Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_hex_upper_cased() {
+        assert_eq!(normalise("/api/%74ransfer").unwrap(), "/api/transfer");
+        assert_eq!(normalise("/a/%7euser").unwrap(), "/a/~user");
+        assert_eq!(normalise("/a/%3f").unwrap(), "/a/%3F");
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        let cases = [
+            ("/api/./transfer", PathError::DotSegment),
+            ("/api/../admin", PathError::DotSegment),
+            ("/api/%2e%2e/admin", PathError::DotSegment),
+            ("/api/.%2E/admin", PathError::DotSegment),
+            ("/api//transfer", PathError::EmptySegment),
+            ("/api%2ftransfer", PathError::EncodedSeparator),
+            ("/api%5Ctransfer", PathError::EncodedSeparator),
+            ("/api%00", PathError::EncodedSeparator),
+            ("/api;jsessionid=1/transfer", PathError::Parameter),
+            ("/api\\transfer", PathError::BadCharacter),
+            ("/api/%zz", PathError::BadEncoding),
+            ("/api/%4", PathError::BadEncoding),
+            ("/caf\u{e9}", PathError::BadCharacter),
+            ("/%C0%AF", PathError::BadEncoding),
+            ("/%FF", PathError::BadEncoding),
+            ("api", PathError::NotAbsolute),
+            ("*", PathError::NotAbsolute),
+        ];
+        for (p, e) in cases {
+            assert_eq!(normalise(p), Err(e), "{p}");
+        }
+    }
+}
