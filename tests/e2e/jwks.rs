@@ -23,6 +23,8 @@ struct Idp {
     published: Arc<Mutex<Vec<&'static str>>>,
     jwks_requests: Arc<AtomicUsize>,
     down: Arc<AtomicBool>,
+    /// `Cache-Control: max-age` sent with the JWKS, when set.
+    max_age: Arc<Mutex<Option<u64>>>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -60,15 +62,21 @@ impl Idp {
         let published = Arc::new(Mutex::new(kids.to_vec()));
         let jwks_requests = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
-        let (p, n, d) = (published.clone(), jwks_requests.clone(), down.clone());
+        let max_age: Arc<Mutex<Option<u64>>> = Arc::default();
+        let (p, n, d, ma) = (
+            published.clone(),
+            jwks_requests.clone(),
+            down.clone(),
+            max_age.clone(),
+        );
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (p, n, d) = (p.clone(), n.clone(), d.clone());
+                let (p, n, d, ma) = (p.clone(), n.clone(), d.clone(), ma.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (p, n, d) = (p.clone(), n.clone(), d.clone());
+                        let (p, n, d, ma) = (p.clone(), n.clone(), d.clone(), ma.clone());
                         async move {
                             let path = req.uri().path().to_string();
                             let (status, body) = if d.load(Ordering::SeqCst) {
@@ -85,9 +93,14 @@ impl Idp {
                             } else {
                                 (404, json!({}))
                             };
+                            let cache = match *ma.lock().unwrap() {
+                                Some(s) => format!("public, max-age={s}"),
+                                None => "no-store".to_string(),
+                            };
                             Ok::<_, hyper::Error>(
                                 Response::builder()
                                     .status(status)
+                                    .header("cache-control", cache)
                                     .header("content-type", "application/json")
                                     .body(Full::new(Bytes::from(body.to_string())))
                                     .unwrap(),
@@ -103,6 +116,7 @@ impl Idp {
             published,
             jwks_requests,
             down,
+            max_age,
             rt: Some(rt),
         }
     }
@@ -365,6 +379,88 @@ async fn discovery_must_name_the_configured_issuer() {
         .unwrap_or("")
         .to_string();
     assert!(err.contains("names issuer `https://idp.test`"), "{s}");
+    assert_eq!(
+        client()
+            .get(format!("http://{}/readyz", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+}
+
+#[tokio::test]
+async fn cache_control_max_age_sets_the_refresh_within_bounds() {
+    let up = Upstream::start();
+    let idp = Idp::start(&["rot-1"]);
+    *idp.max_age.lock().unwrap() = Some(1);
+    // The configured interval is long; the response's max-age (1 s) decides.
+    let gw = Gateway::start(
+        &config(
+            up.addr,
+            &idp,
+            "refresh_seconds = 300\nmin_refresh_seconds = 1\nunknown_kid_cooldown_seconds = 300",
+        ),
+        &[("api.toml", ROUTE)],
+    );
+    assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
+    idp.publish(&["rot-2"]);
+    let start = Instant::now();
+    while status_of(&gw, &token("rot-1")).await != 401 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "max-age did not shorten the refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A max-age below the minimum is raised to it: with min 2 s, at most ~2 fetches in 3 s.
+    let idp2 = Idp::start(&["rot-1"]);
+    *idp2.max_age.lock().unwrap() = Some(0);
+    let gw2 = Gateway::start(
+        &config(
+            up.addr,
+            &idp2,
+            "refresh_seconds = 300\nmin_refresh_seconds = 2",
+        ),
+        &[("api.toml", ROUTE)],
+    );
+    let before = idp2.fetches();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let extra = idp2.fetches() - before;
+    assert!(extra <= 2, "{extra} fetches in 3 s with a 2 s minimum");
+    drop(gw2);
+}
+
+#[tokio::test]
+async fn keys_older_than_the_staleness_bound_are_not_used() {
+    let up = Upstream::start();
+    let idp = Idp::start(&["rot-1"]);
+    let gw = Gateway::start(
+        &config(
+            up.addr,
+            &idp,
+            "refresh_seconds = 1\nmin_refresh_seconds = 1\nmax_staleness_seconds = 2",
+        ),
+        &[("api.toml", ROUTE)],
+    );
+    assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
+    idp.down.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    while status_of(&gw, &token("rot-1")).await != 401 {
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "stale keys still in use"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "keys dropped before the bound"
+    );
+    let s = gw.status().await;
+    assert_eq!(s["issuers"][0]["fetched"][0]["stale"], true, "{s}");
     assert_eq!(
         client()
             .get(format!("http://{}/readyz", gw.admin))
