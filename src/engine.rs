@@ -247,13 +247,18 @@ impl Snapshot {
 
 /// The answer to a path that cannot be matched unambiguously.
 pub fn bad_path(e: crate::path::PathError) -> Decision {
+    bad_request(DenyReason::BadPath, e.to_string())
+}
+
+/// A 400 decided before any route: the request itself is ambiguous.
+pub fn bad_request(reason: DenyReason, message: String) -> Decision {
     Decision {
         route: None,
         outcome: Outcome::Deny(Denial {
             status: 400,
-            reason: DenyReason::BadPath,
+            reason,
             rule: None,
-            message: e.to_string(),
+            message,
             www_authenticate: None,
         }),
         audits: Vec::new(),

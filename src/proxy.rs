@@ -4,7 +4,7 @@
 use crate::engine::Snapshot;
 use crate::facts::{Body, RequestFacts};
 use crate::policy::decision::Allow;
-use crate::policy::{Decision, Outcome};
+use crate::policy::{Decision, DenyReason, Outcome};
 use crate::telemetry::{log_decision, LogFacts, Metrics};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -83,19 +83,38 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// Host of the request without port, lower-cased: from the absolute URI or the Host header.
-fn request_host(req: &RequestHeader) -> Option<String> {
-    let raw = match req.uri.host() {
-        Some(h) => h,
-        None => req.headers.get(http::header::HOST)?.to_str().ok()?,
-    };
+/// A host without port, lower-cased, without a trailing dot (`example.com.` is `example.com`).
+fn bare_host(raw: &str) -> String {
     let host = if raw.starts_with('[') {
         // [v6]:port
         raw.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(raw)
     } else {
         raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
     };
-    Some(host.to_ascii_lowercase())
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The host a route is matched on; refuses requests whose host is ambiguous: several Host
+/// headers, or an absolute-form target naming another host than the Host header.
+fn request_host(req: &RequestHeader) -> std::result::Result<Option<String>, &'static str> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("the request has several Host headers");
+    }
+    let header = match header {
+        Some(h) => Some(bare_host(
+            h.to_str().map_err(|_| "the Host header is not text")?,
+        )),
+        None => None,
+    };
+    match (req.uri.host().map(bare_host), header) {
+        (Some(a), Some(h)) if a != h => {
+            Err("the request target and the Host header name different hosts")
+        }
+        (Some(a), _) => Ok(Some(a)),
+        (None, h) => Ok(h),
+    }
 }
 
 fn request_facts<'a>(
@@ -151,6 +170,30 @@ impl ClaimgateProxy {
         let took = started.elapsed();
         self.metrics.record(decision, took);
         log_decision(decision, log, took, &snapshot.config.raw.logging);
+    }
+
+    /// Answers a request refused before any route was chosen (ambiguous host, path, framing).
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snapshot: Arc<Snapshot>,
+        decision: Decision,
+        started: Instant,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let log = LogFacts {
+            request_id: &ctx.request_id,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            client_ip: snapshot.geo.client_ip(peer, &req.headers),
+        };
+        self.observe(&decision, &log, started, &snapshot);
+        self.conclude(session, ctx, snapshot, decision).await
     }
 
     /// Acts on a decision: remember what an allow needs for forwarding, or answer a denial.
@@ -230,7 +273,13 @@ impl ProxyHttp for ClaimgateProxy {
         let started = Instant::now();
         let snapshot = self.state.load_full();
         ctx.request_id = request_id(session.req_header());
-        let host = request_host(session.req_header());
+        let host = match request_host(session.req_header()) {
+            Ok(h) => h,
+            Err(message) => {
+                let decision = crate::engine::bad_request(DenyReason::BadHost, message.to_string());
+                return self.refuse(session, ctx, snapshot, decision, started).await;
+            }
+        };
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -242,15 +291,7 @@ impl ProxyHttp for ClaimgateProxy {
             Ok(std::borrow::Cow::Owned(p)) => ctx.rewritten_path = Some(p),
             Err(e) => {
                 let decision = crate::engine::bad_path(e);
-                let req = session.req_header();
-                let log = LogFacts {
-                    request_id: &ctx.request_id,
-                    method: req.method.as_str(),
-                    path: req.uri.path(),
-                    client_ip: snapshot.geo.client_ip(client_ip, &req.headers),
-                };
-                self.observe(&decision, &log, started, &snapshot);
-                return self.conclude(session, ctx, snapshot, decision).await;
+                return self.refuse(session, ctx, snapshot, decision, started).await;
             }
         }
         // Look the route up first: only routes whose rules read the body buffer it.

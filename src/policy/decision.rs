@@ -22,6 +22,8 @@ pub enum DenyReason {
     InvalidJson,
     /// The request path is ambiguous (dot segments, `//`, encoded separators, ...).
     BadPath,
+    /// Several Host headers, or a Host header that disagrees with an absolute-form target.
+    BadHost,
 }
 
 impl DenyReason {
@@ -35,6 +37,7 @@ impl DenyReason {
             DenyReason::UnsupportedMediaType => "unsupported_media_type",
             DenyReason::InvalidJson => "invalid_json",
             DenyReason::BadPath => "bad_path",
+            DenyReason::BadHost => "bad_host",
         }
     }
 }
