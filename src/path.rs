@@ -165,3 +165,50 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn path_like() -> impl Strategy<Value = String> {
+        // Paths built from the pieces that cause trouble, plus arbitrary text.
+        let piece = prop_oneof![
+            Just("/".to_string()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("%2e".to_string()),
+            Just("%2F".to_string()),
+            Just("%5c".to_string()),
+            Just("%00".to_string()),
+            Just("%41".to_string()),
+            Just("%c3%a9".to_string()),
+            Just("%C0%AF".to_string()),
+            Just(";".to_string()),
+            "[a-z0-9_~-]{1,4}",
+            any::<String>(),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|v| format!("/{}", v.concat()))
+    }
+
+    proptest! {
+        #[test]
+        fn normalising_is_idempotent_and_leaves_nothing_ambiguous(p in path_like()) {
+            if let Ok(n) = normalise(&p) {
+                let again = normalise(&n).expect("a normalised path normalises");
+                prop_assert_eq!(&again, &n);
+                let decoded = n.replace("%2E", ".").replace("%2e", ".");
+                prop_assert!(!decoded[1..].split('/').any(|s| s == "." || s == ".."));
+                prop_assert!(!n.contains("//"));
+                prop_assert!(!n.to_ascii_uppercase().contains("%2F"));
+                prop_assert!(!n.contains('\\') && !n.contains(';'));
+                prop_assert!(n.is_ascii());
+            }
+        }
+
+        #[test]
+        fn never_panics_on_any_input(p in any::<String>()) {
+            let _ = normalise(&p);
+        }
+    }
+}

@@ -93,3 +93,34 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn extracted_tokens_are_bounded_and_clean(value in "[ -~]{0,64}", max in 1usize..40) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(AUTHORIZATION, v);
+            }
+            if let Ok(Some(t)) = bearer_token(&h, max) {
+                prop_assert!(!t.is_empty() && t.len() <= max);
+                prop_assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b)));
+                prop_assert!(value.to_ascii_lowercase().trim_start().starts_with("bearer"));
+            }
+        }
+
+        #[test]
+        fn never_panics_on_raw_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                h.insert(AUTHORIZATION, v);
+            }
+            let _ = bearer_token(&h, 32);
+        }
+    }
+}
