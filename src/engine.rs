@@ -115,7 +115,7 @@ impl Snapshot {
             ..*req
         };
         let m = self.lookup(&req);
-        self.decide_matched(&req, m, now)
+        self.decide_matched(&req, m.as_ref(), now)
     }
 
     /// The route a request matches. Callers that may need to read the body look first, then
@@ -134,7 +134,7 @@ impl Snapshot {
     pub fn decide_matched(
         &self,
         req: &RequestFacts<'_>,
-        m: Option<RouteMatch>,
+        m: Option<&RouteMatch>,
         now: SystemTime,
     ) -> Decision {
         let now: DateTime<Utc> = now.into();

@@ -325,7 +325,7 @@ impl ProxyHttp for ClaimgateProxy {
             client_ip,
             body,
         );
-        let mut decision: Decision = snapshot.decide_matched(&facts, m.clone(), self.clock.now());
+        let mut decision: Decision = snapshot.decide_matched(&facts, m.as_ref(), self.clock.now());
         // A key id no key has: maybe the identity provider rotated. Refetch (single-flight,
         // rate-limited per issuer) and decide once more.
         if let Some(issuer) = decision
@@ -338,7 +338,7 @@ impl ProxyHttp for ClaimgateProxy {
                 refreshed |= r.refresh_for_unknown_kid().await;
             }
             if refreshed {
-                decision = snapshot.decide_matched(&facts, m, self.clock.now());
+                decision = snapshot.decide_matched(&facts, m.as_ref(), self.clock.now());
             }
         }
         let log = LogFacts {
