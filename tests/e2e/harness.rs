@@ -23,64 +23,47 @@ pub struct Seen {
     pub body: Vec<u8>,
 }
 
-pub struct Upstream {
+/// An HTTP/1.1 server on an ephemeral loopback port, on its own runtime so it outlives the
+/// test's runtime; stopped when dropped.
+pub struct TestServer {
     pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
-impl Drop for Upstream {
+impl Drop for TestServer {
     fn drop(&mut self) {
-        // Tests drop the upstream inside their own runtime, where a blocking shutdown panics.
+        // Tests drop servers inside their own runtime, where a blocking shutdown panics.
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
     }
 }
 
-impl Upstream {
-    /// An HTTP/1.1 server on an ephemeral port, on its own runtime so it outlives test code.
-    pub fn start() -> Upstream {
+impl TestServer {
+    pub fn start<F, Fut>(handler: F) -> TestServer
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("addr");
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let seen2 = seen.clone();
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let seen = seen2.clone();
+                let handler = handler.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            seen.lock().unwrap().push(Seen {
-                                method: parts.method.to_string(),
-                                uri: parts.uri.to_string(),
-                                headers: parts.headers,
-                                body: body.to_vec(),
-                            });
-                            Ok::<_, hyper::Error>(
-                                Response::builder()
-                                    .header("x-upstream", "yes")
-                                    .body(Full::new(Bytes::from_static(b"upstream ok")))
-                                    .unwrap(),
-                            )
-                        }
+                    let svc = service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, hyper::Error>(handler(req).await) }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -88,10 +71,46 @@ impl Upstream {
                 });
             }
         });
+        TestServer { addr, rt: Some(rt) }
+    }
+}
+
+/// The upstream: records every request and answers `upstream ok`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _server: TestServer,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        let server = TestServer::start(move |req: Request<Incoming>| {
+            let seen = record.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                seen.lock().unwrap().push(Seen {
+                    method: parts.method.to_string(),
+                    uri: parts.uri.to_string(),
+                    headers: parts.headers,
+                    body: body.to_vec(),
+                });
+                Response::builder()
+                    .header("x-upstream", "yes")
+                    .body(Full::new(Bytes::from_static(b"upstream ok")))
+                    .unwrap()
+            }
+        });
         Upstream {
-            addr,
+            addr: server.addr,
             seen,
-            rt: Some(rt),
+            _server: server,
         }
     }
 

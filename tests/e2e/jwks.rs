@@ -4,13 +4,10 @@ use super::harness::*;
 use super::tokens::*;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,15 +22,7 @@ struct Idp {
     down: Arc<AtomicBool>,
     /// `Cache-Control: max-age` sent with the JWKS, when set.
     max_age: Arc<Mutex<Option<u64>>>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
+    _server: TestServer,
 }
 
 fn jwk(kid: &str) -> Value {
@@ -51,73 +40,63 @@ fn jwk(kid: &str) -> Value {
 
 impl Idp {
     fn start(kids: &[&'static str]) -> Idp {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let published = Arc::new(Mutex::new(kids.to_vec()));
         let jwks_requests = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
         let max_age: Arc<Mutex<Option<u64>>> = Arc::default();
-        let (p, n, d, ma) = (
+        let addr_cell: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let (p, n, d, ma, a) = (
             published.clone(),
             jwks_requests.clone(),
             down.clone(),
             max_age.clone(),
+            addr_cell.clone(),
         );
-        rt.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (p, n, d, ma) = (p.clone(), n.clone(), d.clone(), ma.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (p, n, d, ma) = (p.clone(), n.clone(), d.clone(), ma.clone());
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let (status, body) = if d.load(Ordering::SeqCst) {
-                                if path == "/jwks" {
-                                    n.fetch_add(1, Ordering::SeqCst);
-                                }
-                                (503, json!({"error": "down"}))
-                            } else if path == "/.well-known/openid-configuration" {
-                                (200, json!({"issuer": ISS, "jwks_uri": format!("http://{addr}/jwks")}))
-                            } else if path == "/jwks" {
-                                n.fetch_add(1, Ordering::SeqCst);
-                                let kids = p.lock().unwrap().clone();
-                                (200, json!({"keys": kids.iter().map(|k| jwk(k)).collect::<Vec<_>>()}))
-                            } else {
-                                (404, json!({}))
-                            };
-                            let cache = match *ma.lock().unwrap() {
-                                Some(s) => format!("public, max-age={s}"),
-                                None => "no-store".to_string(),
-                            };
-                            Ok::<_, hyper::Error>(
-                                Response::builder()
-                                    .status(status)
-                                    .header("cache-control", cache)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(body.to_string())))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
+        let server = TestServer::start(move |req: Request<hyper::body::Incoming>| {
+            let (p, n, d, ma, a) = (p.clone(), n.clone(), d.clone(), ma.clone(), a.clone());
+            async move {
+                let path = req.uri().path().to_string();
+                let addr = a.lock().unwrap().expect("address set");
+                let (status, body) = if d.load(Ordering::SeqCst) {
+                    if path == "/jwks" {
+                        n.fetch_add(1, Ordering::SeqCst);
+                    }
+                    (503, json!({"error": "down"}))
+                } else if path == "/.well-known/openid-configuration" {
+                    (
+                        200,
+                        json!({"issuer": ISS, "jwks_uri": format!("http://{addr}/jwks")}),
+                    )
+                } else if path == "/jwks" {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    let kids = p.lock().unwrap().clone();
+                    (
+                        200,
+                        json!({"keys": kids.iter().map(|k| jwk(k)).collect::<Vec<_>>()}),
+                    )
+                } else {
+                    (404, json!({}))
+                };
+                let cache = match *ma.lock().unwrap() {
+                    Some(s) => format!("public, max-age={s}"),
+                    None => "no-store".to_string(),
+                };
+                Response::builder()
+                    .status(status)
+                    .header("cache-control", cache)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .unwrap()
             }
         });
+        *addr_cell.lock().unwrap() = Some(server.addr);
         Idp {
-            addr,
+            addr: server.addr,
             published,
             jwks_requests,
             down,
             max_age,
-            rt: Some(rt),
+            _server: server,
         }
     }
 
