@@ -109,6 +109,14 @@ impl Idp {
     }
 }
 
+/// An upstream, an identity provider publishing `rot-1`, and a gateway using both.
+fn setup(extra: &str) -> (Upstream, Idp, Gateway) {
+    let up = Upstream::start();
+    let idp = Idp::start(&["rot-1"]);
+    let gw = Gateway::start(&config(up.addr, &idp, extra), &[("api.toml", ROUTE)]);
+    (up, idp, gw)
+}
+
 fn config(up: SocketAddr, idp: &Idp, extra: &str) -> String {
     format!(
         r#"
@@ -216,16 +224,7 @@ async fn rotation_retirement_and_readiness() {
 
 #[tokio::test]
 async fn outage_keeps_the_last_good_keys() {
-    let up = Upstream::start();
-    let idp = Idp::start(&["rot-1"]);
-    let gw = Gateway::start(
-        &config(
-            up.addr,
-            &idp,
-            "refresh_seconds = 1\nmin_refresh_seconds = 1",
-        ),
-        &[("api.toml", ROUTE)],
-    );
+    let (_up, idp, gw) = setup("refresh_seconds = 1\nmin_refresh_seconds = 1");
     assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
     idp.down.store(true, Ordering::SeqCst);
     let start = Instant::now();
@@ -260,12 +259,7 @@ async fn outage_keeps_the_last_good_keys() {
 
 #[tokio::test]
 async fn a_flood_of_made_up_kids_fetches_at_most_once_per_cooldown() {
-    let up = Upstream::start();
-    let idp = Idp::start(&["rot-1"]);
-    let gw = Gateway::start(
-        &config(up.addr, &idp, "unknown_kid_cooldown_seconds = 30"),
-        &[("api.toml", ROUTE)],
-    );
+    let (_up, idp, gw) = setup("unknown_kid_cooldown_seconds = 30");
     let before = idp.fetches();
     let gw = Arc::new(gw);
     let mut tasks = Vec::new();
@@ -414,16 +408,8 @@ async fn cache_control_max_age_sets_the_refresh_within_bounds() {
 
 #[tokio::test]
 async fn keys_older_than_the_staleness_bound_are_not_used() {
-    let up = Upstream::start();
-    let idp = Idp::start(&["rot-1"]);
-    let gw = Gateway::start(
-        &config(
-            up.addr,
-            &idp,
-            "refresh_seconds = 1\nmin_refresh_seconds = 1\nmax_staleness_seconds = 2",
-        ),
-        &[("api.toml", ROUTE)],
-    );
+    let (_up, idp, gw) =
+        setup("refresh_seconds = 1\nmin_refresh_seconds = 1\nmax_staleness_seconds = 2");
     assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
     idp.down.store(true, Ordering::SeqCst);
     let start = Instant::now();
