@@ -54,10 +54,7 @@ impl ServeHttp for AdminApp {
             "/status" => {
                 let snap = self.state.load();
                 let view = self.status.view();
-                let now = SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let now = crate::sync::unix_seconds(SystemTime::now());
                 let keys_age = now.saturating_sub(view.loaded_at);
                 let issuers: Vec<_> = snap
                     .issuers

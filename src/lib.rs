@@ -17,5 +17,6 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod sync;
 pub mod telemetry;
 pub mod upstream;

@@ -190,7 +190,9 @@ impl ClaimgateProxy {
             request_id: &ctx.request_id,
             method: req.method.as_str(),
             path: req.uri.path(),
-            client_ip: snapshot.geo.client_ip(peer, &req.headers),
+            peer,
+            headers: &req.headers,
+            geo: &snapshot.geo,
         };
         self.observe(&decision, &log, started, &snapshot);
         self.conclude(session, ctx, snapshot, decision).await
@@ -345,7 +347,9 @@ impl ProxyHttp for ClaimgateProxy {
             request_id: &ctx.request_id,
             method: facts.method,
             path: facts.path,
-            client_ip: snapshot.geo.client_ip(client_ip, facts.headers),
+            peer: client_ip,
+            headers: facts.headers,
+            geo: &snapshot.geo,
         };
         self.observe(&decision, &log, started, &snapshot);
         self.conclude(session, ctx, snapshot, decision).await

@@ -9,6 +9,7 @@ use crate::auth::remote::RemoteRegistry;
 use crate::config::Config;
 use crate::engine::Snapshot;
 use crate::location::SourceErrors;
+use crate::sync::{lock, unix_seconds};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -19,7 +20,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What `/status` shows about loading.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,10 +44,7 @@ pub struct ReloadStatus {
 
 impl ReloadStatus {
     pub fn view(&self) -> StatusView {
-        match self.view.lock() {
-            Ok(v) => v.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        lock(&self.view).clone()
     }
 
     pub fn generation(&self) -> u64 {
@@ -54,18 +52,8 @@ impl ReloadStatus {
     }
 
     fn update(&self, f: impl FnOnce(&mut StatusView)) {
-        let mut g = match self.view.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        f(&mut g);
+        f(&mut lock(&self.view));
     }
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Hash of everything a snapshot is built from: the configuration, every rules file and every
@@ -97,7 +85,7 @@ pub fn content_hash(config_path: &Path) -> String {
             if let Ok(meta) = std::fs::metadata(&p) {
                 h.update(meta.len().to_le_bytes());
                 if let Ok(t) = meta.modified() {
-                    h.update(unix(t).to_le_bytes());
+                    h.update(unix_seconds(t).to_le_bytes());
                 }
             }
         }
@@ -199,7 +187,7 @@ impl Reloader {
         let now = SystemTime::now();
         let started_with = initial.config.clone();
         metrics.rules_generation.set(1);
-        metrics.last_reload_success.set(unix(now) as f64);
+        metrics.last_reload_success.set(unix_seconds(now) as f64);
         count_key_loads(&metrics, &initial);
         Reloader {
             config_path: config_path.to_path_buf(),
@@ -210,10 +198,10 @@ impl Reloader {
                 view: Mutex::new(StatusView {
                     generation: 1,
                     content_hash: hash,
-                    loaded_at: unix(now),
+                    loaded_at: unix_seconds(now),
                     load_millis: 0,
                     last_result: "success",
-                    last_attempt_at: unix(now),
+                    last_attempt_at: unix_seconds(now),
                     last_error: None,
                     restart_needed: Vec::new(),
                 }),
@@ -228,24 +216,17 @@ impl Reloader {
     /// Loads and swaps in a new snapshot if the content changed. `force` reloads even when the
     /// hash is the same as a failed attempt's (SIGHUP: the operator asked).
     pub fn reload(&self, trigger: &str, force: bool) -> Outcome {
-        let _guard = match self.busy.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let _guard = lock(&self.busy);
         let hash = content_hash(&self.config_path);
         let current = self.status.view().content_hash;
         if hash == current && !force {
             return Outcome::Unchanged;
         }
-        if !force {
-            if let Ok(f) = self.failed_hash.lock() {
-                if f.as_deref() == Some(hash.as_str()) {
-                    return Outcome::Unchanged;
-                }
-            }
+        if !force && lock(&self.failed_hash).as_deref() == Some(hash.as_str()) {
+            return Outcome::Unchanged;
         }
         let started = Instant::now();
-        let attempt = unix(SystemTime::now());
+        let attempt = unix_seconds(SystemTime::now());
         let loaded = Config::load(&self.config_path)
             .and_then(|c| Snapshot::load(Arc::new(c), &self.remote).map_err(SourceErrors));
         let snapshot = match loaded {
@@ -284,9 +265,7 @@ impl Reloader {
             v.last_error = None;
             v.restart_needed = restart;
         });
-        if let Ok(mut f) = self.failed_hash.lock() {
-            *f = None;
-        }
+        *lock(&self.failed_hash) = None;
         self.metrics.reloads.with_label_values(&["success"]).inc();
         self.metrics.rules_generation.set(generation as i64);
         self.metrics.last_reload_success.set(attempt as f64);
@@ -295,9 +274,7 @@ impl Reloader {
     }
 
     fn fail(&self, hash: &str, result: &'static str, message: String, attempt: u64) {
-        if let Ok(mut f) = self.failed_hash.lock() {
-            *f = Some(hash.to_string());
-        }
+        *lock(&self.failed_hash) = Some(hash.to_string());
         self.metrics.reloads.with_label_values(&[result]).inc();
         self.status.update(|v| {
             v.last_result = result;

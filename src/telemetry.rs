@@ -166,12 +166,15 @@ impl Metrics {
     }
 }
 
-/// Facts of a request for its decision log line, borrowed from the proxy.
+/// Facts of a request for its decision log line, borrowed from the proxy. The client address is
+/// resolved (through trusted proxies) only when a line is actually written.
 pub struct LogFacts<'a> {
     pub request_id: &'a str,
     pub method: &'a str,
     pub path: &'a str,
-    pub client_ip: Option<std::net::IpAddr>,
+    pub peer: Option<std::net::IpAddr>,
+    pub headers: &'a http::HeaderMap,
+    pub geo: &'a crate::geo::GeoResolver,
 }
 
 fn subject_for_log(sub: Option<&str>, how: SubjectLogging) -> String {
@@ -211,8 +214,16 @@ pub fn log_decision(
     took: Duration,
     settings: &LoggingSettings,
 ) {
+    let logs_allow = d.denial().is_none() && sampled(facts.request_id, settings.allow_sample_rate);
+    if d.denial().is_none() && d.audits.is_empty() && !logs_allow {
+        // The common case: an allowed request with nothing to report costs nothing here.
+        return;
+    }
     let route = d.route.as_deref().unwrap_or(UNMATCHED);
-    let client_ip = facts.client_ip.map(|ip| ip.to_string());
+    let client_ip = facts
+        .geo
+        .client_ip(facts.peer, facts.headers)
+        .map(|ip| ip.to_string());
     let client_ip = client_ip.as_deref().unwrap_or("");
     let latency_us = took.as_micros() as u64;
     let sub = subject_for_log(d.subject.as_deref(), settings.subject);
@@ -232,7 +243,7 @@ pub fn log_decision(
             latency_us,
             "request denied"
         ),
-        None if sampled(facts.request_id, settings.allow_sample_rate) => tracing::info!(
+        None if logs_allow => tracing::info!(
             target: "claimgate::decision",
             request_id = facts.request_id,
             decision = "allow",

@@ -7,13 +7,14 @@
 //! that is current.
 
 use super::keys::{self, KeySet};
+use crate::sync::lock;
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use jsonwebtoken::Algorithm;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -92,13 +93,6 @@ impl std::fmt::Debug for RemoteKeys {
             .field("issuer", &self.issuer)
             .field("source", &self.source)
             .finish()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 
@@ -374,14 +368,6 @@ impl RemoteRegistry {
     pub fn retain(&self, in_use: &[Arc<RemoteKeys>]) {
         lock(&self.map).retain(|_, r| in_use.iter().any(|u| Arc::ptr_eq(u, r)));
     }
-}
-
-/// Unix seconds, for status output.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Refreshes every fetched key set when it is due, until shutdown.
