@@ -21,9 +21,7 @@ path = "/api/*"
 }
 
 fn start() -> (Upstream, Gateway) {
-    let up = Upstream::start();
-    let gw = Gateway::start(&standard_config(up.addr), &[("api.toml", &open_route())]);
-    (up, gw)
+    start_standard("", &[("api.toml", &open_route())])
 }
 
 async fn get_with(gw: &Gateway, token: &str) -> reqwest::Response {

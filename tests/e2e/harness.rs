@@ -203,6 +203,21 @@ keys = [{{ jwks_file = "{jwks}" }}]
     )
 }
 
+/// An upstream and a gateway with the standard issuers (plus `extra_config`) and `rules`.
+pub fn start_standard(extra_config: &str, rules: &[(&str, &str)]) -> (Upstream, Gateway) {
+    let up = Upstream::start();
+    let config = format!("{}\n{extra_config}\n", standard_config(up.addr));
+    let gw = Gateway::start(&config, rules);
+    (up, gw)
+}
+
+/// A body sent with chunked transfer encoding, in pieces of `size` bytes.
+pub fn chunked(bytes: &[u8], size: usize) -> reqwest::Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(size).map(|c| Ok(c.to_vec())).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
 pub const ALL_ISSUERS: &str = r#"issuers = ["hs", "rsa", "ec", "ed", "jwks"]"#;
 
 /// A running gateway process.

@@ -22,10 +22,7 @@ issuers = ["ec"]
 "#;
 
 fn start(extra_config: &str) -> (Upstream, Gateway) {
-    let up = Upstream::start();
-    let config = format!("{}\n{extra_config}\n", standard_config(up.addr));
-    let gw = Gateway::start(&config, &[("obs.toml", RULES)]);
-    (up, gw)
+    start_standard(extra_config, &[("obs.toml", RULES)])
 }
 
 #[tokio::test]

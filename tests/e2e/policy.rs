@@ -51,9 +51,7 @@ issuers = ["ec"]
 "#;
 
 fn start() -> (Upstream, Gateway) {
-    let up = Upstream::start();
-    let gw = Gateway::start(&standard_config(up.addr), &[("policy.toml", RULES)]);
-    (up, gw)
+    start_standard("", &[("policy.toml", RULES)])
 }
 
 #[tokio::test]

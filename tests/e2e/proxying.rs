@@ -33,9 +33,7 @@ auth = "none"
 "#;
 
 fn start() -> (Upstream, Gateway) {
-    let up = Upstream::start();
-    let gw = Gateway::start(&standard_config(up.addr), &[("p.toml", RULES)]);
-    (up, gw)
+    start_standard("", &[("p.toml", RULES)])
 }
 
 #[tokio::test]
@@ -141,20 +139,17 @@ async fn request_bodies_reach_the_upstream_byte_for_byte() {
     assert!(seen.body == body, "body differs");
 
     // Chunked (no Content-Length) through PUT.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..10).map(|i| Ok(vec![i as u8; 10_000])).collect();
-    let stream = futures_util::stream::iter(chunks);
+    let expected: Vec<u8> = (0..10).flat_map(|i| vec![i as u8; 10_000]).collect();
     let resp = client()
         .put(gw.url("/upload"))
         .bearer_auth(es256(json!({})))
-        .body(reqwest::Body::wrap_stream(stream))
+        .body(chunked(&expected, 10_000))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let seen = up.last();
     assert_eq!(seen.method, "PUT");
-    let expected: Vec<u8> = (0..10).flat_map(|i| vec![i as u8; 10_000]).collect();
     assert!(seen.body == expected, "chunked body differs");
 }
 

@@ -256,17 +256,11 @@ async fn body_limits_types_and_integrity() {
     assert_eq!(body_of(r).await["reason"], "body_too_large");
 
     // Over the limit, chunked (no Content-Length): caught while reading.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = json_of_len(20000, 10)
-        .chunks(4000)
-        .map(|c| Ok(c.to_vec()))
-        .collect();
     let r = client()
         .post(gw.url("/api/transfer"))
         .bearer_auth(&ok)
         .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(chunked(&json_of_len(20000, 10), 4000))
         .send()
         .await
         .unwrap();
@@ -274,15 +268,11 @@ async fn body_limits_types_and_integrity() {
 
     // Chunked and within the limit: allowed, and the bytes arrive intact.
     let small = json_of_len(9000, 10);
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        small.chunks(1000).map(|c| Ok(c.to_vec())).collect();
     let r = client()
         .post(gw.url("/api/transfer"))
         .bearer_auth(&ok)
         .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(chunked(&small, 1000))
         .send()
         .await
         .unwrap();
