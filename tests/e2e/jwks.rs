@@ -169,17 +169,9 @@ async fn status_of(gw: &Gateway, t: &str) -> u16 {
 
 #[tokio::test]
 async fn rotation_retirement_and_readiness() {
-    let up = Upstream::start();
-    let idp = Idp::start(&["rot-1"]);
     // Refresh every second, unknown kids refetch without cooldown in this test.
-    let gw = Gateway::start(
-        &config(
-            up.addr,
-            &idp,
-            "refresh_seconds = 1\nmin_refresh_seconds = 1\nunknown_kid_cooldown_seconds = 0",
-        ),
-        &[("api.toml", ROUTE)],
-    );
+    let (_up, idp, gw) =
+        setup("refresh_seconds = 1\nmin_refresh_seconds = 1\nunknown_kid_cooldown_seconds = 0");
     assert_eq!(
         client()
             .get(format!("http://{}/readyz", gw.admin))
