@@ -78,13 +78,14 @@ keys = [{{ pem_file = "{ec}", kid = "ec256" }}]
     let issuers = IssuerSet::load(&config, &Default::default()).expect("issuers");
     let policy = PolicySet::from_sources(
         &[("bench.toml".into(), RULES.to_string())],
-        &load_context(&config),
+        &load_context(&config, &Default::default()),
     )
     .expect("policy");
     Snapshot::new(
         config,
         Arc::new(issuers),
         Arc::new(policy),
+        Arc::new(Default::default()),
         Arc::new(Default::default()),
     )
 }

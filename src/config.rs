@@ -33,6 +33,9 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
     #[serde(default)]
     pub issuers: BTreeMap<String, Spanned<IssuerConfig>>,
+    /// External data sources, read by policies as `ext.NAME`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, Spanned<crate::sources::SourceConfig>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -422,6 +425,19 @@ impl Config {
                     format!(
                         "upstream `{name}`: TLS to upstreams is not supported by this build yet"
                     ),
+                ));
+            }
+        }
+        for (name, src) in &raw.sources {
+            let ident = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ident {
+                errors.push(at(
+                    src.span(),
+                    format!("source `{name}`: a source name is letters, digits and `_`, so policies can read it as `ext.{name}`"),
                 ));
             }
         }

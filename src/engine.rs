@@ -8,10 +8,12 @@ use crate::config::{AuthMode, Config, UnmatchedAction};
 use crate::facts::{Activation, Body, Inputs, RequestFacts};
 use crate::geo::GeoResolver;
 use crate::location::SourceError;
+use crate::policy::cel::string_map;
 use crate::policy::decision::Allow;
 use crate::policy::eval::evaluate;
 use crate::policy::route::RouteMatch;
 use crate::policy::{Decision, Denial, DenyReason, LoadContext, Outcome, PolicySet};
+use crate::sources::{FailMode, SourceRequest, SourceSet, SourceSpec, SourceValue};
 use crate::upstream::Upstreams;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -28,6 +30,9 @@ pub struct Snapshot {
     pub geo: Arc<GeoResolver>,
     /// The accepted issuers of each route, by route index, resolved once here.
     route_issuers: Vec<Vec<Arc<Issuer>>>,
+    pub sources: Arc<SourceSet>,
+    /// The sources each route reads, by route index.
+    route_sources: Vec<Vec<Arc<SourceSpec>>>,
     unmatched_issuers: Vec<Arc<Issuer>>,
     unmatched_upstream: Option<Arc<str>>,
 }
@@ -39,15 +44,21 @@ impl Snapshot {
         remote: &RemoteRegistry,
     ) -> Result<Snapshot, Vec<SourceError>> {
         let issuers = IssuerSet::load(&config, remote);
-        let ctx = load_context(&config);
+        let sources = SourceSet::compile(&config);
+        let ctx = load_context(&config, sources.as_ref().unwrap_or(&SourceSet::default()));
         let policy = PolicySet::load_dir(&config.rules_dir, &ctx);
         let geo = load_geo(&config);
-        match (issuers, policy, geo) {
-            (Ok(i), Ok(p), Ok(g)) => {
-                Ok(Snapshot::new(config, Arc::new(i), Arc::new(p), Arc::new(g)))
-            }
-            (i, p, g) => {
+        match (issuers, policy, geo, sources) {
+            (Ok(i), Ok(p), Ok(g), Ok(s)) => Ok(Snapshot::new(
+                config,
+                Arc::new(i),
+                Arc::new(p),
+                Arc::new(g),
+                Arc::new(s),
+            )),
+            (i, p, g, s) => {
                 let mut errors = i.err().unwrap_or_default();
+                errors.extend(s.err().unwrap_or_default());
                 errors.extend(p.err().unwrap_or_default());
                 errors.extend(g.err());
                 Err(errors)
@@ -62,7 +73,18 @@ impl Snapshot {
         issuers: Arc<IssuerSet>,
         policy: Arc<PolicySet>,
         geo: Arc<GeoResolver>,
+        sources: Arc<SourceSet>,
     ) -> Snapshot {
+        let route_sources = policy
+            .routes
+            .iter()
+            .map(|r| {
+                r.sources
+                    .iter()
+                    .filter_map(|n| sources.get(n).cloned())
+                    .collect()
+            })
+            .collect();
         let route_issuers = policy
             .routes
             .iter()
@@ -98,6 +120,8 @@ impl Snapshot {
             issuers,
             policy,
             route_issuers,
+            route_sources,
+            sources,
             unmatched_issuers,
             unmatched_upstream,
         }
@@ -130,64 +154,157 @@ impl Snapshot {
         r.reads_body.then_some(r.body_limit)
     }
 
-    /// Decides a request whose route was already looked up.
+    /// Decides a request whose route was already looked up. A route that reads external
+    /// sources is decided as if none of them answered: callers that can fetch use
+    /// [`Snapshot::begin`] and [`Snapshot::finish`].
     pub fn decide_matched(
         &self,
         req: &RequestFacts<'_>,
         m: Option<&RouteMatch>,
         now: SystemTime,
     ) -> Decision {
-        let now: DateTime<Utc> = now.into();
         let Some(m) = m else {
-            return self.unmatched(req, now);
+            return self.unmatched(req, now.into());
         };
+        match self.begin(req, m, now) {
+            Step::Decided(d) => d,
+            Step::Fetch(p) => self.finish(req, m, p, &[]),
+        }
+    }
+
+    /// The first half of a decision: token, body and, on routes that read `ext`, the source
+    /// requests to fetch. Everything that can deny without external data denies here, so a
+    /// request without a valid token never reaches a source.
+    pub fn begin(&self, req: &RequestFacts<'_>, m: &RouteMatch, now: SystemTime) -> Step {
+        let now: DateTime<Utc> = now.into();
         let route = &self.policy.routes[m.route];
         let token = match self.authenticate(req, route.auth, &self.route_issuers[m.route], now) {
             Ok(t) => t,
-            Err(e) => return token_denial(Some(route.name.clone()), e),
+            Err(e) => return Step::Decided(token_denial(Some(route.name.clone()), e)),
         };
         let body = if route.reads_body {
             match parse_body(req) {
                 Ok(b) => b,
                 Err((status, reason, message)) => {
-                    return Decision {
-                        route: Some(route.name.clone()),
-                        outcome: Outcome::Deny(Denial {
-                            status,
-                            reason,
-                            rule: None,
-                            message: message.into(),
-                            www_authenticate: None,
-                        }),
-                        audits: Vec::new(),
-                        subject: subject(token.as_ref()),
-                        issuer: token.map(|t| t.issuer),
-                        unknown_key_issuer: None,
+                    let denial = Denial {
+                        status,
+                        reason,
+                        rule: None,
+                        message: message.into(),
+                        www_authenticate: None,
                     };
+                    return Step::Decided(denied(route, denial, token.as_ref()));
                 }
             }
         } else {
             None
         };
-        let activation = Activation::new(Inputs {
+        let sources = &self.route_sources[m.route];
+        if sources.is_empty() {
+            let verdict = evaluate(
+                route,
+                &self.activation(req, m, token.as_ref(), body.as_ref(), now, None),
+            );
+            return Step::Decided(verdict_decision(route, verdict, token));
+        }
+        let act = self.activation(req, m, token.as_ref(), body.as_ref(), now, None);
+        let mut requests = Vec::with_capacity(sources.len());
+        for spec in sources {
+            match spec.render(&act) {
+                Ok(r) => requests.push(r),
+                Err(e) => {
+                    tracing::debug!(route = %route.name, source = %spec.name, error = %e, "source request could not be built");
+                    let denial = Denial {
+                        status: 403,
+                        reason: DenyReason::PolicyError,
+                        rule: None,
+                        message: format!(
+                            "the request to source `{}` could not be built",
+                            spec.name
+                        ),
+                        www_authenticate: None,
+                    };
+                    return Step::Decided(denied(route, denial, token.as_ref()));
+                }
+            }
+        }
+        drop(act);
+        Step::Fetch(Pending {
+            token,
+            body,
+            now,
+            requests,
+        })
+    }
+
+    /// The second half: the route's rules, with `values[i]` the answer to
+    /// `pending.requests[i]` (missing values count as unavailable).
+    pub fn finish(
+        &self,
+        req: &RequestFacts<'_>,
+        m: &RouteMatch,
+        pending: Pending,
+        values: &[SourceValue],
+    ) -> Decision {
+        let route = &self.policy.routes[m.route];
+        let mut ext: Vec<(String, ::cel::Value)> = Vec::with_capacity(pending.requests.len());
+        for (i, r) in pending.requests.iter().enumerate() {
+            let spec = &r.spec;
+            match values.get(i) {
+                Some(SourceValue::Value(v)) => ext.push((spec.name.to_string(), v.clone())),
+                Some(SourceValue::NotFound) => {
+                    ext.push((spec.name.to_string(), ::cel::Value::Null))
+                }
+                Some(SourceValue::Unavailable) | None if spec.on_error == FailMode::Open => {}
+                Some(SourceValue::Unavailable) | None => {
+                    let denial = Denial {
+                        status: spec.settings.error_status,
+                        reason: DenyReason::SourceUnavailable,
+                        rule: None,
+                        message: format!(
+                            "the `{}` data source is unavailable; try again later",
+                            spec.name
+                        ),
+                        www_authenticate: None,
+                    };
+                    return denied(route, denial, pending.token.as_ref());
+                }
+            }
+        }
+        let ext = string_map(ext);
+        let act = self.activation(
+            req,
+            m,
+            pending.token.as_ref(),
+            pending.body.as_ref(),
+            pending.now,
+            Some(&ext),
+        );
+        let verdict = evaluate(route, &act);
+        drop(act);
+        verdict_decision(route, verdict, pending.token)
+    }
+
+    fn activation<'a>(
+        &'a self,
+        req: &'a RequestFacts<'a>,
+        m: &'a RouteMatch,
+        token: Option<&'a VerifiedToken>,
+        body: Option<&'a serde_json::Value>,
+        now: DateTime<Utc>,
+        ext: Option<&'a ::cel::Value>,
+    ) -> Activation<'a> {
+        Activation::new(Inputs {
             req,
             params: &m.params,
-            token: token.as_ref(),
+            token,
             now,
-            route: Some(route),
+            route: Some(&self.policy.routes[m.route]),
             cel: &self.policy.cel,
-            body: body.as_ref(),
+            body,
             geo: &self.geo,
-        });
-        let verdict = evaluate(route, &activation);
-        Decision {
-            route: Some(route.name.clone()),
-            outcome: verdict.outcome,
-            audits: verdict.audits,
-            subject: subject(token.as_ref()),
-            issuer: token.map(|t| t.issuer),
-            unknown_key_issuer: None,
-        }
+            ext,
+        })
     }
 
     fn authenticate(
@@ -314,6 +431,48 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
     })
 }
 
+/// What [`Snapshot::begin`] gives: a decision, or the source requests to fetch first.
+pub enum Step {
+    Decided(Decision),
+    Fetch(Pending),
+}
+
+/// A request waiting for its external sources.
+pub struct Pending {
+    token: Option<VerifiedToken>,
+    body: Option<serde_json::Value>,
+    /// The decision time, kept so both halves decide at the same instant.
+    now: DateTime<Utc>,
+    /// What to fetch, in the route's order.
+    pub requests: Vec<SourceRequest>,
+}
+
+fn denied(route: &crate::policy::Route, denial: Denial, token: Option<&VerifiedToken>) -> Decision {
+    Decision {
+        route: Some(route.name.clone()),
+        outcome: Outcome::Deny(denial),
+        audits: Vec::new(),
+        subject: subject(token),
+        issuer: token.map(|t| t.issuer.clone()),
+        unknown_key_issuer: None,
+    }
+}
+
+fn verdict_decision(
+    route: &crate::policy::Route,
+    verdict: crate::policy::eval::RouteVerdict,
+    token: Option<VerifiedToken>,
+) -> Decision {
+    Decision {
+        route: Some(route.name.clone()),
+        outcome: verdict.outcome,
+        audits: verdict.audits,
+        subject: subject(token.as_ref()),
+        issuer: token.map(|t| t.issuer),
+        unknown_key_issuer: None,
+    }
+}
+
 fn subject(token: Option<&VerifiedToken>) -> Option<String> {
     token
         .and_then(|t| t.claims.get("sub"))
@@ -376,10 +535,14 @@ fn load_geo(config: &Config) -> Result<GeoResolver, SourceError> {
 }
 
 /// The names policies may refer to.
-pub fn load_context(config: &Config) -> LoadContext {
+pub fn load_context(config: &Config, sources: &SourceSet) -> LoadContext {
     LoadContext {
         issuers: config.raw.issuers.keys().cloned().collect(),
         upstreams: config.raw.upstreams.keys().cloned().collect(),
         default_upstream: config.default_upstream().map(str::to_string),
+        sources: sources
+            .iter()
+            .map(|s| (s.name.to_string(), s.reads_body))
+            .collect(),
     }
 }

@@ -54,6 +54,7 @@ pub struct Activation<'a> {
     cel: &'a CelRuntime,
     body: Option<&'a serde_json::Value>,
     geo: &'a GeoResolver,
+    ext: Option<&'a Value>,
     client_ip: OnceLock<Option<IpAddr>>,
     geo_val: OnceLock<Box<dyn Val>>,
     claims: OnceLock<Box<dyn Val>>,
@@ -61,6 +62,7 @@ pub struct Activation<'a> {
     request: OnceLock<Box<dyn Val>>,
     now_val: OnceLock<Box<dyn Val>>,
     body_val: OnceLock<Box<dyn Val>>,
+    ext_val: OnceLock<Box<dyn Val>>,
     attrs: Vec<OnceLock<Result<Box<dyn Val>, String>>>,
 }
 
@@ -75,6 +77,8 @@ pub struct Inputs<'a> {
     /// The parsed JSON body, on routes whose expressions read it.
     pub body: Option<&'a serde_json::Value>,
     pub geo: &'a GeoResolver,
+    /// External source values by name (a CEL map), on routes that read `ext`.
+    pub ext: Option<&'a Value>,
 }
 
 impl<'a> Activation<'a> {
@@ -89,6 +93,7 @@ impl<'a> Activation<'a> {
             cel: i.cel,
             body: i.body,
             geo: i.geo,
+            ext: i.ext,
             client_ip: OnceLock::new(),
             geo_val: OnceLock::new(),
             claims: OnceLock::new(),
@@ -96,6 +101,7 @@ impl<'a> Activation<'a> {
             request: OnceLock::new(),
             now_val: OnceLock::new(),
             body_val: OnceLock::new(),
+            ext_val: OnceLock::new(),
             attrs: (0..n_attrs).map(|_| OnceLock::new()).collect(),
         }
     }
@@ -176,6 +182,17 @@ impl<'a> Activation<'a> {
             .as_ref()
     }
 
+    fn ext(&self) -> &dyn Val {
+        self.ext_val
+            .get_or_init(|| {
+                to_val(match self.ext {
+                    Some(v) => v.clone(),
+                    None => string_map(std::iter::empty::<(String, Value)>()),
+                })
+            })
+            .as_ref()
+    }
+
     /// The value of derived attribute `name`, computed on first use.
     fn attr(&self, name: &str) -> Result<&dyn Val, ExecutionError> {
         let route = self
@@ -228,6 +245,7 @@ impl VariableResolver for Activation<'_> {
             "now" => self.now(),
             "body" => self.body(),
             "geo" => self.geo(),
+            "ext" => self.ext(),
             "attr" => return Some(CowVal::Owned(Box::new(AttrView { act: self }))),
             _ => return None,
         };

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod sources;
 pub mod sync;
 pub mod telemetry;
 pub mod upstream;

@@ -25,6 +25,10 @@ enum Command {
         /// Also serve a built-in echo upstream on this address (for trying claimgate out).
         #[arg(long, value_name = "ADDR")]
         echo_upstream: Option<SocketAddr>,
+        /// With --echo-upstream: also answer `GET /_data/PATH` with the file DIR/PATH.json,
+        /// the demo's stand-in for external services (e.g. dev/demo-data).
+        #[arg(long, value_name = "DIR", requires = "echo_upstream")]
+        echo_data: Option<PathBuf>,
         /// Testing only: decide every request as if it were this instant (RFC 3339, e.g.
         /// 2026-03-02T10:00:00+01:00) instead of the real time, token expiry included.
         #[arg(long, value_name = "TIME")]
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             echo_upstream,
+            echo_data,
             fixed_clock,
         } => {
             claimgate::telemetry::init_logging();
@@ -64,7 +69,7 @@ fn main() -> ExitCode {
                 Some(t) => claimgate::proxy::Clock::Fixed(t.into()),
                 None => claimgate::proxy::Clock::System,
             };
-            match claimgate::server::run(&config, echo_upstream, clock) {
+            match claimgate::server::run(&config, echo_upstream.map(|a| (a, echo_data)), clock) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("claimgate: cannot start:\n{e}");

@@ -1,10 +1,12 @@
 //! The Pingora side: a thin `ProxyHttp` that turns a request into facts, asks the decision core,
 //! and either answers the denial itself or forwards with the decided headers.
 
-use crate::engine::Snapshot;
+use crate::engine::{Snapshot, Step};
 use crate::facts::{Body, RequestFacts};
 use crate::policy::decision::Allow;
+use crate::policy::route::RouteMatch;
 use crate::policy::{Decision, DenyReason, Outcome};
+use crate::sources::SourceFetcher;
 use crate::telemetry::{log_decision, LogFacts, Metrics};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -21,6 +23,8 @@ pub struct ClaimgateProxy {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    /// External source caches; they outlive reloads.
+    pub sources: SourceFetcher,
 }
 
 /// Where the decision time comes from. Always the system clock in production; a fixed instant
@@ -170,6 +174,26 @@ impl ClaimgateProxy {
         let took = started.elapsed();
         self.metrics.record(decision, took);
         log_decision(decision, log, took, &snapshot.config.raw.logging);
+    }
+
+    /// The decision core's two halves, with the route's external sources fetched between them.
+    async fn decide(
+        &self,
+        snapshot: &Snapshot,
+        facts: &RequestFacts<'_>,
+        m: Option<&RouteMatch>,
+    ) -> Decision {
+        let now = self.clock.now();
+        let Some(m) = m else {
+            return snapshot.decide_matched(facts, None, now);
+        };
+        match snapshot.begin(facts, m, now) {
+            Step::Decided(d) => d,
+            Step::Fetch(pending) => {
+                let values = self.sources.fetch_all(&pending.requests).await;
+                snapshot.finish(facts, m, pending, &values)
+            }
+        }
     }
 
     /// Answers a request refused before any route was chosen (ambiguous host, path, framing).
@@ -327,7 +351,7 @@ impl ProxyHttp for ClaimgateProxy {
             client_ip,
             body,
         );
-        let mut decision: Decision = snapshot.decide_matched(&facts, m.as_ref(), self.clock.now());
+        let mut decision = self.decide(&snapshot, &facts, m.as_ref()).await;
         // A key id no key has: maybe the identity provider rotated. Refetch (single-flight,
         // rate-limited per issuer) and decide once more.
         if let Some(issuer) = decision
@@ -340,7 +364,7 @@ impl ProxyHttp for ClaimgateProxy {
                 refreshed |= r.refresh_for_unknown_kid().await;
             }
             if refreshed {
-                decision = snapshot.decide_matched(&facts, m.as_ref(), self.clock.now());
+                decision = self.decide(&snapshot, &facts, m.as_ref()).await;
             }
         }
         let log = LogFacts {

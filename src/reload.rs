@@ -292,6 +292,8 @@ fn count_key_loads(metrics: &Metrics, snapshot: &Snapshot) {
             .with_label_values(&[&issuer.name, "success"])
             .inc();
     }
+    let sources: Vec<&str> = snapshot.sources.iter().map(|s| &*s.name).collect();
+    metrics.declare_sources(&sources);
 }
 
 /// Runs the watcher, the poll and the SIGHUP handler until shutdown.

@@ -94,7 +94,10 @@ pub fn crypto_self_test() -> Result<(), StartError> {
 
 /// Runs the gateway until the process is signalled. `echo` also serves the built-in echo upstream
 /// on that address.
-pub fn run(config_path: &Path, echo: Option<SocketAddr>, clock: Clock) -> Result<(), StartError> {
+/// The built-in echo upstream: its address and, optionally, its demo data directory.
+pub type EchoOptions = Option<(SocketAddr, Option<std::path::PathBuf>)>;
+
+pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), StartError> {
     crypto_self_test()?;
     let metrics = Arc::new(Metrics::new()?);
     let remote = Arc::new(RemoteRegistry::new(Some(metrics.clone())));
@@ -140,6 +143,7 @@ pub fn run(config_path: &Path, echo: Option<SocketAddr>, clock: Clock) -> Result
             state: state.clone(),
             metrics: metrics.clone(),
             clock,
+            sources: crate::sources::SourceFetcher::new(Some(metrics.clone())),
         },
         "claimgate proxy",
     );
@@ -166,8 +170,8 @@ pub fn run(config_path: &Path, echo: Option<SocketAddr>, clock: Clock) -> Result
         KeyRefreshService { registry: remote },
     ));
 
-    if let Some(addr) = echo {
-        let mut svc = Service::new("claimgate echo upstream".to_string(), EchoApp);
+    if let Some((addr, data)) = echo {
+        let mut svc = Service::new("claimgate echo upstream".to_string(), EchoApp { data });
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
         tracing::info!(echo = %addr, "built-in echo upstream listening");

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub upstream_responses: IntCounterVec,
     pub upstream_seconds: HistogramVec,
     pub key_loads: IntCounterVec,
+    pub source_requests: IntCounterVec,
+    pub source_seconds: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,6 +111,25 @@ impl Metrics {
             ),
             &["issuer", "result"],
         )?;
+        let source_requests = IntCounterVec::new(
+            Opts::new(
+                "claimgate_source_requests_total",
+                "Lookups of external sources, by source and result (hit, miss, error, stale).",
+            ),
+            &["source", "result"],
+        )?;
+        let source_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "claimgate_source_fetch_duration_seconds",
+                "Time of one fetch from an external source (cache misses only), by source and outcome.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["source", "outcome"],
+        )?;
+        registry.register(Box::new(source_requests.clone()))?;
+        registry.register(Box::new(source_seconds.clone()))?;
         registry.register(Box::new(upstream_responses.clone()))?;
         registry.register(Box::new(upstream_seconds.clone()))?;
         registry.register(Box::new(key_loads.clone()))?;
@@ -131,7 +152,22 @@ impl Metrics {
             upstream_responses,
             upstream_seconds,
             key_loads,
+            source_requests,
+            source_seconds,
         })
+    }
+
+    /// Gives every configured source its series at zero, so dashboards and alerts see a source
+    /// before its first lookup.
+    pub fn declare_sources(&self, names: &[&str]) {
+        for name in names {
+            for result in ["hit", "miss", "error", "stale"] {
+                self.source_requests.with_label_values(&[name, result]);
+            }
+            for outcome in ["value", "not_found", "error"] {
+                self.source_seconds.with_label_values(&[name, outcome]);
+            }
+        }
     }
 
     /// Counts one decision.

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The names a condition may read. Anything else is an error at load time, not at request time.
-pub const VARIABLES: &[&str] = &["claims", "token", "request", "now", "attr", "body", "geo"];
+pub const VARIABLES: &[&str] = &[
+    "claims", "token", "request", "now", "attr", "body", "geo", "ext",
+];
 
 /// Compiled-once CEL state shared by every request of a policy set.
 pub struct CelRuntime {

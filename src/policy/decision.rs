@@ -24,6 +24,8 @@ pub enum DenyReason {
     BadPath,
     /// Several Host headers, or a Host header that disagrees with an absolute-form target.
     BadHost,
+    /// An external source the route needs could not be fetched, and it fails closed.
+    SourceUnavailable,
 }
 
 impl DenyReason {
@@ -38,6 +40,7 @@ impl DenyReason {
             DenyReason::InvalidJson => "invalid_json",
             DenyReason::BadPath => "bad_path",
             DenyReason::BadHost => "bad_host",
+            DenyReason::SourceUnavailable => "source_unavailable",
         }
     }
 }
@@ -72,6 +75,7 @@ pub fn error_code(status: u16) -> &'static str {
     match status {
         400 => "bad_request",
         401 => "unauthorized",
+        402 => "payment_required",
         403 => "forbidden",
         404 => "not_found",
         405 => "method_not_allowed",

@@ -113,6 +113,8 @@ pub struct LoadContext {
     pub upstreams: Vec<String>,
     /// The upstream of routes that name none.
     pub default_upstream: Option<String>,
+    /// External sources by name, and whether the source's request templates read `body`.
+    pub sources: BTreeMap<String, bool>,
 }
 
 /// Headers a route may not set: they belong to the HTTP connection or to the client's identity
@@ -185,6 +187,7 @@ impl PolicySet {
             errors: Vec::new(),
             reads_body: false,
             attr_reads: Vec::new(),
+            ext_reads: Vec::new(),
         };
         for (path, src) in sources {
             loader.file(path, src);
@@ -212,20 +215,28 @@ struct Loader<'c> {
     /// with where it was read.
     reads_body: bool,
     attr_reads: Vec<(String, usize, String)>,
+    /// Per route being loaded: every `ext.x` read, with where it was read.
+    ext_reads: Vec<(String, usize, String)>,
 }
 
 /// The attribute names an expression reads as `attr.name`.
 pub fn attr_refs(src: &str) -> Vec<String> {
+    member_refs(src, "attr.")
+}
+
+/// The names read as `<prefix>name` (e.g. `ext.balance`), where `prefix` is a whole
+/// identifier followed by a dot.
+pub fn member_refs(src: &str, prefix: &str) -> Vec<String> {
     let bytes = src.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
-    while let Some(pos) = src[i..].find("attr.") {
+    while let Some(pos) = src[i..].find(prefix) {
         let start = i + pos;
         let boundary = start == 0 || {
             let c = bytes[start - 1];
             !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
         };
-        let name_start = start + 5;
+        let name_start = start + prefix.len();
         let name_end = src[name_start..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .map(|e| name_start + e)
@@ -233,7 +244,7 @@ pub fn attr_refs(src: &str) -> Vec<String> {
         if boundary && name_end > name_start {
             out.push(src[name_start..name_end].to_string());
         }
-        i = name_end.max(start + 5);
+        i = name_end.max(start + prefix.len());
     }
     out
 }
@@ -307,6 +318,18 @@ impl Loader<'_> {
                 if refs.has_variable("attr") {
                     for a in attr_refs(src) {
                         self.attr_reads.push((a, start, what.to_string()));
+                    }
+                }
+                if refs.has_variable("ext") {
+                    let names = member_refs(src, "ext.");
+                    if names.is_empty() {
+                        self.errors.push(fx.err(
+                            start,
+                            format!("{what}: read sources by name, as `ext.NAME`"),
+                        ));
+                    }
+                    for n in names {
+                        self.ext_reads.push((n, start, what.to_string()));
                     }
                 }
                 Some(p)
@@ -462,6 +485,7 @@ impl Loader<'_> {
         let before = self.errors.len();
         self.reads_body = false;
         self.attr_reads.clear();
+        self.ext_reads.clear();
         let route_start = raw.span().start;
         let raw = raw.into_inner();
         let name = raw.name.get_ref().clone();
@@ -663,6 +687,21 @@ impl Loader<'_> {
 
         // Attributes last: everything above has recorded which attributes it reads.
         let attrs = self.attrs(fx, &name, &raw.attr);
+        let mut sources: Vec<Arc<str>> = Vec::new();
+        for (n, at, what) in std::mem::take(&mut self.ext_reads) {
+            match self.ctx.sources.get(&n) {
+                None => self.errors.push(fx.err(
+                    at,
+                    format!("{what}: unknown source `ext.{n}` (not in gateway.toml `[sources]`)"),
+                )),
+                Some(reads_body) => {
+                    self.reads_body |= *reads_body;
+                    if !sources.iter().any(|s| **s == *n) {
+                        sources.push(Arc::from(n.as_str()));
+                    }
+                }
+            }
+        }
         let reads_body = self.reads_body;
 
         let body_limit = match &raw.body_limit {
@@ -713,6 +752,7 @@ impl Loader<'_> {
             body_limit,
             forward,
             strip,
+            sources,
         })
     }
 }

@@ -108,6 +108,9 @@ pub struct Route {
     pub body_limit: usize,
     pub forward: Vec<Forward>,
     pub strip: Arc<[HeaderName]>,
+    /// External sources any expression of the route reads (`ext.NAME`), fetched before its
+    /// rules run.
+    pub sources: Vec<Arc<str>>,
 }
 
 impl Route {

@@ -277,6 +277,23 @@ pub fn repo_config(upstream: SocketAddr) -> String {
         )
 }
 
+/// The repository configuration with its `[sources]` pointed at `data` (a built-in echo
+/// upstream serving the repository's dev/demo-data) instead of the demo's echo address.
+pub fn repo_config_with_data(upstream: SocketAddr, data: SocketAddr) -> String {
+    let text = repo_config(upstream);
+    let from = format!("http://{upstream}/_data/");
+    assert!(
+        text.contains(&from),
+        "no [sources] on the echo in gateway.toml"
+    );
+    text.replace(&from, &format!("http://{data}/_data/"))
+}
+
+/// The repository's demo data directory, for `--echo-data`.
+pub fn demo_data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/demo-data")
+}
+
 /// The repository configuration with each residency pool at its own upstream.
 pub fn repo_config_with_pools(
     default: SocketAddr,

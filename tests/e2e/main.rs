@@ -12,4 +12,5 @@ mod policy;
 mod proxying;
 mod reload;
 mod scenarios;
+mod sources;
 mod startup;

@@ -701,3 +701,88 @@ async fn expect_continue_on_a_body_reading_route() {
     );
     assert_eq!(up.last().body, body);
 }
+
+/// The repository's gateway whose sources are served by its built-in echo from dev/demo-data.
+fn with_demo_data() -> (Upstream, Gateway) {
+    let up = Upstream::start();
+    let data = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let data_dir = demo_data_dir();
+    let gw = Gateway::start_with(
+        &repo_config_with_data(up.addr, data),
+        &[],
+        &[
+            "--echo-upstream",
+            &data.to_string(),
+            "--echo-data",
+            data_dir.to_str().unwrap(),
+        ],
+    );
+    (up, gw)
+}
+
+#[tokio::test]
+async fn scenario_3_players_without_balance_are_blocked() {
+    let (up, gw) = with_demo_data();
+    let alice = dev_token(json!({"sub": "alice"}));
+    let r = get(&gw, "/api/game/session", &alice).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["x-balance"], "120");
+    assert_eq!(up.last().headers["x-player-id"], "alice");
+
+    for who in ["bob", "nobody-knows-me"] {
+        let r = get(&gw, "/api/game/session", &dev_token(json!({"sub": who}))).await;
+        assert_eq!(r.status(), 402, "{who}");
+        let b = body_of(r).await;
+        assert_eq!(b["rule"], "has-balance");
+        assert_eq!(b["error"], "payment_required");
+    }
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn scenario_3_game_server_down_fails_closed() {
+    // The sources point at a port nobody listens on.
+    let up = Upstream::start();
+    let nowhere = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gw = Gateway::start(&repo_config_with_data(up.addr, nowhere), &[]);
+    let r = get(
+        &gw,
+        "/api/game/session",
+        &dev_token(json!({"sub": "alice"})),
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(body_of(r).await["reason"], "source_unavailable");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn scenario_6_subscription_tier_sets_features_limits_and_quota() {
+    let (up, gw) = with_demo_data();
+    let alice = dev_token(json!({"sub": "alice"}));
+    let r = get(&gw, "/api/files/large/upload-1", &alice).await;
+    assert_eq!(r.status(), 200);
+    let h = up.last().headers;
+    assert_eq!(h["x-subscription-tier"], "premium");
+    assert_eq!(h["x-rate-limit"], "10000");
+    assert_eq!(h["x-storage-quota-gb"], "1000");
+    assert_eq!(
+        h["x-premium-features"],
+        "large-uploads,version-history,priority-support"
+    );
+
+    // Free tier, and a user the billing service does not know (404 -> free).
+    for who in ["bob", "dave"] {
+        let t = dev_token(json!({"sub": who}));
+        let r = get(&gw, "/api/files/docs/a.txt", &t).await;
+        assert_eq!(r.status(), 200, "{who}");
+        let h = up.last().headers;
+        assert_eq!(h["x-subscription-tier"], "free");
+        assert_eq!(h["x-rate-limit"], "1000");
+        assert_eq!(h["x-storage-quota-gb"], "5");
+        assert!(h["x-premium-features"].is_empty());
+        let r = get(&gw, "/api/files/large/upload-2", &t).await;
+        assert_eq!(r.status(), 403);
+        assert_eq!(body_of(r).await["rule"], "premium-for-large-uploads");
+    }
+}
