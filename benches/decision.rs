@@ -138,6 +138,7 @@ fn bench(c: &mut Criterion) {
             headers: &headers,
             client_ip: Some([127, 0, 0, 1].into()),
             body: claimgate::facts::Body::NotRead,
+            location: None,
         };
         let d = snap.decide(&facts, SystemTime::now());
         assert!(d.is_allow(), "{name}: {:?}", d.outcome);

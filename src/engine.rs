@@ -10,8 +10,10 @@ use crate::geo::GeoResolver;
 use crate::location::SourceError;
 use crate::policy::cel::string_map;
 use crate::policy::decision::Allow;
-use crate::policy::eval::evaluate;
+use crate::policy::eval::evaluate_traced;
 use crate::policy::route::RouteMatch;
+use crate::policy::trace::{RouteTrace, SourceTrace, TokenTrace};
+use crate::policy::Trace;
 use crate::policy::{Decision, Denial, DenyReason, LoadContext, Outcome, PolicySet};
 use crate::sources::{FailMode, SourceRequest, SourceSet, SourceSpec, SourceValue};
 use crate::upstream::Upstreams;
@@ -49,13 +51,18 @@ impl Snapshot {
         let policy = PolicySet::load_dir(&config.rules_dir, &ctx);
         let geo = load_geo(&config);
         match (issuers, policy, geo, sources) {
-            (Ok(i), Ok(p), Ok(g), Ok(s)) => Ok(Snapshot::new(
-                config,
-                Arc::new(i),
-                Arc::new(p),
-                Arc::new(g),
-                Arc::new(s),
-            )),
+            (Ok(i), Ok(p), Ok(g), Ok(s)) => {
+                for w in &p.warnings {
+                    tracing::warn!(warning = %w, "policy warning");
+                }
+                Ok(Snapshot::new(
+                    config,
+                    Arc::new(i),
+                    Arc::new(p),
+                    Arc::new(g),
+                    Arc::new(s),
+                ))
+            }
             (i, p, g, s) => {
                 let mut errors = i.err().unwrap_or_default();
                 errors.extend(s.err().unwrap_or_default());
@@ -167,20 +174,37 @@ impl Snapshot {
             return self.unmatched(req, now.into());
         };
         match self.begin(req, m, now) {
+            Step::Evaluate(p) => self.finish(req, m, p, &[]),
             Step::Decided(d) => d,
-            Step::Fetch(p) => self.finish(req, m, p, &[]),
         }
     }
 
     /// The first half of a decision: token, body and, on routes that read `ext`, the source
-    /// requests to fetch. Everything that can deny without external data denies here, so a
-    /// request without a valid token never reaches a source.
+    /// requests to fetch (`Pending::requests`, empty on most routes). Everything that can deny
+    /// without external data denies here, so a request without a valid token never reaches a
+    /// source.
     pub fn begin(&self, req: &RequestFacts<'_>, m: &RouteMatch, now: SystemTime) -> Step {
+        self.begin_with(req, m, now, Credentials::Verify)
+    }
+
+    /// [`Snapshot::begin`] with the token's origin chosen by the caller.
+    pub fn begin_with(
+        &self,
+        req: &RequestFacts<'_>,
+        m: &RouteMatch,
+        now: SystemTime,
+        credentials: Credentials,
+    ) -> Step {
         let now: DateTime<Utc> = now.into();
         let route = &self.policy.routes[m.route];
-        let token = match self.authenticate(req, route.auth, &self.route_issuers[m.route], now) {
-            Ok(t) => t,
-            Err(e) => return Step::Decided(token_denial(Some(route.name.clone()), e)),
+        let (token, verified) = match credentials {
+            Credentials::Verify => {
+                match self.authenticate(req, route.auth, &self.route_issuers[m.route], now) {
+                    Ok(t) => (t, true),
+                    Err(e) => return Step::Decided(token_denial(Some(route.name.clone()), e)),
+                }
+            }
+            Credentials::Unverified(t) => (t, false),
         };
         let body = if route.reads_body {
             match parse_body(req) {
@@ -200,37 +224,32 @@ impl Snapshot {
             None
         };
         let sources = &self.route_sources[m.route];
-        if sources.is_empty() {
-            let verdict = evaluate(
-                route,
-                &self.activation(req, m, token.as_ref(), body.as_ref(), now, None),
-            );
-            return Step::Decided(verdict_decision(route, verdict, token));
-        }
-        let act = self.activation(req, m, token.as_ref(), body.as_ref(), now, None);
         let mut requests = Vec::with_capacity(sources.len());
-        for spec in sources {
-            match spec.render(&act) {
-                Ok(r) => requests.push(r),
-                Err(e) => {
-                    tracing::debug!(route = %route.name, source = %spec.name, error = %e, "source request could not be built");
-                    let denial = Denial {
-                        status: 403,
-                        reason: DenyReason::PolicyError,
-                        rule: None,
-                        message: format!(
-                            "the request to source `{}` could not be built",
-                            spec.name
-                        ),
-                        www_authenticate: None,
-                    };
-                    return Step::Decided(denied(route, denial, token.as_ref()));
+        if !sources.is_empty() {
+            let act = self.activation(req, m, token.as_ref(), body.as_ref(), now, None);
+            for spec in sources {
+                match spec.render(&act) {
+                    Ok(r) => requests.push(r),
+                    Err(e) => {
+                        tracing::debug!(route = %route.name, source = %spec.name, error = %e, "source request could not be built");
+                        let denial = Denial {
+                            status: 403,
+                            reason: DenyReason::PolicyError,
+                            rule: None,
+                            message: format!(
+                                "the request to source `{}` could not be built",
+                                spec.name
+                            ),
+                            www_authenticate: None,
+                        };
+                        return Step::Decided(denied(route, denial, token.as_ref()));
+                    }
                 }
             }
         }
-        drop(act);
-        Step::Fetch(Pending {
+        Step::Evaluate(Pending {
             token,
+            verified,
             body,
             now,
             requests,
@@ -246,17 +265,43 @@ impl Snapshot {
         pending: Pending,
         values: &[SourceValue],
     ) -> Decision {
+        self.finish_traced(req, m, pending, values, None)
+    }
+
+    /// [`Snapshot::finish`], recording how the decision came about in `trace`.
+    pub fn finish_traced(
+        &self,
+        req: &RequestFacts<'_>,
+        m: &RouteMatch,
+        pending: Pending,
+        values: &[SourceValue],
+        mut trace: Option<&mut Trace>,
+    ) -> Decision {
         let route = &self.policy.routes[m.route];
+        if let Some(t) = trace.as_deref_mut() {
+            t.route = Some(RouteTrace {
+                name: route.name.to_string(),
+                file: route.file.display().to_string(),
+                params: m.params.iter().cloned().collect(),
+            });
+            t.token = pending.token.as_ref().map(|tok| TokenTrace {
+                issuer: tok.issuer.to_string(),
+                verified: pending.verified,
+                subject: subject(Some(tok)),
+            });
+        }
         let mut ext: Vec<(String, ::cel::Value)> = Vec::with_capacity(pending.requests.len());
         for (i, r) in pending.requests.iter().enumerate() {
             let spec = &r.spec;
-            match values.get(i) {
-                Some(SourceValue::Value(v)) => ext.push((spec.name.to_string(), v.clone())),
-                Some(SourceValue::NotFound) => {
-                    ext.push((spec.name.to_string(), ::cel::Value::Null))
-                }
-                Some(SourceValue::Unavailable) | None if spec.on_error == FailMode::Open => {}
-                Some(SourceValue::Unavailable) | None => {
+            let value = values.get(i).unwrap_or(&SourceValue::Unavailable);
+            if let Some(t) = trace.as_deref_mut() {
+                t.sources.push(source_trace(r, value));
+            }
+            match value {
+                SourceValue::Value(v) => ext.push((spec.name.to_string(), v.clone())),
+                SourceValue::NotFound => ext.push((spec.name.to_string(), ::cel::Value::Null)),
+                SourceValue::Unavailable if spec.on_error == FailMode::Open => {}
+                SourceValue::Unavailable => {
                     let denial = Denial {
                         status: spec.settings.error_status,
                         reason: DenyReason::SourceUnavailable,
@@ -271,16 +316,16 @@ impl Snapshot {
                 }
             }
         }
-        let ext = string_map(ext);
+        let ext = (!pending.requests.is_empty()).then(|| string_map(ext));
         let act = self.activation(
             req,
             m,
             pending.token.as_ref(),
             pending.body.as_ref(),
             pending.now,
-            Some(&ext),
+            ext.as_ref(),
         );
-        let verdict = evaluate(route, &act);
+        let verdict = evaluate_traced(route, &act, trace);
         drop(act);
         verdict_decision(route, verdict, pending.token)
     }
@@ -431,15 +476,26 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
     })
 }
 
-/// What [`Snapshot::begin`] gives: a decision, or the source requests to fetch first.
+/// What [`Snapshot::begin`] gives: a decision already, or a request ready for its rules once
+/// its sources (`Pending::requests`, often none) are fetched.
 pub enum Step {
     Decided(Decision),
-    Fetch(Pending),
+    Evaluate(Pending),
 }
 
-/// A request waiting for its external sources.
+/// Where the token of a request comes from.
+pub enum Credentials {
+    /// The request's bearer token, verified against the route's issuers (the proxy's way).
+    Verify,
+    /// A token taken as given, signature unchecked: `claimgate eval --claims` and policy
+    /// tests, never the proxy.
+    Unverified(Option<VerifiedToken>),
+}
+
+/// A request between the two halves of its decision, waiting for its external sources.
 pub struct Pending {
     token: Option<VerifiedToken>,
+    verified: bool,
     body: Option<serde_json::Value>,
     /// The decision time, kept so both halves decide at the same instant.
     now: DateTime<Utc>,
@@ -470,6 +526,20 @@ fn verdict_decision(
         subject: subject(token.as_ref()),
         issuer: token.map(|t| t.issuer),
         unknown_key_issuer: None,
+    }
+}
+
+fn source_trace(r: &SourceRequest, value: &SourceValue) -> SourceTrace {
+    let (outcome, value) = match value {
+        SourceValue::Value(v) => ("value", Some(v.json().unwrap_or(serde_json::Value::Null))),
+        SourceValue::NotFound => ("not_found", Some(serde_json::Value::Null)),
+        SourceValue::Unavailable => ("unavailable", None),
+    };
+    SourceTrace {
+        name: r.spec.name.to_string(),
+        url: r.url.clone(),
+        value,
+        outcome,
     }
 }
 

@@ -3,7 +3,7 @@
 //! never pays for converting headers.
 
 use crate::auth::VerifiedToken;
-use crate::geo::GeoResolver;
+use crate::geo::{GeoResolver, Location};
 use crate::policy::cel::{json_object_to_value, json_to_value, string_map, to_val, CelRuntime};
 use crate::policy::{AttrKind, Route};
 use cel::common::traits::Indexer;
@@ -29,6 +29,9 @@ pub struct RequestFacts<'a> {
     /// The address of the connection's peer (the client, or a proxy in front of it).
     pub client_ip: Option<IpAddr>,
     pub body: Body<'a>,
+    /// The client's location when the caller already knows it (`claimgate eval --country`);
+    /// otherwise `geo` is resolved from the edge header or the database.
+    pub location: Option<&'a Location>,
 }
 
 /// The request body as far as the caller read it. Only routes whose expressions read `body`
@@ -158,9 +161,12 @@ impl<'a> Activation<'a> {
     fn geo(&self) -> &dyn Val {
         self.geo_val
             .get_or_init(|| {
-                let loc = self
-                    .geo
-                    .locate(self.req.client_ip, self.client_ip(), self.req.headers);
+                let loc = match self.req.location {
+                    Some(l) => l.clone(),
+                    None => self
+                        .geo
+                        .locate(self.req.client_ip, self.client_ip(), self.req.headers),
+                };
                 let v = |s: Option<String>| s.map(Value::from).unwrap_or(Value::Null);
                 to_val(string_map([
                     ("country", v(loc.country)),
@@ -191,6 +197,34 @@ impl<'a> Activation<'a> {
                 })
             })
             .as_ref()
+    }
+
+    /// The derived attributes computed so far (static ones always), as JSON; an attribute
+    /// whose expression failed shows its error.
+    pub fn attr_values(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let Some(route) = self.route else {
+            return Default::default();
+        };
+        let json = |v: &dyn Val| {
+            Value::try_from(v)
+                .ok()
+                .and_then(|v| v.json().ok())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        route
+            .attrs
+            .iter()
+            .zip(&self.attrs)
+            .filter_map(|(attr, slot)| {
+                let v = match (&attr.kind, slot.get()) {
+                    (AttrKind::Static(v), _) => json(v.as_ref()),
+                    (_, Some(Ok(v))) => json(v.as_ref()),
+                    (_, Some(Err(e))) => serde_json::json!({ "error": e }),
+                    (_, None) => return None,
+                };
+                Some((attr.name.to_string(), v))
+            })
+            .collect()
     }
 
     /// The value of derived attribute `name`, computed on first use.

@@ -5,11 +5,27 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod eval_cmd;
+mod test_cmd;
 mod token_cmd;
 
 /// claimgate: a reverse proxy that verifies JWTs and enforces policies on their claims.
 #[derive(Parser)]
-#[command(name = "claimgate", version, about, long_about = None)]
+#[command(
+    name = "claimgate",
+    version,
+    about,
+    long_about = None,
+    after_help = "\
+Changing a policy safely:
+  1. edit rules/*.toml                      (add `mode = \"audit\"` to a new rule)
+  2. claimgate check --deny-warnings        every error with file:line:column
+  3. claimgate test                         the cases in rules/tests/ must pass
+  4. claimgate eval --claims '{...}' PATH   see how one request is decided, rule by rule
+  5. deploy: the running gateway reloads rules/ by itself (or on SIGHUP)
+  6. watch claimgate_audit_denials_total on the admin listener's /metrics
+  7. remove `mode = \"audit\"` to enforce"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,13 +50,35 @@ enum Command {
         #[arg(long, value_name = "TIME")]
         fixed_clock: Option<chrono::DateTime<chrono::FixedOffset>>,
     },
-    /// Validate the configuration, its keys and every rules file; print every error found.
+    /// Validate the configuration, keys and rules; print every error with its location.
+    ///
+    /// Every error names file, line and column. Warnings point at what loads but can never take
+    /// effect: routes that can never match, constant rules, open routes that read claims.
+    #[command(after_help = "\
+Exit status: 0 valid (warnings allowed unless --deny-warnings), 1 errors (or warnings with
+--deny-warnings), 2 the crypto self-test failed.
+
+Run it before every deploy, e.g. in CI:  claimgate check --config gateway.toml --deny-warnings")]
     Check {
         #[arg(short, long, default_value = "gateway.toml")]
         config: PathBuf,
+        /// Fail on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
     },
+    /// Decide one request offline and show why.
+    ///
+    /// The trace shows the route matched, each rule with its result, the attributes computed,
+    /// the external sources (mocked), the upstream chosen and the headers it would receive.
+    Eval(eval_cmd::EvalArgs),
+    /// Run policy test files: described requests and the decisions they must get.
+    Test(test_cmd::TestArgs),
     /// Mint a signed token for local testing.
     Token(token_cmd::TokenArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// e.g. `claimgate completions bash > /etc/bash_completion.d/claimgate`
+    Completions { shell: clap_complete::Shell },
     /// Write a small country database (.mmdb) for tests and demos.
     GeoDb {
         /// Output file.
@@ -77,20 +115,32 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => {
+        Command::Check {
+            config,
+            deny_warnings,
+        } => {
             if let Err(e) = claimgate::server::crypto_self_test() {
                 eprintln!("{e}");
                 return ExitCode::from(2);
             }
             match claimgate::server::load(&config, &Default::default()) {
                 Ok(s) => {
+                    for w in &s.policy.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    let warned = s.policy.warnings.len();
                     println!(
-                        "ok: {} routes from {} files, {} issuers",
+                        "ok: {} routes from {} files, {} issuers, {} sources, {warned} warning(s)",
                         s.policy.routes.len(),
                         s.policy.files.len(),
-                        s.issuers.len()
+                        s.issuers.len(),
+                        s.sources.iter().count(),
                     );
-                    ExitCode::SUCCESS
+                    if deny_warnings && warned > 0 {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(errors) => {
                     for e in &errors.0 {
@@ -102,6 +152,18 @@ fn main() -> ExitCode {
             }
         }
         Command::Token(args) => token_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
+        Command::Test(args) => test_cmd::run(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "claimgate",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::GeoDb { out, demo, entry } => {
             use claimgate::geo::writer;
             let (entries, epoch) = if demo {

@@ -136,6 +136,7 @@ fn request_facts<'a>(
         headers: &req.headers,
         client_ip,
         body,
+        location: None,
     }
 }
 
@@ -189,7 +190,10 @@ impl ClaimgateProxy {
         };
         match snapshot.begin(facts, m, now) {
             Step::Decided(d) => d,
-            Step::Fetch(pending) => {
+            Step::Evaluate(pending) if pending.requests.is_empty() => {
+                snapshot.finish(facts, m, pending, &[])
+            }
+            Step::Evaluate(pending) => {
                 let values = self.sources.fetch_all(&pending.requests).await;
                 snapshot.finish(facts, m, pending, &values)
             }

@@ -37,6 +37,17 @@ pub fn load(config_path: &Path, remote: &RemoteRegistry) -> Result<Snapshot, Sou
     Snapshot::load(config, remote).map_err(SourceErrors)
 }
 
+/// Loads a snapshot for the offline tools (`eval`, `test`); with `fetch_keys`, remote keys are
+/// fetched once so tokens of JWKS issuers can be verified.
+pub fn load_for_tools(config_path: &Path, fetch_keys: bool) -> Result<Snapshot, SourceErrors> {
+    let remote = RemoteRegistry::default();
+    let snapshot = load(config_path, &remote)?;
+    if fetch_keys {
+        initial_key_fetch(&snapshot);
+    }
+    Ok(snapshot)
+}
+
 /// Fetches every issuer's remote keys once before serving, each within its own timeout.
 /// Failures are logged; the gateway then starts not ready and keeps retrying in the background.
 fn initial_key_fetch(snapshot: &Snapshot) {

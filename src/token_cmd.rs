@@ -7,6 +7,14 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Args)]
+#[command(after_help = "\
+Example (the repository's development issuer):
+  claimgate token --key dev/keys/es256-private.pem --alg ES256 --kid dev-es256 \\
+      --iss https://dev.claimgate.local --aud claimgate-demo --sub alice \\
+      --claims '{\"permissions\":[\"transfer\"]}' --ttl 600
+
+The token is printed on stdout. Tokens minted with a key from this repository's dev/ are for
+local testing only.")]
 pub struct TokenArgs {
     /// Signing algorithm, e.g. ES256, RS256, HS256, EdDSA.
     #[arg(long, default_value = "ES256")]

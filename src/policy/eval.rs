@@ -2,6 +2,7 @@
 
 use super::cel::{to_header_text, to_message_text};
 use super::decision::{Allow, AuditDenial, Denial, DenyReason, Outcome};
+use super::trace::{RuleTrace, Trace};
 use super::{Condition, Message, Mode, Route, Rule};
 use crate::facts::Activation;
 use ::cel::Value;
@@ -49,22 +50,73 @@ fn message(rule: &Rule, ctx: &Activation<'_>) -> String {
 /// Evaluates `route`'s rules in order, then its forwarded headers. The first enforced denial
 /// decides; an evaluation error denies with `policy_error` (fail closed).
 pub fn evaluate(route: &Route, activation: &Activation<'_>) -> RouteVerdict {
+    evaluate_traced(route, activation, None)
+}
+
+/// [`evaluate`], recording each step in `trace` when one is given.
+pub fn evaluate_traced(
+    route: &Route,
+    activation: &Activation<'_>,
+    mut trace: Option<&mut Trace>,
+) -> RouteVerdict {
+    let verdict = run(route, activation, trace.as_deref_mut());
+    if let Some(t) = trace {
+        // A denial stops the evaluation: the rules after it did not run.
+        for rule in route.rules.iter().skip(t.rules.len()) {
+            t.rules.push(rule_trace(rule, "not run", None, None));
+        }
+        t.attrs = activation.attr_values();
+        if let Outcome::Allow(a) = &verdict.outcome {
+            t.upstream = Some(a.upstream.to_string());
+            t.forward = a
+                .forward
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+        }
+    }
+    verdict
+}
+
+fn run(route: &Route, activation: &Activation<'_>, mut trace: Option<&mut Trace>) -> RouteVerdict {
     let ctx = activation;
     let mut audits = Vec::new();
 
     for rule in &route.rules {
-        let (reason, status, msg) = match run_rule(rule, ctx) {
-            RuleResult::Pass => continue,
-            RuleResult::Deny => (DenyReason::RuleDenied, rule.status, message(rule, ctx)),
+        let result = run_rule(rule, ctx);
+        let (reason, status, msg, error) = match result {
+            RuleResult::Pass => {
+                if let Some(t) = trace.as_deref_mut() {
+                    t.rules.push(rule_trace(rule, "pass", None, None));
+                }
+                continue;
+            }
+            RuleResult::Deny => (
+                DenyReason::RuleDenied,
+                rule.status,
+                message(rule, ctx),
+                None,
+            ),
             RuleResult::Error(e) => {
                 tracing::debug!(route = %route.name, rule = %rule.name, error = %e, "rule evaluation failed");
                 (
                     DenyReason::PolicyError,
                     403,
                     format!("rule `{}` could not be evaluated", rule.name),
+                    Some(e),
                 )
             }
         };
+        if let Some(t) = trace.as_deref_mut() {
+            let result = if error.is_some() { "error" } else { "deny" };
+            t.rules
+                .push(rule_trace(rule, result, Some(msg.clone()), error));
+        }
         if rule.mode == Mode::Audit {
             audits.push(AuditDenial {
                 rule: rule.name.clone(),
@@ -134,6 +186,24 @@ pub fn evaluate(route: &Route, activation: &Activation<'_>) -> RouteVerdict {
             strip: route.strip.clone(),
         }),
         audits,
+    }
+}
+
+fn rule_trace(
+    rule: &Rule,
+    result: &'static str,
+    message: Option<String>,
+    error: Option<String>,
+) -> RuleTrace {
+    RuleTrace {
+        name: rule.name.to_string(),
+        mode: match rule.mode {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        },
+        result,
+        message,
+        error,
     }
 }
 

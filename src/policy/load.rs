@@ -142,6 +142,9 @@ pub struct PolicySet {
     pub cel: CelRuntime,
     /// The files loaded, in load order.
     pub files: Vec<PathBuf>,
+    /// What loads but is probably a mistake: routes that can never match, rules that always or
+    /// never deny, open routes that read claims.
+    pub warnings: Vec<SourceError>,
 }
 
 impl PolicySet {
@@ -188,6 +191,8 @@ impl PolicySet {
             reads_body: false,
             attr_reads: Vec::new(),
             ext_reads: Vec::new(),
+            reads_claims: false,
+            warnings: Vec::new(),
         };
         for (path, src) in sources {
             loader.file(path, src);
@@ -200,6 +205,7 @@ impl PolicySet {
             index: loader.index,
             cel: loader.cel,
             files: sources.iter().map(|(p, _)| p.clone()).collect(),
+            warnings: loader.warnings,
         })
     }
 }
@@ -217,6 +223,9 @@ struct Loader<'c> {
     attr_reads: Vec<(String, usize, String)>,
     /// Per route being loaded: every `ext.x` read, with where it was read.
     ext_reads: Vec<(String, usize, String)>,
+    /// Per route being loaded: whether an expression reads `claims` or `token`.
+    reads_claims: bool,
+    warnings: Vec<SourceError>,
 }
 
 /// The attribute names an expression reads as `attr.name`.
@@ -247,6 +256,51 @@ pub fn member_refs(src: &str, prefix: &str) -> Vec<String> {
         i = name_end.max(start + prefix.len());
     }
     out
+}
+
+/// Why a rule whose condition reads nothing is a mistake, if it is one.
+fn constant_rule(cel: &CelRuntime, c: &Condition, mode: Mode) -> Option<&'static str> {
+    let (p, deny_when) = match c {
+        Condition::AllowIf(p) => (p, false),
+        Condition::DenyIf(p) => (p, true),
+    };
+    if !p.references().variables().is_empty() {
+        return None;
+    }
+    let ctx = cel.root().new_inner_scope();
+    match p.execute(&ctx) {
+        Ok(::cel::Value::Bool(b)) if b == deny_when && mode == Mode::Enforce => {
+            Some("the condition is constant and always denies: every request is refused and later rules never run")
+        }
+        Ok(::cel::Value::Bool(b)) if b == deny_when => {
+            Some("the condition is constant: this audit rule reports every request")
+        }
+        Ok(::cel::Value::Bool(_)) => Some("the condition is constant and never denies"),
+        _ => Some("the condition is constant and never gives a bool: it always fails"),
+    }
+}
+
+/// Why a path pattern can never match, if it cannot: requests are normalised before lookup
+/// (see [`crate::path`]), so a pattern the normaliser would rewrite or refuse is never reached.
+fn unreachable_path(pattern: &str) -> Option<String> {
+    let sample: String = pattern
+        .split('/')
+        .map(|seg| {
+            if seg.starts_with('{') && seg.ends_with('}') || seg == "*" {
+                "x"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    match crate::path::normalise(&sample) {
+        Ok(n) if n == sample => None,
+        Ok(n) => Some(format!(
+            "requests for it are normalised to `{n}` before lookup"
+        )),
+        Err(e) => Some(format!("requests for it are refused before lookup: {e}")),
+    }
 }
 
 /// One file being loaded: where errors go and how to locate them.
@@ -314,6 +368,9 @@ impl Loader<'_> {
                 }
                 if refs.has_variable("body") {
                     self.reads_body = true;
+                }
+                if refs.has_variable("claims") || refs.has_variable("token") {
+                    self.reads_claims = true;
                 }
                 if refs.has_variable("attr") {
                     for a in attr_refs(src) {
@@ -486,6 +543,7 @@ impl Loader<'_> {
         self.reads_body = false;
         self.attr_reads.clear();
         self.ext_reads.clear();
+        self.reads_claims = false;
         let route_start = raw.span().start;
         let raw = raw.into_inner();
         let name = raw.name.get_ref().clone();
@@ -622,6 +680,12 @@ impl Loader<'_> {
                 (Some(m), None) => Some(Message::Text(m.clone())),
                 (None, None) => Some(Message::Text(format!("denied by rule `{rname}`"))),
             };
+            if let Some(c) = &condition {
+                if let Some(w) = constant_rule(&self.cel, c, r.mode) {
+                    self.warnings
+                        .push(fx.err(rule_start, format!("route `{name}`, {what}: {w}")));
+                }
+            }
             if let (Some(condition), Some(message)) = (condition, message) {
                 rules.push(Rule {
                     name: Arc::from(rname.as_str()),
@@ -733,6 +797,26 @@ impl Loader<'_> {
                 .push(fx.err(raw.path.span().start, format!("route `{name}`: {m}")));
         }
 
+        if raw.auth == AuthMode::None && self.reads_claims {
+            self.warnings.push(fx.err(
+                route_start,
+                format!("route `{name}` has `auth = \"none\"` but reads `claims` or `token`, which are always empty there"),
+            ));
+        }
+        if let Some(w) = unreachable_path(raw.path.get_ref()) {
+            self.warnings.push(fx.err(
+                raw.path.span().start,
+                format!("route `{name}` can never match: {w}"),
+            ));
+        }
+        if let Some(h) = &host {
+            if h.contains(':') || h.ends_with('.') {
+                self.warnings.push(fx.err(
+                    route_start,
+                    format!("route `{name}` can never match: hosts are matched without port and trailing dot, so `{h}` is never seen"),
+                ));
+            }
+        }
         if self.errors.len() > before {
             return None;
         }

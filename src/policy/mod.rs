@@ -6,6 +6,7 @@ pub mod eval;
 pub mod functions;
 pub mod load;
 pub mod route;
+pub mod trace;
 
 use crate::config::AuthMode;
 use ::cel::Program;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 pub use cel::CelRuntime;
 pub use decision::{AuditDenial, Decision, Denial, DenyReason, Outcome};
 pub use load::{LoadContext, PolicySet};
+pub use trace::Trace;
 
 /// Whether a failing rule denies or is only recorded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]

@@ -6,6 +6,7 @@ mod jwks;
 mod tokens;
 
 mod auth;
+mod cli;
 mod observability;
 mod paths;
 mod policy;

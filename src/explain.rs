@@ -1,0 +1,325 @@
+//! Offline decisions with a trace, for `claimgate eval` and `claimgate test`: the same core the
+//! proxy runs ([`Snapshot::begin_with`] and [`Snapshot::finish_traced`]), fed from a described
+//! request, with mocked source values instead of fetches.
+
+use crate::auth::VerifiedToken;
+use crate::engine::{Credentials, Snapshot, Step};
+use crate::facts::{Body, RequestFacts};
+use crate::geo::{continent_of, Location};
+use crate::policy::{Decision, Outcome, Trace};
+use crate::sources::SourceValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A request as an operator describes it.
+#[derive(Debug, Clone, Default)]
+pub struct EvalRequest {
+    pub method: String,
+    pub host: Option<String>,
+    /// Path with an optional `?query`.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Option<Vec<u8>>,
+    pub client_ip: Option<IpAddr>,
+    /// Decide as if the client were in this country (ISO code), whatever the address says.
+    pub country: Option<String>,
+}
+
+/// Where the token comes from.
+#[derive(Debug, Clone, Default)]
+pub enum TokenInput {
+    /// No token (or one already in the `authorization` header, verified as the proxy would).
+    #[default]
+    FromHeaders,
+    /// A bearer token, verified against the configured issuers.
+    Token(String),
+    /// Claims taken as they are: no signature is checked, and the trace says so.
+    Claims {
+        claims: serde_json::Map<String, serde_json::Value>,
+        /// The issuer name (from gateway.toml) to attribute them to; default: the route's first.
+        issuer: Option<String>,
+    },
+}
+
+/// A mocked answer of an external source.
+#[derive(Debug, Clone)]
+pub enum Mock {
+    Json(serde_json::Value),
+    NotFound,
+    Unavailable,
+}
+
+/// The decision as a test or an operator reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The denial's status; 200 for an allowed request (the upstream answers it).
+    pub status: u16,
+    pub reason: Option<&'static str>,
+    pub route: Option<String>,
+    pub rule: Option<String>,
+    pub message: Option<String>,
+    pub upstream: Option<String>,
+    /// Rules in audit mode that would have denied.
+    pub audit_denials: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Claims were given directly; no signature was checked.
+    pub unverified: bool,
+    pub trace: Trace,
+}
+
+/// Decides `req` at `now` with `snapshot`, sources answered from `mocks` (a source without a
+/// mock is unavailable).
+pub fn explain(
+    snapshot: &Snapshot,
+    req: &EvalRequest,
+    token: &TokenInput,
+    mocks: &BTreeMap<String, Mock>,
+    now: SystemTime,
+) -> Explanation {
+    let mut headers = req.headers.clone();
+    if let TokenInput::Token(t) = token {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+            headers.insert(http::header::AUTHORIZATION, v);
+        }
+    }
+    if req.body.is_some() && !headers.contains_key(http::header::CONTENT_TYPE) {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    let (path, query) = match req.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (req.target.as_str(), None),
+    };
+    let host = req.host.as_deref().map(|h| {
+        let bare = h.rsplit_once(':').map_or(h, |(h, _)| h);
+        bare.trim_end_matches('.').to_ascii_lowercase()
+    });
+    let location = req.country.as_ref().map(|c| {
+        let c = c.to_ascii_uppercase();
+        Location {
+            continent: continent_of(&c).map(str::to_string),
+            country: Some(c),
+        }
+    });
+    let body = match &req.body {
+        Some(b) => Body::Bytes(b),
+        None => Body::NotRead,
+    };
+    let unverified = matches!(token, TokenInput::Claims { .. });
+    let mut trace = Trace::default();
+
+    let normalised = match crate::path::normalise(path) {
+        Ok(p) => p,
+        Err(e) => return finish(crate::engine::bad_path(e), trace, unverified),
+    };
+    let facts = RequestFacts {
+        method: &req.method,
+        host: host.as_deref(),
+        path: &normalised,
+        query,
+        headers: &headers,
+        client_ip: req.client_ip,
+        body,
+        location: location.as_ref(),
+    };
+    let m = snapshot.lookup(&facts);
+    let Some(m) = m else {
+        let d = snapshot.decide_matched(&facts, None, now);
+        return finish(d, trace, unverified);
+    };
+    let credentials = match token {
+        TokenInput::Claims { claims, issuer } => {
+            let route = &snapshot.policy.routes[m.route];
+            let issuer = issuer
+                .clone()
+                .or_else(|| route.issuers.first().map(|i| i.to_string()))
+                .unwrap_or_else(|| "unverified".to_string());
+            let alg = snapshot
+                .issuers
+                .get(&issuer)
+                .and_then(|i| i.algorithms.first().copied())
+                .unwrap_or(jsonwebtoken::Algorithm::RS256);
+            Credentials::Unverified(Some(VerifiedToken {
+                issuer: Arc::from(issuer.as_str()),
+                alg,
+                kid: None,
+                typ: Some("JWT".into()),
+                expires_at: claims
+                    .get("exp")
+                    .and_then(|e| e.as_i64())
+                    .unwrap_or(i64::MAX),
+                claims: claims.clone(),
+            }))
+        }
+        _ => Credentials::Verify,
+    };
+    let pending = match snapshot.begin_with(&facts, &m, now, credentials) {
+        Step::Evaluate(p) => p,
+        Step::Decided(d) => return finish(d, trace, unverified),
+    };
+    let values: Vec<SourceValue> = pending
+        .requests
+        .iter()
+        .map(|r| match mocks.get(&*r.spec.name) {
+            Some(Mock::Json(j)) => SourceValue::Value(crate::policy::cel::json_to_value(j)),
+            Some(Mock::NotFound) => SourceValue::NotFound,
+            Some(Mock::Unavailable) | None => SourceValue::Unavailable,
+        })
+        .collect();
+    let d = snapshot.finish_traced(&facts, &m, pending, &values, Some(&mut trace));
+    finish(d, trace, unverified)
+}
+
+fn finish(d: Decision, trace: Trace, unverified: bool) -> Explanation {
+    let audit_denials = d.audits.iter().map(|a| a.rule.to_string()).collect();
+    let route = d.route.as_deref().map(str::to_string);
+    let summary = match d.outcome {
+        Outcome::Allow(a) => Summary {
+            decision: "allow",
+            status: 200,
+            reason: None,
+            route,
+            rule: None,
+            message: None,
+            upstream: Some(a.upstream.to_string()),
+            audit_denials,
+        },
+        Outcome::Deny(den) => Summary {
+            decision: "deny",
+            status: den.status,
+            reason: Some(den.reason.label()),
+            route,
+            rule: den.rule.as_deref().map(str::to_string),
+            message: Some(den.message),
+            upstream: None,
+            audit_denials,
+        },
+    };
+    Explanation {
+        summary,
+        unverified,
+        trace,
+    }
+}
+
+/// Parses `Name: value` header arguments.
+pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (n, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not `Name: value`"))?;
+    let name = HeaderName::from_bytes(n.trim().as_bytes())
+        .map_err(|_| format!("`{}` is not a header name", n.trim()))?;
+    let value = HeaderValue::from_str(v.trim())
+        .map_err(|_| format!("the value of `{name}` is not valid"))?;
+    Ok((name, value))
+}
+
+impl Explanation {
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let s = &self.summary;
+        let t = &self.trace;
+        let mut out = String::new();
+        let _ = match s.decision {
+            "allow" => writeln!(out, "decision:  ALLOW"),
+            _ => writeln!(
+                out,
+                "decision:  DENY {} ({})",
+                s.status,
+                s.reason.unwrap_or("")
+            ),
+        };
+        if let Some(r) = &s.rule {
+            let _ = writeln!(out, "  rule:    {r}");
+        }
+        if let Some(m) = &s.message {
+            let _ = writeln!(out, "  message: {m}");
+        }
+        match &t.route {
+            Some(r) => {
+                let _ = write!(out, "route:     {} ({})", r.name, r.file);
+                if !r.params.is_empty() {
+                    let _ = write!(out, " params {:?}", r.params);
+                }
+                out.push('\n');
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "route:     {}",
+                    s.route.as_deref().unwrap_or("(none matched)")
+                );
+            }
+        }
+        if let Some(tok) = &t.token {
+            let _ = writeln!(
+                out,
+                "token:     issuer {}, sub {}{}",
+                tok.issuer,
+                tok.subject.as_deref().unwrap_or("-"),
+                if tok.verified {
+                    ", signature verified"
+                } else {
+                    "  [UNVERIFIED: claims given directly, no signature checked]"
+                }
+            );
+        }
+        if !t.sources.is_empty() {
+            out.push_str("sources:\n");
+            for src in &t.sources {
+                let v = match &src.value {
+                    Some(v) => v.to_string(),
+                    None => "(unavailable)".into(),
+                };
+                let _ = writeln!(out, "  {:<16} {} -> {}", src.name, src.url, v);
+            }
+        }
+        if !t.rules.is_empty() {
+            out.push_str("rules:\n");
+            for r in &t.rules {
+                let mode = if r.mode == "audit" { " [audit]" } else { "" };
+                let mut line = format!("  {:<28} {:<8}{mode}", r.name, r.result);
+                if let Some(e) = &r.error {
+                    let _ = write!(line, " error: {e}");
+                } else if let Some(m) = &r.message {
+                    let _ = write!(line, " {m}");
+                }
+                out.push_str(line.trim_end());
+                out.push('\n');
+            }
+        }
+        if !t.attrs.is_empty() {
+            out.push_str("attributes:\n");
+            for (k, v) in &t.attrs {
+                let _ = writeln!(out, "  {k} = {v}");
+            }
+        }
+        if let Some(u) = &s.upstream {
+            let _ = writeln!(out, "upstream:  {u}");
+        }
+        if !t.forward.is_empty() {
+            out.push_str("forwarded headers:\n");
+            for (k, v) in &t.forward {
+                let _ = writeln!(out, "  {k}: {v}");
+            }
+        }
+        if !s.audit_denials.is_empty() {
+            let _ = writeln!(out, "audit:     would deny: {}", s.audit_denials.join(", "));
+        }
+        out
+    }
+}

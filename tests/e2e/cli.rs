@@ -1,0 +1,321 @@
+//! The policy tooling through the real binary: `check`, `eval`, `test`, `token`, `completions`:
+//! exit codes and output.
+
+use super::harness::*;
+use super::tokens::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Output;
+
+const REPO_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml");
+
+fn run(args: &[&str]) -> Output {
+    binary()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_every_error_with_its_location_and_warnings_apart() {
+    let up = Upstream::start();
+    let broken_a = r#"
+[[route]]
+name = "a"
+path = "/a"
+  [[route.rule]]
+  name = "r"
+  allow_if = "claims.level >>= 3"
+"#;
+    let broken_b = r#"
+[[route]]
+name = "b"
+path = "/b"
+issuers = ["nobody"]
+"#;
+    let (dir, _, _) = write_setup(
+        &standard_config(up.addr),
+        &[("a.toml", broken_a), ("b.toml", broken_b)],
+    );
+    let config = dir.path().join("gateway.toml");
+    let o = run(&["check", "--config", config.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("a.toml:7:"), "{err}");
+    assert!(err.contains("b.toml:5:"), "{err}");
+    assert!(err.contains("unknown issuer `nobody`"), "{err}");
+
+    // Valid, but with a route that can never match and a constant rule: warnings, exit 0;
+    // with --deny-warnings, exit 1.
+    let odd = r#"
+[[route]]
+name = "dotted"
+path = "/api/./x"
+issuers = ["hs"]
+
+[[route]]
+name = "closed"
+path = "/closed"
+issuers = ["hs"]
+  [[route.rule]]
+  name = "never"
+  allow_if = "false"
+"#;
+    std::fs::remove_file(dir.path().join("rules/a.toml")).unwrap();
+    std::fs::write(dir.path().join("rules/b.toml"), odd).unwrap();
+    let o = run(&["check", "--config", config.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(out.contains("2 warning(s)"), "{out}");
+    assert!(
+        err.contains("b.toml:4:8: route `dotted` can never match"),
+        "{err}"
+    );
+    assert!(err.contains("rule `never`: the condition is constant and always denies"));
+    let o = run(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        "--deny-warnings",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+
+    // The repository's own configuration has no warnings.
+    let o = run(&["check", "--config", REPO_CONFIG, "--deny-warnings"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(out.contains("0 warning(s)"), "{out}");
+}
+
+#[test]
+fn eval_explains_a_denial_from_raw_claims() {
+    let o = run(&[
+        "eval",
+        "--config",
+        REPO_CONFIG,
+        "--claims",
+        r#"{"sub":"alice","permissions":["transfer"],"geoCompliance":{"isAllowed":true}}"#,
+        "-X",
+        "POST",
+        "--body",
+        r#"{"amount": 2500}"#,
+        "/api/transfer",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(out.contains("decision:  DENY 400 (rule_denied)"), "{out}");
+    assert!(out.contains("rule:    amount-within-limit"), "{out}");
+    assert!(out.contains("UNVERIFIED"), "{out}");
+    assert!(out.contains("geo-compliance"), "{out}");
+    assert!(out.contains("max_amount = 1000"), "{out}");
+}
+
+#[test]
+fn eval_json_traces_rules_attributes_sources_upstream_and_headers() {
+    let o = run(&[
+        "eval",
+        "--config",
+        REPO_CONFIG,
+        "--claims",
+        r#"{"sub":"alice"}"#,
+        "--source",
+        r#"subscription={"tier":"premium"}"#,
+        "--json",
+        "/api/files/large/a.bin",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["unverified"], true);
+    assert_eq!(v["upstream"], "echo");
+    let t = &v["trace"];
+    assert_eq!(t["route"]["name"], "subscription-features");
+    assert_eq!(t["rules"][0]["name"], "premium-for-large-uploads");
+    assert_eq!(t["rules"][0]["result"], "pass");
+    assert_eq!(t["attrs"]["tier"], "premium");
+    assert_eq!(t["attrs"]["rate_limit"], 10000);
+    assert_eq!(t["sources"][0]["name"], "subscription");
+    assert_eq!(
+        t["sources"][0]["url"],
+        "http://127.0.0.1:9000/_data/subscriptions/alice"
+    );
+    assert_eq!(t["forward"]["x-storage-quota-gb"], "1000");
+
+    // A rule after the deciding one did not run; a time rule at a fixed instant; geo by country.
+    let o = run(&[
+        "eval",
+        "--config",
+        REPO_CONFIG,
+        "--claims",
+        r#"{"sub":"a"}"#,
+        "--now",
+        "2026-03-07T10:00:00-05:00",
+        "--json",
+        "/api/support/x",
+    ]);
+    let v: Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(v["rule"], "weekdays-only");
+    assert_eq!(v["trace"]["rules"][1]["result"], "not run");
+    let o = run(&[
+        "eval",
+        "--config",
+        REPO_CONFIG,
+        "--claims",
+        r#"{"sub":"a"}"#,
+        "--country",
+        "ca",
+        "--json",
+        "/api/data/x",
+    ]);
+    let v: Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(v["upstream"], "ca-central-1");
+}
+
+#[test]
+fn eval_verifies_real_tokens_minted_by_the_token_command() {
+    let o = run(&[
+        "token",
+        "--key",
+        "dev/keys/es256-private.pem",
+        "--alg",
+        "ES256",
+        "--kid",
+        "dev-es256",
+        "--iss",
+        "https://dev.claimgate.local",
+        "--aud",
+        "claimgate-demo",
+        "--sub",
+        "alice",
+        "--claims",
+        r#"{"permissions":["reports:read"]}"#,
+    ]);
+    let (token, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3);
+
+    let o = run(&["eval", "--token", token, "/api/reports/7"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("signature verified"), "{out}");
+    assert!(out.contains("x-report-id: 7"), "{out}");
+
+    // A tampered token is refused as the gateway would refuse it.
+    let mut bad = token.to_string();
+    bad.pop();
+    bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let o = run(&["eval", "--token", &bad, "--json", "/api/reports/7"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(v["status"], 401);
+
+    // An expired token, at real time.
+    let old = dev_token_at(now() - 7200, json!({}));
+    let o = run(&["eval", "--token", &old, "--json", "/api/profile"]);
+    let v: Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(v["reason"], "token_expired");
+
+    // Bad arguments: exit 2 with a clear message.
+    let o = run(&["eval", "--claims", "[1]", "/x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--claims must be a JSON object"));
+    let o = run(&["eval", "--claims", "{}", "--source", "nope={}", "/x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("no source `nope`"));
+}
+
+#[test]
+fn the_repository_policy_tests_pass() {
+    let o = run(&["test", "--config", REPO_CONFIG]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains(" 0 failed"), "{out}");
+    let cases: usize = out
+        .lines()
+        .last()
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(cases >= 30, "{out}");
+}
+
+#[test]
+fn a_failing_policy_test_names_the_case_and_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("game.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[case]]
+name = "credit lets you play"
+path = "/api/game/play"
+claims = { sub = "alice" }
+sources = { balance = { balance = 5 } }
+expect = { decision = "allow", headers = { "x-balance" = "5" } }
+
+[[case]]
+name = "deliberately wrong: zero balance expected to pass"
+path = "/api/game/play"
+claims = { sub = "bob" }
+sources = { balance = { balance = 0 } }
+expect = { status = 200, headers = { "x-balance" = "0" } }
+"#,
+    )
+    .unwrap();
+    let o = run(&["test", "--config", REPO_CONFIG, file.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(out.contains("ok    credit lets you play"), "{out}");
+    assert!(
+        out.contains("FAIL  deliberately wrong: zero balance expected to pass"),
+        "{out}"
+    );
+    assert!(out.contains("game.toml:9:1"), "{out}");
+    assert!(out.contains("status: expected 200, got 402"), "{out}");
+    assert!(
+        out.contains("header x-balance: expected \"0\", got not sent"),
+        "{out}"
+    );
+    assert!(out.contains("has-balance"), "the trace is shown: {out}");
+    assert!(out.contains("2 case(s), 1 passed, 1 failed"), "{out}");
+
+    // A broken test file is an error with its location, not a pass.
+    std::fs::write(
+        &file,
+        "[[case]]\nname = \"x\"\npath = \"/api/profile\"\nexpect = { stauts = 200 }\n",
+    )
+    .unwrap();
+    let o = run(&["test", "--config", REPO_CONFIG, file.to_str().unwrap()]);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("game.toml:4:"), "{out}");
+    assert!(out.contains("stauts"), "{out}");
+}
+
+#[test]
+fn completions_and_help() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success());
+        let (out, _) = text(&o);
+        assert!(out.contains("claimgate") && out.contains("eval"), "{shell}");
+    }
+    let o = run(&["--help"]);
+    let (out, _) = text(&o);
+    for needle in ["check", "eval", "test", "token", "Changing a policy safely"] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+    let o = run(&["test", "--help"]);
+    assert!(text(&o).0.contains("expect keys"));
+    assert!(Path::new(REPO_CONFIG).exists());
+}
