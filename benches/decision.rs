@@ -1,5 +1,9 @@
-//! Decision-core benchmark: verification + a route with 3 rules and 2 forwarded headers, the
-//! same `Snapshot::decide` call the proxy makes, for HS256 and ES256 tokens.
+//! Decision-core benchmarks: the same `Snapshot::decide` call the proxy makes.
+//!
+//! - `decide_3_rules`: verification + a route with 3 rules and 2 forwarded headers, HS256 and
+//!   ES256 tokens, with the verified-token cache off and on (warm).
+//! - `routes`: the same decision among 10, 1 000 and 10 000 routes (cache on).
+//! - `reload`: compiling 10 000 routes into a snapshot, as a reload does.
 //!
 //! Run: `cargo bench --bench decision`
 
@@ -50,7 +54,29 @@ fn fixture(name: &str) -> String {
         .to_string()
 }
 
-fn snapshot() -> Snapshot {
+/// `n` more routes beside the transfer route, each with a rule and a forwarded header.
+fn many_routes(n: usize) -> String {
+    let mut out = String::from(RULES);
+    for i in 0..n {
+        out.push_str(&format!(
+            r#"
+[[route]]
+name = "svc-{i}"
+path = "/svc/{i}/items/{{item}}"
+methods = ["GET"]
+issuers = ["ec"]
+  [[route.rule]]
+  name = "reader"
+  allow_if = "'read' in claims.permissions"
+  [route.forward]
+  "x-item" = "request.params.item"
+"#
+        ));
+    }
+    out
+}
+
+fn snapshot(rules: &str, cache: bool) -> Snapshot {
     let config = format!(
         r#"
 [listen]
@@ -70,6 +96,8 @@ issuer = "https://ec.test"
 audiences = ["api"]
 algorithms = ["ES256"]
 keys = [{{ pem_file = "{ec}", kid = "ec256" }}]
+[token_cache]
+enabled = {cache}
 "#,
         ec = fixture("ec256-public.pem")
     );
@@ -77,7 +105,7 @@ keys = [{{ pem_file = "{ec}", kid = "ec256" }}]
     let config = Arc::new(Config::from_str(Path::new("bench.toml"), config).expect("config"));
     let issuers = IssuerSet::load(&config, &Default::default()).expect("issuers");
     let policy = PolicySet::from_sources(
-        &[("bench.toml".into(), RULES.to_string())],
+        &[("bench.toml".into(), rules.to_string())],
         &load_context(&config, &Default::default()),
     )
     .expect("policy");
@@ -105,9 +133,28 @@ fn token(alg: Algorithm, iss: &str, kid: Option<&str>, key: &EncodingKey) -> Str
     jsonwebtoken::encode(&h, &claims, key).unwrap()
 }
 
+fn facts_for<'a>(headers: &'a HeaderMap) -> RequestFacts<'a> {
+    RequestFacts {
+        method: "POST",
+        host: Some("api.example.com"),
+        path: "/api/accounts/acc-1/transfer",
+        query: None,
+        headers,
+        client_ip: Some([127, 0, 0, 1].into()),
+        body: claimgate::facts::Body::NotRead,
+        location: None,
+    }
+}
+
+fn bearer(t: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {t}").parse().unwrap());
+    headers.insert("content-type", "application/json".parse().unwrap());
+    headers
+}
+
 fn bench(c: &mut Criterion) {
     claimgate::server::crypto_self_test().expect("crypto");
-    let snap = snapshot();
     let ec_key =
         EncodingKey::from_ec_pem(&std::fs::read(fixture("ec256-private.pem")).unwrap()).unwrap();
     let tokens = [
@@ -126,26 +173,41 @@ fn bench(c: &mut Criterion) {
         ),
     ];
     let mut group = c.benchmark_group("decide_3_rules");
-    for (name, t) in &tokens {
-        let mut headers = HeaderMap::new();
-        headers.insert("authorization", format!("Bearer {t}").parse().unwrap());
-        headers.insert("content-type", "application/json".parse().unwrap());
-        let facts = RequestFacts {
-            method: "POST",
-            host: Some("api.example.com"),
-            path: "/api/accounts/acc-1/transfer",
-            query: None,
-            headers: &headers,
-            client_ip: Some([127, 0, 0, 1].into()),
-            body: claimgate::facts::Body::NotRead,
-            location: None,
-        };
-        let d = snap.decide(&facts, SystemTime::now());
-        assert!(d.is_allow(), "{name}: {:?}", d.outcome);
-        group.bench_function(*name, |b| {
+    for cache in [false, true] {
+        let snap = snapshot(RULES, cache);
+        for (name, t) in &tokens {
+            let headers = bearer(t);
+            let facts = facts_for(&headers);
+            let d = snap.decide(&facts, SystemTime::now());
+            assert!(d.is_allow(), "{name}: {:?}", d.outcome);
+            let id = format!("{name}/cache_{}", if cache { "on" } else { "off" });
+            group.bench_function(id, |b| {
+                b.iter(|| black_box(snap.decide(black_box(&facts), SystemTime::now())))
+            });
+        }
+    }
+    group.finish();
+
+    let es256 = &tokens[1].1;
+    let headers = bearer(es256);
+    let facts = facts_for(&headers);
+    let mut group = c.benchmark_group("routes");
+    for n in [10usize, 1_000, 10_000] {
+        let snap = snapshot(&many_routes(n - 1), true);
+        assert_eq!(snap.policy.routes.len(), n);
+        assert!(snap.decide(&facts, SystemTime::now()).is_allow());
+        group.bench_function(n.to_string(), |b| {
             b.iter(|| black_box(snap.decide(black_box(&facts), SystemTime::now())))
         });
     }
+    group.finish();
+
+    let rules = many_routes(9_999);
+    let mut group = c.benchmark_group("reload");
+    group.sample_size(10);
+    group.bench_function("10000_routes", |b| {
+        b.iter(|| black_box(snapshot(black_box(&rules), true)))
+    });
     group.finish();
 }
 

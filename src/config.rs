@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
     #[serde(default)]
     pub issuers: BTreeMap<String, Spanned<IssuerConfig>>,
+    #[serde(default)]
+    pub token_cache: TokenCacheSettings,
     /// External data sources, read by policies as `ext.NAME`.
     #[serde(default)]
     pub sources: BTreeMap<String, Spanned<crate::sources::SourceConfig>>,
@@ -101,6 +103,37 @@ impl Default for Limits {
 
 fn default_max_token_bytes() -> usize {
     8 * 1024
+}
+
+/// The verified-token cache.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheSettings {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Tokens kept at most (least recently used go first).
+    #[serde(default = "default_token_cache_entries")]
+    pub max_entries: u64,
+    /// An entry lives until the token's `exp` (plus leeway), and never longer than this.
+    #[serde(default = "default_token_cache_ttl")]
+    pub max_ttl_seconds: u64,
+}
+
+impl Default for TokenCacheSettings {
+    fn default() -> Self {
+        TokenCacheSettings {
+            enabled: true,
+            max_entries: default_token_cache_entries(),
+            max_ttl_seconds: default_token_cache_ttl(),
+        }
+    }
+}
+
+fn default_token_cache_entries() -> u64 {
+    10_000
+}
+fn default_token_cache_ttl() -> u64 {
+    3600
 }
 
 /// The decision log.

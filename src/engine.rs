@@ -3,7 +3,7 @@
 
 use crate::auth::remote::RemoteRegistry;
 use crate::auth::verify::Rejection;
-use crate::auth::{extract, verify, Issuer, IssuerSet, TokenError, VerifiedToken};
+use crate::auth::{extract, verify, Issuer, IssuerSet, TokenCache, TokenError, VerifiedToken};
 use crate::config::{AuthMode, Config, UnmatchedAction};
 use crate::facts::{Activation, Body, Inputs, RequestFacts};
 use crate::geo::GeoResolver;
@@ -33,6 +33,8 @@ pub struct Snapshot {
     /// The accepted issuers of each route, by route index, resolved once here.
     route_issuers: Vec<Vec<Arc<Issuer>>>,
     pub sources: Arc<SourceSet>,
+    /// Verified tokens of this snapshot's issuers; a reload starts an empty one.
+    pub token_cache: Option<TokenCache>,
     /// The sources each route reads, by route index.
     route_sources: Vec<Vec<Arc<SourceSpec>>>,
     unmatched_issuers: Vec<Arc<Issuer>>,
@@ -82,6 +84,13 @@ impl Snapshot {
         geo: Arc<GeoResolver>,
         sources: Arc<SourceSet>,
     ) -> Snapshot {
+        let t = &config.raw.token_cache;
+        let token_cache = t.enabled.then(|| {
+            TokenCache::new(
+                t.max_entries,
+                std::time::Duration::from_secs(t.max_ttl_seconds),
+            )
+        });
         let route_sources = policy
             .routes
             .iter()
@@ -129,6 +138,7 @@ impl Snapshot {
             route_issuers,
             route_sources,
             sources,
+            token_cache,
             unmatched_issuers,
             unmatched_upstream,
         }
@@ -197,14 +207,14 @@ impl Snapshot {
     ) -> Step {
         let now: DateTime<Utc> = now.into();
         let route = &self.policy.routes[m.route];
-        let (token, verified) = match credentials {
+        let (token, verified, token_cache) = match credentials {
             Credentials::Verify => {
                 match self.authenticate(req, route.auth, &self.route_issuers[m.route], now) {
-                    Ok(t) => (t, true),
+                    Ok((t, cached)) => (t, true, cached),
                     Err(e) => return Step::Decided(token_denial(Some(route.name.clone()), e)),
                 }
             }
-            Credentials::Unverified(t) => (t, false),
+            Credentials::Unverified(t) => (t, false, None),
         };
         let body = if route.reads_body {
             match parse_body(req) {
@@ -217,7 +227,7 @@ impl Snapshot {
                         message: message.into(),
                         www_authenticate: None,
                     };
-                    return Step::Decided(denied(route, denial, token.as_ref()));
+                    return Step::Decided(denied(route, denial, token.as_deref(), token_cache));
                 }
             }
         } else {
@@ -226,7 +236,7 @@ impl Snapshot {
         let sources = &self.route_sources[m.route];
         let mut requests = Vec::with_capacity(sources.len());
         if !sources.is_empty() {
-            let act = self.activation(req, m, token.as_ref(), body.as_ref(), now, None);
+            let act = self.activation(req, m, token.as_deref(), body.as_ref(), now, None);
             for spec in sources {
                 match spec.render(&act) {
                     Ok(r) => requests.push(r),
@@ -242,7 +252,7 @@ impl Snapshot {
                             ),
                             www_authenticate: None,
                         };
-                        return Step::Decided(denied(route, denial, token.as_ref()));
+                        return Step::Decided(denied(route, denial, token.as_deref(), token_cache));
                     }
                 }
             }
@@ -250,6 +260,7 @@ impl Snapshot {
         Step::Evaluate(Pending {
             token,
             verified,
+            token_cache,
             body,
             now,
             requests,
@@ -284,7 +295,7 @@ impl Snapshot {
                 file: route.file.display().to_string(),
                 params: m.params.iter().cloned().collect(),
             });
-            t.token = pending.token.as_ref().map(|tok| TokenTrace {
+            t.token = pending.token.as_deref().map(|tok| TokenTrace {
                 issuer: tok.issuer.to_string(),
                 verified: pending.verified,
                 subject: subject(Some(tok)),
@@ -312,7 +323,7 @@ impl Snapshot {
                         ),
                         www_authenticate: None,
                     };
-                    return denied(route, denial, pending.token.as_ref());
+                    return denied(route, denial, pending.token.as_deref(), pending.token_cache);
                 }
             }
         }
@@ -320,14 +331,19 @@ impl Snapshot {
         let act = self.activation(
             req,
             m,
-            pending.token.as_ref(),
+            pending.token.as_deref(),
             pending.body.as_ref(),
             pending.now,
             ext.as_ref(),
         );
         let verdict = evaluate_traced(route, &act, trace);
         drop(act);
-        verdict_decision(route, verdict, pending.token)
+        verdict_decision(
+            route,
+            verdict,
+            pending.token.as_deref(),
+            pending.token_cache,
+        )
     }
 
     fn activation<'a>(
@@ -358,16 +374,28 @@ impl Snapshot {
         mode: AuthMode,
         issuers: &[Arc<Issuer>],
         now: DateTime<Utc>,
-    ) -> Result<Option<VerifiedToken>, Rejection> {
+    ) -> Result<Authenticated, Rejection> {
         if mode == AuthMode::None {
-            return Ok(None);
+            return Ok((None, None));
         }
         let max = self.config.raw.limits.max_token_bytes;
-        match extract::bearer_token(req.headers, max)? {
-            Some(t) => verify::verify(t, issuers, now.timestamp()).map(Some),
-            None if mode == AuthMode::Optional => Ok(None),
-            None => Err(TokenError::Missing.into()),
+        let raw = match extract::bearer_token(req.headers, max)? {
+            Some(t) => t,
+            None if mode == AuthMode::Optional => return Ok((None, None)),
+            None => return Err(TokenError::Missing.into()),
+        };
+        let now = now.timestamp();
+        let Some(cache) = &self.token_cache else {
+            return verify::verify(raw, issuers, now).map(|t| (Some(Arc::new(t)), None));
+        };
+        if let Some(t) = cache.get(raw, issuers, now) {
+            return Ok((Some(t), Some(true)));
         }
+        let t = Arc::new(verify::verify(raw, issuers, now)?);
+        if let Some(issuer) = issuers.iter().find(|i| i.name == t.issuer) {
+            cache.insert(raw, t.clone(), issuer);
+        }
+        Ok((Some(t), Some(false)))
     }
 
     fn unmatched(&self, req: &RequestFacts<'_>, now: DateTime<Utc>) -> Decision {
@@ -386,11 +414,12 @@ impl Snapshot {
                 subject: None,
                 issuer: None,
                 unknown_key_issuer: None,
+                token_cache: None,
             };
         };
         let mode = self.config.raw.unmatched.auth;
         match self.authenticate(req, mode, &self.unmatched_issuers, now) {
-            Ok(token) => Decision {
+            Ok((token, token_cache)) => Decision {
                 route: None,
                 outcome: Outcome::Allow(Allow {
                     upstream: upstream.clone(),
@@ -398,9 +427,10 @@ impl Snapshot {
                     strip: Arc::from([]),
                 }),
                 audits: Vec::new(),
-                subject: subject(token.as_ref()),
-                issuer: token.map(|t| t.issuer),
+                subject: subject(token.as_deref()),
+                issuer: token.map(|t| t.issuer.clone()),
                 unknown_key_issuer: None,
+                token_cache,
             },
             Err(e) => token_denial(None, e),
         }
@@ -427,6 +457,7 @@ pub fn bad_request(reason: DenyReason, message: String) -> Decision {
         subject: None,
         issuer: None,
         unknown_key_issuer: None,
+        token_cache: None,
     }
 }
 
@@ -483,19 +514,24 @@ pub enum Step {
     Evaluate(Pending),
 }
 
+/// A request's token, if any, and whether the token cache answered.
+type Authenticated = (Option<Arc<VerifiedToken>>, Option<bool>);
+
 /// Where the token of a request comes from.
 pub enum Credentials {
     /// The request's bearer token, verified against the route's issuers (the proxy's way).
     Verify,
     /// A token taken as given, signature unchecked: `claimgate eval --claims` and policy
     /// tests, never the proxy.
-    Unverified(Option<VerifiedToken>),
+    Unverified(Option<Arc<VerifiedToken>>),
 }
 
 /// A request between the two halves of its decision, waiting for its external sources.
 pub struct Pending {
-    token: Option<VerifiedToken>,
+    token: Option<Arc<VerifiedToken>>,
     verified: bool,
+    /// Whether the token came from the token cache (`None`: no cache, or no token).
+    token_cache: Option<bool>,
     body: Option<serde_json::Value>,
     /// The decision time, kept so both halves decide at the same instant.
     now: DateTime<Utc>,
@@ -503,7 +539,12 @@ pub struct Pending {
     pub requests: Vec<SourceRequest>,
 }
 
-fn denied(route: &crate::policy::Route, denial: Denial, token: Option<&VerifiedToken>) -> Decision {
+fn denied(
+    route: &crate::policy::Route,
+    denial: Denial,
+    token: Option<&VerifiedToken>,
+    token_cache: Option<bool>,
+) -> Decision {
     Decision {
         route: Some(route.name.clone()),
         outcome: Outcome::Deny(denial),
@@ -511,21 +552,24 @@ fn denied(route: &crate::policy::Route, denial: Denial, token: Option<&VerifiedT
         subject: subject(token),
         issuer: token.map(|t| t.issuer.clone()),
         unknown_key_issuer: None,
+        token_cache,
     }
 }
 
 fn verdict_decision(
     route: &crate::policy::Route,
     verdict: crate::policy::eval::RouteVerdict,
-    token: Option<VerifiedToken>,
+    token: Option<&VerifiedToken>,
+    token_cache: Option<bool>,
 ) -> Decision {
     Decision {
         route: Some(route.name.clone()),
         outcome: verdict.outcome,
         audits: verdict.audits,
-        subject: subject(token.as_ref()),
-        issuer: token.map(|t| t.issuer),
+        subject: subject(token),
+        issuer: token.map(|t| t.issuer.clone()),
         unknown_key_issuer: None,
+        token_cache,
     }
 }
 
@@ -576,6 +620,7 @@ fn token_denial(route: Option<Arc<str>>, r: Rejection) -> Decision {
         subject: None,
         issuer: None,
         unknown_key_issuer,
+        token_cache: None,
     }
 }
 

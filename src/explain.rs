@@ -153,17 +153,17 @@ pub fn explain(
                 .get(&issuer)
                 .and_then(|i| i.algorithms.first().copied())
                 .unwrap_or(jsonwebtoken::Algorithm::RS256);
-            Credentials::Unverified(Some(VerifiedToken {
-                issuer: Arc::from(issuer.as_str()),
+            Credentials::Unverified(Some(Arc::new(VerifiedToken::new(
+                Arc::from(issuer.as_str()),
                 alg,
-                kid: None,
-                typ: Some("JWT".into()),
-                expires_at: claims
+                None,
+                Some("JWT".into()),
+                claims.clone(),
+                claims
                     .get("exp")
                     .and_then(|e| e.as_i64())
                     .unwrap_or(i64::MAX),
-                claims: claims.clone(),
-            }))
+            ))))
         }
         _ => Credentials::Verify,
     };

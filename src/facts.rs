@@ -4,7 +4,7 @@
 
 use crate::auth::VerifiedToken;
 use crate::geo::{GeoResolver, Location};
-use crate::policy::cel::{json_object_to_value, json_to_value, string_map, to_val, CelRuntime};
+use crate::policy::cel::{json_to_value, string_map, to_val, CelRuntime};
 use crate::policy::{AttrKind, Route};
 use cel::common::traits::Indexer;
 use cel::common::types::{self, CelString};
@@ -118,14 +118,13 @@ impl<'a> Activation<'a> {
     }
 
     fn claims(&self) -> &dyn Val {
-        self.claims
-            .get_or_init(|| {
-                to_val(match self.token {
-                    Some(t) => json_object_to_value(&t.claims),
-                    None => string_map(std::iter::empty::<(String, Value)>()),
-                })
-            })
-            .as_ref()
+        match self.token {
+            Some(t) => t.cel_claims(),
+            None => self
+                .claims
+                .get_or_init(|| to_val(string_map(std::iter::empty::<(String, Value)>())))
+                .as_ref(),
+        }
     }
 
     fn token(&self) -> &dyn Val {

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub key_loads: IntCounterVec,
     pub source_requests: IntCounterVec,
     pub source_seconds: HistogramVec,
+    pub token_cache: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,6 +129,17 @@ impl Metrics {
             ]),
             &["source", "outcome"],
         )?;
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "claimgate_token_cache_total",
+                "Token verifications answered by the verified-token cache (hit) or not (miss).",
+            ),
+            &["result"],
+        )?;
+        for r in ["hit", "miss"] {
+            token_cache.with_label_values(&[r]);
+        }
+        registry.register(Box::new(token_cache.clone()))?;
         registry.register(Box::new(source_requests.clone()))?;
         registry.register(Box::new(source_seconds.clone()))?;
         registry.register(Box::new(upstream_responses.clone()))?;
@@ -154,6 +166,7 @@ impl Metrics {
             key_loads,
             source_requests,
             source_seconds,
+            token_cache,
         })
     }
 
@@ -172,6 +185,11 @@ impl Metrics {
 
     /// Counts one decision.
     pub fn record(&self, d: &Decision, took: Duration) {
+        match d.token_cache {
+            Some(true) => self.token_cache.with_label_values(&["hit"]).inc(),
+            Some(false) => self.token_cache.with_label_values(&["miss"]).inc(),
+            None => {}
+        }
         let route = d.route.as_deref().unwrap_or(UNMATCHED);
         self.decision_seconds
             .with_label_values(&[route])

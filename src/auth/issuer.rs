@@ -24,6 +24,14 @@ pub struct Issuer {
 }
 
 impl Issuer {
+    /// Which keys the issuer has now: changes when fetched keys change; `None` when fetched
+    /// keys are missing or stale. Configured keys only change with a reload (a new `Issuer`).
+    pub fn key_generation(&self) -> Option<u64> {
+        self.remote
+            .iter()
+            .try_fold(0u64, |sum, r| r.generation().map(|g| sum.wrapping_add(g)))
+    }
+
     /// Runs `f` with the key for `kid` and `alg`: configured keys first, then fetched ones.
     pub fn with_key<R>(
         &self,

@@ -1,11 +1,13 @@
 //! Tokens: where they come from, which keys verify them, and what makes them valid.
 
+pub mod cache;
 pub mod error;
 pub mod extract;
 pub mod issuer;
 pub mod keys;
 pub mod verify;
 
+pub use cache::TokenCache;
 pub use error::TokenError;
 pub use issuer::{Issuer, IssuerSet};
 pub use verify::VerifiedToken;

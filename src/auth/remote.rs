@@ -150,6 +150,15 @@ impl RemoteKeys {
         fresh.then(|| self.keys.load())
     }
 
+    /// Increases with every successful fetch; `None` while the keys are missing or too stale
+    /// to use.
+    pub fn generation(&self) -> Option<u64> {
+        let fresh = lock(&self.state)
+            .fetched_at
+            .is_some_and(|t| t.elapsed() <= self.settings.max_staleness);
+        fresh.then(|| self.generation.load(Ordering::Acquire))
+    }
+
     pub fn has_keys(&self) -> bool {
         self.current().is_some_and(|k| !k.is_empty())
     }

@@ -2,14 +2,16 @@
 //! injected clock (so tests and the CLI can fix the time).
 
 use super::{Issuer, TokenError};
+use crate::policy::cel::{json_object_to_value, to_val};
 use base64::Engine as _;
+use cel::common::value::Val;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A token whose signature and registered claims have been checked.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct VerifiedToken {
     /// Name of the issuer that signed it.
     pub issuer: Arc<str>,
@@ -19,6 +21,37 @@ pub struct VerifiedToken {
     pub claims: Map<String, Value>,
     /// `exp`, seconds since the epoch.
     pub expires_at: i64,
+    /// The claims as CEL sees them, built on first use and kept with the token, so a cached
+    /// token is converted once, not once per request.
+    cel_claims: OnceLock<Box<dyn Val>>,
+}
+
+impl VerifiedToken {
+    pub fn new(
+        issuer: Arc<str>,
+        alg: Algorithm,
+        kid: Option<String>,
+        typ: Option<String>,
+        claims: Map<String, Value>,
+        expires_at: i64,
+    ) -> VerifiedToken {
+        VerifiedToken {
+            issuer,
+            alg,
+            kid,
+            typ,
+            claims,
+            expires_at,
+            cel_claims: OnceLock::new(),
+        }
+    }
+
+    /// `claims` as a CEL value.
+    pub fn cel_claims(&self) -> &dyn Val {
+        self.cel_claims
+            .get_or_init(|| to_val(json_object_to_value(&self.claims)))
+            .as_ref()
+    }
 }
 
 /// The parts of the JOSE header this gateway reads. `jku`, `x5u` and `jwk` are deliberately not
@@ -114,13 +147,15 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
     let claims = data.claims;
     check_claims(&claims, issuer, now)
         .map_err(reject)
-        .map(|expires_at| VerifiedToken {
-            issuer: issuer.name.clone(),
-            alg,
-            kid: header.kid,
-            typ: header.typ,
-            claims,
-            expires_at,
+        .map(|expires_at| {
+            VerifiedToken::new(
+                issuer.name.clone(),
+                alg,
+                header.kid,
+                header.typ,
+                claims,
+                expires_at,
+            )
         })
 }
 

@@ -125,6 +125,8 @@ pub struct Decision {
     pub issuer: Option<Arc<str>>,
     /// When a token named a key id no key has: the issuer whose fetched keys may be stale.
     pub unknown_key_issuer: Option<Arc<str>>,
+    /// Whether the verified-token cache answered (`None`: no cache, or no token checked).
+    pub token_cache: Option<bool>,
 }
 
 impl Decision {

@@ -181,7 +181,11 @@ async fn rotation_retirement_and_readiness() {
             .status(),
         200
     );
-    assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
+    // One token string throughout: after its first verification it is answered from the
+    // verified-token cache, which must not outlive its key.
+    let rot1 = token("rot-1");
+    assert_eq!(status_of(&gw, &rot1).await, 200);
+    assert_eq!(status_of(&gw, &rot1).await, 200);
     assert_eq!(
         status_of(&gw, &token("rot-2")).await,
         401,
@@ -200,7 +204,7 @@ async fn rotation_retirement_and_readiness() {
     // Retirement: once the refresh sees rot-1 gone, its tokens are rejected.
     idp.publish(&["rot-2"]);
     let start = Instant::now();
-    while status_of(&gw, &token("rot-1")).await != 401 {
+    while status_of(&gw, &rot1).await != 401 {
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "retired key still accepted"
@@ -402,10 +406,11 @@ async fn cache_control_max_age_sets_the_refresh_within_bounds() {
 async fn keys_older_than_the_staleness_bound_are_not_used() {
     let (_up, idp, gw) =
         setup("refresh_seconds = 1\nmin_refresh_seconds = 1\nmax_staleness_seconds = 2");
-    assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
+    let rot1 = token("rot-1");
+    assert_eq!(status_of(&gw, &rot1).await, 200);
     idp.down.store(true, Ordering::SeqCst);
     let start = Instant::now();
-    while status_of(&gw, &token("rot-1")).await != 401 {
+    while status_of(&gw, &rot1).await != 401 {
         assert!(
             start.elapsed() < Duration::from_secs(6),
             "stale keys still in use"

@@ -325,3 +325,39 @@ async fn admin_endpoints() {
     assert_eq!(kids, vec!["ec256", "ec384"]);
     assert!(ec["keys_age_seconds"].is_u64());
 }
+
+#[tokio::test]
+async fn the_token_cache_counts_hits_and_misses() {
+    let (_up, gw) = start("");
+    let t = es256(json!({"level": 2}));
+    for _ in 0..3 {
+        let r = client()
+            .get(gw.url("/obs"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let m = gw.metrics().await;
+    let v = |r: &str| metric_value(&m, "claimgate_token_cache_total", &[("result", r)]);
+    assert_eq!(v("miss"), Some(1.0));
+    assert_eq!(v("hit"), Some(2.0));
+
+    // With the cache off, nothing is counted.
+    let (_up, gw) = start("[token_cache]\nenabled = false\n");
+    for _ in 0..2 {
+        let r = client()
+            .get(gw.url("/obs"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(&m, "claimgate_token_cache_total", &[("result", "hit")]),
+        Some(0.0)
+    );
+}

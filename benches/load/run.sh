@@ -1,0 +1,323 @@
+#!/usr/bin/env bash
+# Load benchmark: claimgate against nginx direct, a plain Pingora passthrough and HAProxy (plain and
+# with jwt_verify + equivalent claim checks), in ONE run, in alternating rounds, so the ratios are
+# comparable even on a shared, noisy machine. Absolute numbers are not: compare within one run.
+#
+#   bash benches/load/run.sh              # 3 rounds of 8 s per target, 32 connections
+#   ROUNDS=5 DURATION=10 CONNS=64 bash benches/load/run.sh
+#   TARGETS="pingora-passthrough claimgate-es256-cache" bash benches/load/run.sh
+#
+# Pinning (2 cores): the load generator (wrk) and the upstream (nginx) share core 0; the proxy
+# under test runs on core 1, one worker thread each (claimgate, the Pingora passthrough, HAProxy).
+# Installs nginx-light, wrk, haproxy and python3 from Debian when missing (needs root or sudo).
+# Writes the table to benches/load/results.md (OUT=... to change).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+CONNS=${CONNS:-32}
+OUT=${OUT:-$ROOT/benches/load/results.md}
+ALL_TARGETS="nginx-direct pingora-passthrough haproxy-passthrough haproxy-jwt-rs256 haproxy-jwt-es256 \
+claimgate-open claimgate-es256-cache claimgate-rs256-cache claimgate-es256-nocache claimgate-rs256-nocache \
+claimgate-body-1k claimgate-es256-cache-reloading"
+TARGETS=${TARGETS:-$ALL_TARGETS}
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
+cargo build --release --locked --bin claimgate --example passthrough
+CG=$ROOT/target/release/claimgate
+PT=$ROOT/target/release/examples/passthrough
+
+W=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+KEYS=$ROOT/tests/fixtures/keys
+UP=127.0.0.1:18080
+
+# --- upstream: nginx, a tiny fixed answer, keepalive for the proxies' pooled connections
+mkdir -p "$W/nginx"
+cat > "$W/nginx.conf" <<EOF
+worker_processes 1;
+pid $W/nginx.pid;
+error_log $W/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $W/nginx;
+  proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx; uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  server {
+    listen $UP;
+    location = /nginx_status { stub_status; }
+    location / { return 200 "ok\n"; }
+  }
+}
+EOF
+taskset -c 0 "$NGINX" -c "$W/nginx.conf" -p "$W/nginx"
+
+# --- claimgate: one process with the token cache, one without
+mkdir -p "$W/rules"
+cat > "$W/rules/bench.toml" <<'EOF'
+[[route]]
+name = "transfer"
+path = "/api/accounts/{id}/transfer"
+issuers = ["rs", "ec"]
+
+  [[route.rule]]
+  name = "needs-transfer-permission"
+  allow_if = "'transfer' in claims.permissions"
+
+  [[route.rule]]
+  name = "account-owner"
+  allow_if = "request.params.id == claims.account"
+
+  [[route.rule]]
+  name = "limit-present"
+  allow_if = "has(claims.features.maxTransactionAmount) && claims.features.maxTransactionAmount > 0"
+
+  [route.forward]
+  "x-user-id" = "claims.sub"
+  "x-max-amount" = "claims.features.maxTransactionAmount"
+
+[[route]]
+name = "body"
+path = "/api/body"
+methods = ["POST"]
+issuers = ["ec"]
+
+  [[route.rule]]
+  name = "amount-within-limit"
+  allow_if = "double(body.amount) <= double(claims.features.maxTransactionAmount)"
+
+[[route]]
+name = "open"
+path = "/open"
+auth = "none"
+EOF
+gateway_config() { # proxy-port admin-port cache
+  cat <<EOF
+[server]
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+[listen]
+proxy = "127.0.0.1:$1"
+admin = "127.0.0.1:$2"
+[rules]
+dir = "rules"
+[reload]
+watch = false
+poll_seconds = 0
+[token_cache]
+enabled = $3
+[upstreams.main]
+addresses = ["$UP"]
+[issuers.rs]
+issuer = "https://rs.bench"
+audiences = ["api"]
+algorithms = ["RS256"]
+keys = [{ pem_file = "$KEYS/rsa-public.pem", kid = "rs1" }]
+[issuers.ec]
+issuer = "https://ec.bench"
+audiences = ["api"]
+algorithms = ["ES256"]
+keys = [{ pem_file = "$KEYS/ec256-public.pem", kid = "ec1" }]
+EOF
+}
+gateway_config 18082 18092 true > "$W/cache-on.toml"
+gateway_config 18083 18093 false > "$W/cache-off.toml"
+RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-on.toml" 2>"$W/cg-on.log" & PIDS+=($!); CG_ON=$!
+RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-off.toml" 2>"$W/cg-off.log" & PIDS+=($!)
+taskset -c 1 "$PT" 127.0.0.1:18081 "$UP" 1 2>"$W/pt.log" & PIDS+=($!)
+
+CLAIMS='{"account":"acc-1","permissions":["read","transfer"],"scope":"read transfer","features":{"maxTransactionAmount":5000},"max":5000}'
+RS_TOKEN=$("$CG" token --alg RS256 --key "$KEYS/rsa-private.pem" --kid rs1 --iss https://rs.bench --aud api --sub user-1 --ttl 86400 --claims "$CLAIMS")
+ES_TOKEN=$("$CG" token --alg ES256 --key "$KEYS/ec256-private.pem" --kid ec1 --iss https://ec.bench --aud api --sub user-1 --ttl 86400 --claims "$CLAIMS")
+
+# --- HAProxy: passthrough, and jwt_verify with checks equivalent to the claimgate route:
+# alg pinned, signature, iss, aud, exp, the `transfer` scope, the account in the path, a limit > 0.
+haproxy_jwt() { # name port alg pem iss
+  cat <<EOF
+frontend $1
+  bind 127.0.0.1:$2
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+  http-request deny status 401 unless { var(txn.alg) -m str $3 }
+  http-request deny status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$4") -m int 1 }
+  http-request deny status 401 unless { var(txn.bearer),jwt_payload_query('\$.iss') -m str $5 }
+  http-request deny status 401 unless { var(txn.bearer),jwt_payload_query('\$.aud') -m str api }
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+  http-request set-var(txn.now) date()
+  http-request deny status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+  http-request deny status 403 unless { var(txn.bearer),jwt_payload_query('\$.scope') -m sub transfer }
+  http-request set-var(txn.account) var(txn.bearer),jwt_payload_query('\$.account')
+  http-request deny status 403 unless { path,field(4,/),strcmp(txn.account) eq 0 }
+  http-request deny status 403 unless { var(txn.bearer),jwt_payload_query('\$.max','int') -m int gt 0 }
+  http-request set-header x-user-id %[var(txn.bearer),jwt_payload_query('\$.sub')]
+  default_backend up
+EOF
+}
+cat > "$W/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+backend up
+  server nginx $UP
+frontend plain
+  bind 127.0.0.1:18086
+  default_backend up
+$(haproxy_jwt jwt_rs 18084 RS256 "$KEYS/rsa-public.pem" https://rs.bench)
+$(haproxy_jwt jwt_es 18085 ES256 "$KEYS/ec256-public.pem" https://ec.bench)
+EOF
+taskset -c 1 "$HAPROXY" -f "$W/haproxy.cfg" -db 2>"$W/haproxy.log" & PIDS+=($!)
+
+BODY=$(python3 -c 'import json; print(json.dumps({"amount": 100, "memo": "x" * 990}))')
+cat > "$W/post.lua" <<EOF
+wrk.method = "POST"
+wrk.body = '$BODY'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+
+PATH_T=/api/accounts/acc-1/transfer
+target() { # name -> "url|token|script"
+  case $1 in
+    nginx-direct) echo "http://$UP$PATH_T||" ;;
+    pingora-passthrough) echo "http://127.0.0.1:18081$PATH_T||" ;;
+    haproxy-passthrough) echo "http://127.0.0.1:18086$PATH_T||" ;;
+    haproxy-jwt-rs256) echo "http://127.0.0.1:18084$PATH_T|$RS_TOKEN|" ;;
+    haproxy-jwt-es256) echo "http://127.0.0.1:18085$PATH_T|$ES_TOKEN|" ;;
+    claimgate-open) echo "http://127.0.0.1:18082/open||" ;;
+    claimgate-es256-cache|claimgate-es256-cache-reloading) echo "http://127.0.0.1:18082$PATH_T|$ES_TOKEN|" ;;
+    claimgate-rs256-cache) echo "http://127.0.0.1:18082$PATH_T|$RS_TOKEN|" ;;
+    claimgate-es256-nocache) echo "http://127.0.0.1:18083$PATH_T|$ES_TOKEN|" ;;
+    claimgate-rs256-nocache) echo "http://127.0.0.1:18083$PATH_T|$RS_TOKEN|" ;;
+    claimgate-body-1k) echo "http://127.0.0.1:18082/api/body|$ES_TOKEN|$W/post.lua" ;;
+    *) echo "unknown target $1" >&2; exit 2 ;;
+  esac
+}
+
+# Wait for every listener, then check that each target answers 200 (a 401 would measure denials).
+for port in 18080 18081 18082 18083 18084 18085 18086; do
+  for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    sleep 0.1
+  done
+done
+for t in $TARGETS; do
+  IFS='|' read -r url tok script <<<"$(target "$t")"
+  args=(-s -o /dev/null -w '%{http_code}')
+  [ -n "$tok" ] && args+=(-H "Authorization: Bearer $tok")
+  [ -n "$script" ] && args+=(-X POST -H 'Content-Type: application/json' --data "$BODY")
+  code=$(curl "${args[@]}" "$url")
+  [ "$code" = 200 ] || { echo "target $t answers $code, not 200" >&2; cat "$W"/*.log >&2; exit 1; }
+done
+
+accepts() { curl -s "http://$UP/nginx_status" | awk 'NR==3 {print $1}'; }
+
+RESULTS=$W/results.tsv
+: > "$RESULTS"
+echo "rounds=$ROUNDS duration=${DURATION}s connections=$CONNS targets: $TARGETS"
+for round in $(seq 1 "$ROUNDS"); do
+  for t in $TARGETS; do
+    IFS='|' read -r url tok script <<<"$(target "$t")"
+    args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
+    [ -n "$tok" ] && args+=(-H "Authorization: Bearer $tok")
+    [ -n "$script" ] && args+=(-s "$script")
+    reloader=""
+    if [ "$t" = claimgate-es256-cache-reloading ]; then
+      (while sleep 1; do kill -HUP "$CG_ON" 2>/dev/null || exit 0; done) & reloader=$!
+    fi
+    before=$(accepts)
+    out=$(taskset -c 0 wrk "${args[@]}" "$url")
+    after=$(accepts)
+    [ -n "$reloader" ] && kill "$reloader" 2>/dev/null || true
+    echo "$out" | python3 -c '
+import re, sys
+t, rnd, conns = sys.argv[1], sys.argv[2], sys.argv[3]
+text = sys.stdin.read()
+def ms(v):
+    n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+errs = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+sock = re.search(r"Socket errors: (.*)", text)
+print(f"{t}\t{rnd}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{conns}\t{errs.group(1) if errs else 0}\t{sock.group(1) if sock else \"\"}")
+' "$t" "$round" "$((after - before - 1))" | tee -a "$RESULTS"
+  done
+done
+
+python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" <<'EOF'
+import statistics, sys, datetime, platform, os
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+out, rounds, duration, conns = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+by = {}
+for name, rnd, rps, p50, p99, upc, errs, sock in rows:
+    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(upc), int(errs), sock))
+med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
+           statistics.median(r[2] for r in v), max(r[3] for r in v), sum(r[4] for r in v),
+           "; ".join(sorted({r[5] for r in v if r[5]}))) for k, v in by.items()}
+def ratio(a, b):
+    return f"{med[a][0] / med[b][0]:.2f}x" if a in med and b in med and med[b][0] else "n/a"
+lines = [
+    f"# Load benchmark ({datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs)",
+    "",
+    f"`bash benches/load/run.sh`: {rounds} alternating rounds of {duration} s, {conns} connections, wrk and nginx",
+    "on core 0, the proxy under test on core 1 with one worker thread. Medians over the rounds.",
+    "`upstream conns` is the most connections nginx accepted in one round (pooling: close to the",
+    "proxy's connection count, not growing with requests).",
+    "",
+    "| target | req/s | p50 ms | p99 ms | upstream conns | non-2xx | vs Pingora passthrough | vs HAProxy passthrough |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+]
+for name in by:
+    rps, p50, p99, upc, errs, sock = med[name]
+    lines.append(f"| {name} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {upc} | {errs}{' (' + sock + ')' if sock else ''} | "
+                 f"{ratio(name, 'pingora-passthrough')} | {ratio(name, 'haproxy-passthrough')} |")
+lines += [
+    "",
+    "Ratios the targets are judged by:",
+    "",
+    "| comparison | ratio |",
+    "| --- | ---: |",
+    f"| claimgate ES256 cache warm / Pingora passthrough | {ratio('claimgate-es256-cache', 'pingora-passthrough')} |",
+    f"| claimgate RS256 no cache / HAProxy jwt_verify RS256 | {ratio('claimgate-rs256-nocache', 'haproxy-jwt-rs256')} |",
+    f"| claimgate ES256 no cache / HAProxy jwt_verify ES256 | {ratio('claimgate-es256-nocache', 'haproxy-jwt-es256')} |",
+    f"| claimgate open route / HAProxy passthrough | {ratio('claimgate-open', 'haproxy-passthrough')} |",
+    f"| claimgate ES256 cache warm / HAProxy passthrough | {ratio('claimgate-es256-cache', 'haproxy-passthrough')} |",
+    f"| Pingora passthrough / HAProxy passthrough | {ratio('pingora-passthrough', 'haproxy-passthrough')} |",
+]
+if "claimgate-es256-cache" in med and "claimgate-es256-cache-reloading" in med:
+    lines.append(f"| p99 with a reload every second / p99 without | "
+                 f"{med['claimgate-es256-cache-reloading'][2] / med['claimgate-es256-cache'][2]:.2f}x |")
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+print(f"\nwritten to {out}")
+EOF

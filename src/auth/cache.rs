@@ -1,0 +1,207 @@
+//! The verified-token cache: a token seen before is not verified again, and its claims are
+//! converted to CEL values once, not once per request.
+//!
+//! Keyed by the whole token string (equality on the full text, so no two tokens can share an
+//! entry), bounded in entries, each entry dropped at the token's `exp` (plus leeway). A hit
+//! counts only for a route that accepts the issuer the token was verified for, and only while
+//! that issuer's keys are the ones it was verified with: a JWKS rotation or a reload (which
+//! builds a new cache) invalidates it.
+
+use super::issuer::Issuer;
+use super::verify::VerifiedToken;
+use moka::sync::Cache;
+use moka::Expiry;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug)]
+struct Entry {
+    token: Arc<VerifiedToken>,
+    issuer: Arc<Issuer>,
+    key_generation: u64,
+    /// Unix second from which the token is no longer accepted (`exp` + leeway).
+    valid_until: i64,
+}
+
+struct UntilExpiry {
+    max_ttl: Duration,
+}
+
+impl Expiry<Arc<str>, Arc<Entry>> for UntilExpiry {
+    fn expire_after_create(&self, _: &Arc<str>, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let left = Duration::from_secs(e.valid_until.saturating_sub(now).max(0) as u64);
+        Some(left.min(self.max_ttl))
+    }
+}
+
+/// A bounded cache of verified tokens, one per snapshot.
+pub struct TokenCache {
+    entries: Cache<Arc<str>, Arc<Entry>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+impl TokenCache {
+    pub fn new(max_entries: u64, max_ttl: Duration) -> TokenCache {
+        TokenCache {
+            entries: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(UntilExpiry { max_ttl })
+                .build(),
+        }
+    }
+
+    /// The verified token for `token`, if it was verified before for one of `accepted`, with
+    /// the keys that issuer still has, and is still valid at `now` (seconds since the epoch).
+    pub fn get(
+        &self,
+        token: &str,
+        accepted: &[Arc<Issuer>],
+        now: i64,
+    ) -> Option<Arc<VerifiedToken>> {
+        let e = self.entries.get(token)?;
+        let ok = now < e.valid_until
+            && not_before_ok(&e.token, e.issuer.leeway_seconds, now)
+            && accepted.iter().any(|i| Arc::ptr_eq(i, &e.issuer))
+            && e.issuer.key_generation() == Some(e.key_generation);
+        ok.then(|| e.token.clone())
+    }
+
+    /// Remembers a token just verified for `issuer`.
+    pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>, issuer: &Arc<Issuer>) {
+        let Some(key_generation) = issuer.key_generation() else {
+            return;
+        };
+        let valid_until = verified
+            .expires_at
+            .saturating_add(issuer.leeway_seconds as i64);
+        self.entries.insert(
+            Arc::from(token),
+            Arc::new(Entry {
+                token: verified,
+                issuer: issuer.clone(),
+                key_generation,
+                valid_until,
+            }),
+        );
+    }
+
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `nbf` is checked again on a hit: under a fixed clock the decision time may move backwards.
+fn not_before_ok(t: &VerifiedToken, leeway: u64, now: i64) -> bool {
+    match t.claims.get("nbf").and_then(|v| v.as_i64()) {
+        Some(nbf) => now.saturating_add(leeway as i64) >= nbf,
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::keys::{from_secret, KeySet};
+    use crate::auth::verify::verify;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    const SECRET: &[u8] = b"token-cache-test-secret-0123456789abcdef";
+
+    fn issuer(name: &str) -> Arc<Issuer> {
+        Arc::new(Issuer {
+            name: Arc::from(name),
+            iss: format!("https://{name}.test"),
+            audiences: vec!["api".into()],
+            algorithms: vec![Algorithm::HS256],
+            leeway_seconds: 0,
+            keys: KeySet::new(from_secret(SECRET, None, &[Algorithm::HS256]).unwrap()),
+            remote: Vec::new(),
+        })
+    }
+
+    fn token(iss: &str, exp: i64) -> String {
+        let claims = serde_json::json!({"iss": iss, "aud": "api", "sub": "u", "exp": exp});
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn verified(t: &str, i: &Arc<Issuer>, now: i64) -> Arc<VerifiedToken> {
+        Arc::new(verify(t, std::slice::from_ref(i), now).unwrap())
+    }
+
+    fn now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    #[test]
+    fn a_hit_needs_the_same_token_the_same_issuer_and_time_left() {
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+        let cache = TokenCache::new(100, Duration::from_secs(3600));
+        let a = issuer("a");
+        let now = now();
+        let t = token("https://a.test", now + 60);
+        cache.insert(&t, verified(&t, &a, now), &a);
+
+        let hit = cache.get(&t, std::slice::from_ref(&a), now).unwrap();
+        assert_eq!(hit.claims["sub"], "u");
+        // Another token (even one differing in its last byte) misses.
+        let mut other = t.clone();
+        other.pop();
+        assert!(cache.get(&other, std::slice::from_ref(&a), now).is_none());
+        // A route that does not accept the issuer misses, and so does an equal issuer of another
+        // snapshot (a reload): the entry belongs to the issuer object it was verified with.
+        assert!(cache.get(&t, &[issuer("b")], now).is_none());
+        assert!(cache.get(&t, &[issuer("a")], now).is_none());
+        // Past `exp` (by the decision clock): a miss, so verification reports the expiry.
+        assert!(cache.get(&t, std::slice::from_ref(&a), now + 60).is_none());
+    }
+
+    #[test]
+    fn entries_never_outlive_the_token() {
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+        let cache = TokenCache::new(100, Duration::from_secs(3600));
+        let a = issuer("a");
+        let now = now();
+        let t = token("https://a.test", now + 1);
+        cache.insert(&t, verified(&t, &a, now), &a);
+        assert_eq!(cache.len(), 1);
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(cache.len(), 0, "the entry expired with the token");
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+        let cache = TokenCache::new(10, Duration::from_secs(3600));
+        let a = issuer("a");
+        let now = now();
+        for i in 0..100 {
+            let t = token("https://a.test", now + 600 + i);
+            cache.insert(&t, verified(&t, &a, now), &a);
+        }
+        assert!(cache.len() <= 10, "{}", cache.len());
+    }
+}
