@@ -62,7 +62,8 @@ pub struct Activation<'a> {
     geo_val: OnceLock<Box<dyn Val>>,
     claims: OnceLock<Box<dyn Val>>,
     token_val: OnceLock<Box<dyn Val>>,
-    request: OnceLock<Box<dyn Val>>,
+    /// `request.<field>`, each built on first read.
+    request_fields: [OnceLock<Box<dyn Val>>; REQUEST_FIELDS.len()],
     now_val: OnceLock<Box<dyn Val>>,
     body_val: OnceLock<Box<dyn Val>>,
     ext_val: OnceLock<Box<dyn Val>>,
@@ -101,7 +102,7 @@ impl<'a> Activation<'a> {
             geo_val: OnceLock::new(),
             claims: OnceLock::new(),
             token_val: OnceLock::new(),
-            request: OnceLock::new(),
+            request_fields: Default::default(),
             now_val: OnceLock::new(),
             body_val: OnceLock::new(),
             ext_val: OnceLock::new(),
@@ -151,10 +152,19 @@ impl<'a> Activation<'a> {
             .get_or_init(|| self.geo.client_ip(self.req.client_ip, self.req.headers))
     }
 
-    fn request(&self) -> &dyn Val {
-        self.request
-            .get_or_init(|| to_val(request_value(self.req, self.params, self.client_ip())))
-            .as_ref()
+    /// One field of `request`, built on first read: a rule on `request.method` never pays
+    /// for copying the headers.
+    fn request_field(&self, name: &str) -> Option<&dyn Val> {
+        let i = REQUEST_FIELDS.iter().position(|f| *f == name)?;
+        let v = self.request_fields[i].get_or_init(|| {
+            to_val(request_field(
+                name,
+                self.req,
+                self.params,
+                self.client_ip(),
+            ))
+        });
+        Some(v.as_ref())
     }
 
     fn geo(&self) -> &dyn Val {
@@ -274,7 +284,7 @@ impl VariableResolver for Activation<'_> {
         let v: &dyn Val = match variable {
             "claims" => self.claims(),
             "token" => self.token(),
-            "request" => self.request(),
+            "request" => return Some(CowVal::Owned(Box::new(RequestView { act: self }))),
             "now" => self.now(),
             "body" => self.body(),
             "geo" => self.geo(),
@@ -348,13 +358,109 @@ impl<'a> Indexer for AttrView<'a> {
     }
 }
 
-fn request_value(
+/// The fields of `request`.
+const REQUEST_FIELDS: [&str; 7] = [
+    "method",
+    "host",
+    "path",
+    "query",
+    "headers",
+    "params",
+    "client_ip",
+];
+
+/// `request` as CEL sees it: a map whose fields are built when first read.
+#[derive(Clone, Copy)]
+struct RequestView<'a> {
+    act: &'a Activation<'a>,
+}
+
+impl std::fmt::Debug for RequestView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request")
+    }
+}
+
+impl Val for RequestView<'_> {
+    fn get_type(&self) -> &types::Type {
+        &types::MAP_TYPE
+    }
+
+    fn cel_type() -> &'static types::Type
+    where
+        Self: Sized,
+    {
+        &types::MAP_TYPE
+    }
+
+    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
+    where
+        Self: 'w,
+    {
+        Box::new(*self)
+    }
+}
+
+impl<'a> Indexer for RequestView<'a> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let Some(name) = idx.downcast_ref::<CelString>() else {
+            return Err(ExecutionError::unsupported_key_type(Value::Null));
+        };
+        let v: &'a dyn Val = self
+            .act
+            .request_field(name.inner())
+            .ok_or_else(|| ExecutionError::no_such_key(name.inner()))?;
+        Ok(CowVal::Borrowed(v))
+    }
+
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let Some(name) = idx.downcast_ref::<CelString>() else {
+            return Err(ExecutionError::unsupported_key_type(Value::Null));
+        };
+        Ok(self
+            .act
+            .request_field(name.inner())
+            .ok_or_else(|| ExecutionError::no_such_key(name.inner()))?
+            .clone_as_boxed())
+    }
+}
+
+fn request_field(
+    name: &str,
     req: &RequestFacts<'_>,
     params: &[(String, String)],
     client_ip: Option<IpAddr>,
 ) -> Value {
+    match name {
+        "method" => Value::from(req.method),
+        "host" => Value::from(req.host.unwrap_or("")),
+        "path" => Value::from(req.path),
+        "headers" => headers_value(req.headers),
+        "query" => query_value(req.query),
+        "params" => string_map(params.iter().map(|(k, v)| (k.clone(), v.clone()))),
+        "client_ip" => Value::String(Arc::new(
+            client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        )),
+        _ => Value::Null,
+    }
+}
+
+fn headers_value(h: &HeaderMap) -> Value {
     let mut headers: std::collections::HashMap<String, String> = Default::default();
-    for (name, value) in req.headers.iter() {
+    for (name, value) in h.iter() {
         let text = String::from_utf8_lossy(value.as_bytes());
         headers
             .entry(name.as_str().to_string())
@@ -364,8 +470,12 @@ fn request_value(
             })
             .or_insert_with(|| text.into_owned());
     }
+    string_map(headers)
+}
+
+fn query_value(q: Option<&str>) -> Value {
     let mut query: std::collections::HashMap<String, String> = Default::default();
-    if let Some(q) = req.query {
+    if let Some(q) = q {
         // The first value of a repeated parameter wins, as in most frameworks.
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
             query
@@ -373,21 +483,6 @@ fn request_value(
                 .or_insert_with(|| v.into_owned());
         }
     }
-    string_map([
-        ("method", Value::from(req.method)),
-        ("host", Value::from(req.host.unwrap_or(""))),
-        ("path", Value::from(req.path)),
-        ("query", string_map(query)),
-        ("headers", string_map(headers)),
-        (
-            "params",
-            string_map(params.iter().map(|(k, v)| (k.clone(), v.clone()))),
-        ),
-        (
-            "client_ip",
-            Value::String(Arc::new(
-                client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            )),
-        ),
-    ])
+    string_map(query)
 }
+

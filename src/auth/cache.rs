@@ -40,7 +40,10 @@ impl Expiry<Arc<str>, Arc<Entry>> for UntilExpiry {
 
 /// A bounded cache of verified tokens, one per snapshot.
 pub struct TokenCache {
-    entries: Cache<Arc<str>, Arc<Entry>>,
+    // aHash, not SipHash: a token is hundreds of bytes, hashed on every request. HashDoS
+    // resistance comes from its random per-process keys; collisions cost time, never a wrong
+    // answer, since entries compare the whole token.
+    entries: Cache<Arc<str>, Arc<Entry>, ahash::RandomState>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -57,7 +60,7 @@ impl TokenCache {
             entries: Cache::builder()
                 .max_capacity(max_entries)
                 .expire_after(UntilExpiry { max_ttl })
-                .build(),
+                .build_with_hasher(ahash::RandomState::new()),
         }
     }
 
