@@ -52,6 +52,11 @@ pub struct ServerSettings {
     /// Seconds allowed for in-flight requests to finish during shutdown.
     #[serde(default = "default_shutdown_timeout")]
     pub graceful_shutdown_timeout_seconds: u64,
+    /// One work-stealing runtime for all worker threads (Pingora's default), or one runtime
+    /// per thread (`false`): fewer cross-thread wake-ups, measured faster on small machines
+    /// (`benches/load/run.sh`).
+    #[serde(default)]
+    pub work_stealing: bool,
 }
 
 impl Default for ServerSettings {
@@ -60,6 +65,7 @@ impl Default for ServerSettings {
             threads: default_threads(),
             grace_period_seconds: default_grace(),
             graceful_shutdown_timeout_seconds: default_shutdown_timeout(),
+            work_stealing: false,
         }
     }
 }

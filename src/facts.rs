@@ -5,7 +5,7 @@
 use crate::auth::VerifiedToken;
 use crate::geo::{GeoResolver, Location};
 use crate::policy::cel::{json_to_value, string_map, to_val, CelRuntime};
-use crate::policy::{AttrKind, Route};
+use crate::policy::{AttrKind, Expr, Route};
 use cel::common::traits::Indexer;
 use cel::common::types::{self, CelString};
 use cel::common::value::{CowVal, Val};
@@ -110,8 +110,16 @@ impl<'a> Activation<'a> {
         }
     }
 
+    /// Evaluates `expr`; one that reads only the token is evaluated once per token.
+    pub fn execute(&self, expr: &Expr) -> Result<Value, ExecutionError> {
+        match (expr.memo, self.token) {
+            (Some(slot), Some(t)) => t.memo(slot, || self.execute_program(&expr.program)),
+            _ => self.execute_program(&expr.program),
+        }
+    }
+
     /// Runs `program` with this activation's variables.
-    pub fn execute(&self, program: &Program) -> Result<Value, ExecutionError> {
+    pub fn execute_program(&self, program: &Program) -> Result<Value, ExecutionError> {
         let root: &Context<'_, '_> = self.cel.root();
         let mut ctx = root.new_inner_scope();
         ctx.set_variable_resolver(self);
@@ -156,14 +164,8 @@ impl<'a> Activation<'a> {
     /// for copying the headers.
     fn request_field(&self, name: &str) -> Option<&dyn Val> {
         let i = REQUEST_FIELDS.iter().position(|f| *f == name)?;
-        let v = self.request_fields[i].get_or_init(|| {
-            to_val(request_field(
-                name,
-                self.req,
-                self.params,
-                self.client_ip(),
-            ))
-        });
+        let v = self.request_fields[i]
+            .get_or_init(|| to_val(request_field(name, self.req, self.params, self.client_ip())));
         Some(v.as_ref())
     }
 
@@ -259,7 +261,7 @@ impl<'a> Activation<'a> {
     }
 
     fn compute(&self, kind: &AttrKind) -> Result<Value, String> {
-        let run = |p: &Program| self.execute(p).map_err(|e| e.to_string());
+        let run = |p: &Expr| self.execute(p).map_err(|e| e.to_string());
         match kind {
             AttrKind::Static(_) => Err("static attributes are not computed".into()),
             AttrKind::Dynamic(p) => run(p),
@@ -485,4 +487,3 @@ fn query_value(q: Option<&str>) -> Value {
     }
     string_map(query)
 }
-

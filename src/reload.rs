@@ -145,6 +145,7 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if a.threads != b.threads
         || a.grace_period_seconds != b.grace_period_seconds
         || a.graceful_shutdown_timeout_seconds != b.graceful_shutdown_timeout_seconds
+        || a.work_stealing != b.work_stealing
     {
         v.push("server".to_string());
     }

@@ -8,7 +8,8 @@ use cel::common::value::Val;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A token whose signature and registered claims have been checked.
 #[derive(Debug)]
@@ -24,6 +25,10 @@ pub struct VerifiedToken {
     /// The claims as CEL sees them, built on first use and kept with the token, so a cached
     /// token is converted once, not once per request.
     cel_claims: OnceLock<Box<dyn Val>>,
+    /// Results of expressions that read only this token, by memo slot (see
+    /// [`crate::policy::Expr`]). Slots belong to one policy set, and so does a cached token: a
+    /// reload builds a new token cache.
+    memo: Mutex<HashMap<u32, Result<cel::Value, cel::ExecutionError>>>,
 }
 
 impl VerifiedToken {
@@ -43,7 +48,23 @@ impl VerifiedToken {
             claims,
             expires_at,
             cel_claims: OnceLock::new(),
+            memo: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The remembered result of memo slot `slot`, computed by `eval` the first time.
+    pub fn memo(
+        &self,
+        slot: u32,
+        eval: impl FnOnce() -> Result<cel::Value, cel::ExecutionError>,
+    ) -> Result<cel::Value, cel::ExecutionError> {
+        if let Some(r) = crate::sync::lock(&self.memo).get(&slot) {
+            return r.clone();
+        }
+        // Evaluated outside the lock: two first requests may both evaluate; same result.
+        let r = eval();
+        crate::sync::lock(&self.memo).insert(slot, r.clone());
+        r
     }
 
     /// `claims` as a CEL value.

@@ -4,11 +4,11 @@
 use super::cel::{CelRuntime, VARIABLES};
 use super::route::RouteIndex;
 use super::{
-    Attr, AttrKind, Condition, Forward, Message, Mode, Route, Rule, UpstreamCase, MAX_BODY_LIMIT,
+    Attr, AttrKind, Condition, Expr, Forward, Message, Mode, Route, Rule, UpstreamCase,
+    MAX_BODY_LIMIT,
 };
 use crate::config::AuthMode;
 use crate::location::{offset_in_string_value, SourceError};
-use ::cel::Program;
 use http::HeaderName;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -193,6 +193,7 @@ impl PolicySet {
             ext_reads: Vec::new(),
             reads_claims: false,
             warnings: Vec::new(),
+            memo_slots: 0,
         };
         for (path, src) in sources {
             loader.file(path, src);
@@ -226,6 +227,8 @@ struct Loader<'c> {
     /// Per route being loaded: whether an expression reads `claims` or `token`.
     reads_claims: bool,
     warnings: Vec<SourceError>,
+    /// Expressions that read only the token, numbered for their memo slots.
+    memo_slots: u32,
 }
 
 /// The attribute names an expression reads as `attr.name`.
@@ -264,11 +267,11 @@ fn constant_rule(cel: &CelRuntime, c: &Condition, mode: Mode) -> Option<&'static
         Condition::AllowIf(p) => (p, false),
         Condition::DenyIf(p) => (p, true),
     };
-    if !p.references().variables().is_empty() {
+    if !p.program.references().variables().is_empty() {
         return None;
     }
     let ctx = cel.root().new_inner_scope();
-    match p.execute(&ctx) {
+    match p.program.execute(&ctx) {
         Ok(::cel::Value::Bool(b)) if b == deny_when && mode == Mode::Enforce => {
             Some("the condition is constant and always denies: every request is refused and later rules never run")
         }
@@ -332,7 +335,7 @@ impl Loader<'_> {
         }
     }
 
-    fn compile(&mut self, fx: &FileCx<'_>, expr: &Spanned<String>, what: &str) -> Option<Program> {
+    fn compile(&mut self, fx: &FileCx<'_>, expr: &Spanned<String>, what: &str) -> Option<Expr> {
         self.compile_at(fx, expr.get_ref(), expr.span().start, true, what)
     }
 
@@ -346,7 +349,7 @@ impl Loader<'_> {
         start: usize,
         exact: bool,
         what: &str,
-    ) -> Option<Program> {
+    ) -> Option<Expr> {
         match self.cel.compile(src) {
             Ok(p) => {
                 let refs = p.references();
@@ -389,7 +392,14 @@ impl Loader<'_> {
                         self.ext_reads.push((n, start, what.to_string()));
                     }
                 }
-                Some(p)
+                let vars = refs.variables();
+                let token_only =
+                    !vars.is_empty() && vars.iter().all(|v| *v == "claims" || *v == "token");
+                let memo = token_only.then(|| {
+                    self.memo_slots += 1;
+                    self.memo_slots - 1
+                });
+                Some(Expr { program: p, memo })
             }
             Err(errs) => {
                 for e in errs.errors {

@@ -29,18 +29,27 @@ pub enum Mode {
     Audit,
 }
 
+/// A compiled expression. One that reads only `claims` and `token` gives the same value for
+/// every request with the same token, so its result is remembered with the (cached) token:
+/// `memo` is its slot there.
+#[derive(Debug)]
+pub struct Expr {
+    pub program: Program,
+    pub memo: Option<u32>,
+}
+
 #[derive(Debug)]
 pub enum Condition {
     /// The request passes this rule when the expression is `true`.
-    AllowIf(Program),
+    AllowIf(Expr),
     /// The request is denied when the expression is `true`.
-    DenyIf(Program),
+    DenyIf(Expr),
 }
 
 #[derive(Debug)]
 pub enum Message {
     Text(String),
-    Expr(Program),
+    Expr(Expr),
 }
 
 #[derive(Debug)]
@@ -55,7 +64,7 @@ pub struct Rule {
 #[derive(Debug)]
 pub struct Forward {
     pub header: HeaderName,
-    pub expr: Program,
+    pub expr: Expr,
 }
 
 /// A derived attribute, computed at most once per request and only when read.
@@ -64,11 +73,11 @@ pub enum AttrKind {
     /// A fixed value.
     Static(Box<dyn ::cel::common::value::Val>),
     /// A CEL expression.
-    Dynamic(Program),
+    Dynamic(Expr),
     /// The first case whose `if` holds gives the value; `else` otherwise.
     Conditional {
-        cases: Vec<(Program, Program)>,
-        otherwise: Program,
+        cases: Vec<(Expr, Expr)>,
+        otherwise: Expr,
     },
 }
 
@@ -81,7 +90,7 @@ pub struct Attr {
 /// One case of upstream selection: the first whose condition holds picks the upstream.
 #[derive(Debug)]
 pub struct UpstreamCase {
-    pub condition: Program,
+    pub condition: Expr,
     pub upstream: Arc<str>,
 }
 

@@ -136,7 +136,7 @@ impl Template {
             match part {
                 Part::Text(t) => out.push_str(t),
                 Part::Hole(p) => {
-                    let v = act.execute(p).map_err(|e| e.to_string())?;
+                    let v = act.execute_program(p).map_err(|e| e.to_string())?;
                     let text = hole_text(&v)?;
                     match escape {
                         Escape::Url => {

@@ -260,3 +260,53 @@ async fn unmatched_requests_get_the_default_action() {
     assert_eq!(resp.status(), 200);
     assert_eq!(up.last().uri, "/elsewhere?x=1");
 }
+
+#[tokio::test]
+async fn token_only_rules_are_remembered_per_token_and_per_rule() {
+    // Both rules read only the token, so their results are kept with the cached token: each
+    // route must still get its own rule's answer, every time.
+    let rules = r#"
+[[route]]
+name = "strict"
+path = "/strict"
+issuers = ["ec"]
+  [[route.rule]]
+  name = "level-3"
+  allow_if = "claims.level >= 3"
+
+[[route]]
+name = "lenient"
+path = "/lenient"
+issuers = ["ec"]
+  [[route.rule]]
+  name = "level-1"
+  allow_if = "claims.level >= 1"
+  [route.forward]
+  "x-level" = "claims.level"
+"#;
+    let (up, gw) = start_standard("", &[("memo.toml", rules)]);
+    let two = es256(json!({"level": 2}));
+    let five = es256(json!({"level": 5}));
+    for _ in 0..3 {
+        for (t, path, want) in [
+            (&two, "/strict", 403),
+            (&two, "/lenient", 200),
+            (&five, "/strict", 200),
+            (&five, "/lenient", 200),
+        ] {
+            let r = client()
+                .get(gw.url(path))
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), want, "{path}");
+        }
+        assert_eq!(up.last().headers["x-level"], "5");
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(&m, "claimgate_token_cache_total", &[("result", "miss")]),
+        Some(2.0)
+    );
+}
