@@ -97,14 +97,36 @@ pub struct Limits {
     /// Largest bearer token accepted, in bytes.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Largest request header section (names and values), in bytes; larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most request header fields; more gets 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// How long the client may take to send each part of a body the rules read; then 408.
+    #[serde(default = "default_client_body_timeout_ms")]
+    pub client_body_timeout_ms: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_token_bytes: default_max_token_bytes(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            client_body_timeout_ms: default_client_body_timeout_ms(),
         }
     }
+}
+
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_client_body_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_max_token_bytes() -> usize {

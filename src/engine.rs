@@ -442,6 +442,25 @@ pub fn bad_path(e: crate::path::PathError) -> Decision {
     bad_request(DenyReason::BadPath, e.to_string())
 }
 
+/// The answer to a body that stopped arriving: 400 when the client closed early, 408 when it
+/// was too slow.
+pub fn incomplete_body(timed_out: bool) -> Decision {
+    let mut d = bad_request(
+        DenyReason::IncompleteBody,
+        if timed_out {
+            "the request body did not arrive in time".into()
+        } else {
+            "the request body ended before its declared length".into()
+        },
+    );
+    if let Outcome::Deny(den) = &mut d.outcome {
+        if timed_out {
+            den.status = 408;
+        }
+    }
+    d
+}
+
 /// A 400 decided before any route: the request itself is ambiguous.
 pub fn bad_request(reason: DenyReason, message: String) -> Decision {
     Decision {

@@ -257,13 +257,23 @@ impl ClaimgateProxy {
     }
 }
 
-/// Reads the whole request body into `buf`, up to `limit` bytes. Returns `false` (and stops
-/// reading) when the body is larger, judged from Content-Length first, then from what arrives.
+/// How reading a body for the rules ended.
+enum BodyRead {
+    Complete,
+    TooLarge,
+    /// The client stopped sending (closed early, or too slow): its request cannot be decided.
+    Broken {
+        timed_out: bool,
+    },
+}
+
+/// Reads the whole request body into `buf`, up to `limit` bytes, judged from Content-Length
+/// first, then from what arrives.
 ///
 /// Pingora sends the request head upstream before any body hook runs, so a body that decides
 /// must be read here; retry buffering makes Pingora replay what was read to the upstream. That
 /// buffer holds 64 KiB, which is why `body_limit` cannot exceed it.
-async fn read_body(session: &mut Session, limit: usize, buf: &mut Vec<u8>) -> Result<bool> {
+async fn read_body(session: &mut Session, limit: usize, buf: &mut Vec<u8>) -> Result<BodyRead> {
     let declared = session
         .req_header()
         .headers
@@ -271,7 +281,7 @@ async fn read_body(session: &mut Session, limit: usize, buf: &mut Vec<u8>) -> Re
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Ok(false);
+        return Ok(BodyRead::TooLarge);
     }
     let expects_continue = session
         .req_header()
@@ -282,13 +292,22 @@ async fn read_body(session: &mut Session, limit: usize, buf: &mut Vec<u8>) -> Re
         session.as_mut().write_continue_response().await?;
     }
     session.as_mut().enable_retry_buffering();
-    while let Some(chunk) = session.read_request_body().await? {
-        if buf.len() + chunk.len() > limit {
-            return Ok(false);
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Ok(BodyRead::TooLarge);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(BodyRead::Complete),
+            // A client error, not a gateway one: answered with a 4xx, never a 502.
+            Err(e) => {
+                let timed_out = matches!(e.etype(), ErrorType::ReadTimedout);
+                return Ok(BodyRead::Broken { timed_out });
+            }
         }
-        buf.extend_from_slice(&chunk);
     }
-    Ok(true)
 }
 
 #[async_trait]
@@ -303,6 +322,25 @@ impl ProxyHttp for ClaimgateProxy {
         let started = Instant::now();
         let snapshot = self.state.load_full();
         ctx.request_id = request_id(session.req_header());
+        let limits = &snapshot.config.raw.limits;
+        let headers = &session.req_header().headers;
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
+            let mut decision = crate::engine::bad_request(
+                DenyReason::HeadersTooLarge,
+                format!(
+                    "the request headers exceed {} fields or {} bytes",
+                    limits.max_headers, limits.max_header_bytes
+                ),
+            );
+            if let Outcome::Deny(d) = &mut decision.outcome {
+                d.status = 431;
+            }
+            return self.refuse(session, ctx, snapshot, decision, started).await;
+        }
         let host = match request_host(session.req_header()) {
             Ok(h) => h,
             Err(message) => {
@@ -338,15 +376,22 @@ impl ProxyHttp for ClaimgateProxy {
             (m, limit)
         };
         let mut buf = Vec::new();
-        let mut too_large = false;
+        let mut read = BodyRead::Complete;
         if let Some(limit) = body_limit {
-            too_large = !read_body(session, limit, &mut buf).await?;
+            let timeout = std::time::Duration::from_millis(limits.client_body_timeout_ms);
+            session.as_mut().set_read_timeout(Some(timeout));
+            read = read_body(session, limit, &mut buf).await?;
         }
-
-        let body = match (body_limit, too_large) {
+        if let BodyRead::Broken { timed_out } = read {
+            let decision = crate::engine::incomplete_body(timed_out);
+            // The connection cannot carry another request after a half-read body.
+            session.set_keepalive(None);
+            return self.refuse(session, ctx, snapshot, decision, started).await;
+        }
+        let body = match (body_limit, read) {
             (None, _) => Body::NotRead,
-            (Some(_), true) => Body::TooLarge,
-            (Some(_), false) => Body::Bytes(&buf),
+            (Some(_), BodyRead::TooLarge) => Body::TooLarge,
+            (Some(_), _) => Body::Bytes(&buf),
         };
         let facts = request_facts(
             session.req_header(),

@@ -26,6 +26,10 @@ pub enum DenyReason {
     BadHost,
     /// An external source the route needs could not be fetched, and it fails closed.
     SourceUnavailable,
+    /// A body the rules need stopped arriving (closed early, or too slow).
+    IncompleteBody,
+    /// More header bytes or fields than `limits` allow.
+    HeadersTooLarge,
 }
 
 impl DenyReason {
@@ -41,6 +45,8 @@ impl DenyReason {
             DenyReason::BadPath => "bad_path",
             DenyReason::BadHost => "bad_host",
             DenyReason::SourceUnavailable => "source_unavailable",
+            DenyReason::IncompleteBody => "incomplete_body",
+            DenyReason::HeadersTooLarge => "headers_too_large",
         }
     }
 }
@@ -79,8 +85,10 @@ pub fn error_code(status: u16) -> &'static str {
         403 => "forbidden",
         404 => "not_found",
         405 => "method_not_allowed",
+        408 => "request_timeout",
         413 => "payload_too_large",
         415 => "unsupported_media_type",
+        431 => "request_header_fields_too_large",
         429 => "too_many_requests",
         451 => "unavailable_for_legal_reasons",
         500..=599 => "unavailable",

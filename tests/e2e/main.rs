@@ -7,6 +7,7 @@ mod tokens;
 
 mod auth;
 mod cli;
+mod hostile;
 mod observability;
 mod paths;
 mod policy;
