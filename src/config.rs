@@ -103,6 +103,9 @@ pub struct Limits {
     /// Most request header fields; more gets 431.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// Deepest nesting of arrays and objects in a token's claims; deeper gets 401.
+    #[serde(default = "default_max_claims_depth")]
+    pub max_claims_depth: usize,
     /// How long the client may take to send each part of a body the rules read; then 408.
     #[serde(default = "default_client_body_timeout_ms")]
     pub client_body_timeout_ms: u64,
@@ -114,6 +117,7 @@ impl Default for Limits {
             max_token_bytes: default_max_token_bytes(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            max_claims_depth: default_max_claims_depth(),
             client_body_timeout_ms: default_client_body_timeout_ms(),
         }
     }
@@ -121,6 +125,9 @@ impl Default for Limits {
 
 fn default_max_header_bytes() -> usize {
     32 * 1024
+}
+fn default_max_claims_depth() -> usize {
+    16
 }
 fn default_max_headers() -> usize {
     100

@@ -386,16 +386,37 @@ impl Snapshot {
         };
         let now = now.timestamp();
         let Some(cache) = &self.token_cache else {
-            return verify::verify(raw, issuers, now).map(|t| (Some(Arc::new(t)), None));
+            return self
+                .verify_within_limits(raw, issuers, now)
+                .map(|t| (Some(Arc::new(t)), None));
         };
         if let Some(t) = cache.get(raw, issuers, now) {
             return Ok((Some(t), Some(true)));
         }
-        let t = Arc::new(verify::verify(raw, issuers, now)?);
+        let t = Arc::new(self.verify_within_limits(raw, issuers, now)?);
         if let Some(issuer) = issuers.iter().find(|i| i.name == t.issuer) {
             cache.insert(raw, t.clone(), issuer);
         }
         Ok((Some(t), Some(false)))
+    }
+
+    /// Verifies a token, then bounds what rules will walk: claims nested deeper than
+    /// `limits.max_claims_depth` are refused (their size is bounded by `max_token_bytes`).
+    fn verify_within_limits(
+        &self,
+        raw: &str,
+        issuers: &[Arc<Issuer>],
+        now: i64,
+    ) -> Result<VerifiedToken, Rejection> {
+        let t = verify::verify(raw, issuers, now)?;
+        let max = self.config.raw.limits.max_claims_depth;
+        if t.claims.values().any(|v| json_depth(v, max) > max) {
+            return Err(Rejection {
+                error: TokenError::ClaimsTooDeep,
+                issuer: Some(t.issuer.clone()),
+            });
+        }
+        Ok(t)
     }
 
     fn unmatched(&self, req: &RequestFacts<'_>, now: DateTime<Utc>) -> Decision {
@@ -434,6 +455,22 @@ impl Snapshot {
             },
             Err(e) => token_denial(None, e),
         }
+    }
+}
+
+/// Nesting depth of a JSON value (a scalar is 1), counting no further than `stop + 1`.
+fn json_depth(v: &serde_json::Value, stop: usize) -> usize {
+    if stop == 0 {
+        return 1;
+    }
+    1 + match v {
+        serde_json::Value::Array(a) => a.iter().map(|x| json_depth(x, stop - 1)).max().unwrap_or(0),
+        serde_json::Value::Object(o) => o
+            .values()
+            .map(|x| json_depth(x, stop - 1))
+            .max()
+            .unwrap_or(0),
+        _ => 0,
     }
 }
 

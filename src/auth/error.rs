@@ -31,6 +31,8 @@ pub enum TokenError {
     WrongIssuer,
     #[error("the token's audience is not accepted")]
     WrongAudience,
+    #[error("the token's claims are nested too deeply")]
+    ClaimsTooDeep,
 }
 
 impl TokenError {
@@ -51,6 +53,7 @@ impl TokenError {
             TokenError::MissingExpiry => "missing_exp",
             TokenError::WrongIssuer => "wrong_issuer",
             TokenError::WrongAudience => "wrong_audience",
+            TokenError::ClaimsTooDeep => "claims_too_deep",
         }
     }
 

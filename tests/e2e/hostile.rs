@@ -423,3 +423,32 @@ async fn header_limits_answer_431_with_json() {
         Some(2.0)
     );
 }
+
+#[tokio::test]
+async fn claims_nested_deeper_than_the_limit_are_refused() {
+    let (_up, gw) = start_standard("[limits]\nmax_claims_depth = 4\n", &[("api.toml", RULES)]);
+    let shallow = hs(&claims(
+        "https://hs.test",
+        json!({"sub": "u1", "level": 2, "permissions": ["read"], "a": {"b": {"c": 1}}}),
+    ));
+    let deep = hs(&claims(
+        "https://hs.test",
+        json!({"sub": "u1", "level": 2, "permissions": ["read"], "a": {"b": {"c": {"d": {"e": 1}}}}}),
+    ));
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&shallow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "claims_too_deep");
+}
