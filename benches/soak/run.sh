@@ -25,11 +25,11 @@ RUST_LOG=warn "$CG" run --config "$W/gateway.toml" --echo-upstream 127.0.0.1:182
 GW=$!
 for _ in $(seq 1 100); do curl -sf localhost:18290/readyz >/dev/null && break; sleep 0.1; done
 
-mint() { "$CG" token --key "$ROOT/dev/keys/es256-private.pem" --alg ES256 --kid dev-es256 \
-  --iss https://dev.claimgate.local --aud claimgate-demo --ttl 86400 "$@"; }
-GOOD=$(mint --sub alice --claims '{"permissions":["transfer","reports:read"],"geoCompliance":{"isAllowed":true}}')
-BROKE=$(mint --sub bob)
-EXPIRED=$(mint --sub alice --ttl 1); sleep 2
+mint() { local ttl=$1; shift; "$CG" token --key "$ROOT/dev/keys/es256-private.pem" --alg ES256 \
+  --kid dev-es256 --iss https://dev.claimgate.local --aud claimgate-demo --ttl "$ttl" "$@"; }
+GOOD=$(mint 86400 --sub alice --claims '{"permissions":["transfer","reports:read"],"geoCompliance":{"isAllowed":true}}')
+BROKE=$(mint 86400 --sub bob)
+EXPIRED=$(mint 1 --sub alice); sleep 2
 TAMPERED="${GOOD%?}A"
 
 cat > "$W/mix.lua" <<LUA
@@ -52,17 +52,9 @@ local reqs = {
   wrk.format("GET", "/health"),
 }
 local i = 0
-local by = {}
 request = function()
   i = i + 1
   return reqs[(i % #reqs) + 1]
-end
-response = function(status, headers, body)
-  local c = math.floor(status / 100) .. "xx"
-  by[c] = (by[c] or 0) + 1
-end
-done = function(summary, latency, requests)
-  for k, v in pairs(by) do io.write(string.format("status %s: %d\n", k, v)) end
 end
 LUA
 
@@ -80,13 +72,15 @@ kill "$RL" 2>/dev/null || true
 ALIVE=yes; kill -0 "$GW" 2>/dev/null || ALIVE=no
 RSS_END=$( [ "$ALIVE" = yes ] && rss || echo "-")
 FINAL=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $GOOD" localhost:18280/api/profile || true)
-RELOADS=$(curl -s localhost:18290/metrics | awk '/^claimgate_rules_reload_total\{result="success"\}/ {print $2}')
+METRICS=$(curl -s localhost:18290/metrics)
+RELOADS=$(echo "$METRICS" | awk '/^claimgate_rules_reload_total\{result="success"\}/ {print $2}')
 echo "$OUT"
 echo
 echo "soak: ${SECONDS_TOTAL}s mixed traffic, a reload every 2 s (successful reloads: ${RELOADS:-?})"
 echo "RSS start: ${RSS_START} KiB, end: ${RSS_END} KiB"
 echo "gateway alive at the end: $ALIVE; a valid request afterwards: $FINAL"
 echo "panics in the log: $(grep -c -i panic "$W/gateway.log" || true)"
-if echo "$OUT" | grep -q "status 5xx"; then
-  echo "5xx answers: $(echo "$OUT" | awk '/status 5xx/ {print $3}')  (503 from a fail-closed source would count here)"
-fi
+echo "decisions: $(echo "$METRICS" | awk '/^claimgate_requests_total/ {split($1, a, "decision=\""); split(a[2], b, "\""); n[b[1]] += $2} END {for (k in n) printf "%s %d  ", k, n[k]}')"
+echo "denials by reason: $(echo "$METRICS" | awk '/^claimgate_denials_total/ {split($1, a, "reason=\""); split(a[2], b, "\""); n[b[1]] += $2} END {for (k in n) printf "%s %d  ", k, n[k]}')"
+echo "upstream responses by class: $(echo "$METRICS" | awk '/^claimgate_upstream_responses_total/ {split($1, a, "class=\""); split(a[2], b, "\""); n[b[1]] += $2} END {for (k in n) printf "%s %d  ", k, n[k]}')"
+echo "gateway 5xx (source_unavailable denials): $(echo "$METRICS" | awk '/^claimgate_denials_total.*reason="source_unavailable"/ {n += $2} END {print n + 0}')"
