@@ -283,34 +283,65 @@ impl<'a> Activation<'a> {
 
 impl VariableResolver for Activation<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let lazy = |of| {
+            Some(CowVal::Owned(
+                Box::new(LazyMap { act: self, of }) as Box<dyn Val>
+            ))
+        };
         let v: &dyn Val = match variable {
             "claims" => self.claims(),
             "token" => self.token(),
-            "request" => return Some(CowVal::Owned(Box::new(RequestView { act: self }))),
             "now" => self.now(),
             "body" => self.body(),
             "geo" => self.geo(),
             "ext" => self.ext(),
-            "attr" => return Some(CowVal::Owned(Box::new(AttrView { act: self }))),
+            "request" => return lazy(Lazy::Request),
+            "attr" => return lazy(Lazy::Attr),
             _ => return None,
         };
         Some(CowVal::Borrowed(v))
     }
 }
 
-/// `attr` as CEL sees it: a map whose entries are computed when first read.
+/// `attr` and `request` as CEL sees them: maps whose entries are computed when first read, so a
+/// rule pays only for what it reads.
 #[derive(Clone, Copy)]
-struct AttrView<'a> {
+struct LazyMap<'a> {
     act: &'a Activation<'a>,
+    of: Lazy,
 }
 
-impl std::fmt::Debug for AttrView<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("attr")
+#[derive(Clone, Copy, Debug)]
+enum Lazy {
+    Attr,
+    Request,
+}
+
+impl<'a> LazyMap<'a> {
+    fn entry(&self, name: &str) -> Result<&'a dyn Val, ExecutionError> {
+        match self.of {
+            Lazy::Attr => self.act.attr(name),
+            Lazy::Request => self
+                .act
+                .request_field(name)
+                .ok_or_else(|| ExecutionError::no_such_key(name)),
+        }
+    }
+
+    fn key(idx: &dyn Val) -> Result<&str, ExecutionError> {
+        idx.downcast_ref::<CelString>()
+            .map(|s| s.inner())
+            .ok_or_else(|| ExecutionError::unsupported_key_type(Value::Null))
     }
 }
 
-impl Val for AttrView<'_> {
+impl std::fmt::Debug for LazyMap<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.of)
+    }
+}
+
+impl Val for LazyMap<'_> {
     fn get_type(&self) -> &types::Type {
         &types::MAP_TYPE
     }
@@ -337,26 +368,19 @@ impl Val for AttrView<'_> {
     }
 }
 
-impl<'a> Indexer for AttrView<'a> {
+impl<'a> Indexer for LazyMap<'a> {
     fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
     where
         Self: 'v,
     {
-        let Some(name) = idx.downcast_ref::<CelString>() else {
-            return Err(ExecutionError::unsupported_key_type(Value::Null));
-        };
-        let v: &'a dyn Val = self.act.attr(name.inner())?;
-        Ok(CowVal::Borrowed(v))
+        Ok(CowVal::Borrowed(self.entry(Self::key(idx)?)?))
     }
 
     fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
     where
         Self: 'v,
     {
-        let Some(name) = idx.downcast_ref::<CelString>() else {
-            return Err(ExecutionError::unsupported_key_type(Value::Null));
-        };
-        Ok(self.act.attr(name.inner())?.clone_as_boxed())
+        Ok(self.entry(Self::key(idx)?)?.clone_as_boxed())
     }
 }
 
@@ -370,75 +394,6 @@ const REQUEST_FIELDS: [&str; 7] = [
     "params",
     "client_ip",
 ];
-
-/// `request` as CEL sees it: a map whose fields are built when first read.
-#[derive(Clone, Copy)]
-struct RequestView<'a> {
-    act: &'a Activation<'a>,
-}
-
-impl std::fmt::Debug for RequestView<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request")
-    }
-}
-
-impl Val for RequestView<'_> {
-    fn get_type(&self) -> &types::Type {
-        &types::MAP_TYPE
-    }
-
-    fn cel_type() -> &'static types::Type
-    where
-        Self: Sized,
-    {
-        &types::MAP_TYPE
-    }
-
-    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
-    where
-        Self: 'w,
-    {
-        Some(self)
-    }
-
-    fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
-    where
-        Self: 'w,
-    {
-        Box::new(*self)
-    }
-}
-
-impl<'a> Indexer for RequestView<'a> {
-    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        let Some(name) = idx.downcast_ref::<CelString>() else {
-            return Err(ExecutionError::unsupported_key_type(Value::Null));
-        };
-        let v: &'a dyn Val = self
-            .act
-            .request_field(name.inner())
-            .ok_or_else(|| ExecutionError::no_such_key(name.inner()))?;
-        Ok(CowVal::Borrowed(v))
-    }
-
-    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        let Some(name) = idx.downcast_ref::<CelString>() else {
-            return Err(ExecutionError::unsupported_key_type(Value::Null));
-        };
-        Ok(self
-            .act
-            .request_field(name.inner())
-            .ok_or_else(|| ExecutionError::no_such_key(name.inner()))?
-            .clone_as_boxed())
-    }
-}
 
 fn request_field(
     name: &str,
