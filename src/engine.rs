@@ -365,6 +365,7 @@ impl Snapshot {
             body,
             geo: &self.geo,
             ext,
+            memo_slots: self.policy.memo_slots,
         })
     }
 

@@ -1,6 +1,6 @@
 //! `claimgate eval`: decide one described request offline and show why.
 
-use claimgate::explain::{explain, parse_header, EvalRequest, Mock, TokenInput};
+use claimgate::explain::{check_names, explain, parse_header, EvalRequest, Mock, TokenInput};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -136,25 +136,17 @@ pub fn run(a: EvalArgs) -> ExitCode {
         },
         (None, None) => TokenInput::FromHeaders,
     };
-    if let TokenInput::Claims {
-        issuer: Some(i), ..
-    } = &token
-    {
-        if snapshot.issuers.get(i).is_none() {
-            return fail(format!("no issuer `{i}` in the configuration"));
-        }
-    }
     let mut mocks = BTreeMap::new();
     for s in &a.sources {
         match parse_mock(s) {
             Ok((name, m)) => {
-                if snapshot.sources.get(&name).is_none() {
-                    return fail(format!("no source `{name}` in the configuration"));
-                }
                 mocks.insert(name, m);
             }
             Err(e) => return fail(e),
         }
+    }
+    if let Err(e) = check_names(&snapshot, &token, &mocks) {
+        return fail(e);
     }
     let now = a
         .now

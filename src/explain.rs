@@ -4,7 +4,7 @@
 
 use crate::auth::VerifiedToken;
 use crate::engine::{Credentials, Snapshot, Step};
-use crate::facts::{Body, RequestFacts};
+use crate::facts::{bare_host, Body, RequestFacts};
 use crate::geo::{continent_of, Location};
 use crate::policy::{Decision, Outcome, Trace};
 use crate::sources::SourceValue;
@@ -79,6 +79,27 @@ pub struct Explanation {
     pub trace: Trace,
 }
 
+/// Checks that what an operator named exists in the configuration: the issuer given with raw
+/// claims and every mocked source.
+pub fn check_names(
+    snapshot: &Snapshot,
+    token: &TokenInput,
+    mocks: &BTreeMap<String, Mock>,
+) -> Result<(), String> {
+    if let TokenInput::Claims {
+        issuer: Some(i), ..
+    } = token
+    {
+        if snapshot.issuers.get(i).is_none() {
+            return Err(format!("no issuer `{i}` in the configuration"));
+        }
+    }
+    match mocks.keys().find(|n| snapshot.sources.get(n).is_none()) {
+        Some(n) => Err(format!("no source `{n}` in the configuration")),
+        None => Ok(()),
+    }
+}
+
 /// Decides `req` at `now` with `snapshot`, sources answered from `mocks` (a source without a
 /// mock is unavailable).
 pub fn explain(
@@ -104,10 +125,7 @@ pub fn explain(
         Some((p, q)) => (p, Some(q)),
         None => (req.target.as_str(), None),
     };
-    let host = req.host.as_deref().map(|h| {
-        let bare = h.rsplit_once(':').map_or(h, |(h, _)| h);
-        bare.trim_end_matches('.').to_ascii_lowercase()
-    });
+    let host = req.host.as_deref().map(bare_host);
     let location = req.country.as_ref().map(|c| {
         let c = c.to_ascii_uppercase();
         Location {

@@ -34,6 +34,17 @@ pub struct RequestFacts<'a> {
     pub location: Option<&'a Location>,
 }
 
+/// A host without port, lower-cased, without a trailing dot (`example.com.` is `example.com`).
+pub fn bare_host(raw: &str) -> String {
+    let host = if raw.starts_with('[') {
+        // [v6]:port
+        raw.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(raw)
+    } else {
+        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// The request body as far as the caller read it. Only routes whose expressions read `body`
 /// need it; the proxy reads it for those only.
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,6 +69,7 @@ pub struct Activation<'a> {
     body: Option<&'a serde_json::Value>,
     geo: &'a GeoResolver,
     ext: Option<&'a Value>,
+    memo_slots: usize,
     client_ip: OnceLock<Option<IpAddr>>,
     geo_val: OnceLock<Box<dyn Val>>,
     claims: OnceLock<Box<dyn Val>>,
@@ -83,6 +95,8 @@ pub struct Inputs<'a> {
     pub geo: &'a GeoResolver,
     /// External source values by name (a CEL map), on routes that read `ext`.
     pub ext: Option<&'a Value>,
+    /// The policy set's count of token-only expressions (see [`Expr`]).
+    pub memo_slots: usize,
 }
 
 impl<'a> Activation<'a> {
@@ -98,6 +112,7 @@ impl<'a> Activation<'a> {
             body: i.body,
             geo: i.geo,
             ext: i.ext,
+            memo_slots: i.memo_slots,
             client_ip: OnceLock::new(),
             geo_val: OnceLock::new(),
             claims: OnceLock::new(),
@@ -113,7 +128,9 @@ impl<'a> Activation<'a> {
     /// Evaluates `expr`; one that reads only the token is evaluated once per token.
     pub fn execute(&self, expr: &Expr) -> Result<Value, ExecutionError> {
         match (expr.memo, self.token) {
-            (Some(slot), Some(t)) => t.memo(slot, || self.execute_program(&expr.program)),
+            (Some(slot), Some(t)) => t.memo(slot, self.memo_slots, || {
+                self.execute_program(&expr.program)
+            }),
             _ => self.execute_program(&expr.program),
         }
     }

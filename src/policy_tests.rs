@@ -11,7 +11,9 @@
 //! ```
 
 use crate::engine::Snapshot;
-use crate::explain::{explain, parse_header, EvalRequest, Explanation, Mock, TokenInput};
+use crate::explain::{
+    check_names, explain, parse_header, EvalRequest, Explanation, Mock, TokenInput,
+};
 use crate::location::SourceError;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -208,11 +210,6 @@ fn prepare(snapshot: &Snapshot, case: &Case) -> Result<Prepared, String> {
         },
         (None, None) => TokenInput::FromHeaders,
     };
-    if let Some(i) = &case.issuer {
-        if snapshot.issuers.get(i).is_none() {
-            return Err(format!("no issuer `{i}` in the configuration"));
-        }
-    }
     let mut mocks = BTreeMap::new();
     let named = case
         .sources
@@ -221,11 +218,9 @@ fn prepare(snapshot: &Snapshot, case: &Case) -> Result<Prepared, String> {
         .chain(case.not_found.iter().map(|n| (n, Mock::NotFound)))
         .chain(case.unavailable.iter().map(|n| (n, Mock::Unavailable)));
     for (name, mock) in named {
-        if snapshot.sources.get(name).is_none() {
-            return Err(format!("no source `{name}` in the configuration"));
-        }
         mocks.insert(name.clone(), mock);
     }
+    check_names(snapshot, &token, &mocks)?;
     let now = match &case.now {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)
             .map_err(|e| format!("`now` is not RFC 3339 ({e})"))?

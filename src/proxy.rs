@@ -2,7 +2,7 @@
 //! and either answers the denial itself or forwards with the decided headers.
 
 use crate::engine::{Snapshot, Step};
-use crate::facts::{Body, RequestFacts};
+use crate::facts::{bare_host, Body, RequestFacts};
 use crate::policy::decision::Allow;
 use crate::policy::route::RouteMatch;
 use crate::policy::{Decision, DenyReason, Outcome};
@@ -85,17 +85,6 @@ fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
-}
-
-/// A host without port, lower-cased, without a trailing dot (`example.com.` is `example.com`).
-fn bare_host(raw: &str) -> String {
-    let host = if raw.starts_with('[') {
-        // [v6]:port
-        raw.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(raw)
-    } else {
-        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
-    };
-    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// The host a route is matched on; refuses requests whose host is ambiguous: several Host

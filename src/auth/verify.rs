@@ -8,8 +8,9 @@ use cel::common::value::Val;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+type Memo = OnceLock<Result<cel::Value, cel::ExecutionError>>;
 
 /// A token whose signature and registered claims have been checked.
 #[derive(Debug)]
@@ -28,7 +29,7 @@ pub struct VerifiedToken {
     /// Results of expressions that read only this token, by memo slot (see
     /// [`crate::policy::Expr`]). Slots belong to one policy set, and so does a cached token: a
     /// reload builds a new token cache.
-    memo: Mutex<HashMap<u32, Result<cel::Value, cel::ExecutionError>>>,
+    memo: OnceLock<Box<[Memo]>>,
 }
 
 impl VerifiedToken {
@@ -48,25 +49,28 @@ impl VerifiedToken {
             claims,
             expires_at,
             cel_claims: OnceLock::new(),
-            memo: Mutex::new(HashMap::new()),
+            memo: OnceLock::new(),
         }
     }
 
-    /// The remembered result of memo slot `slot`, computed by `eval` the first time.
+    /// The remembered result of memo slot `slot` (of `slots` in the policy set), computed by
+    /// `eval` the first time. No lock and no hashing on the request path: a fixed table of
+    /// once-cells, sized when the token first meets its policy set.
     pub fn memo(
         &self,
         slot: u32,
+        slots: usize,
         eval: impl FnOnce() -> Result<cel::Value, cel::ExecutionError>,
     ) -> Result<cel::Value, cel::ExecutionError> {
-        if let Some(r) = crate::sync::lock(&self.memo).get(&slot) {
-            return r.clone();
+        let table = self
+            .memo
+            .get_or_init(|| (0..slots).map(|_| OnceLock::new()).collect());
+        match table.get(slot as usize) {
+            Some(cell) => cell.get_or_init(eval).clone(),
+            // A slot beyond the table belongs to no policy set this token has met: not kept.
+            None => eval(),
         }
-        // Evaluated outside the lock: two first requests may both evaluate; same result.
-        let r = eval();
-        crate::sync::lock(&self.memo).insert(slot, r.clone());
-        r
     }
-
     /// `claims` as a CEL value.
     pub fn cel_claims(&self) -> &dyn Val {
         self.cel_claims

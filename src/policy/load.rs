@@ -145,6 +145,8 @@ pub struct PolicySet {
     /// What loads but is probably a mistake: routes that can never match, rules that always or
     /// never deny, open routes that read claims.
     pub warnings: Vec<SourceError>,
+    /// How many expressions read only the token (their results are kept per token).
+    pub memo_slots: usize,
 }
 
 impl PolicySet {
@@ -207,6 +209,7 @@ impl PolicySet {
             cel: loader.cel,
             files: sources.iter().map(|(p, _)| p.clone()).collect(),
             warnings: loader.warnings,
+            memo_slots: loader.memo_slots as usize,
         })
     }
 }

@@ -110,8 +110,16 @@ async fn edits_take_effect_however_the_file_changes() {
     std::fs::write(&file, SET_B).unwrap();
     let t_recreate = until(&gw, 'B', "delete and recreate").await;
 
-    let s = gw.status().await;
-    assert_eq!(s["rules"]["last_result"], "success");
+    // The new set serves a moment before /status records the reload: wait for the record.
+    let start = Instant::now();
+    let s = loop {
+        let s = gw.status().await;
+        if s["rules"]["last_result"] == "success" || start.elapsed() > Duration::from_secs(5) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(s["rules"]["last_result"], "success", "{s}");
     assert!(s["rules"]["generation"].as_u64().unwrap() >= 4, "{s}");
     let m = gw.metrics().await;
     assert_eq!(
