@@ -18,7 +18,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-32}
 OUT=${OUT:-$ROOT/benches/load/results.md}
-ALL_TARGETS="nginx-direct pingora-passthrough haproxy-passthrough haproxy-jwt-rs256 haproxy-jwt-es256 \
+ALL_TARGETS="nginx-direct pingora-passthrough pingora-passthrough-mimalloc haproxy-passthrough haproxy-jwt-rs256 haproxy-jwt-es256 \
 claimgate-open claimgate-es256-cache claimgate-rs256-cache claimgate-es256-nocache claimgate-rs256-nocache \
 claimgate-body-1k claimgate-es256-cache-reloading"
 TARGETS=${TARGETS:-$ALL_TARGETS}
@@ -37,9 +37,10 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-cargo build --release --locked --bin claimgate --example passthrough
+cargo build --release --locked --bin claimgate --example passthrough --example passthrough_mimalloc
 CG=$ROOT/target/release/claimgate
 PT=$ROOT/target/release/examples/passthrough
+PTMI=$ROOT/target/release/examples/passthrough_mimalloc
 
 W=$(mktemp -d)
 PIDS=()
@@ -149,6 +150,7 @@ gateway_config 18083 18093 false > "$W/cache-off.toml"
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-on.toml" 2>"$W/cg-on.log" & PIDS+=($!); CG_ON=$!
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-off.toml" 2>"$W/cg-off.log" & PIDS+=($!)
 taskset -c 1 "$PT" 127.0.0.1:18081 "$UP" 1 2>"$W/pt.log" & PIDS+=($!)
+taskset -c 1 "$PTMI" 127.0.0.1:18087 "$UP" 1 2>"$W/ptmi.log" & PIDS+=($!)
 
 CLAIMS='{"account":"acc-1","permissions":["read","transfer"],"scope":"read transfer","features":{"maxTransactionAmount":5000},"max":5000}'
 RS_TOKEN=$("$CG" token --alg RS256 --key "$KEYS/rsa-private.pem" --kid rs1 --iss https://rs.bench --aud api --sub user-1 --ttl 86400 --claims "$CLAIMS")
@@ -209,6 +211,7 @@ target() { # name -> "url|token|script"
   case $1 in
     nginx-direct) echo "http://$UP$PATH_T||" ;;
     pingora-passthrough) echo "http://127.0.0.1:18081$PATH_T||" ;;
+    pingora-passthrough-mimalloc) echo "http://127.0.0.1:18087$PATH_T||" ;;
     haproxy-passthrough) echo "http://127.0.0.1:18086$PATH_T||" ;;
     haproxy-jwt-rs256) echo "http://127.0.0.1:18084$PATH_T|$RS_TOKEN|" ;;
     haproxy-jwt-es256) echo "http://127.0.0.1:18085$PATH_T|$ES_TOKEN|" ;;
@@ -223,7 +226,7 @@ target() { # name -> "url|token|script"
 }
 
 # Wait for every listener, then check that each target answers 200 (a 401 would measure denials).
-for port in 18080 18081 18082 18083 18084 18085 18086; do
+for port in 18080 18081 18082 18083 18084 18085 18086 18087; do
   for _ in $(seq 1 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.1
@@ -286,13 +289,22 @@ for name, rnd, rps, p50, p99, upc, errs, sock in rows:
 med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
            statistics.median(r[2] for r in v), max(r[3] for r in v), sum(r[4] for r in v),
            "; ".join(sorted({r[5] for r in v if r[5]}))) for k, v in by.items()}
+per_round = {}
+for name, rnd, rps, *_ in rows:
+    per_round.setdefault(name, {})[rnd] = float(rps)
 def ratio(a, b):
-    return f"{med[a][0] / med[b][0]:.2f}x" if a in med and b in med and med[b][0] else "n/a"
+    # Paired by round: targets of one round ran seconds apart, so the machine's drift over the
+    # run cancels out; the median of the per-round ratios is what the table shows.
+    if a not in per_round or b not in per_round:
+        return "n/a"
+    pairs = [per_round[a][r] / per_round[b][r] for r in per_round[a] if per_round[b].get(r)]
+    return f"{statistics.median(pairs):.2f}x" if pairs else "n/a"
 lines = [
     f"# Load benchmark ({datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs)",
     "",
     f"`bash benches/load/run.sh`: {rounds} alternating rounds of {duration} s, {conns} connections, wrk and nginx",
-    "on core 0, the proxy under test on core 1 with one worker thread. Medians over the rounds.",
+    "on core 0, the proxy under test on core 1 with one worker thread. Medians over the rounds;",
+    "ratios are the median of per-round ratios (targets of one round run seconds apart).",
     "`upstream conns` is the most connections nginx accepted in one round (pooling: close to the",
     "proxy's connection count, not growing with requests).",
     "",
@@ -310,11 +322,14 @@ lines += [
     "| comparison | ratio |",
     "| --- | ---: |",
     f"| claimgate ES256 cache warm / Pingora passthrough | {ratio('claimgate-es256-cache', 'pingora-passthrough')} |",
+    f"| claimgate ES256 cache warm / Pingora passthrough with mimalloc | {ratio('claimgate-es256-cache', 'pingora-passthrough-mimalloc')} |",
+    f"| claimgate open route / Pingora passthrough with mimalloc | {ratio('claimgate-open', 'pingora-passthrough-mimalloc')} |",
     f"| claimgate RS256 no cache / HAProxy jwt_verify RS256 | {ratio('claimgate-rs256-nocache', 'haproxy-jwt-rs256')} |",
     f"| claimgate ES256 no cache / HAProxy jwt_verify ES256 | {ratio('claimgate-es256-nocache', 'haproxy-jwt-es256')} |",
     f"| claimgate open route / HAProxy passthrough | {ratio('claimgate-open', 'haproxy-passthrough')} |",
     f"| claimgate ES256 cache warm / HAProxy passthrough | {ratio('claimgate-es256-cache', 'haproxy-passthrough')} |",
     f"| Pingora passthrough / HAProxy passthrough | {ratio('pingora-passthrough', 'haproxy-passthrough')} |",
+    f"| Pingora passthrough with mimalloc / plain Pingora passthrough | {ratio('pingora-passthrough-mimalloc', 'pingora-passthrough')} |",
 ]
 if "claimgate-es256-cache" in med and "claimgate-es256-cache-reloading" in med:
     lines.append(f"| p99 with a reload every second / p99 without | "

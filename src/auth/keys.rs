@@ -1,7 +1,8 @@
 //! Verification keys: loaded and parsed once, when the configuration loads, never per request.
 
+use super::signature::{SignatureKey, UnusableKey};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -11,9 +12,8 @@ use thiserror::Error;
 pub struct VerifyKey {
     pub kid: Option<String>,
     pub alg: Algorithm,
-    pub key: DecodingKey,
-    /// Signature-only validation pinned to `alg`; claims are checked by [`super::verify`].
-    pub validation: Validation,
+    /// Parsed once; claims are checked by [`super::verify`].
+    pub key: SignatureKey,
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -57,6 +57,8 @@ pub enum KeyError {
     UnknownAlgorithm(String),
     #[error("an issuer cannot mix HMAC (HS*) and public-key algorithms")]
     MixedFamilies,
+    #[error("`{path}`: {source}")]
+    Unusable { path: PathBuf, source: UnusableKey },
 }
 
 /// Parses an algorithm name from configuration; `none` is not an algorithm.
@@ -84,21 +86,16 @@ fn allowed_list(algs: &[Algorithm]) -> String {
         .join(", ")
 }
 
-fn pinned(kid: Option<String>, alg: Algorithm, key: DecodingKey) -> VerifyKey {
-    let mut validation = Validation::new(alg);
-    // Claims are validated against the injected clock in `verify`, where every failure gets its
-    // own reason; here only the signature is checked.
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.leeway = 0;
-    VerifyKey {
+fn pinned(
+    kid: Option<String>,
+    alg: Algorithm,
+    key: &DecodingKey,
+) -> Result<VerifyKey, UnusableKey> {
+    Ok(VerifyKey {
         kid,
         alg,
-        key,
-        validation,
-    }
+        key: SignatureKey::new(alg, key)?,
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
@@ -155,10 +152,13 @@ pub fn from_pem_file(
             allowed: allowed_list(allowed),
         });
     }
-    Ok(algs
-        .into_iter()
-        .map(|alg| pinned(kid.map(str::to_string), alg, key.clone()))
-        .collect())
+    algs.into_iter()
+        .map(|alg| pinned(kid.map(str::to_string), alg, &key))
+        .collect::<Result<_, _>>()
+        .map_err(|source| KeyError::Unusable {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn rsa_algorithms(allowed: &[Algorithm]) -> Vec<Algorithm> {
@@ -245,7 +245,10 @@ pub fn from_jwks_bytes(bytes: &[u8], allowed: &[Algorithm]) -> Result<Vec<Verify
             continue;
         };
         for alg in algs {
-            out.push(pinned(jwk.common.key_id.clone(), alg, key.clone()));
+            match pinned(jwk.common.key_id.clone(), alg, &key) {
+                Ok(k) => out.push(k),
+                Err(e) => tracing::warn!(kid = ?jwk.common.key_id, "skipping a JWKS key: {e}"),
+            }
         }
     }
     if out.is_empty() {
@@ -273,10 +276,10 @@ pub fn from_secret(
         return Err(KeyError::SecretWithoutHmac);
     }
     let key = DecodingKey::from_secret(secret);
-    Ok(algs
-        .into_iter()
-        .map(|alg| pinned(kid.map(str::to_string), alg, key.clone()))
-        .collect())
+    algs.into_iter()
+        .map(|alg| pinned(kid.map(str::to_string), alg, &key))
+        .collect::<Result<_, _>>()
+        .map_err(|_| KeyError::SecretWithoutHmac)
 }
 
 /// Reads a secret from an environment variable.

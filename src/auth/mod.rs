@@ -12,3 +12,4 @@ pub use error::TokenError;
 pub use issuer::{Issuer, IssuerSet};
 pub use verify::VerifiedToken;
 pub mod remote;
+pub mod signature;

@@ -1,7 +1,6 @@
 //! A plain Pingora reverse proxy with no token or policy work: the baseline of the load
 //! benchmark (`benches/load/run.sh`). Same Pingora version and server settings as claimgate.
-//!
-//! Usage: `passthrough LISTEN UPSTREAM [THREADS]`, e.g. `passthrough 127.0.0.1:18081 127.0.0.1:18080 1`
+//! Shared by the `passthrough` (system allocator) and `passthrough_mimalloc` examples.
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -26,7 +25,7 @@ impl ProxyHttp for Passthrough {
     }
 }
 
-fn main() {
+pub fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
         eprintln!("usage: passthrough LISTEN UPSTREAM [THREADS]");

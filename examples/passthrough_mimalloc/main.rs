@@ -1,0 +1,14 @@
+//! The same passthrough with the allocator claimgate uses (mimalloc), so the load benchmark can
+//! tell the cost of claimgate's own work apart from the gain of the allocator.
+//!
+//! Usage: `passthrough_mimalloc LISTEN UPSTREAM [THREADS]`
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[path = "../passthrough/proxy.rs"]
+mod proxy;
+
+fn main() {
+    proxy::main()
+}
