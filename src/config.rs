@@ -109,6 +109,11 @@ pub struct Limits {
     /// How long the client may take to send each part of a body the rules read; then 408.
     #[serde(default = "default_client_body_timeout_ms")]
     pub client_body_timeout_ms: u64,
+    /// How long a client may take to send a whole request head, counted from its first byte;
+    /// then 408 and the connection closes. Pingora's own timeout is per read, which a client
+    /// sending a byte at a time never trips (slowloris).
+    #[serde(default = "default_request_head_timeout_ms")]
+    pub request_head_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -119,6 +124,7 @@ impl Default for Limits {
             max_headers: default_max_headers(),
             max_claims_depth: default_max_claims_depth(),
             client_body_timeout_ms: default_client_body_timeout_ms(),
+            request_head_timeout_ms: default_request_head_timeout_ms(),
         }
     }
 }
@@ -133,6 +139,9 @@ fn default_max_headers() -> usize {
     100
 }
 fn default_client_body_timeout_ms() -> u64 {
+    10_000
+}
+fn default_request_head_timeout_ms() -> u64 {
     10_000
 }
 

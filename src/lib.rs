@@ -12,6 +12,7 @@ pub mod engine;
 pub mod explain;
 pub mod facts;
 pub mod geo;
+pub mod head_timeout;
 pub mod location;
 pub mod path;
 pub mod policy;

@@ -3,6 +3,7 @@
 
 use crate::engine::{Snapshot, Step};
 use crate::facts::{bare_host, Body, RequestFacts};
+use crate::head_timeout::HeadTimedStream;
 use crate::policy::decision::Allow;
 use crate::policy::route::RouteMatch;
 use crate::policy::{Decision, DenyReason, Outcome};
@@ -305,6 +306,18 @@ impl ProxyHttp for ClaimgateProxy {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx::default()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // The head is in: stop its deadline before anything (a body read) can wait.
+        if let Some(s) = HeadTimedStream::of(session.as_downstream().stream()) {
+            s.head_complete();
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {

@@ -149,7 +149,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
         ClaimgateProxy {
             state: state.clone(),
@@ -157,7 +157,14 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             clock,
             sources: crate::sources::SourceFetcher::new(Some(metrics.clone())),
         },
-        "claimgate proxy",
+    );
+    let mut proxy = Service::new(
+        "claimgate proxy".to_string(),
+        crate::head_timeout::HeadTimeoutApp {
+            inner: Arc::new(proxy_app),
+            state: state.clone(),
+            metrics: metrics.clone(),
+        },
     );
     proxy.add_tcp(&proxy_addr.to_string());
     server.add_service(proxy);

@@ -30,6 +30,10 @@ pub enum DenyReason {
     IncompleteBody,
     /// More header bytes or fields than `limits` allow.
     HeadersTooLarge,
+    /// The request head did not arrive within `limits.request_head_timeout_ms`.
+    HeadTimeout,
+    /// Evaluating the route's rules took more than `limits.max_eval_steps`.
+    EvalBudget,
 }
 
 impl DenyReason {
@@ -47,6 +51,8 @@ impl DenyReason {
             DenyReason::SourceUnavailable => "source_unavailable",
             DenyReason::IncompleteBody => "incomplete_body",
             DenyReason::HeadersTooLarge => "headers_too_large",
+            DenyReason::HeadTimeout => "request_head_timeout",
+            DenyReason::EvalBudget => "evaluation_budget",
         }
     }
 }

@@ -452,3 +452,117 @@ async fn claims_nested_deeper_than_the_limit_are_refused() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["reason"], "claims_too_deep");
 }
+
+/// Reads one HTTP/1.1 response (head and a Content-Length body) from a kept-alive connection.
+fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return String::from_utf8_lossy(&buf).into_owned(),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = s.read_exact(&mut body);
+    head + &String::from_utf8_lossy(&body)
+}
+
+#[tokio::test]
+async fn a_request_head_sent_a_little_at_a_time_is_cut_off_with_408() {
+    let (up, gw) = start_standard(
+        "[limits]\nrequest_head_timeout_ms = 800\n",
+        &[("api.toml", RULES)],
+    );
+    let mut s = TcpStream::connect(gw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let started = std::time::Instant::now();
+    // Each piece arrives well inside Pingora's per-read timeout; only the whole-head deadline
+    // can stop this.
+    let drip = std::thread::spawn(move || {
+        let _ = writer.write_all(b"GET /api/x HTTP/1.1\r\nHost: a\r\n");
+        for i in 0..40 {
+            std::thread::sleep(Duration::from_millis(100));
+            if writer
+                .write_all(format!("x-h{i}: v\r\n").as_bytes())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let took = started.elapsed();
+    drip.join().unwrap();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("\"reason\":\"request_head_timeout\""), "{out}");
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(3000),
+        "cut off after {took:?}"
+    );
+    assert_eq!(up.count(), 0);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "claimgate_denials_total",
+            &[
+                ("route", "_unmatched"),
+                ("rule", ""),
+                ("reason", "request_head_timeout")
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn the_head_deadline_spares_slow_bodies_and_idle_keepalive_connections() {
+    let (up, gw) = start_standard(
+        "[limits]\nrequest_head_timeout_ms = 800\n",
+        &[("api.toml", RULES)],
+    );
+    let t = hs(&claims(
+        "https://hs.test",
+        json!({"sub": "u1", "level": 2, "permissions": ["read"]}),
+    ));
+    let mut s = TcpStream::connect(gw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A body streamed to the upstream over 1.5 s: the body is not the head.
+    s.write_all(
+        format!("POST /api/upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\nContent-Length: 10\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(b"ab").unwrap();
+    }
+    let first = read_response(&mut s);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // A denied request, then the connection sits idle for longer than the head deadline: the
+    // next request is served (waiting for a request is the keepalive timeout's business).
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let second = read_response(&mut s);
+    assert!(second.starts_with("HTTP/1.1 401"), "{second}");
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(
+        format!("GET /api/y HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let third = read_response(&mut s);
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    assert_eq!(up.count(), 2);
+}

@@ -1,0 +1,306 @@
+//! A deadline for the whole request head (slowloris). Pingora times out each read of the head
+//! (60 s), so a client that sends one byte every 59 s holds its connection and its task forever.
+//! Pingora reads the head before any hook runs, so the deadline lives in the stream: every
+//! downstream connection is wrapped in [`HeadTimedStream`], which arms a timer when the first
+//! byte of a request head arrives and fails reads once it fires; the proxy marks the head as
+//! complete in its first hook, and the connection loop marks the stream idle between requests.
+//! Waiting for the next request on a kept-alive connection is not counted: that is Pingora's
+//! keepalive timeout.
+
+use crate::engine::Snapshot;
+use crate::policy::{DenyReason, Outcome};
+use crate::telemetry::Metrics;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const IN_REQUEST: u8 = 2;
+
+/// A downstream connection whose request heads must arrive within a deadline.
+pub struct HeadTimedStream {
+    inner: Stream,
+    phase: AtomicU8,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Set once the deadline fired; the 408 still to be written, and whether it was.
+    expired: Option<(Vec<u8>, usize)>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for HeadTimedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadTimedStream")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl HeadTimedStream {
+    fn new(inner: Stream, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        HeadTimedStream {
+            inner,
+            phase: AtomicU8::new(IDLE),
+            timeout,
+            timer: None,
+            expired: None,
+            metrics,
+        }
+    }
+
+    /// The head was parsed: reads from here on are the body, which has its own limits.
+    pub fn head_complete(&self) {
+        self.phase.store(IN_REQUEST, Ordering::Relaxed);
+    }
+
+    /// The request was answered (and its body drained): the next bytes start a new head.
+    fn request_done(&self) {
+        self.phase.store(IDLE, Ordering::Relaxed);
+    }
+
+    /// The wrapper of a session's downstream stream, when it has one.
+    pub fn of(stream: Option<&Stream>) -> Option<&HeadTimedStream> {
+        stream.and_then(|s| s.as_any().downcast_ref::<HeadTimedStream>())
+    }
+
+    fn expire(&mut self) {
+        let decision = crate::engine::bad_request(
+            DenyReason::HeadTimeout,
+            format!(
+                "the request head did not arrive within {} ms",
+                self.timeout.as_millis()
+            ),
+        );
+        let Outcome::Deny(denial) = &decision.outcome else {
+            return;
+        };
+        let mut denial = denial.clone();
+        denial.status = 408;
+        self.metrics.record(
+            &crate::policy::Decision {
+                outcome: Outcome::Deny(denial.clone()),
+                ..decision
+            },
+            Duration::ZERO,
+        );
+        tracing::info!(
+            reason = "request_head_timeout",
+            timeout_ms = self.timeout.as_millis() as u64,
+            "closing a connection whose request head did not arrive in time"
+        );
+        let body = denial.body(None);
+        let mut response = format!(
+            "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(&body);
+        self.expired = Some((response, 0));
+    }
+
+    /// Writes what it can of the 408 without waiting: the socket's buffer is empty (nothing was
+    /// answered on this head yet), so it normally all goes at once; if not, the client that
+    /// stalled its own request does not get to stall this too.
+    fn send_timeout_response(&mut self, cx: &mut Context<'_>) {
+        let Some((bytes, written)) = &mut self.expired else {
+            return;
+        };
+        while *written < bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => *written += n,
+                _ => return,
+            }
+        }
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+    }
+}
+
+impl AsyncRead for HeadTimedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.expired.is_some() {
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        match this.phase.load(Ordering::Relaxed) {
+            HEAD => {
+                if let Some(timer) = &mut this.timer {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        this.timer = None;
+                        this.expire();
+                        this.send_timeout_response(cx);
+                        return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+                    }
+                }
+            }
+            _ => this.timer = None,
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && this.phase.load(Ordering::Relaxed) == IDLE
+        {
+            this.phase.store(HEAD, Ordering::Relaxed);
+            let mut timer = Box::pin(tokio::time::sleep_until(Instant::now() + this.timeout));
+            // Registers the waker, so a client that then sends nothing is still cut off.
+            let _ = timer.as_mut().poll(cx);
+            this.timer = Some(timer);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for HeadTimedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadTimedStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeadTimedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadTimedStream {}
+
+impl GetTimingDigest for HeadTimedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadTimedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeadTimedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeadTimedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// Serves HTTP/1 connections for an HTTP app (the proxy), each in a [`HeadTimedStream`] with
+/// the deadline of the configuration current when the connection is accepted. The keepalive loop
+/// is Pingora's own (a new session per request on the same stream); it is here so the stream
+/// can be marked idle between requests, after Pingora drained the previous body. The gateway
+/// serves neither TLS nor h2c downstream, so HTTP/1 is all this needs to handle.
+pub struct HeadTimeoutApp<A> {
+    pub inner: Arc<A>,
+    pub state: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeadTimeoutApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let ms = self.state.load().config.raw.limits.request_head_timeout_ms;
+        let wrapped = HeadTimedStream::new(
+            stream,
+            Duration::from_millis(ms.max(1)),
+            self.metrics.clone(),
+        );
+        let mut session = ServerSession::new_http1(Box::new(wrapped));
+        // Pingora's defaults for a new connection: keepalive 60 s unless shutting down.
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        session.set_keepalive_reuses_remaining(
+            self.inner
+                .server_options()
+                .and_then(|o| o.keepalive_request_limit),
+        );
+        let mut reused = self.inner.process_new_http(session, shutdown).await;
+        while let Some((stream, settings)) = reused.map(|r| r.consume()) {
+            if let Some(s) = HeadTimedStream::of(Some(&stream)) {
+                s.request_done();
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            reused = self.inner.process_new_http(session, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
