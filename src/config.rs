@@ -114,6 +114,10 @@ pub struct Limits {
     /// sending a byte at a time never trips (slowloris).
     #[serde(default = "default_request_head_timeout_ms")]
     pub request_head_timeout_ms: u64,
+    /// The most evaluation steps any one expression may take on inputs within these limits,
+    /// judged when the rules load (an expression over it does not load).
+    #[serde(default = "default_max_eval_steps")]
+    pub max_eval_steps: u64,
 }
 
 impl Default for Limits {
@@ -125,6 +129,7 @@ impl Default for Limits {
             max_claims_depth: default_max_claims_depth(),
             client_body_timeout_ms: default_client_body_timeout_ms(),
             request_head_timeout_ms: default_request_head_timeout_ms(),
+            max_eval_steps: default_max_eval_steps(),
         }
     }
 }
@@ -143,6 +148,9 @@ fn default_client_body_timeout_ms() -> u64 {
 }
 fn default_request_head_timeout_ms() -> u64 {
     10_000
+}
+fn default_max_eval_steps() -> u64 {
+    crate::policy::load::DEFAULT_MAX_EVAL_STEPS
 }
 
 fn default_max_token_bytes() -> usize {

@@ -8,13 +8,14 @@ use crate::config::{AuthMode, Config, UnmatchedAction};
 use crate::facts::{Activation, Body, Inputs, RequestFacts};
 use crate::geo::GeoResolver;
 use crate::location::SourceError;
+use crate::policy::analysis::InputBounds;
 use crate::policy::cel::string_map;
 use crate::policy::decision::Allow;
 use crate::policy::eval::evaluate_traced;
 use crate::policy::route::RouteMatch;
 use crate::policy::trace::{RouteTrace, SourceTrace, TokenTrace};
 use crate::policy::Trace;
-use crate::policy::{Decision, Denial, DenyReason, LoadContext, Outcome, PolicySet};
+use crate::policy::{Decision, Denial, DenyReason, EvalBudget, LoadContext, Outcome, PolicySet};
 use crate::sources::{FailMode, SourceRequest, SourceSet, SourceSpec, SourceValue};
 use crate::upstream::Upstreams;
 use chrono::{DateTime, Utc};
@@ -716,5 +717,25 @@ pub fn load_context(config: &Config, sources: &SourceSet) -> LoadContext {
             .iter()
             .map(|s| (s.name.to_string(), s.reads_body))
             .collect(),
+        eval: eval_budget(config, sources),
+    }
+}
+
+/// The input sizes the limits allow, for the load-time evaluation budget.
+fn eval_budget(config: &Config, sources: &SourceSet) -> EvalBudget {
+    let limits = &config.raw.limits;
+    let largest_source = sources
+        .iter()
+        .map(|s| s.settings.max_response_bytes)
+        .max()
+        .unwrap_or(1);
+    EvalBudget {
+        bounds: InputBounds::from_bytes(
+            limits.max_token_bytes,
+            crate::policy::MAX_BODY_LIMIT,
+            limits.max_header_bytes,
+            largest_source,
+        ),
+        max_steps: limits.max_eval_steps,
     }
 }

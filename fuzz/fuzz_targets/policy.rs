@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         upstreams: vec!["main".into()],
         default_upstream: Some("main".into()),
         sources: [("balance".to_string(), false)].into_iter().collect(),
+        ..LoadContext::default()
     };
     if let Err(errors) = PolicySet::from_sources(&[("fuzz.toml".into(), text.to_string())], &ctx) {
         for e in errors {

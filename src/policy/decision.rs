@@ -32,8 +32,6 @@ pub enum DenyReason {
     HeadersTooLarge,
     /// The request head did not arrive within `limits.request_head_timeout_ms`.
     HeadTimeout,
-    /// Evaluating the route's rules took more than `limits.max_eval_steps`.
-    EvalBudget,
 }
 
 impl DenyReason {
@@ -52,7 +50,6 @@ impl DenyReason {
             DenyReason::IncompleteBody => "incomplete_body",
             DenyReason::HeadersTooLarge => "headers_too_large",
             DenyReason::HeadTimeout => "request_head_timeout",
-            DenyReason::EvalBudget => "evaluation_budget",
         }
     }
 }

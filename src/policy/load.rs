@@ -1,6 +1,7 @@
 //! `rules/*.toml` -> a compiled, validated [`PolicySet`]. Every error names file, line and column,
 //! and all of them are reported in one pass.
 
+use super::analysis::{free_variables, worst_case_steps, InputBounds};
 use super::cel::{CelRuntime, VARIABLES};
 use super::route::RouteIndex;
 use super::{
@@ -115,6 +116,28 @@ pub struct LoadContext {
     pub default_upstream: Option<String>,
     /// External sources by name, and whether the source's request templates read `body`.
     pub sources: BTreeMap<String, bool>,
+    /// How large inputs can be, and how many evaluation steps an expression may take at worst.
+    pub eval: EvalBudget,
+}
+
+/// The worst-case evaluation budget of each expression (see [`super::analysis`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EvalBudget {
+    pub bounds: InputBounds,
+    pub max_steps: u64,
+}
+
+/// The default of `limits.max_eval_steps`: about 10-50 ms of the interpreter at its slowest
+/// (measured 1-5 M steps/s), while one pass over the largest body list fits many times.
+pub const DEFAULT_MAX_EVAL_STEPS: u64 = 1_000_000;
+
+impl Default for EvalBudget {
+    fn default() -> Self {
+        EvalBudget {
+            bounds: InputBounds::from_bytes(8 * 1024, MAX_BODY_LIMIT, 32 * 1024, 64 * 1024),
+            max_steps: DEFAULT_MAX_EVAL_STEPS,
+        }
+    }
 }
 
 /// Headers a route may not set: they belong to the HTTP connection or to the client's identity
@@ -196,6 +219,7 @@ impl PolicySet {
             reads_claims: false,
             warnings: Vec::new(),
             memo_slots: 0,
+            body_bound: MAX_BODY_LIMIT,
         };
         for (path, src) in sources {
             loader.file(path, src);
@@ -232,6 +256,8 @@ struct Loader<'c> {
     warnings: Vec<SourceError>,
     /// Expressions that read only the token, numbered for their memo slots.
     memo_slots: u32,
+    /// Per route being loaded: the largest body its rules can see, for the evaluation budget.
+    body_bound: usize,
 }
 
 /// The attribute names an expression reads as `attr.name`.
@@ -270,7 +296,7 @@ fn constant_rule(cel: &CelRuntime, c: &Condition, mode: Mode) -> Option<&'static
         Condition::AllowIf(p) => (p, false),
         Condition::DenyIf(p) => (p, true),
     };
-    if !p.program.references().variables().is_empty() {
+    if !free_variables(p.program.expression()).is_empty() {
         return None;
     }
     let ctx = cel.root().new_inner_scope();
@@ -355,14 +381,8 @@ impl Loader<'_> {
     ) -> Option<Expr> {
         match self.cel.compile(src) {
             Ok(p) => {
-                let refs = p.references();
-                let mut unknown: Vec<&str> = refs
-                    .variables()
-                    .into_iter()
-                    .filter(|v| !VARIABLES.contains(v))
-                    .collect();
-                unknown.sort_unstable();
-                if let Some(v) = unknown.first() {
+                let vars = free_variables(p.expression());
+                if let Some(v) = vars.iter().find(|v| !VARIABLES.contains(v)) {
                     self.errors.push(fx.err(
                         start,
                         format!(
@@ -372,18 +392,18 @@ impl Loader<'_> {
                     ));
                     return None;
                 }
-                if refs.has_variable("body") {
+                if vars.contains("body") {
                     self.reads_body = true;
                 }
-                if refs.has_variable("claims") || refs.has_variable("token") {
+                if vars.contains("claims") || vars.contains("token") {
                     self.reads_claims = true;
                 }
-                if refs.has_variable("attr") {
+                if vars.contains("attr") {
                     for a in attr_refs(src) {
                         self.attr_reads.push((a, start, what.to_string()));
                     }
                 }
-                if refs.has_variable("ext") {
+                if vars.contains("ext") {
                     let names = member_refs(src, "ext.");
                     if names.is_empty() {
                         self.errors.push(fx.err(
@@ -395,7 +415,27 @@ impl Loader<'_> {
                         self.ext_reads.push((n, start, what.to_string()));
                     }
                 }
-                let vars = refs.variables();
+                let bounds = InputBounds {
+                    body: (self.body_bound as u64 / 2).max(1),
+                    ..self.ctx.eval.bounds
+                };
+                let steps = worst_case_steps(p.expression(), &bounds);
+                if steps > self.ctx.eval.max_steps {
+                    let shown = if steps == u64::MAX {
+                        "more than 10^19".to_string()
+                    } else {
+                        steps.to_string()
+                    };
+                    self.errors.push(fx.err(
+                        start,
+                        format!(
+                            "{what}: may take up to {shown} evaluation steps on inputs within the limits \
+                             (`limits.max_eval_steps` = {}); iterate over request data once, not in nested loops",
+                            self.ctx.eval.max_steps
+                        ),
+                    ));
+                    return None;
+                }
                 let token_only =
                     !vars.is_empty() && vars.iter().all(|v| *v == "claims" || *v == "token");
                 let memo = token_only.then(|| {
@@ -559,6 +599,12 @@ impl Loader<'_> {
         self.reads_claims = false;
         let route_start = raw.span().start;
         let raw = raw.into_inner();
+        self.body_bound = raw
+            .body_limit
+            .as_ref()
+            .map(|l| *l.get_ref())
+            .filter(|l| (1..=MAX_BODY_LIMIT).contains(l))
+            .unwrap_or(MAX_BODY_LIMIT);
         let name = raw.name.get_ref().clone();
         if name.is_empty() {
             self.errors

@@ -1,5 +1,6 @@
 //! Policies: routes and their rules, loaded from `rules/*.toml` and compiled once.
 
+pub mod analysis;
 pub mod cel;
 pub mod decision;
 pub mod eval;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 pub use cel::CelRuntime;
 pub use decision::{AuditDenial, Decision, Denial, DenyReason, Outcome};
-pub use load::{LoadContext, PolicySet};
+pub use load::{EvalBudget, LoadContext, PolicySet};
 pub use trace::Trace;
 
 /// Whether a failing rule denies or is only recorded.

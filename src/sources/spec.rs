@@ -204,10 +204,10 @@ impl Compiler<'_> {
             };
             match self.cel.compile(expr) {
                 Ok(p) => {
-                    let refs = p.references();
-                    let bad: Vec<&str> = refs
-                        .variables()
-                        .into_iter()
+                    let vars = crate::policy::analysis::free_variables(p.expression());
+                    let bad: Vec<&str> = vars
+                        .iter()
+                        .copied()
                         .filter(|v| !TEMPLATE_VARIABLES.contains(v))
                         .collect();
                     if let Some(v) = bad.first() {
@@ -221,7 +221,7 @@ impl Compiler<'_> {
                         );
                         ok = false;
                     }
-                    if refs.has_variable("body") {
+                    if vars.contains("body") {
                         self.reads_body = true;
                     }
                     programs.push(p);

@@ -310,3 +310,64 @@ issuers = ["ec"]
         Some(2.0)
     );
 }
+
+const LIST_RULES: &str = r#"
+[[route]]
+name = "admin"
+path = "/api/admin"
+issuers = ["ec"]
+
+  [[route.rule]]
+  name = "has-admin-role"
+  allow_if = "has(claims.roles) && claims.roles.exists(r, r.startsWith('admin:'))"
+
+[[route]]
+name = "basket"
+path = "/api/basket"
+methods = ["POST"]
+issuers = ["ec"]
+body_limit = 8192
+
+  [[route.rule]]
+  name = "every-line-within-limit"
+  allow_if = "body.lines.all(l, l.amount <= claims.max) && body.lines.map(l, l.amount).size() <= 10"
+"#;
+
+#[tokio::test]
+async fn list_macros_bind_their_own_variables() {
+    let (up, gw) = start_standard("", &[("lists.toml", LIST_RULES)]);
+    let c = client();
+    let get = |roles: Value| {
+        c.get(gw.url("/api/admin"))
+            .bearer_auth(es256(json!({ "roles": roles })))
+            .send()
+    };
+    assert_eq!(
+        get(json!(["user", "admin:billing"]))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let denied = get(json!(["user"])).await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let body: Value = denied.json().await.unwrap();
+    assert_eq!(body["rule"], "has-admin-role");
+
+    let post = |lines: Value| {
+        c.post(gw.url("/api/basket"))
+            .bearer_auth(es256(json!({ "max": 100 })))
+            .header("content-type", "application/json")
+            .body(json!({ "lines": lines }).to_string())
+            .send()
+    };
+    let ok = post(json!([{"amount": 10}, {"amount": 100}]))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let over = post(json!([{"amount": 10}, {"amount": 101}]))
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 403);
+    assert_eq!(up.count(), 2);
+}

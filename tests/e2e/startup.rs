@@ -71,6 +71,42 @@ issuers = ["ec"]
 }
 
 #[test]
+fn nested_loops_over_request_data_are_refused_at_load() {
+    let up = "127.0.0.1:9".parse().unwrap();
+    let rules = r#"[[route]]
+name = "pairs"
+path = "/pairs"
+issuers = ["ec"]
+  [[route.rule]]
+  name = "all-pairs-differ"
+  allow_if = "claims.ids.all(a, claims.ids.all(b, a == b || a != b))"
+"#;
+    let err = run_and_fail(&standard_config(up), &[("pairs.toml", rules)]);
+    assert!(
+        err.contains("pairs.toml:7:14: rule `all-pairs-differ`: may take up to"),
+        "{err}"
+    );
+    assert!(err.contains("`limits.max_eval_steps` = 1000000"), "{err}");
+    // The same rule loads when the operator raises the budget on purpose.
+    let config = format!(
+        "{}\n[limits]\nmax_eval_steps = 1000000000\n",
+        standard_config(up)
+    );
+    let (dir, _, _) = write_setup(&config, &[("pairs.toml", rules)]);
+    let out = binary()
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn config_errors_are_located_and_check_agrees() {
     let up = "127.0.0.1:9".parse().unwrap();
     let config = standard_config(up).replace(
