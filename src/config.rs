@@ -106,6 +106,10 @@ pub struct Limits {
     /// Deepest nesting of arrays and objects in a token's claims; deeper gets 401.
     #[serde(default = "default_max_claims_depth")]
     pub max_claims_depth: usize,
+    /// Largest decoded claims (the token's JSON payload), in bytes; larger gets 401. Lets an
+    /// operator accept large token headers (`max_token_bytes`) while keeping claims small.
+    #[serde(default = "default_max_claims_bytes")]
+    pub max_claims_bytes: usize,
     /// How long the client may take to send each part of a body the rules read; then 408.
     #[serde(default = "default_client_body_timeout_ms")]
     pub client_body_timeout_ms: u64,
@@ -127,6 +131,7 @@ impl Default for Limits {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             max_claims_depth: default_max_claims_depth(),
+            max_claims_bytes: default_max_claims_bytes(),
             client_body_timeout_ms: default_client_body_timeout_ms(),
             request_head_timeout_ms: default_request_head_timeout_ms(),
             max_eval_steps: default_max_eval_steps(),
@@ -148,6 +153,9 @@ fn default_client_body_timeout_ms() -> u64 {
 }
 fn default_request_head_timeout_ms() -> u64 {
     10_000
+}
+fn default_max_claims_bytes() -> usize {
+    8 * 1024
 }
 fn default_max_eval_steps() -> u64 {
     crate::policy::load::DEFAULT_MAX_EVAL_STEPS

@@ -410,6 +410,12 @@ impl Snapshot {
         issuers: &[Arc<Issuer>],
         now: i64,
     ) -> Result<VerifiedToken, Rejection> {
+        // The payload's decoded size follows from its base64 length: no need to decode, or to
+        // spend a signature check, on claims that will be refused anyway.
+        let payload = raw.split('.').nth(1).map_or(0, str::len);
+        if payload * 3 / 4 > self.config.raw.limits.max_claims_bytes {
+            return Err(TokenError::ClaimsTooLarge.into());
+        }
         let t = verify::verify(raw, issuers, now)?;
         let max = self.config.raw.limits.max_claims_depth;
         if t.claims.values().any(|v| json_depth(v, max) > max) {
@@ -731,7 +737,7 @@ fn eval_budget(config: &Config, sources: &SourceSet) -> EvalBudget {
         .unwrap_or(1);
     EvalBudget {
         bounds: InputBounds::from_bytes(
-            limits.max_token_bytes,
+            limits.max_token_bytes.min(limits.max_claims_bytes),
             crate::policy::MAX_BODY_LIMIT,
             limits.max_header_bytes,
             largest_source,

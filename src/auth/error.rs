@@ -33,6 +33,8 @@ pub enum TokenError {
     WrongAudience,
     #[error("the token's claims are nested too deeply")]
     ClaimsTooDeep,
+    #[error("the token's claims are too large")]
+    ClaimsTooLarge,
 }
 
 impl TokenError {
@@ -54,6 +56,7 @@ impl TokenError {
             TokenError::WrongIssuer => "wrong_issuer",
             TokenError::WrongAudience => "wrong_audience",
             TokenError::ClaimsTooDeep => "claims_too_deep",
+            TokenError::ClaimsTooLarge => "claims_too_large",
         }
     }
 

@@ -566,3 +566,34 @@ async fn the_head_deadline_spares_slow_bodies_and_idle_keepalive_connections() {
     assert!(third.starts_with("HTTP/1.1 200"), "{third}");
     assert_eq!(up.count(), 2);
 }
+
+#[tokio::test]
+async fn claims_larger_than_their_limit_are_refused_before_verification() {
+    let (up, gw) = start_standard(
+        "[limits]\nmax_token_bytes = 65536\nmax_claims_bytes = 1024\n",
+        &[("api.toml", RULES)],
+    );
+    let base = json!({"sub": "u1", "level": 2, "permissions": ["read"]});
+    let small = hs(&claims("https://hs.test", base.clone()));
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&small)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut big = base;
+    big["padding"] = json!("p".repeat(2000));
+    let big = hs(&claims("https://hs.test", big));
+    assert!(big.len() < 65536);
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "claims_too_large");
+    assert_eq!(up.count(), 1);
+}
