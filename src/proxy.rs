@@ -8,7 +8,7 @@ use crate::policy::decision::Allow;
 use crate::policy::route::RouteMatch;
 use crate::policy::{Decision, DenyReason, Outcome};
 use crate::sources::SourceFetcher;
-use crate::telemetry::{log_decision, LogFacts, Metrics};
+use crate::telemetry::{log_decision, LogFacts, Metrics, RouteMetrics};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -57,6 +57,8 @@ pub struct RequestCtx {
     route: Option<Arc<str>>,
     upstream_started: Option<Instant>,
     upstream_observed: bool,
+    /// The route's metric series, resolved when the request was decided.
+    route_metrics: Option<Arc<RouteMetrics>>,
     /// The normalised path, when it differs from what the client sent.
     rewritten_path: Option<String>,
 }
@@ -76,16 +78,6 @@ fn request_id(req: &RequestHeader) -> String {
         })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
-}
-
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
 }
 
 /// The host a route is matched on; refuses requests whose host is ambiguous: several Host
@@ -161,10 +153,11 @@ impl ClaimgateProxy {
         log: &LogFacts<'_>,
         started: Instant,
         snapshot: &Snapshot,
-    ) {
+    ) -> Arc<RouteMetrics> {
         let took = started.elapsed();
-        self.metrics.record(decision, took);
+        let series = self.metrics.record(decision, took);
         log_decision(decision, log, took, &snapshot.config.raw.logging);
+        series
     }
 
     /// The decision core's two halves, with the route's external sources fetched between them.
@@ -212,7 +205,7 @@ impl ClaimgateProxy {
             headers: &req.headers,
             geo: &snapshot.geo,
         };
-        self.observe(&decision, &log, started, &snapshot);
+        ctx.route_metrics = Some(self.observe(&decision, &log, started, &snapshot));
         self.conclude(session, ctx, snapshot, decision).await
     }
 
@@ -426,7 +419,7 @@ impl ProxyHttp for ClaimgateProxy {
             headers: facts.headers,
             geo: &snapshot.geo,
         };
-        self.observe(&decision, &log, started, &snapshot);
+        ctx.route_metrics = Some(self.observe(&decision, &log, started, &snapshot));
         self.conclude(session, ctx, snapshot, decision).await
     }
 
@@ -497,17 +490,12 @@ impl ProxyHttp for ClaimgateProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let route = ctx.route.as_deref().unwrap_or(crate::telemetry::UNMATCHED);
-        if let Some(t) = ctx.upstream_started {
-            self.metrics
-                .upstream_seconds
-                .with_label_values(&[route])
-                .observe(t.elapsed().as_secs_f64());
+        if let Some(series) = &ctx.route_metrics {
+            if let Some(t) = ctx.upstream_started {
+                series.upstream_time(&self.metrics, t.elapsed());
+            }
+            series.upstream_response(&self.metrics, Some(upstream_response.status.as_u16()));
         }
-        self.metrics
-            .upstream_responses
-            .with_label_values(&[route, status_class(upstream_response.status.as_u16())])
-            .inc();
         ctx.upstream_observed = true;
         Ok(())
     }
@@ -518,11 +506,9 @@ impl ProxyHttp for ClaimgateProxy {
     {
         // An allowed request that got no upstream response header: the upstream failed.
         if ctx.allow.is_some() && !ctx.upstream_observed && e.is_some() {
-            let route = ctx.route.as_deref().unwrap_or(crate::telemetry::UNMATCHED);
-            self.metrics
-                .upstream_responses
-                .with_label_values(&[route, "error"])
-                .inc();
+            if let Some(series) = &ctx.route_metrics {
+                series.upstream_response(&self.metrics, None);
+            }
         }
     }
 

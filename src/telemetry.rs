@@ -5,9 +5,13 @@
 
 use crate::config::{LoggingSettings, SubjectLogging};
 use crate::policy::Decision;
+use arc_swap::ArcSwap;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Route label for requests that matched no route.
@@ -28,6 +32,52 @@ pub struct Metrics {
     pub source_requests: IntCounterVec,
     pub source_seconds: HistogramVec,
     pub token_cache: IntCounterVec,
+    token_cache_hit: IntCounter,
+    token_cache_miss: IntCounter,
+    /// Each route's series, resolved once: a labelled lookup hashes its label values and takes
+    /// a lock, several times per request otherwise.
+    routes: ArcSwap<HashMap<Arc<str>, Arc<RouteMetrics>, ahash::RandomState>>,
+}
+
+/// Upstream response classes, in the order of [`RouteMetrics`]' counters.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// The series one route's requests update. Each is created on first use, so a route shows the
+/// same series it did with labelled lookups (none for what never happened).
+pub struct RouteMetrics {
+    route: Arc<str>,
+    decision_seconds: OnceLock<Histogram>,
+    allowed: OnceLock<IntCounter>,
+    denied: OnceLock<IntCounter>,
+    upstream_seconds: OnceLock<Histogram>,
+    upstream: [OnceLock<IntCounter>; 6],
+}
+
+impl RouteMetrics {
+    /// Counts an upstream response by status (`None`: no response came).
+    pub fn upstream_response(&self, metrics: &Metrics, status: Option<u16>) {
+        let i = match status {
+            Some(100..=199) => 0,
+            Some(200..=299) => 1,
+            Some(300..=399) => 2,
+            Some(400..=499) => 3,
+            Some(_) => 4,
+            None => 5,
+        };
+        self.upstream[i]
+            .get_or_init(|| {
+                metrics
+                    .upstream_responses
+                    .with_label_values(&[&self.route, CLASSES[i]])
+            })
+            .inc();
+    }
+
+    pub fn upstream_time(&self, metrics: &Metrics, took: Duration) {
+        self.upstream_seconds
+            .get_or_init(|| metrics.upstream_seconds.with_label_values(&[&self.route]))
+            .observe(took.as_secs_f64());
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -136,9 +186,8 @@ impl Metrics {
             ),
             &["result"],
         )?;
-        for r in ["hit", "miss"] {
-            token_cache.with_label_values(&[r]);
-        }
+        let token_cache_hit = token_cache.with_label_values(&["hit"]);
+        let token_cache_miss = token_cache.with_label_values(&["miss"]);
         registry.register(Box::new(token_cache.clone()))?;
         registry.register(Box::new(source_requests.clone()))?;
         registry.register(Box::new(source_seconds.clone()))?;
@@ -167,7 +216,33 @@ impl Metrics {
             source_requests,
             source_seconds,
             token_cache,
+            token_cache_hit,
+            token_cache_miss,
+            routes: ArcSwap::default(),
         })
+    }
+
+    /// The series of route `name` (or of unmatched requests).
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        if let Some(m) = self.routes.load().get(name) {
+            return m.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        let fresh = Arc::new(RouteMetrics {
+            route: name.clone(),
+            decision_seconds: OnceLock::new(),
+            allowed: OnceLock::new(),
+            denied: OnceLock::new(),
+            upstream_seconds: OnceLock::new(),
+            upstream: Default::default(),
+        });
+        // Route names come from configuration only, so this map is as bounded as the series.
+        self.routes.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(name.clone()).or_insert_with(|| fresh.clone());
+            map
+        });
+        self.routes.load().get(&name).cloned().unwrap_or(fresh)
     }
 
     /// Gives every configured source its series at zero, so dashboards and alerts see a source
@@ -183,21 +258,27 @@ impl Metrics {
         }
     }
 
-    /// Counts one decision.
-    pub fn record(&self, d: &Decision, took: Duration) {
+    /// Counts one decision; returns the route's series for the rest of the request.
+    pub fn record(&self, d: &Decision, took: Duration) -> Arc<RouteMetrics> {
         match d.token_cache {
-            Some(true) => self.token_cache.with_label_values(&["hit"]).inc(),
-            Some(false) => self.token_cache.with_label_values(&["miss"]).inc(),
+            Some(true) => self.token_cache_hit.inc(),
+            Some(false) => self.token_cache_miss.inc(),
             None => {}
         }
         let route = d.route.as_deref().unwrap_or(UNMATCHED);
-        self.decision_seconds
-            .with_label_values(&[route])
+        let rm = self.route(route);
+        rm.decision_seconds
+            .get_or_init(|| self.decision_seconds.with_label_values(&[route]))
             .observe(took.as_secs_f64());
         match d.denial() {
-            None => self.requests.with_label_values(&[route, "allow"]).inc(),
+            None => rm
+                .allowed
+                .get_or_init(|| self.requests.with_label_values(&[route, "allow"]))
+                .inc(),
             Some(den) => {
-                self.requests.with_label_values(&[route, "deny"]).inc();
+                rm.denied
+                    .get_or_init(|| self.requests.with_label_values(&[route, "deny"]))
+                    .inc();
                 let rule = den.rule.as_deref().unwrap_or("");
                 self.denials
                     .with_label_values(&[route, rule, den.reason.label()])
@@ -209,6 +290,7 @@ impl Metrics {
                 .with_label_values(&[route, &a.rule])
                 .inc();
         }
+        rm
     }
 
     /// The Prometheus text exposition.
