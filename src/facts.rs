@@ -4,7 +4,7 @@
 
 use crate::auth::VerifiedToken;
 use crate::geo::{GeoResolver, Location};
-use crate::policy::cel::{json_to_value, string_map, to_val, CelRuntime};
+use crate::policy::cel::{json_to_value, string_map, string_val_map, to_val, CelRuntime};
 use crate::policy::{AttrKind, Expr, Route};
 use cel::common::traits::Indexer;
 use cel::common::types::{self, CelString};
@@ -182,7 +182,7 @@ impl<'a> Activation<'a> {
     fn request_field(&self, name: &str) -> Option<&dyn Val> {
         let i = REQUEST_FIELDS.iter().position(|f| *f == name)?;
         let v = self.request_fields[i]
-            .get_or_init(|| to_val(request_field(name, self.req, self.params, self.client_ip())));
+            .get_or_init(|| request_field(name, self.req, self.params, self.client_ip()));
         Some(v.as_ref())
     }
 
@@ -417,22 +417,23 @@ fn request_field(
     req: &RequestFacts<'_>,
     params: &[(String, String)],
     client_ip: Option<IpAddr>,
-) -> Value {
-    match name {
+) -> Box<dyn Val> {
+    let v = match name {
         "method" => Value::from(req.method),
         "host" => Value::from(req.host.unwrap_or("")),
         "path" => Value::from(req.path),
-        "headers" => headers_value(req.headers),
-        "query" => query_value(req.query),
-        "params" => string_map(params.iter().map(|(k, v)| (k.clone(), v.clone()))),
+        "headers" => return headers_value(req.headers),
+        "query" => return query_value(req.query),
+        "params" => return string_val_map(params.iter().cloned()),
         "client_ip" => Value::String(Arc::new(
             client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         )),
         _ => Value::Null,
-    }
+    };
+    to_val(v)
 }
 
-fn headers_value(h: &HeaderMap) -> Value {
+fn headers_value(h: &HeaderMap) -> Box<dyn Val> {
     let mut headers: std::collections::HashMap<String, String> = Default::default();
     for (name, value) in h.iter() {
         let text = String::from_utf8_lossy(value.as_bytes());
@@ -444,10 +445,10 @@ fn headers_value(h: &HeaderMap) -> Value {
             })
             .or_insert_with(|| text.into_owned());
     }
-    string_map(headers)
+    string_val_map(headers)
 }
 
-fn query_value(q: Option<&str>) -> Value {
+fn query_value(q: Option<&str>) -> Box<dyn Val> {
     let mut query: std::collections::HashMap<String, String> = Default::default();
     if let Some(q) = q {
         // The first value of a repeated parameter wins, as in most frameworks.
@@ -457,5 +458,5 @@ fn query_value(q: Option<&str>) -> Value {
                 .or_insert_with(|| v.into_owned());
         }
     }
-    string_map(query)
+    string_val_map(query)
 }

@@ -86,6 +86,23 @@ pub fn to_val(v: Value) -> Box<dyn Val> {
     })
 }
 
+/// A map of strings to strings built straight as the interpreter's value, for request facts read
+/// on every request (`request.params`, `query`, `headers`): no intermediate `Value` to convert.
+pub fn string_val_map<I>(entries: I) -> Box<dyn Val>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    use cel::common::types::{CelMap, CelMapKey, CelString};
+    let map: std::collections::HashMap<CelMapKey<'static>, Box<dyn Val>> = entries
+        .into_iter()
+        .map(|(k, v)| {
+            let v: Box<dyn Val> = Box::new(CelString::from(v));
+            (CelMapKey::String(CelString::from(k)), v)
+        })
+        .collect();
+    Box::new(CelMap::from(map))
+}
+
 /// A map of string keys, for request facts.
 pub fn string_map<I, K, V>(entries: I) -> Value
 where
