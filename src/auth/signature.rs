@@ -38,16 +38,11 @@ impl SignatureKey {
         }
         // The same verification algorithms jsonwebtoken uses, so a key accepts exactly the
         // signatures it accepted there (RSA keys of 2048 bits and up).
-        let params: &'static dyn sig::VerificationAlgorithm = match alg {
-            Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-            Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-            Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-            Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-            Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-            Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-            Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
-            Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
-            Algorithm::EdDSA => &sig::ED25519,
+        let params: &'static dyn sig::VerificationAlgorithm = match (rsa_params(alg), alg) {
+            (Some(rsa), _) => rsa,
+            (None, Algorithm::ES256) => &sig::ECDSA_P256_SHA256_FIXED,
+            (None, Algorithm::ES384) => &sig::ECDSA_P384_SHA384_FIXED,
+            (None, Algorithm::EdDSA) => &sig::ED25519,
             _ => return Err(UnusableKey(alg)),
         };
         let parsed = match key.kind() {

@@ -409,19 +409,7 @@ async fn header_limits_answer_431_with_json() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.count(), 1);
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "claimgate_denials_total",
-            &[
-                ("route", "_unmatched"),
-                ("rule", ""),
-                ("reason", "headers_too_large")
-            ]
-        ),
-        Some(2.0)
-    );
+    assert_eq!(unmatched_denials(&gw, "headers_too_large").await, Some(2.0));
 }
 
 #[tokio::test]
@@ -451,6 +439,15 @@ async fn claims_nested_deeper_than_the_limit_are_refused() {
     assert_eq!(r.status(), 401);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["reason"], "claims_too_deep");
+}
+
+/// Requests refused before any route was chosen, for one reason.
+async fn unmatched_denials(gw: &Gateway, reason: &str) -> Option<f64> {
+    metric_value(
+        &gw.metrics().await,
+        "claimgate_denials_total",
+        &[("route", "_unmatched"), ("rule", ""), ("reason", reason)],
+    )
 }
 
 /// Reads one HTTP/1.1 response (head and a Content-Length body) from a kept-alive connection.
@@ -512,17 +509,8 @@ async fn a_request_head_sent_a_little_at_a_time_is_cut_off_with_408() {
         "cut off after {took:?}"
     );
     assert_eq!(up.count(), 0);
-    let m = gw.metrics().await;
     assert_eq!(
-        metric_value(
-            &m,
-            "claimgate_denials_total",
-            &[
-                ("route", "_unmatched"),
-                ("rule", ""),
-                ("reason", "request_head_timeout")
-            ]
-        ),
+        unmatched_denials(&gw, "request_head_timeout").await,
         Some(1.0)
     );
 }

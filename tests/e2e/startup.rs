@@ -70,6 +70,20 @@ issuers = ["ec"]
     }
 }
 
+fn assert_check_passes(dir: &std::path::Path) {
+    let out = binary()
+        .arg("check")
+        .arg("--config")
+        .arg(dir.join("gateway.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn nested_loops_over_request_data_are_refused_at_load() {
     let up = "127.0.0.1:9".parse().unwrap();
@@ -93,17 +107,7 @@ issuers = ["ec"]
         standard_config(up)
     );
     let (dir, _, _) = write_setup(&config, &[("pairs.toml", rules)]);
-    let out = binary()
-        .arg("check")
-        .arg("--config")
-        .arg(dir.path().join("gateway.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_check_passes(dir.path());
 }
 
 #[test]
@@ -135,17 +139,7 @@ fn config_errors_are_located_and_check_agrees() {
     );
 
     let (dir, _, _) = write_setup(&standard_config(up), &[]);
-    let out = binary()
-        .arg("check")
-        .arg("--config")
-        .arg(dir.path().join("gateway.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_check_passes(dir.path());
 }
 
 #[test]
