@@ -490,28 +490,31 @@ pub fn bad_path(e: crate::path::PathError) -> Decision {
 /// The answer to a body that stopped arriving: 400 when the client closed early, 408 when it
 /// was too slow.
 pub fn incomplete_body(timed_out: bool) -> Decision {
-    let mut d = bad_request(
-        DenyReason::IncompleteBody,
-        if timed_out {
-            "the request body did not arrive in time".into()
-        } else {
-            "the request body ended before its declared length".into()
-        },
-    );
-    if let Outcome::Deny(den) = &mut d.outcome {
-        if timed_out {
-            den.status = 408;
-        }
+    if timed_out {
+        refused(
+            408,
+            DenyReason::IncompleteBody,
+            "the request body did not arrive in time".into(),
+        )
+    } else {
+        bad_request(
+            DenyReason::IncompleteBody,
+            "the request body ended before its declared length".into(),
+        )
     }
-    d
 }
 
 /// A 400 decided before any route: the request itself is ambiguous.
 pub fn bad_request(reason: DenyReason, message: String) -> Decision {
+    refused(400, reason, message)
+}
+
+/// A denial decided before any route, from the request's form alone (framing, size, timing).
+pub fn refused(status: u16, reason: DenyReason, message: String) -> Decision {
     Decision {
         route: None,
         outcome: Outcome::Deny(Denial {
-            status: 400,
+            status,
             reason,
             rule: None,
             message,

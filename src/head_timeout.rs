@@ -8,7 +8,7 @@
 //! keepalive timeout.
 
 use crate::engine::Snapshot;
-use crate::policy::{DenyReason, Outcome};
+use crate::policy::DenyReason;
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -81,25 +81,18 @@ impl HeadTimedStream {
     }
 
     fn expire(&mut self) {
-        let decision = crate::engine::bad_request(
+        let decision = crate::engine::refused(
+            408,
             DenyReason::HeadTimeout,
             format!(
                 "the request head did not arrive within {} ms",
                 self.timeout.as_millis()
             ),
         );
-        let Outcome::Deny(denial) = &decision.outcome else {
+        self.metrics.record(&decision, Duration::ZERO);
+        let Some(denial) = decision.denial() else {
             return;
         };
-        let mut denial = denial.clone();
-        denial.status = 408;
-        self.metrics.record(
-            &crate::policy::Decision {
-                outcome: Outcome::Deny(denial.clone()),
-                ..decision
-            },
-            Duration::ZERO,
-        );
         tracing::info!(
             reason = "request_head_timeout",
             timeout_ms = self.timeout.as_millis() as u64,

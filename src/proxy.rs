@@ -324,16 +324,14 @@ impl ProxyHttp for ClaimgateProxy {
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum();
         if headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
-            let mut decision = crate::engine::bad_request(
+            let decision = crate::engine::refused(
+                431,
                 DenyReason::HeadersTooLarge,
                 format!(
                     "the request headers exceed {} fields or {} bytes",
                     limits.max_headers, limits.max_header_bytes
                 ),
             );
-            if let Outcome::Deny(d) = &mut decision.outcome {
-                d.status = 431;
-            }
             return self.refuse(session, ctx, snapshot, decision, started).await;
         }
         let host = match request_host(session.req_header()) {
