@@ -5,7 +5,7 @@
 use crate::auth::VerifiedToken;
 use crate::geo::{GeoResolver, Location};
 use crate::policy::cel::{json_to_value, string_map, string_val_map, to_val, CelRuntime};
-use crate::policy::{AttrKind, Expr, Route};
+use crate::policy::{native, AttrKind, Expr, Route};
 use cel::common::traits::Indexer;
 use cel::common::types::{self, CelString};
 use cel::common::value::{CowVal, Val};
@@ -131,7 +131,27 @@ impl<'a> Activation<'a> {
             (Some(slot), Some(t)) => t.memo(slot, self.memo_slots, || {
                 self.execute_program(&expr.program)
             }),
-            _ => self.execute_program(&expr.program),
+            _ => {
+                if let Some(b) = expr
+                    .native
+                    .as_ref()
+                    .and_then(|p| p.eval(&self.native_facts()))
+                {
+                    return Ok(Value::Bool(b));
+                }
+                self.execute_program(&expr.program)
+            }
+        }
+    }
+
+    fn native_facts(&self) -> native::Facts<'_> {
+        native::Facts {
+            claims: self.token.map(|t| &t.claims),
+            params: self.params,
+            method: self.req.method,
+            host: self.req.host,
+            path: self.req.path,
+            headers: self.req.headers,
         }
     }
 

@@ -44,8 +44,9 @@ pub fn normalise(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     }
     let mut out: Option<Vec<u8>> = None;
     // Every escape decoded, to check that the bytes the upstream may decode are valid UTF-8
-    // (this refuses overlong encodings such as `%C0%AF` for `/`).
-    let mut decoded_all: Vec<u8> = Vec::with_capacity(bytes.len());
+    // (this refuses overlong encodings such as `%C0%AF` for `/`). Kept only from the first
+    // escape on: a path without one is plain ASCII, checked byte by byte below.
+    let mut decoded_all: Option<Vec<u8>> = None;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -58,7 +59,9 @@ pub fn normalise(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
                     return Err(PathError::BadEncoding);
                 };
                 let decoded = h * 16 + l;
-                decoded_all.push(decoded);
+                decoded_all
+                    .get_or_insert_with(|| bytes[..i].to_vec())
+                    .push(decoded);
                 if matches!(decoded, b'/' | b'\\' | 0) {
                     return Err(PathError::EncodedSeparator);
                 }
@@ -81,10 +84,12 @@ pub fn normalise(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
         if let Some(buf) = out.as_mut() {
             buf.push(b);
         }
-        decoded_all.push(b);
+        if let Some(d) = decoded_all.as_mut() {
+            d.push(b);
+        }
         i += 1;
     }
-    if std::str::from_utf8(&decoded_all).is_err() {
+    if decoded_all.is_some_and(|d| std::str::from_utf8(&d).is_err()) {
         return Err(PathError::BadEncoding);
     }
     let result = match out {
@@ -95,14 +100,13 @@ pub fn normalise(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
         None => std::borrow::Cow::Borrowed(path),
     };
     // Segment checks run on the decoded path, so `%2e%2e` counts as `..`.
-    let segments: Vec<&str> = result[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (n, seg) in segments.iter().enumerate() {
-        if *seg == "." || *seg == ".." {
+    let mut segments = result[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        if seg == "." || seg == ".." {
             return Err(PathError::DotSegment);
         }
         // A trailing slash (`/a/`) is an empty last segment and is allowed.
-        if seg.is_empty() && n != last {
+        if seg.is_empty() && segments.peek().is_some() {
             return Err(PathError::EmptySegment);
         }
     }

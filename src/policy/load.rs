@@ -3,6 +3,7 @@
 
 use super::analysis::{free_variables, worst_case_steps, InputBounds};
 use super::cel::{CelRuntime, VARIABLES};
+use super::native::Plan;
 use super::route::RouteIndex;
 use super::{
     Attr, AttrKind, Condition, Expr, Forward, Message, Mode, Route, Rule, UpstreamCase,
@@ -442,7 +443,14 @@ impl Loader<'_> {
                     self.memo_slots += 1;
                     self.memo_slots - 1
                 });
-                Some(Expr { program: p, memo })
+                // A memoised expression runs once per token; the native form pays off only
+                // for what runs on every request.
+                let native = memo.is_none().then(|| Plan::of(p.expression())).flatten();
+                Some(Expr {
+                    program: p,
+                    memo,
+                    native,
+                })
             }
             Err(errs) => {
                 for e in errs.errors {

@@ -6,6 +6,7 @@ pub mod decision;
 pub mod eval;
 pub mod functions;
 pub mod load;
+pub mod native;
 pub mod route;
 pub mod trace;
 
@@ -37,6 +38,8 @@ pub enum Mode {
 pub struct Expr {
     pub program: Program,
     pub memo: Option<u32>,
+    /// The native form of a request-dependent condition, when it has one (see [`native`]).
+    pub native: Option<native::Plan>,
 }
 
 #[derive(Debug)]
