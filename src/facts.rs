@@ -127,20 +127,17 @@ impl<'a> Activation<'a> {
 
     /// Evaluates `expr`; one that reads only the token is evaluated once per token.
     pub fn execute(&self, expr: &Expr) -> Result<Value, ExecutionError> {
+        let run = || match expr
+            .native
+            .as_ref()
+            .and_then(|p| p.eval(&self.native_facts()))
+        {
+            Some(v) => Ok(v),
+            None => self.execute_program(&expr.program),
+        };
         match (expr.memo, self.token) {
-            (Some(slot), Some(t)) => t.memo(slot, self.memo_slots, || {
-                self.execute_program(&expr.program)
-            }),
-            _ => {
-                if let Some(b) = expr
-                    .native
-                    .as_ref()
-                    .and_then(|p| p.eval(&self.native_facts()))
-                {
-                    return Ok(Value::Bool(b));
-                }
-                self.execute_program(&expr.program)
-            }
+            (Some(slot), Some(t)) => t.memo(slot, self.memo_slots, run),
+            _ => run(),
         }
     }
 

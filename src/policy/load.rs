@@ -443,9 +443,7 @@ impl Loader<'_> {
                     self.memo_slots += 1;
                     self.memo_slots - 1
                 });
-                // A memoised expression runs once per token; the native form pays off only
-                // for what runs on every request.
-                let native = memo.is_none().then(|| Plan::of(p.expression())).flatten();
+                let native = Plan::of(p.expression());
                 Some(Expr {
                     program: p,
                     memo,

@@ -38,7 +38,7 @@ pub enum Mode {
 pub struct Expr {
     pub program: Program,
     pub memo: Option<u32>,
-    /// The native form of a request-dependent condition, when it has one (see [`native`]).
+    /// The native form of the expression, when it has one (see [`native`]).
     pub native: Option<native::Plan>,
 }
 

@@ -1,10 +1,12 @@
-//! Native evaluation of the commonest condition shapes, beside the CEL interpreter.
+//! Native evaluation of the commonest expression shapes, beside the CEL interpreter.
 //!
 //! Most request-dependent rules compare one request attribute with one claim or a literal
 //! (`request.params.id == claims.account`, `request.method in ['GET', 'HEAD']`,
 //! `request.path.startsWith('/admin')`). The interpreter pays for that with a child scope, a
 //! CEL map built for `request.params`, hashed lookups and boxed values: most of a cached
-//! decision's time. A [`Plan`] reads the same facts in place.
+//! decision's time. A [`Plan`] reads the same facts in place. The same holds for claim-only
+//! rules and forwarded claims (`claims.sub`) when the token is not cached: each of them would
+//! otherwise convert the claims to CEL and run the interpreter on every request.
 //!
 //! A plan answers only when the answer cannot differ from CEL's: both operands present and of
 //! the same kind (string, int or bool). Anything else (a missing claim, a type mismatch, a
@@ -27,19 +29,37 @@ pub struct Facts<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// A boolean expression compiled to native steps.
+/// An expression compiled to native steps: a condition, or a single attribute.
 #[derive(Debug)]
-pub struct Plan(Cond);
+pub struct Plan(Kind);
+
+#[derive(Debug)]
+enum Kind {
+    Cond(Cond),
+    Value(Operand),
+}
 
 impl Plan {
     /// The plan for `e`, when every part of it has a native form.
     pub fn of(e: &IdedExpr) -> Option<Plan> {
-        cond(e).map(Plan)
+        match cond(e)? {
+            // A bare attribute is a condition only when it is a bool; as a plan it gives its
+            // value, whatever the kind, and the caller treats it as the interpreter's result.
+            Cond::Is(o) => Some(Plan(Kind::Value(o))),
+            c => Some(Plan(Kind::Cond(c))),
+        }
     }
 
     /// The expression's value, or `None` when only the interpreter can tell.
-    pub fn eval(&self, f: &Facts<'_>) -> Option<bool> {
-        self.0.eval(f)
+    pub fn eval(&self, f: &Facts<'_>) -> Option<cel::Value> {
+        match &self.0 {
+            Kind::Cond(c) => c.eval(f).map(cel::Value::Bool),
+            Kind::Value(o) => Some(match o.eval(f)? {
+                V::Str(s) => cel::Value::String(std::sync::Arc::new(s.to_string())),
+                V::Int(i) => cel::Value::Int(i),
+                V::Bool(b) => cel::Value::Bool(b),
+            }),
+        }
     }
 }
 
@@ -107,6 +127,13 @@ enum V<'a> {
 }
 
 fn cond(e: &IdedExpr) -> Option<Cond> {
+    if let Some(o) = operand(e) {
+        return match o {
+            // A literal condition is rare and CEL's to answer.
+            Operand::Lit(_) => None,
+            o => Some(Cond::Is(o)),
+        };
+    }
     match &e.expr {
         Expr::Call(c) => {
             let two = || match c.args.as_slice() {
@@ -154,11 +181,7 @@ fn cond(e: &IdedExpr) -> Option<Cond> {
         Expr::Select(s) if s.test => {
             Some(Cond::Has(claim_path(&s.operand)?.into(), s.field.clone()))
         }
-        _ => match operand(e)? {
-            // A literal condition is rare and CEL's to answer.
-            Operand::Lit(_) => None,
-            o => Some(Cond::Is(o)),
-        },
+        _ => None,
     }
 }
 
@@ -427,6 +450,12 @@ mod tests {
         "claims.email_verified && request.params.id != ''",
         "claims['a']['b'] == request.params.id",
         "request.method == claims.admin",
+        "claims.account",
+        "claims.features.maxTransactionAmount",
+        "claims.email_verified",
+        "request.params.id",
+        "request.headers['x-tenant']",
+        "'transfer' in claims.permissions",
     ];
 
     /// Shapes left to the interpreter.
@@ -440,6 +469,8 @@ mod tests {
         "request.headers['X-Tenant'] == claims.tenant",
         "claims.roles.exists(r, r == request.params.id)",
         "true",
+        "claims",
+        "claims.accounts + ['x']",
         "claims == request.params",
         "request.params.id == claims.account ? true : false",
     ];
@@ -461,7 +492,7 @@ mod tests {
     }
 
     /// The native answer and the interpreter's for `src` on `c`.
-    fn both(src: &str, c: &Case) -> (Option<bool>, Result<cel::Value, cel::ExecutionError>) {
+    fn both(src: &str, c: &Case) -> (Option<cel::Value>, Result<cel::Value, cel::ExecutionError>) {
         let (program, plan) = compile(src);
         let plan = plan.unwrap_or_else(|| panic!("no plan for {src}"));
         let token = VerifiedToken::new(
@@ -535,9 +566,11 @@ mod tests {
             match (src, native) {
                 // Mixed-kind list and bool-vs-string comparison: left to the interpreter.
                 (&"request.method in ['GET', 1]" | &"request.method == claims.admin", None) => {}
-                (_, Some(b)) => assert!(
-                    matches!(cel, Ok(cel::Value::Bool(x)) if x == b),
-                    "{src}: native {b}, CEL {cel:?}"
+                // No `permissions` claim in the happy case: the interpreter's error.
+                (&"'transfer' in claims.permissions", None) => {}
+                (_, Some(v)) => assert!(
+                    cel.as_ref().is_ok_and(|x| *x == v),
+                    "{src}: native {v:?}, CEL {cel:?}"
                 ),
                 (_, None) => panic!("{src}: no native answer on the happy case (CEL {cel:?})"),
             }
@@ -650,10 +683,10 @@ mod tests {
         fn a_native_answer_is_always_the_interpreters(c in case()) {
             for src in PLANNED {
                 let (native, cel) = both(src, &c);
-                if let Some(b) = native {
+                if let Some(v) = native {
                     prop_assert!(
-                        matches!(cel, Ok(cel::Value::Bool(x)) if x == b),
-                        "{}: native {}, CEL {:?}", src, b, cel
+                        cel.as_ref().is_ok_and(|x| *x == v),
+                        "{}: native {:?}, CEL {:?}", src, v, cel
                     );
                 }
             }
