@@ -299,7 +299,7 @@ impl Snapshot {
             t.token = pending.token.as_deref().map(|tok| TokenTrace {
                 issuer: tok.issuer.to_string(),
                 verified: pending.verified,
-                subject: subject(Some(tok)),
+                subject: subject(Some(tok)).map(|s| s.to_string()),
             });
         }
         let mut ext: Vec<(String, ::cel::Value)> = Vec::with_capacity(pending.requests.len());
@@ -654,11 +654,8 @@ fn source_trace(r: &SourceRequest, value: &SourceValue) -> SourceTrace {
     }
 }
 
-fn subject(token: Option<&VerifiedToken>) -> Option<String> {
-    token
-        .and_then(|t| t.claims.get("sub"))
-        .and_then(|s| s.as_str())
-        .map(str::to_string)
+fn subject(token: Option<&VerifiedToken>) -> Option<Arc<str>> {
+    token.and_then(|t| t.subject.clone())
 }
 
 fn token_denial(route: Option<Arc<str>>, r: Rejection) -> Decision {

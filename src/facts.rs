@@ -4,7 +4,9 @@
 
 use crate::auth::VerifiedToken;
 use crate::geo::{GeoResolver, Location};
-use crate::policy::cel::{json_to_value, string_map, string_val_map, to_val, CelRuntime};
+use crate::policy::cel::{
+    json_to_value, string_map, string_val_map, to_header_text, to_val, CelRuntime,
+};
 use crate::policy::{native, AttrKind, Expr, Route};
 use cel::common::traits::Indexer;
 use cel::common::types::{self, CelString};
@@ -12,7 +14,7 @@ use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, ExecutionError, Program, Value};
 use chrono::{DateTime, Utc};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -137,6 +139,24 @@ impl<'a> Activation<'a> {
         };
         match (expr.memo, self.token) {
             (Some(slot), Some(t)) => t.memo(slot, self.memo_slots, run),
+            _ => run(),
+        }
+    }
+
+    /// The value of a forwarded header computed by `expr` (`None`: not sent); one that reads
+    /// only the token is computed once per token, header value included.
+    pub fn header_value(&self, expr: &Expr) -> Result<Option<HeaderValue>, String> {
+        let run = || {
+            let v = self.execute(expr).map_err(|e| e.to_string())?;
+            match to_header_text(&v) {
+                None => Ok(None),
+                Some(text) => HeaderValue::from_str(&text)
+                    .map(Some)
+                    .map_err(|_| "not a valid header value".to_string()),
+            }
+        };
+        match (expr.memo, self.token) {
+            (Some(slot), Some(t)) => t.header_memo(slot, self.memo_slots, run),
             _ => run(),
         }
     }

@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 use std::sync::{Arc, OnceLock};
 
 type Memo = OnceLock<Result<cel::Value, cel::ExecutionError>>;
+/// A forwarded header's value (`None`: not sent), or why it could not be computed.
+type HeaderMemo = OnceLock<Result<Option<http::HeaderValue>, String>>;
 
 /// A token whose signature and registered claims have been checked.
 #[derive(Debug)]
@@ -31,6 +33,11 @@ pub struct VerifiedToken {
     /// [`crate::policy::Expr`]). Slots belong to one policy set, and so does a cached token: a
     /// reload builds a new token cache.
     memo: OnceLock<Box<[Memo]>>,
+    /// Forwarded header values of token-only expressions, by the same memo slots, kept as
+    /// header values so a cached token's headers cost no formatting or validation.
+    headers: OnceLock<Box<[HeaderMemo]>>,
+    /// `sub`, for decision logs.
+    pub subject: Option<Arc<str>>,
 }
 
 impl VerifiedToken {
@@ -47,10 +54,28 @@ impl VerifiedToken {
             alg,
             kid,
             typ,
+            subject: claims.get("sub").and_then(Value::as_str).map(Arc::from),
             claims,
             expires_at,
             cel_claims: OnceLock::new(),
             memo: OnceLock::new(),
+            headers: OnceLock::new(),
+        }
+    }
+
+    /// The remembered forwarded-header value of memo slot `slot`, as [`Self::memo`].
+    pub fn header_memo(
+        &self,
+        slot: u32,
+        slots: usize,
+        eval: impl FnOnce() -> Result<Option<http::HeaderValue>, String>,
+    ) -> Result<Option<http::HeaderValue>, String> {
+        let table = self
+            .headers
+            .get_or_init(|| (0..slots).map(|_| OnceLock::new()).collect());
+        match table.get(slot as usize) {
+            Some(cell) => cell.get_or_init(eval).clone(),
+            None => eval(),
         }
     }
 

@@ -131,7 +131,7 @@ pub struct Decision {
     pub outcome: Outcome,
     pub audits: Vec<AuditDenial>,
     /// The token's `sub`, for decision logs.
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
     /// Name of the issuer of the verified token.
     pub issuer: Option<Arc<str>>,
     /// When a token named a key id no key has: the issuer whose fetched keys may be stale.

@@ -1,12 +1,11 @@
 //! Rules -> decision for one matched route.
 
-use super::cel::{to_header_text, to_message_text};
+use super::cel::to_message_text;
 use super::decision::{Allow, AuditDenial, Denial, DenyReason, Outcome};
 use super::trace::{RuleTrace, Trace};
 use super::{Condition, Message, Mode, Route, Rule};
 use crate::facts::Activation;
 use ::cel::Value;
-use http::HeaderValue;
 
 /// What evaluating a route's rules gives: the outcome and the audit-mode would-be denials.
 pub struct RouteVerdict {
@@ -140,17 +139,13 @@ fn run(route: &Route, activation: &Activation<'_>, mut trace: Option<&mut Trace>
 
     let mut forward = Vec::with_capacity(route.forward.len());
     for f in &route.forward {
-        let text = match ctx.execute(&f.expr) {
-            Ok(v) => to_header_text(&v),
+        match ctx.header_value(&f.expr) {
+            Ok(Some(v)) => forward.push((f.header.clone(), v)),
+            Ok(None) => {}
             Err(e) => {
                 tracing::debug!(route = %route.name, header = %f.header, error = %e, "forward header evaluation failed");
                 return forward_error(route, &f.header, audits);
             }
-        };
-        let Some(text) = text else { continue };
-        match HeaderValue::from_str(&text) {
-            Ok(v) => forward.push((f.header.clone(), v)),
-            Err(_) => return forward_error(route, &f.header, audits),
         }
     }
     let mut upstream = route.upstream.clone();

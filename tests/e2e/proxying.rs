@@ -70,6 +70,20 @@ async fn forwarded_headers_replace_client_copies() {
     assert_eq!(seen.uri, "/api/users/7/settings/x?y=1");
     assert_eq!(all("x-forwarded-for"), vec!["127.0.0.1"]);
 
+    // The same token again (now from the token cache): the claim-only headers are remembered
+    // with the token, the request-dependent one is computed for this request.
+    let resp = client()
+        .get(gw.url("/api/users/8/x"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-user-id"], "alice");
+    assert_eq!(seen.headers["x-roles"], "admin,ops");
+    assert_eq!(seen.headers["x-user-param"], "8");
+
     // A header whose value is absent (null) is not sent, and the client's copy is still removed.
     let t = es256(json!({"profile": "p"}));
     let resp = client()
@@ -88,16 +102,20 @@ async fn forwarded_headers_replace_client_copies() {
     );
     assert_eq!(seen.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
 
-    // A forward expression that fails (no `profile` claim) denies: fail closed.
-    let resp = client()
-        .get(gw.url("/api/users/7/x"))
-        .bearer_auth(es256(json!({})))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["reason"], "policy_error");
+    // A forward expression that fails (no `profile` claim) denies: fail closed, also when the
+    // token comes back from the cache.
+    let t = es256(json!({}));
+    for _ in 0..2 {
+        let resp = client()
+            .get(gw.url("/api/users/7/x"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["reason"], "policy_error");
+    }
 }
 
 #[tokio::test]
