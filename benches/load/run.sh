@@ -148,9 +148,9 @@ EOF
 gateway_config 18082 18092 true > "$W/cache-on.toml"
 gateway_config 18083 18093 false > "$W/cache-off.toml"
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-on.toml" 2>"$W/cg-on.log" & PIDS+=($!); CG_ON=$!
-RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-off.toml" 2>"$W/cg-off.log" & PIDS+=($!)
-taskset -c 1 "$PT" 127.0.0.1:18081 "$UP" 1 2>"$W/pt.log" & PIDS+=($!)
-taskset -c 1 "$PTMI" 127.0.0.1:18087 "$UP" 1 2>"$W/ptmi.log" & PIDS+=($!)
+RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-off.toml" 2>"$W/cg-off.log" & PIDS+=($!); CG_OFF=$!
+taskset -c 1 "$PT" 127.0.0.1:18081 "$UP" 1 2>"$W/pt.log" & PIDS+=($!); PT_PID=$!
+taskset -c 1 "$PTMI" 127.0.0.1:18087 "$UP" 1 2>"$W/ptmi.log" & PIDS+=($!); PTMI_PID=$!
 
 CLAIMS='{"account":"acc-1","permissions":["read","transfer"],"scope":"read transfer","features":{"maxTransactionAmount":5000},"max":5000}'
 RS_TOKEN=$("$CG" token --alg RS256 --key "$KEYS/rsa-private.pem" --kid rs1 --iss https://rs.bench --aud api --sub user-1 --ttl 86400 --claims "$CLAIMS")
@@ -197,7 +197,7 @@ frontend plain
 $(haproxy_jwt jwt_rs 18084 RS256 "$KEYS/rsa-public.pem" https://rs.bench)
 $(haproxy_jwt jwt_es 18085 ES256 "$KEYS/ec256-public.pem" https://ec.bench)
 EOF
-taskset -c 1 "$HAPROXY" -f "$W/haproxy.cfg" -db 2>"$W/haproxy.log" & PIDS+=($!)
+taskset -c 1 "$HAPROXY" -f "$W/haproxy.cfg" -db 2>"$W/haproxy.log" & PIDS+=($!); HA_PID=$!
 
 BODY=$(python3 -c 'import json; print(json.dumps({"amount": 100, "memo": "x" * 990}))')
 cat > "$W/post.lua" <<EOF
@@ -205,6 +205,22 @@ wrk.method = "POST"
 wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 EOF
+
+# The process under test, whose CPU time per request is measured (user and system time from
+# /proc: steadier than req/s on a shared machine, and it shows where a proxy spends).
+proxy_pid() {
+  case $1 in
+    nginx-direct) pgrep -P "$(cat "$W/nginx.pid")" | head -1 ;;
+    pingora-passthrough) echo "$PT_PID" ;;
+    pingora-passthrough-mimalloc) echo "$PTMI_PID" ;;
+    haproxy-*) echo "$HA_PID" ;;
+    claimgate-*nocache) echo "$CG_OFF" ;;
+    claimgate-*) echo "$CG_ON" ;;
+  esac
+}
+# utime + stime of a process and its threads, in clock ticks ("user sys").
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
 
 PATH_T=/api/accounts/acc-1/transfer
 target() { # name -> "url|token|script"
@@ -257,12 +273,16 @@ for round in $(seq 1 "$ROUNDS"); do
       (while sleep 1; do kill -HUP "$CG_ON" 2>/dev/null || exit 0; done) & reloader=$!
     fi
     before=$(accepts)
+    pid=$(proxy_pid "$t")
+    cpu0=$(cpu_ticks "$pid")
     out=$(taskset -c 0 wrk "${args[@]}" "$url")
+    cpu1=$(cpu_ticks "$pid")
     after=$(accepts)
     [ -n "$reloader" ] && kill "$reloader" 2>/dev/null || true
     echo "$out" | python3 -c '
 import re, sys
 t, rnd, conns = sys.argv[1], sys.argv[2], sys.argv[3]
+(u0, s0), (u1, s1), tick = sys.argv[4].split(), sys.argv[5].split(), float(sys.argv[6])
 text = sys.stdin.read()
 def ms(v):
     n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
@@ -274,8 +294,11 @@ errs = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 sock = re.search(r"Socket errors: (.*)", text)
 nerr = errs.group(1) if errs else "0"
 nsock = sock.group(1) if sock else ""
-print("\t".join([t, rnd, f"{rps:.0f}", f"{p50:.3f}", f"{p99:.3f}", conns, nerr, nsock]))
-' "$t" "$round" "$((after - before - 1))" | tee -a "$RESULTS"
+n = int(re.search(r"(\d+) requests in", text).group(1))
+user = (int(u1) - int(u0)) / tick / n * 1e6
+system = (int(s1) - int(s0)) / tick / n * 1e6
+print("\t".join([t, rnd, f"{rps:.0f}", f"{p50:.3f}", f"{p99:.3f}", conns, nerr, f"{user:.1f}", f"{system:.1f}", nsock]))
+' "$t" "$round" "$((after - before - 1))" "$cpu0" "$cpu1" "$TICK" | tee -a "$RESULTS"
   done
 done
 
@@ -284,11 +307,14 @@ import statistics, sys, datetime, platform, os
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 out, rounds, duration, conns = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 by = {}
-for name, rnd, rps, p50, p99, upc, errs, sock in rows:
-    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(upc), int(errs), sock))
+for name, rnd, rps, p50, p99, upc, errs, user, system, *sock in rows:
+    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(upc), int(errs),
+                                    "".join(sock), float(user), float(system)))
 med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
            statistics.median(r[2] for r in v), max(r[3] for r in v), sum(r[4] for r in v),
-           "; ".join(sorted({r[5] for r in v if r[5]}))) for k, v in by.items()}
+           "; ".join(sorted({r[5] for r in v if r[5]})),
+           statistics.median(r[6] for r in v), statistics.median(r[7] for r in v))
+       for k, v in by.items()}
 per_round = {}
 for name, rnd, rps, *_ in rows:
     per_round.setdefault(name, {})[rnd] = float(rps)
@@ -306,14 +332,16 @@ lines = [
     "on core 0, the proxy under test on core 1 with one worker thread. Medians over the rounds;",
     "ratios are the median of per-round ratios (targets of one round run seconds apart).",
     "`upstream conns` is the most connections nginx accepted in one round (pooling: close to the",
-    "proxy's connection count, not growing with requests).",
+    "proxy's connection count, not growing with requests). `CPU µs/req` is the process under",
+    "test's user + system CPU time per request (nginx's worker for nginx-direct).",
     "",
-    "| target | req/s | p50 ms | p99 ms | upstream conns | non-2xx | vs Pingora passthrough | vs HAProxy passthrough |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| target | req/s | p50 ms | p99 ms | upstream conns | non-2xx | CPU µs/req (user + sys) | vs Pingora passthrough | vs HAProxy passthrough |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 for name in by:
-    rps, p50, p99, upc, errs, sock = med[name]
+    rps, p50, p99, upc, errs, sock, user, system = med[name]
     lines.append(f"| {name} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {upc} | {errs}{' (' + sock + ')' if sock else ''} | "
+                 f"{user + system:.1f} ({user:.1f} + {system:.1f}) | "
                  f"{ratio(name, 'pingora-passthrough')} | {ratio(name, 'haproxy-passthrough')} |")
 lines += [
     "",
@@ -334,6 +362,22 @@ lines += [
 if "claimgate-es256-cache" in med and "claimgate-es256-cache-reloading" in med:
     lines.append(f"| p99 with a reload every second / p99 without | "
                  f"{med['claimgate-es256-cache-reloading'][2] / med['claimgate-es256-cache'][2]:.2f}x |")
+def cpu_ratio(a, b):
+    if a not in med or b not in med:
+        return "n/a"
+    return f"{(med[a][6] + med[a][7]) / (med[b][6] + med[b][7]):.2f}x"
+lines += [
+    "",
+    "CPU time per request (user + system, medians), the steadier view of the same costs:",
+    "",
+    "| comparison | ratio |",
+    "| --- | ---: |",
+    f"| claimgate ES256 cache warm / Pingora passthrough | {cpu_ratio('claimgate-es256-cache', 'pingora-passthrough')} |",
+    f"| claimgate open route / Pingora passthrough | {cpu_ratio('claimgate-open', 'pingora-passthrough')} |",
+    f"| claimgate RS256 no cache / HAProxy jwt_verify RS256 | {cpu_ratio('claimgate-rs256-nocache', 'haproxy-jwt-rs256')} |",
+    f"| claimgate ES256 no cache / HAProxy jwt_verify ES256 | {cpu_ratio('claimgate-es256-nocache', 'haproxy-jwt-es256')} |",
+    f"| Pingora passthrough / HAProxy passthrough | {cpu_ratio('pingora-passthrough', 'haproxy-passthrough')} |",
+]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 print(f"\nwritten to {out}")
