@@ -508,10 +508,28 @@ async fn a_request_head_sent_a_little_at_a_time_is_cut_off_with_408() {
         took >= Duration::from_millis(700) && took < Duration::from_millis(3000),
         "cut off after {took:?}"
     );
-    assert_eq!(up.count(), 0);
     assert_eq!(
         unmatched_denials(&gw, "request_head_timeout").await,
         Some(1.0)
+    );
+
+    // Part of a head, then silence: only the deadline's timer can wake the connection now.
+    let mut s = TcpStream::connect(gw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: a\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let took = started.elapsed();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(3000),
+        "cut off after {took:?}"
+    );
+    assert_eq!(up.count(), 0);
+    assert_eq!(
+        unmatched_denials(&gw, "request_head_timeout").await,
+        Some(2.0)
     );
 }
 
