@@ -63,6 +63,17 @@ impl VerifiedToken {
         }
     }
 
+    /// The remembered result of memo slot `slot` (of `slots` in the policy set), computed by
+    /// `eval` the first time.
+    pub fn memo(
+        &self,
+        slot: u32,
+        slots: usize,
+        eval: impl FnOnce() -> Result<cel::Value, cel::ExecutionError>,
+    ) -> Result<cel::Value, cel::ExecutionError> {
+        remembered(&self.memo, slot, slots, eval)
+    }
+
     /// The remembered forwarded-header value of memo slot `slot`, as [`Self::memo`].
     pub fn header_memo(
         &self,
@@ -70,38 +81,30 @@ impl VerifiedToken {
         slots: usize,
         eval: impl FnOnce() -> Result<Option<http::HeaderValue>, String>,
     ) -> Result<Option<http::HeaderValue>, String> {
-        let table = self
-            .headers
-            .get_or_init(|| (0..slots).map(|_| OnceLock::new()).collect());
-        match table.get(slot as usize) {
-            Some(cell) => cell.get_or_init(eval).clone(),
-            None => eval(),
-        }
+        remembered(&self.headers, slot, slots, eval)
     }
 
-    /// The remembered result of memo slot `slot` (of `slots` in the policy set), computed by
-    /// `eval` the first time. No lock and no hashing on the request path: a fixed table of
-    /// once-cells, sized when the token first meets its policy set.
-    pub fn memo(
-        &self,
-        slot: u32,
-        slots: usize,
-        eval: impl FnOnce() -> Result<cel::Value, cel::ExecutionError>,
-    ) -> Result<cel::Value, cel::ExecutionError> {
-        let table = self
-            .memo
-            .get_or_init(|| (0..slots).map(|_| OnceLock::new()).collect());
-        match table.get(slot as usize) {
-            Some(cell) => cell.get_or_init(eval).clone(),
-            // A slot beyond the table belongs to no policy set this token has met: not kept.
-            None => eval(),
-        }
-    }
     /// `claims` as a CEL value.
     pub fn cel_claims(&self) -> &dyn Val {
         self.cel_claims
             .get_or_init(|| to_val(json_object_to_value(&self.claims)))
             .as_ref()
+    }
+}
+
+/// Slot `slot` of a table of once-cells, sized (`slots`) when the token first meets its policy
+/// set: no lock and no hashing on the request path.
+fn remembered<T: Clone>(
+    table: &OnceLock<Box<[OnceLock<T>]>>,
+    slot: u32,
+    slots: usize,
+    eval: impl FnOnce() -> T,
+) -> T {
+    let table = table.get_or_init(|| (0..slots).map(|_| OnceLock::new()).collect());
+    match table.get(slot as usize) {
+        Some(cell) => cell.get_or_init(eval).clone(),
+        // A slot beyond the table belongs to no policy set this token has met: not kept.
+        None => eval(),
     }
 }
 
