@@ -60,6 +60,9 @@ pub enum Body<'a> {
     TooLarge,
 }
 
+static NO_CLAIMS: std::sync::LazyLock<serde_json::Map<String, serde_json::Value>> =
+    std::sync::LazyLock::new(serde_json::Map::new);
+
 /// The variables of one evaluation, resolved lazily and at most once.
 pub struct Activation<'a> {
     req: &'a RequestFacts<'a>,
@@ -129,17 +132,9 @@ impl<'a> Activation<'a> {
 
     /// Evaluates `expr`; one that reads only the token is evaluated once per token.
     pub fn execute(&self, expr: &Expr) -> Result<Value, ExecutionError> {
-        let run = || match expr
-            .native
-            .as_ref()
-            .and_then(|p| p.eval(&self.native_facts()))
-        {
-            Some(v) => Ok(v),
-            None => self.execute_program(&expr.program),
-        };
         match (expr.memo, self.token) {
-            (Some(slot), Some(t)) => t.memo(slot, self.memo_slots, run),
-            _ => run(),
+            (Some(slot), Some(t)) => t.memo(slot, self.memo_slots, || self.evaluate(expr)),
+            _ => self.evaluate(expr),
         }
     }
 
@@ -147,10 +142,10 @@ impl<'a> Activation<'a> {
     /// only the token is computed once per token, header value included.
     pub fn header_value(&self, expr: &Expr) -> Result<Option<HeaderValue>, String> {
         let run = || {
-            let v = self.execute(expr).map_err(|e| e.to_string())?;
+            let v = self.evaluate(expr).map_err(|e| e.to_string())?;
             match to_header_text(&v) {
                 None => Ok(None),
-                Some(text) => HeaderValue::from_str(&text)
+                Some(text) => HeaderValue::try_from(text)
                     .map(Some)
                     .map_err(|_| "not a valid header value".to_string()),
             }
@@ -161,9 +156,22 @@ impl<'a> Activation<'a> {
         }
     }
 
+    /// `expr`'s native plan when it answers, else the interpreter.
+    fn evaluate(&self, expr: &Expr) -> Result<Value, ExecutionError> {
+        match expr
+            .native
+            .as_ref()
+            .and_then(|p| p.eval(&self.native_facts()))
+        {
+            Some(v) => Ok(v),
+            None => self.execute_program(&expr.program),
+        }
+    }
+
     fn native_facts(&self) -> native::Facts<'_> {
         native::Facts {
-            claims: self.token.map(|t| &t.claims),
+            // Without a token the interpreter's `claims` is an empty map; so is this.
+            claims: self.token.map_or(&NO_CLAIMS, |t| &t.claims),
             params: self.params,
             method: self.req.method,
             host: self.req.host,

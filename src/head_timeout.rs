@@ -162,12 +162,11 @@ impl AsyncRead for HeadTimedStream {
                 // The head is unfinished and the client is silent: wake this task at the
                 // deadline, so a client that sends nothing more is still cut off.
                 if let Some(deadline) = this.deadline {
+                    // Dropped whenever the stream leaves the head phase, so a timer found here
+                    // was armed for this head's deadline.
                     let timer = this
                         .timer
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if timer.deadline() != deadline {
-                        timer.as_mut().reset(deadline);
-                    }
                     if timer.as_mut().poll(cx).is_ready() {
                         cx.waker().wake_by_ref();
                     }

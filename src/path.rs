@@ -45,7 +45,8 @@ pub fn normalise(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     let mut out: Option<Vec<u8>> = None;
     // Every escape decoded, to check that the bytes the upstream may decode are valid UTF-8
     // (this refuses overlong encodings such as `%C0%AF` for `/`). Kept only from the first
-    // escape on: a path without one is plain ASCII, checked byte by byte below.
+    // escape on: the bytes before it are plain ASCII (checked byte by byte below), which cannot
+    // change whether the rest is valid.
     let mut decoded_all: Option<Vec<u8>> = None;
     let mut i = 0;
     while i < bytes.len() {
@@ -59,9 +60,7 @@ pub fn normalise(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
                     return Err(PathError::BadEncoding);
                 };
                 let decoded = h * 16 + l;
-                decoded_all
-                    .get_or_insert_with(|| bytes[..i].to_vec())
-                    .push(decoded);
+                decoded_all.get_or_insert_with(Vec::new).push(decoded);
                 if matches!(decoded, b'/' | b'\\' | 0) {
                     return Err(PathError::EncodedSeparator);
                 }

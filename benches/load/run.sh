@@ -218,8 +218,9 @@ proxy_pid() {
     claimgate-*) echo "$CG_ON" ;;
   esac
 }
-# utime + stime of a process and its threads, in clock ticks ("user sys").
-cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# utime + stime of a process and its threads, in clock ticks ("user sys"); the fields are
+# counted after the command name, which may contain spaces.
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
 TICK=$(getconf CLK_TCK)
 
 PATH_T=/api/accounts/acc-1/transfer

@@ -11,9 +11,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::sync::{Arc, OnceLock};
 
-type Memo = OnceLock<Result<cel::Value, cel::ExecutionError>>;
-/// A forwarded header's value (`None`: not sent), or why it could not be computed.
-type HeaderMemo = OnceLock<Result<Option<http::HeaderValue>, String>>;
+/// What a token-only expression gave. A slot belongs to one expression, so it holds one kind:
+/// a rule's value, or a forwarded header's value (`None`: not sent) kept as a header value, so
+/// a cached token's headers cost no formatting or validation.
+#[derive(Debug)]
+enum Remembered {
+    Value(Result<cel::Value, cel::ExecutionError>),
+    Header(Result<Option<http::HeaderValue>, String>),
+}
 
 /// A token whose signature and registered claims have been checked.
 #[derive(Debug)]
@@ -32,10 +37,7 @@ pub struct VerifiedToken {
     /// Results of expressions that read only this token, by memo slot (see
     /// [`crate::policy::Expr`]). Slots belong to one policy set, and so does a cached token: a
     /// reload builds a new token cache.
-    memo: OnceLock<Box<[Memo]>>,
-    /// Forwarded header values of token-only expressions, by the same memo slots, kept as
-    /// header values so a cached token's headers cost no formatting or validation.
-    headers: OnceLock<Box<[HeaderMemo]>>,
+    memo: OnceLock<Box<[OnceLock<Remembered>]>>,
     /// `sub`, for decision logs.
     pub subject: Option<Arc<str>>,
 }
@@ -59,7 +61,6 @@ impl VerifiedToken {
             expires_at,
             cel_claims: OnceLock::new(),
             memo: OnceLock::new(),
-            headers: OnceLock::new(),
         }
     }
 
@@ -71,7 +72,10 @@ impl VerifiedToken {
         slots: usize,
         eval: impl FnOnce() -> Result<cel::Value, cel::ExecutionError>,
     ) -> Result<cel::Value, cel::ExecutionError> {
-        remembered(&self.memo, slot, slots, eval)
+        self.remember(slot, slots, eval, Remembered::Value, |r| match r {
+            Remembered::Value(v) => Some(v),
+            Remembered::Header(_) => None,
+        })
     }
 
     /// The remembered forwarded-header value of memo slot `slot`, as [`Self::memo`].
@@ -81,7 +85,36 @@ impl VerifiedToken {
         slots: usize,
         eval: impl FnOnce() -> Result<Option<http::HeaderValue>, String>,
     ) -> Result<Option<http::HeaderValue>, String> {
-        remembered(&self.headers, slot, slots, eval)
+        self.remember(slot, slots, eval, Remembered::Header, |r| match r {
+            Remembered::Header(v) => Some(v),
+            Remembered::Value(_) => None,
+        })
+    }
+
+    /// No lock and no hashing on the request path: a fixed table of once-cells, sized when the
+    /// token first meets its policy set.
+    fn remember<T: Clone>(
+        &self,
+        slot: u32,
+        slots: usize,
+        eval: impl FnOnce() -> T,
+        keep: fn(T) -> Remembered,
+        read: fn(&Remembered) -> Option<&T>,
+    ) -> T {
+        let table = self
+            .memo
+            .get_or_init(|| (0..slots).map(|_| OnceLock::new()).collect());
+        // A slot beyond the table belongs to no policy set this token has met: not kept.
+        let Some(cell) = table.get(slot as usize) else {
+            return eval();
+        };
+        if let Some(r) = cell.get() {
+            return read(r).cloned().unwrap_or_else(eval);
+        }
+        // Two requests may both compute a new slot; the values are the same, one is kept.
+        let v = eval();
+        let _ = cell.set(keep(v.clone()));
+        v
     }
 
     /// `claims` as a CEL value.
@@ -89,22 +122,6 @@ impl VerifiedToken {
         self.cel_claims
             .get_or_init(|| to_val(json_object_to_value(&self.claims)))
             .as_ref()
-    }
-}
-
-/// Slot `slot` of a table of once-cells, sized (`slots`) when the token first meets its policy
-/// set: no lock and no hashing on the request path.
-fn remembered<T: Clone>(
-    table: &OnceLock<Box<[OnceLock<T>]>>,
-    slot: u32,
-    slots: usize,
-    eval: impl FnOnce() -> T,
-) -> T {
-    let table = table.get_or_init(|| (0..slots).map(|_| OnceLock::new()).collect());
-    match table.get(slot as usize) {
-        Some(cell) => cell.get_or_init(eval).clone(),
-        // A slot beyond the table belongs to no policy set this token has met: not kept.
-        None => eval(),
     }
 }
 

@@ -21,7 +21,7 @@ use serde_json::{Map, Value as Json};
 
 /// What a plan reads: the same facts the interpreter's variables are built from.
 pub struct Facts<'a> {
-    pub claims: Option<&'a Map<String, Json>>,
+    pub claims: &'a Map<String, Json>,
     pub params: &'a [(String, String)],
     pub method: &'a str,
     pub host: Option<&'a str>,
@@ -294,33 +294,13 @@ impl Cond {
             Cond::In(x, list) => {
                 let x = x.eval(f)?;
                 match list {
-                    List::Literal(items) => {
-                        let mut found = false;
-                        for i in items.iter() {
-                            let i = i.as_v();
-                            if !same_kind(x, i) {
-                                return None;
-                            }
-                            found |= x == i;
-                        }
-                        Some(found)
-                    }
-                    List::Claim(path) => {
-                        let mut found = false;
-                        for i in claim(f, path)?.as_array()? {
-                            let i = json(i)?;
-                            if !same_kind(x, i) {
-                                return None;
-                            }
-                            found |= x == i;
-                        }
-                        Some(found)
-                    }
+                    List::Literal(items) => contains(x, items.iter().map(|i| Some(i.as_v()))),
+                    List::Claim(path) => contains(x, claim(f, path)?.as_array()?.iter().map(json)),
                 }
             }
             Cond::Has(path, field) => {
                 let obj = match path.is_empty() {
-                    true => f.claims?,
+                    true => f.claims,
                     false => claim(f, path)?.as_object()?,
                 };
                 Some(obj.contains_key(field))
@@ -390,7 +370,7 @@ impl Lit {
 
 fn claim<'a>(f: &Facts<'a>, path: &[String]) -> Option<&'a Json> {
     let (first, rest) = path.split_first()?;
-    let mut v = f.claims?.get(first)?;
+    let mut v = f.claims.get(first)?;
     for k in rest {
         v = v.as_object()?.get(k)?;
     }
@@ -406,6 +386,19 @@ fn json(v: &Json) -> Option<V<'_>> {
         Json::Number(n) => n.as_i64().map(V::Int),
         _ => None,
     }
+}
+
+/// `x in items`, when every item is of `x`'s kind.
+fn contains<'a>(x: V<'a>, items: impl Iterator<Item = Option<V<'a>>>) -> Option<bool> {
+    let mut found = false;
+    for i in items {
+        let i = i?;
+        if !same_kind(x, i) {
+            return None;
+        }
+        found |= x == i;
+    }
+    Some(found)
 }
 
 fn same_kind(a: V<'_>, b: V<'_>) -> bool {
@@ -493,6 +486,15 @@ mod tests {
 
     /// The native answer and the interpreter's for `src` on `c`.
     fn both(src: &str, c: &Case) -> (Option<cel::Value>, Result<cel::Value, cel::ExecutionError>) {
+        answers(src, c, true)
+    }
+
+    /// As [`both`], on a request with a token (`c.claims`) or without one (no claims at all).
+    fn answers(
+        src: &str,
+        c: &Case,
+        with_token: bool,
+    ) -> (Option<cel::Value>, Result<cel::Value, cel::ExecutionError>) {
         let (program, plan) = compile(src);
         let plan = plan.unwrap_or_else(|| panic!("no plan for {src}"));
         let token = VerifiedToken::new(
@@ -518,7 +520,7 @@ mod tests {
         let act = Activation::new(Inputs {
             req: &req,
             params: &c.params,
-            token: Some(&token),
+            token: with_token.then_some(&token),
             now: Utc::now(),
             route: None,
             cel: &cel,
@@ -527,8 +529,9 @@ mod tests {
             ext: None,
             memo_slots: 0,
         });
+        let no_claims = Map::new();
         let facts = Facts {
-            claims: Some(&c.claims),
+            claims: if with_token { &c.claims } else { &no_claims },
             params: &c.params,
             method: c.method,
             host: c.host,
@@ -573,6 +576,25 @@ mod tests {
                     "{src}: native {v:?}, CEL {cel:?}"
                 ),
                 (_, None) => panic!("{src}: no native answer on the happy case (CEL {cel:?})"),
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_token_claims_are_an_empty_map_as_in_the_interpreter() {
+        let c = happy();
+        for (src, expected) in [
+            ("has(claims.tier) || request.method == 'POST'", Some(true)),
+            ("has(claims.tier)", Some(false)),
+            ("request.params.id == 'acc-1'", Some(true)),
+            // A missing claim: the interpreter's error, not a native answer.
+            ("claims.account == 'acc-1'", None),
+        ] {
+            let (native, cel) = answers(src, &c, false);
+            assert_eq!(native, expected.map(cel::Value::Bool), "{src}");
+            match expected {
+                Some(b) => assert_eq!(cel.ok(), Some(cel::Value::Bool(b)), "{src}"),
+                None => assert!(cel.is_err(), "{src}: {cel:?}"),
             }
         }
     }
