@@ -7,10 +7,10 @@
 //!
 //! Run: `cargo bench --bench decision`
 
+use claimgate::admission::RequestHead;
 use claimgate::auth::IssuerSet;
 use claimgate::config::Config;
 use claimgate::engine::{load_context, Snapshot};
-use claimgate::facts::RequestFacts;
 use claimgate::policy::PolicySet;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
@@ -137,21 +137,22 @@ fn token(alg: Algorithm, iss: &str, kid: Option<&str>, key: &EncodingKey) -> Str
     jsonwebtoken::encode(&h, &claims, key).unwrap()
 }
 
-fn facts_for<'a>(headers: &'a HeaderMap) -> RequestFacts<'a> {
-    RequestFacts {
+/// The request as the proxy hands it over: admission (target, host, path, route) is measured
+/// with the decision.
+fn head_for(headers: &HeaderMap) -> RequestHead<'_> {
+    RequestHead {
         method: "POST",
-        host: Some("api.example.com"),
-        path: "/api/accounts/acc-1/transfer",
-        query: None,
+        target: b"/api/accounts/acc-1/transfer",
+        http10: false,
         headers,
-        client_ip: Some([127, 0, 0, 1].into()),
-        body: claimgate::facts::Body::NotRead,
-        location: None,
     }
 }
 
+const PEER: Option<std::net::IpAddr> = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+
 fn bearer(t: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    headers.insert("host", "api.example.com".parse().unwrap());
     headers.insert("authorization", format!("Bearer {t}").parse().unwrap());
     headers.insert("content-type", "application/json".parse().unwrap());
     headers
@@ -181,12 +182,14 @@ fn bench(c: &mut Criterion) {
         let snap = snapshot(RULES, cache);
         for (name, t) in &tokens {
             let headers = bearer(t);
-            let facts = facts_for(&headers);
-            let d = snap.decide(&facts, SystemTime::now());
+            let head = head_for(&headers);
+            let d = snap.decide_head(&head, PEER, b"", SystemTime::now());
             assert!(d.is_allow(), "{name}: {:?}", d.outcome);
             let id = format!("{name}/cache_{}", if cache { "on" } else { "off" });
             group.bench_function(id, |b| {
-                b.iter(|| black_box(snap.decide(black_box(&facts), SystemTime::now())))
+                b.iter(|| {
+                    black_box(snap.decide_head(black_box(&head), PEER, b"", SystemTime::now()))
+                })
             });
         }
     }
@@ -194,14 +197,16 @@ fn bench(c: &mut Criterion) {
 
     let es256 = &tokens[1].1;
     let headers = bearer(es256);
-    let facts = facts_for(&headers);
+    let head = head_for(&headers);
     let mut group = c.benchmark_group("routes");
     for n in [10usize, 1_000, 10_000] {
         let snap = snapshot(&many_routes(n - 1), true);
         assert_eq!(snap.policy.routes.len(), n);
-        assert!(snap.decide(&facts, SystemTime::now()).is_allow());
+        assert!(snap
+            .decide_head(&head, PEER, b"", SystemTime::now())
+            .is_allow());
         group.bench_function(n.to_string(), |b| {
-            b.iter(|| black_box(snap.decide(black_box(&facts), SystemTime::now())))
+            b.iter(|| black_box(snap.decide_head(black_box(&head), PEER, b"", SystemTime::now())))
         });
     }
     group.finish();

@@ -276,6 +276,12 @@ pub struct Network {
     /// IP addresses or CIDR blocks, e.g. `["10.0.0.0/8", "127.0.0.1"]`.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Headers removed from every request before it goes upstream, on every route (identity
+    /// headers an upstream trusts that the gateway does not set itself). The headers routes
+    /// set with `forward`, and `geo.country_header` from peers that are not trusted proxies,
+    /// are removed without being listed here.
+    #[serde(default)]
+    pub strip_headers: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -1,6 +1,7 @@
 //! The decision core: `(snapshot, request facts, now) -> Decision`. No proxy types, no I/O, no
 //! clock of its own. The proxy, the CLI and the benches all call [`Snapshot::decide`].
 
+use crate::admission::refused;
 use crate::auth::remote::RemoteRegistry;
 use crate::auth::verify::Rejection;
 use crate::auth::{extract, verify, Issuer, IssuerSet, TokenCache, TokenError, VerifiedToken};
@@ -17,8 +18,11 @@ use crate::policy::trace::{RouteTrace, SourceTrace, TokenTrace};
 use crate::policy::Trace;
 use crate::policy::{Decision, Denial, DenyReason, EvalBudget, LoadContext, Outcome, PolicySet};
 use crate::sources::{FailMode, SourceRequest, SourceSet, SourceSpec, SourceValue};
+use crate::strict_json::StrictJsonError;
 use crate::upstream::Upstreams;
 use chrono::{DateTime, Utc};
+use http::HeaderName;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -40,6 +44,9 @@ pub struct Snapshot {
     route_sources: Vec<Vec<Arc<SourceSpec>>>,
     unmatched_issuers: Vec<Arc<Issuer>>,
     unmatched_upstream: Option<Arc<str>>,
+    /// See [`Snapshot::strip_for`].
+    strip_trusted: Vec<HeaderName>,
+    strip_untrusted: Vec<HeaderName>,
 }
 
 impl Snapshot {
@@ -53,8 +60,9 @@ impl Snapshot {
         let ctx = load_context(&config, sources.as_ref().unwrap_or(&SourceSet::default()));
         let policy = PolicySet::load_dir(&config.rules_dir, &ctx);
         let geo = load_geo(&config);
-        match (issuers, policy, geo, sources) {
-            (Ok(i), Ok(p), Ok(g), Ok(s)) => {
+        let strip = strip_headers(&config);
+        match (issuers, policy, geo, sources, strip) {
+            (Ok(i), Ok(p), Ok(g), Ok(s), Ok(_)) => {
                 for w in &p.warnings {
                     tracing::warn!(warning = %w, "policy warning");
                 }
@@ -66,8 +74,9 @@ impl Snapshot {
                     Arc::new(s),
                 ))
             }
-            (i, p, g, s) => {
-                let mut errors = i.err().unwrap_or_default();
+            (i, p, g, s, strip) => {
+                let mut errors = strip.err().unwrap_or_default();
+                errors.extend(i.err().unwrap_or_default());
                 errors.extend(s.err().unwrap_or_default());
                 errors.extend(p.err().unwrap_or_default());
                 errors.extend(g.err());
@@ -130,7 +139,23 @@ impl Snapshot {
                         .map(|k| Arc::from(k.as_str()))
                 }),
         };
+        let mut strip_trusted: Vec<HeaderName> = policy
+            .routes
+            .iter()
+            .flat_map(|r| r.forward.iter().map(|f| f.header.clone()))
+            .chain(strip_headers(&config).into_iter().flatten())
+            .collect();
+        strip_trusted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        strip_trusted.dedup();
+        let mut strip_untrusted = strip_trusted.clone();
+        if let Some(h) = geo.country_header() {
+            if !strip_untrusted.contains(h) {
+                strip_untrusted.push(h.clone());
+            }
+        }
         Snapshot {
+            strip_trusted,
+            strip_untrusted,
             geo,
             upstreams: Upstreams::from_config(&config),
             config,
@@ -145,34 +170,18 @@ impl Snapshot {
         }
     }
 
-    /// Decides one request at time `now`. The path is normalised first (see [`crate::path`]);
-    /// callers that forward the request must forward the normalised path too.
-    pub fn decide(&self, req: &RequestFacts<'_>, now: SystemTime) -> Decision {
-        let path = match crate::path::normalise(req.path) {
-            Ok(p) => p,
-            Err(e) => return bad_path(e),
-        };
-        let req = RequestFacts {
-            path: &path,
-            ..*req
-        };
-        let m = self.lookup(&req);
-        self.decide_matched(&req, m.as_ref(), now)
+    /// Headers removed from every request forwarded for a client at `peer`, on every route,
+    /// open and unmatched included: each header any route sets from claims (an upstream trusts
+    /// them everywhere), `network.strip_headers`, and the edge country header unless the peer
+    /// is a trusted proxy.
+    pub fn strip_for(&self, peer: Option<IpAddr>) -> &[HeaderName] {
+        match peer {
+            Some(ip) if self.geo.is_trusted(ip) => &self.strip_trusted,
+            _ => &self.strip_untrusted,
+        }
     }
 
-    /// The route a request matches. Callers that may need to read the body look first, then
-    /// decide with [`Snapshot::decide_matched`].
-    pub fn lookup(&self, req: &RequestFacts<'_>) -> Option<RouteMatch> {
-        self.policy.index.lookup(req.host, req.method, req.path)
-    }
-
-    /// The body limit of the matched route, when its expressions read the body.
-    pub fn body_limit(&self, m: &RouteMatch) -> Option<usize> {
-        let r = &self.policy.routes[m.route];
-        r.reads_body.then_some(r.body_limit)
-    }
-
-    /// Decides a request whose route was already looked up. A route that reads external
+    /// Decides a request admitted by [`Snapshot::admit`]. A route that reads external
     /// sources is decided as if none of them answered: callers that can fetch use
     /// [`Snapshot::begin`] and [`Snapshot::finish`].
     pub fn decide_matched(
@@ -227,6 +236,7 @@ impl Snapshot {
                         rule: None,
                         message: message.into(),
                         www_authenticate: None,
+                        allow: None,
                     };
                     return Step::Decided(denied(route, denial, token.as_deref(), token_cache));
                 }
@@ -252,6 +262,7 @@ impl Snapshot {
                                 spec.name
                             ),
                             www_authenticate: None,
+                            allow: None,
                         };
                         return Step::Decided(denied(route, denial, token.as_deref(), token_cache));
                     }
@@ -323,6 +334,7 @@ impl Snapshot {
                             spec.name
                         ),
                         www_authenticate: None,
+                        allow: None,
                     };
                     return denied(route, denial, pending.token.as_deref(), pending.token_cache);
                 }
@@ -438,6 +450,7 @@ impl Snapshot {
                     rule: None,
                     message: "no route matches this request".into(),
                     www_authenticate: None,
+                    allow: None,
                 }),
                 audits: Vec::new(),
                 subject: None,
@@ -453,7 +466,6 @@ impl Snapshot {
                 outcome: Outcome::Allow(Allow {
                     upstream: upstream.clone(),
                     forward: Vec::new(),
-                    strip: Arc::from([]),
                 }),
                 audits: Vec::new(),
                 subject: subject(token.as_deref()),
@@ -482,50 +494,24 @@ fn json_depth(v: &serde_json::Value, stop: usize) -> usize {
     }
 }
 
-/// The answer to a path that cannot be matched unambiguously.
-pub fn bad_path(e: crate::path::PathError) -> Decision {
-    bad_request(DenyReason::BadPath, e.to_string())
-}
-
-/// The answer to a body that stopped arriving: 400 when the client closed early, 408 when it
-/// was too slow.
-pub fn incomplete_body(timed_out: bool) -> Decision {
-    if timed_out {
+/// The answer to a body that stopped arriving on `route`: 400 when the client closed early,
+/// 408 when it was too slow.
+pub fn incomplete_body(timed_out: bool, route: Option<Arc<str>>) -> Decision {
+    let mut d = if timed_out {
         refused(
             408,
             DenyReason::IncompleteBody,
             "the request body did not arrive in time".into(),
         )
     } else {
-        bad_request(
+        refused(
+            400,
             DenyReason::IncompleteBody,
             "the request body ended before its declared length".into(),
         )
-    }
-}
-
-/// A 400 decided before any route: the request itself is ambiguous.
-pub fn bad_request(reason: DenyReason, message: String) -> Decision {
-    refused(400, reason, message)
-}
-
-/// A denial decided before any route, from the request's form alone (framing, size, timing).
-pub fn refused(status: u16, reason: DenyReason, message: String) -> Decision {
-    Decision {
-        route: None,
-        outcome: Outcome::Deny(Denial {
-            status,
-            reason,
-            rule: None,
-            message,
-            www_authenticate: None,
-        }),
-        audits: Vec::new(),
-        subject: None,
-        issuer: None,
-        unknown_key_issuer: None,
-        token_cache: None,
-    }
+    };
+    d.route = route;
+    d
 }
 
 type BodyError = (u16, DenyReason, &'static str);
@@ -565,13 +551,25 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
             "this endpoint takes a JSON body (Content-Type: application/json)",
         ));
     }
-    serde_json::from_slice(bytes).map(Some).map_err(|_| {
-        (
-            400,
-            DenyReason::InvalidJson,
-            "the request body is not valid JSON",
-        )
-    })
+    crate::strict_json::parse(bytes)
+        .map(Some)
+        .map_err(|e| match e {
+            StrictJsonError::Syntax => (
+                400,
+                DenyReason::InvalidJson,
+                "the request body is not valid JSON",
+            ),
+            StrictJsonError::DuplicateKey => (
+                400,
+                DenyReason::BadBody,
+                "the request body has an object with a duplicate key",
+            ),
+            StrictJsonError::NumberOutOfRange => (
+                400,
+                DenyReason::BadBody,
+                "the request body has a number whose magnitude is 2^64 or more",
+            ),
+        })
 }
 
 /// What [`Snapshot::begin`] gives: a decision already, or a request ready for its rules once
@@ -679,12 +677,33 @@ fn token_denial(route: Option<Arc<str>>, r: Rejection) -> Decision {
                 format!("invalid token: {e}")
             },
             www_authenticate: Some(www),
+            allow: None,
         }),
         audits: Vec::new(),
         subject: None,
         issuer: None,
         unknown_key_issuer,
         token_cache: None,
+    }
+}
+
+/// `network.strip_headers`, as header names.
+fn strip_headers(config: &Config) -> Result<Vec<HeaderName>, Vec<SourceError>> {
+    let mut names = Vec::new();
+    let mut errors = Vec::new();
+    for h in &config.raw.network.strip_headers {
+        match HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes()) {
+            Ok(n) => names.push(n),
+            Err(_) => errors.push(config.error_at(
+                h.span(),
+                format!("`{}` is not a valid header name", h.get_ref()),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(names)
+    } else {
+        Err(errors)
     }
 }
 

@@ -2,10 +2,12 @@
 //! proxy runs ([`Snapshot::begin_with`] and [`Snapshot::finish_traced`]), fed from a described
 //! request, with mocked source values instead of fetches.
 
+use crate::admission::{refused, RequestHead};
 use crate::auth::VerifiedToken;
 use crate::engine::{Credentials, Snapshot, Step};
-use crate::facts::{bare_host, Body, RequestFacts};
+use crate::facts::RequestFacts;
 use crate::geo::{continent_of, Location};
+use crate::policy::DenyReason;
 use crate::policy::{Decision, Outcome, Trace};
 use crate::sources::SourceValue;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -121,11 +123,29 @@ pub fn explain(
             HeaderValue::from_static("application/json"),
         );
     }
-    let (path, query) = match req.target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (req.target.as_str(), None),
+    if let Some(h) = &req.host {
+        match HeaderValue::from_str(h) {
+            Ok(v) => {
+                headers.insert(http::header::HOST, v);
+            }
+            Err(_) => {
+                let d = refused(
+                    400,
+                    DenyReason::BadHost,
+                    "the Host header is not text".into(),
+                );
+                return finish(d, Trace::default(), false);
+            }
+        }
+    }
+    // Without a host the request is decided as the proxy decides one without a Host header
+    // (HTTP/1.0): by the host-less routes.
+    let head = RequestHead {
+        method: &req.method,
+        target: req.target.as_bytes(),
+        http10: req.host.is_none(),
+        headers: &headers,
     };
-    let host = req.host.as_deref().map(bare_host);
     let location = req.country.as_ref().map(|c| {
         let c = c.to_ascii_uppercase();
         Location {
@@ -133,29 +153,19 @@ pub fn explain(
             country: Some(c),
         }
     });
-    let body = match &req.body {
-        Some(b) => Body::Bytes(b),
-        None => Body::NotRead,
-    };
     let unverified = matches!(token, TokenInput::Claims { .. });
     let mut trace = Trace::default();
 
-    let normalised = match crate::path::normalise(path) {
-        Ok(p) => p,
-        Err(e) => return finish(crate::engine::bad_path(e), trace, unverified),
+    let admitted = match snapshot.admit(&head) {
+        Ok(a) => a,
+        Err(d) => return finish(*d, trace, unverified),
     };
+    let body = admitted.body(req.body.as_deref().unwrap_or_default());
     let facts = RequestFacts {
-        method: &req.method,
-        host: host.as_deref(),
-        path: &normalised,
-        query,
-        headers: &headers,
-        client_ip: req.client_ip,
-        body,
         location: location.as_ref(),
+        ..admitted.facts(&head, req.client_ip, body)
     };
-    let m = snapshot.lookup(&facts);
-    let Some(m) = m else {
+    let Some(m) = admitted.route.clone() else {
         let d = snapshot.decide_matched(&facts, None, now);
         return finish(d, trace, unverified);
     };

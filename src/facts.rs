@@ -5,7 +5,7 @@
 use crate::auth::VerifiedToken;
 use crate::geo::{GeoResolver, Location};
 use crate::policy::cel::{
-    json_to_value, string_map, string_val_map, to_header_text, to_val, CelRuntime,
+    json_to_value, string_map, string_val_map, to_forward_text, to_val, CelRuntime,
 };
 use crate::policy::{native, AttrKind, Expr, Route};
 use cel::common::traits::Indexer;
@@ -143,7 +143,7 @@ impl<'a> Activation<'a> {
     pub fn header_value(&self, expr: &Expr) -> Result<Option<HeaderValue>, String> {
         let run = || {
             let v = self.evaluate(expr).map_err(|e| e.to_string())?;
-            match to_header_text(&v) {
+            match to_forward_text(&v)? {
                 None => Ok(None),
                 Some(text) => HeaderValue::try_from(text)
                     .map(Some)

@@ -87,7 +87,7 @@ impl HeadTimedStream {
     }
 
     fn expire(&mut self) {
-        let decision = crate::engine::refused(
+        let decision = crate::admission::refused(
             408,
             DenyReason::HeadTimeout,
             format!(

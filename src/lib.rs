@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod echo;
@@ -21,6 +22,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod sources;
+pub mod strict_json;
 pub mod sync;
 pub mod telemetry;
 pub mod upstream;

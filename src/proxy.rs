@@ -1,12 +1,13 @@
 //! The Pingora side: a thin `ProxyHttp` that turns a request into facts, asks the decision core,
 //! and either answers the denial itself or forwards with the decided headers.
 
+use crate::admission::{Admitted, RequestHead};
 use crate::engine::{Snapshot, Step};
-use crate::facts::{bare_host, Body, RequestFacts};
+use crate::facts::{Body, RequestFacts};
 use crate::head_timeout::HeadTimedStream;
 use crate::policy::decision::Allow;
 use crate::policy::route::RouteMatch;
-use crate::policy::{Decision, DenyReason, Outcome};
+use crate::policy::{Decision, Outcome};
 use crate::sources::SourceFetcher;
 use crate::telemetry::{log_decision, LogFacts, Metrics, RouteMetrics};
 use arc_swap::ArcSwap;
@@ -18,7 +19,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub struct ClaimgateProxy {
     pub state: Arc<ArcSwap<Snapshot>>,
@@ -59,8 +60,8 @@ pub struct RequestCtx {
     upstream_observed: bool,
     /// The route's metric series, resolved when the request was decided.
     route_metrics: Option<Arc<RouteMetrics>>,
-    /// The normalised path, when it differs from what the client sent.
-    rewritten_path: Option<String>,
+    /// What admission decided the upstream receives: the upstream head is built from it.
+    admitted: Option<Admitted>,
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -80,45 +81,13 @@ fn request_id(req: &RequestHeader) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
-/// The host a route is matched on; refuses requests whose host is ambiguous: several Host
-/// headers, or an absolute-form target naming another host than the Host header.
-fn request_host(req: &RequestHeader) -> std::result::Result<Option<String>, &'static str> {
-    let mut hosts = req.headers.get_all(http::header::HOST).iter();
-    let header = hosts.next();
-    if hosts.next().is_some() {
-        return Err("the request has several Host headers");
-    }
-    let header = match header {
-        Some(h) => Some(bare_host(
-            h.to_str().map_err(|_| "the Host header is not text")?,
-        )),
-        None => None,
-    };
-    match (req.uri.host().map(bare_host), header) {
-        (Some(a), Some(h)) if a != h => {
-            Err("the request target and the Host header name different hosts")
-        }
-        (Some(a), _) => Ok(Some(a)),
-        (None, h) => Ok(h),
-    }
-}
-
-fn request_facts<'a>(
-    req: &'a RequestHeader,
-    path: Option<&'a str>,
-    host: Option<&'a str>,
-    client_ip: Option<IpAddr>,
-    body: Body<'a>,
-) -> RequestFacts<'a> {
-    RequestFacts {
+/// The request head as the decision core reads it.
+fn head_of(req: &RequestHeader) -> RequestHead<'_> {
+    RequestHead {
         method: req.method.as_str(),
-        host,
-        path: path.unwrap_or(req.uri.path()),
-        query: req.uri.query(),
+        target: req.raw_path(),
+        http10: req.version < http::Version::HTTP_11,
         headers: &req.headers,
-        client_ip,
-        body,
-        location: None,
     }
 }
 
@@ -127,6 +96,7 @@ async fn respond_json(
     status: u16,
     body: Vec<u8>,
     www_authenticate: Option<&str>,
+    allow: Option<&str>,
     request_id: &str,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(5))?;
@@ -138,6 +108,9 @@ async fn respond_json(
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if let Some(w) = www_authenticate {
         resp.insert_header(http::header::WWW_AUTHENTICATE, w)?;
+    }
+    if let Some(a) = allow {
+        resp.insert_header(http::header::ALLOW, a)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session
@@ -183,7 +156,8 @@ impl ClaimgateProxy {
         }
     }
 
-    /// Answers a request refused before any route was chosen (ambiguous host, path, framing).
+    /// Answers a request refused before its rules ran (ambiguous target, host, path, framing,
+    /// size, a body that stopped arriving).
     async fn refuse(
         &self,
         session: &mut Session,
@@ -197,10 +171,11 @@ impl ClaimgateProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let path = String::from_utf8_lossy(req.raw_path());
         let log = LogFacts {
             request_id: &ctx.request_id,
             method: req.method.as_str(),
-            path: req.uri.path(),
+            path: &path,
             peer,
             headers: &req.headers,
             geo: &snapshot.geo,
@@ -231,6 +206,7 @@ impl ClaimgateProxy {
                     denial.status,
                     body,
                     denial.www_authenticate.as_deref(),
+                    denial.allow.as_deref(),
                     &ctx.request_id,
                 )
                 .await?;
@@ -257,15 +233,7 @@ enum BodyRead {
 /// must be read here; retry buffering makes Pingora replay what was read to the upstream. That
 /// buffer holds 64 KiB, which is why `body_limit` cannot exceed it.
 async fn read_body(session: &mut Session, limit: usize, buf: &mut Vec<u8>) -> Result<BodyRead> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Ok(BodyRead::TooLarge);
-    }
+    // A declared length over the limit was answered by admission.
     let expects_continue = session
         .req_header()
         .headers
@@ -293,6 +261,19 @@ async fn read_body(session: &mut Session, limit: usize, buf: &mut Vec<u8>) -> Re
     }
 }
 
+/// Whether `e` came while the client was still owing request body bytes and had stopped
+/// sending them: the upstream then times out waiting for the body, and the fault is the
+/// client's (408), not the upstream's (502).
+fn client_body_stalled(session: &mut Session, e: &Error) -> bool {
+    let waiting = matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    );
+    let downstream_timeout = matches!(e.esource(), ErrorSource::Downstream)
+        && matches!(e.etype(), ErrorType::ReadTimedout);
+    downstream_timeout || (waiting && !session.is_body_done())
+}
+
 #[async_trait]
 impl ProxyHttp for ClaimgateProxy {
     type CTX = RequestCtx;
@@ -317,83 +298,44 @@ impl ProxyHttp for ClaimgateProxy {
         let started = Instant::now();
         let snapshot = self.state.load_full();
         ctx.request_id = request_id(session.req_header());
-        let limits = &snapshot.config.raw.limits;
-        let headers = &session.req_header().headers;
-        let header_bytes: usize = headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
-        if headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
-            let decision = crate::engine::refused(
-                431,
-                DenyReason::HeadersTooLarge,
-                format!(
-                    "the request headers exceed {} fields or {} bytes",
-                    limits.max_headers, limits.max_header_bytes
-                ),
-            );
-            return self.refuse(session, ctx, snapshot, decision, started).await;
-        }
-        let host = match request_host(session.req_header()) {
-            Ok(h) => h,
-            Err(message) => {
-                let decision = crate::engine::bad_request(DenyReason::BadHost, message.to_string());
-                return self.refuse(session, ctx, snapshot, decision, started).await;
-            }
-        };
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.client_ip = client_ip;
-        // The policy and the upstream must see the same path: normalise or refuse it first.
-        match crate::path::normalise(session.req_header().uri.path()) {
-            Ok(std::borrow::Cow::Borrowed(_)) => {}
-            Ok(std::borrow::Cow::Owned(p)) => ctx.rewritten_path = Some(p),
-            Err(e) => {
-                let decision = crate::engine::bad_path(e);
+        // A body that stops arriving is the client's failure on every route: answered 408 when
+        // it stalls, not left for the upstream's read timeout to turn into a 502.
+        let timeout = Duration::from_millis(snapshot.config.raw.limits.client_body_timeout_ms);
+        session.as_mut().set_read_timeout(Some(timeout));
+        let admitted = match snapshot.admit(&head_of(session.req_header())) {
+            Ok(a) => a,
+            Err(decision) => {
+                let decision = *decision;
+                // The body, if any, was not read: the connection cannot carry another request.
+                if !session.is_body_empty() {
+                    session.set_keepalive(None);
+                }
                 return self.refuse(session, ctx, snapshot, decision, started).await;
             }
-        }
-        // Look the route up first: only routes whose rules read the body buffer it.
-        let (m, body_limit) = {
-            let facts = request_facts(
-                session.req_header(),
-                ctx.rewritten_path.as_deref(),
-                host.as_deref(),
-                client_ip,
-                Body::NotRead,
-            );
-            let m = snapshot.lookup(&facts);
-            let limit = m.as_ref().and_then(|m| snapshot.body_limit(m));
-            (m, limit)
         };
         let mut buf = Vec::new();
         let mut read = BodyRead::Complete;
-        if let Some(limit) = body_limit {
-            let timeout = std::time::Duration::from_millis(limits.client_body_timeout_ms);
-            session.as_mut().set_read_timeout(Some(timeout));
+        if let Some(limit) = admitted.body_limit {
             read = read_body(session, limit, &mut buf).await?;
         }
         if let BodyRead::Broken { timed_out } = read {
-            let decision = crate::engine::incomplete_body(timed_out);
-            // The connection cannot carry another request after a half-read body.
+            let decision = crate::engine::incomplete_body(timed_out, admitted.route_name.clone());
             session.set_keepalive(None);
             return self.refuse(session, ctx, snapshot, decision, started).await;
         }
-        let body = match (body_limit, read) {
-            (None, _) => Body::NotRead,
-            (Some(_), BodyRead::TooLarge) => Body::TooLarge,
-            (Some(_), _) => Body::Bytes(&buf),
+        let body = match read {
+            BodyRead::TooLarge => Body::TooLarge,
+            _ => admitted.body(&buf),
         };
-        let facts = request_facts(
-            session.req_header(),
-            ctx.rewritten_path.as_deref(),
-            host.as_deref(),
-            client_ip,
-            body,
-        );
-        let mut decision = self.decide(&snapshot, &facts, m.as_ref()).await;
+        let head = head_of(session.req_header());
+        let facts = admitted.facts(&head, client_ip, body);
+        let m = admitted.route.as_ref();
+        let mut decision = self.decide(&snapshot, &facts, m).await;
         // A key id no key has: maybe the identity provider rotated. Refetch (single-flight,
         // rate-limited per issuer) and decide once more.
         if let Some(issuer) = decision
@@ -406,7 +348,7 @@ impl ProxyHttp for ClaimgateProxy {
                 refreshed |= r.refresh_for_unknown_kid().await;
             }
             if refreshed {
-                decision = self.decide(&snapshot, &facts, m.as_ref()).await;
+                decision = self.decide(&snapshot, &facts, m).await;
             }
         }
         let log = LogFacts {
@@ -418,6 +360,7 @@ impl ProxyHttp for ClaimgateProxy {
             geo: &snapshot.geo,
         };
         ctx.route_metrics = Some(self.observe(&decision, &log, started, &snapshot));
+        ctx.admitted = Some(admitted);
         self.conclude(session, ctx, snapshot, decision).await
     }
 
@@ -447,28 +390,38 @@ impl ProxyHttp for ClaimgateProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if let Some(allow) = &ctx.allow {
-            // Remove every header the route may set before adding the computed ones, so a client
-            // can never supply them, not even when the gateway's own value is absent.
-            for h in allow.strip.iter() {
-                upstream_request.remove_header(h);
-            }
-            for (name, value) in &allow.forward {
-                upstream_request.insert_header(name.clone(), value.clone())?;
-            }
+        let (Some(snapshot), Some(allow), Some(admitted)) =
+            (&ctx.snapshot, &ctx.allow, &ctx.admitted)
+        else {
+            return Error::e_explain(ErrorType::InternalError, "no decision for this request");
+        };
+        // Every header any route sets from claims, on every route: an upstream that trusts
+        // `x-user-id` on one path trusts it on all of them. Removed before the computed ones
+        // are added, so a client never supplies one, even when the gateway's value is absent.
+        for h in snapshot.strip_for(ctx.client_ip) {
+            upstream_request.remove_header(h);
         }
-        if let Some(path) = &ctx.rewritten_path {
-            // Forward the path the policy matched, not the client's spelling of it.
-            let pq = match upstream_request.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.clone(),
-            };
-            match http::Uri::builder().path_and_query(pq).build() {
+        for (name, value) in &allow.forward {
+            upstream_request.insert_header(name.clone(), value.clone())?;
+        }
+        // The upstream is sent what was decided: the origin-form target of the normalised
+        // path, the host the target named, one Content-Length.
+        if admitted.rewrite_target {
+            match http::Uri::builder()
+                .path_and_query(admitted.upstream_target())
+                .build()
+            {
                 Ok(uri) => upstream_request.set_uri(uri),
                 Err(_) => {
-                    return Error::e_explain(ErrorType::InvalidHTTPHeader, "normalised path");
+                    return Error::e_explain(ErrorType::InvalidHTTPHeader, "decided target");
                 }
             }
+        }
+        if let Some(host) = &admitted.set_host {
+            upstream_request.insert_header(http::header::HOST, host.as_str())?;
+        }
+        if let (true, Some(n)) = (admitted.collapse_content_length, admitted.content_length) {
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
         }
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(ip) = ctx.client_ip {
@@ -498,12 +451,16 @@ impl ProxyHttp for ClaimgateProxy {
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX)
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX)
     where
         Self::CTX: Send + Sync,
     {
-        // An allowed request that got no upstream response header: the upstream failed.
-        if ctx.allow.is_some() && !ctx.upstream_observed && e.is_some() {
+        // An allowed request that got no upstream response header because the upstream failed
+        // (not the client: a client that went away or stopped sending is no upstream error).
+        let upstream_failed = e.is_some_and(|e| {
+            matches!(e.esource(), ErrorSource::Upstream) && !client_body_stalled(session, e)
+        });
+        if ctx.allow.is_some() && !ctx.upstream_observed && upstream_failed {
             if let Some(series) = &ctx.route_metrics {
                 series.upstream_response(&self.metrics, None);
             }
@@ -521,6 +478,11 @@ impl ProxyHttp for ClaimgateProxy {
     {
         let (code, reason, message) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "http_error", "the request could not be served"),
+            _ if client_body_stalled(session, e) => (
+                408,
+                "incomplete_body",
+                "the request body did not arrive in time",
+            ),
             _ => match e.esource() {
                 ErrorSource::Upstream => (
                     502,
@@ -531,6 +493,11 @@ impl ProxyHttp for ClaimgateProxy {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                         (0, "", "")
                     }
+                    ErrorType::ReadTimedout => (
+                        408,
+                        "incomplete_body",
+                        "the request body did not arrive in time",
+                    ),
                     _ => (400, "bad_request", "the request could not be read"),
                 },
                 ErrorSource::Internal | ErrorSource::Unset => (
@@ -547,7 +514,7 @@ impl ProxyHttp for ClaimgateProxy {
                 "message": message,
             });
             let body = serde_json::to_vec(&body).unwrap_or_default();
-            if let Err(err) = respond_json(session, code, body, None, "").await {
+            if let Err(err) = respond_json(session, code, body, None, None, "").await {
                 tracing::debug!(error = %err, "could not send the error response");
             }
         }

@@ -84,7 +84,13 @@ impl GeoResolver {
         })
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    /// The edge header that carries the client's country, when one is configured.
+    pub fn country_header(&self) -> Option<&HeaderName> {
+        self.country_header.as_ref()
+    }
+
+    /// Whether `ip` is a trusted proxy (`network.trusted_proxies`).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|n| n.contains(&ip))
     }
 

@@ -145,6 +145,32 @@ pub fn to_header_text(v: &Value) -> Option<String> {
     }
 }
 
+/// Renders a CEL result as a forwarded header value that the upstream can read back exactly:
+/// scalars as text, lists and maps as compact JSON (`["a,b","c"]`), so an element containing a
+/// comma stays one element. `None`: not sent (null). A string that HTTP cannot carry as it is
+/// (surrounding spaces or tabs, which every HTTP parser strips, or control characters) is an
+/// error: the request is denied rather than forwarded with another value.
+pub fn to_forward_text(v: &Value) -> Result<Option<String>, String> {
+    let text = match v {
+        Value::Null => return Ok(None),
+        Value::List(_) | Value::Map(_) => match v.json() {
+            Ok(j) => j.to_string(),
+            Err(_) => return Err("the value cannot be written as JSON".into()),
+        },
+        other => match to_header_text(other) {
+            Some(t) => t,
+            None => return Ok(None),
+        },
+    };
+    if text.starts_with([' ', '\t']) || text.ends_with([' ', '\t']) {
+        return Err("the value starts or ends with white space, which HTTP does not keep".into());
+    }
+    if text.chars().any(|c| c.is_control()) {
+        return Err("the value has a control character".into());
+    }
+    Ok(Some(text))
+}
+
 /// Renders a CEL result as message text.
 pub fn to_message_text(v: &Value) -> String {
     to_header_text(v).unwrap_or_default()
@@ -173,5 +199,29 @@ mod tests {
         let v = json_to_value(&serde_json::json!({"k": [1]}));
         assert_eq!(to_header_text(&v).as_deref(), Some(r#"{"k":[1]}"#));
         assert_eq!(to_header_text(&Value::Null), None);
+    }
+
+    #[test]
+    fn forwarded_values_can_be_read_back_exactly() {
+        let list = Value::List(Arc::new(vec![Value::from("a,b"), Value::from("c")]));
+        assert_eq!(
+            to_forward_text(&list).unwrap().as_deref(),
+            Some(r#"["a,b","c"]"#)
+        );
+        let back: Vec<String> =
+            serde_json::from_str(&to_forward_text(&list).unwrap().unwrap()).unwrap();
+        assert_eq!(back, ["a,b", "c"]);
+        assert_eq!(
+            to_forward_text(&Value::from("alice")).unwrap().as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            to_forward_text(&Value::Int(3)).unwrap().as_deref(),
+            Some("3")
+        );
+        assert_eq!(to_forward_text(&Value::Null).unwrap(), None);
+        for bad in [" alice", "alice\t", "a\nb", "a\u{0}b"] {
+            assert!(to_forward_text(&Value::from(bad)).is_err(), "{bad:?}");
+        }
     }
 }

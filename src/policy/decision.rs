@@ -22,8 +22,19 @@ pub enum DenyReason {
     InvalidJson,
     /// The request path is ambiguous (dot segments, `//`, encoded separators, ...).
     BadPath,
-    /// Several Host headers, or a Host header that disagrees with an absolute-form target.
+    /// Several Host headers, none on HTTP/1.1, or one that is not `host[:port]`.
     BadHost,
+    /// A request target that is not origin-form, absolute-form or `OPTIONS *`.
+    BadTarget,
+    /// A standard method written in another case (`get`).
+    BadMethod,
+    /// The path is served, but not for this method (405).
+    MethodNotAllowed,
+    /// `Content-Length` values that are not numbers or disagree.
+    BadFraming,
+    /// A JSON body the rules read that parsers could read differently: duplicate keys, numbers
+    /// out of range.
+    BadBody,
     /// An external source the route needs could not be fetched, and it fails closed.
     SourceUnavailable,
     /// A body the rules need stopped arriving (closed early, or too slow).
@@ -46,6 +57,11 @@ impl DenyReason {
             DenyReason::InvalidJson => "invalid_json",
             DenyReason::BadPath => "bad_path",
             DenyReason::BadHost => "bad_host",
+            DenyReason::BadTarget => "bad_target",
+            DenyReason::MethodNotAllowed => "method_not_allowed",
+            DenyReason::BadMethod => "bad_method",
+            DenyReason::BadFraming => "bad_framing",
+            DenyReason::BadBody => "bad_body",
             DenyReason::SourceUnavailable => "source_unavailable",
             DenyReason::IncompleteBody => "incomplete_body",
             DenyReason::HeadersTooLarge => "headers_too_large",
@@ -62,6 +78,8 @@ pub struct Denial {
     pub message: String,
     /// The `WWW-Authenticate` header value, for 401s (RFC 6750).
     pub www_authenticate: Option<String>,
+    /// The `Allow` header value, for 405s: the methods the path is served for.
+    pub allow: Option<String>,
 }
 
 impl Denial {
@@ -104,9 +122,6 @@ pub struct Allow {
     pub upstream: Arc<str>,
     /// Headers to set on the upstream request, computed from the route's `forward` table.
     pub forward: Vec<(HeaderName, HeaderValue)>,
-    /// Headers removed from the client's request first: every header the route may set, so a
-    /// client can never supply one itself, even when the gateway's value is absent.
-    pub strip: Arc<[HeaderName]>,
 }
 
 #[derive(Debug, Clone)]

@@ -132,6 +132,7 @@ fn run(route: &Route, activation: &Activation<'_>, mut trace: Option<&mut Trace>
                 rule: Some(rule.name.clone()),
                 message: msg,
                 www_authenticate: None,
+                allow: None,
             }),
             audits,
         };
@@ -168,6 +169,7 @@ fn run(route: &Route, activation: &Activation<'_>, mut trace: Option<&mut Trace>
                             route.name
                         ),
                         www_authenticate: None,
+                        allow: None,
                     }),
                     audits,
                 };
@@ -175,11 +177,7 @@ fn run(route: &Route, activation: &Activation<'_>, mut trace: Option<&mut Trace>
         }
     }
     RouteVerdict {
-        outcome: Outcome::Allow(Allow {
-            upstream,
-            forward,
-            strip: route.strip.clone(),
-        }),
+        outcome: Outcome::Allow(Allow { upstream, forward }),
         audits,
     }
 }
@@ -217,6 +215,7 @@ fn forward_error(
                 route.name
             ),
             www_authenticate: None,
+            allow: None,
         }),
         audits,
     }

@@ -221,6 +221,7 @@ impl PolicySet {
             warnings: Vec::new(),
             memo_slots: 0,
             body_bound: MAX_BODY_LIMIT,
+            path_locations: Vec::new(),
         };
         for (path, src) in sources {
             loader.file(path, src);
@@ -228,6 +229,8 @@ impl PolicySet {
         if !loader.errors.is_empty() {
             return Err(loader.errors);
         }
+        loader.index.seal();
+        loader.boundary_warnings();
         Ok(PolicySet {
             routes: loader.routes,
             index: loader.index,
@@ -257,6 +260,8 @@ struct Loader<'c> {
     warnings: Vec<SourceError>,
     /// Expressions that read only the token, numbered for their memo slots.
     memo_slots: u32,
+    /// Where each route's `path` is written, by route index (message left empty).
+    path_locations: Vec<SourceError>,
     /// Per route being loaded: the largest body its rules can see, for the evaluation budget.
     body_bound: usize,
 }
@@ -597,6 +602,36 @@ impl Loader<'_> {
         attrs
     }
 
+    /// Warns where a less protected route serves a path on the boundary of a more protected
+    /// route's pattern (`/admin/` beside `/admin`, `/x` beside `/x/{id}`): many upstreams
+    /// serve both alike, so the weaker route is a way around the stronger one.
+    fn boundary_warnings(&mut self) {
+        let routes = &self.routes;
+        let mut seen = HashSet::new();
+        for c in self.index.boundary_catches(|i| routes[i].methods.clone()) {
+            let (strong, weak) = (&routes[c.protected], &routes[c.catcher]);
+            if !less_protected(weak, strong) || !seen.insert((c.catcher, c.path.clone())) {
+                continue;
+            }
+            let mut w = self.path_locations[c.catcher].clone();
+            w.message = format!(
+                "route `{}` serves `{} {}` with less protection (auth `{}`, {} enforced rule(s)) than route `{}` (`{}`: auth `{}`, {} enforced rule(s)) gives the path next to it; an upstream that treats both paths alike is reached around `{}`. Give `{}` its own route for that path, or the same protection",
+                weak.name,
+                c.method,
+                c.path,
+                auth_name(weak.auth),
+                enforced(weak),
+                strong.name,
+                strong.path,
+                auth_name(strong.auth),
+                enforced(strong),
+                strong.name,
+                c.path,
+            );
+            self.warnings.push(w);
+        }
+    }
+
     fn route(&mut self, fx: &FileCx<'_>, raw: Spanned<RawRoute>) -> Option<Route> {
         let before = self.errors.len();
         self.reads_body = false;
@@ -789,7 +824,6 @@ impl Loader<'_> {
                 });
             }
         }
-        let strip: Arc<[HeaderName]> = forward.iter().map(|f| f.header.clone()).collect();
 
         let mut upstream_select = Vec::new();
         for case in &raw.upstream_select {
@@ -852,6 +886,8 @@ impl Loader<'_> {
         }
 
         let host = raw.host.as_ref().map(|h| h.to_ascii_lowercase());
+        self.path_locations
+            .push(fx.err(raw.path.span().start, String::new()));
         if let Err(m) = self.index.insert(
             host.as_deref(),
             raw.path.get_ref(),
@@ -900,8 +936,33 @@ impl Loader<'_> {
             reads_body,
             body_limit,
             forward,
-            strip,
             sources,
         })
     }
+}
+
+fn auth_rank(a: AuthMode) -> u8 {
+    match a {
+        AuthMode::None => 0,
+        AuthMode::Optional => 1,
+        AuthMode::Required => 2,
+    }
+}
+
+fn auth_name(a: AuthMode) -> &'static str {
+    match a {
+        AuthMode::None => "none",
+        AuthMode::Optional => "optional",
+        AuthMode::Required => "required",
+    }
+}
+
+fn enforced(r: &Route) -> usize {
+    r.rules.iter().filter(|x| x.mode == Mode::Enforce).count()
+}
+
+/// Weaker authentication, or the same with fewer enforced rules.
+fn less_protected(weak: &Route, strong: &Route) -> bool {
+    let (w, s) = (auth_rank(weak.auth), auth_rank(strong.auth));
+    w < s || (w == s && enforced(weak) < enforced(strong))
 }

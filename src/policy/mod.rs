@@ -122,7 +122,6 @@ pub struct Route {
     pub reads_body: bool,
     pub body_limit: usize,
     pub forward: Vec<Forward>,
-    pub strip: Arc<[HeaderName]>,
     /// External sources any expression of the route reads (`ext.NAME`), fetched before its
     /// rules run.
     pub sources: Vec<Arc<str>>,

@@ -31,13 +31,11 @@ struct Slot {
 }
 
 impl Slot {
+    /// Methods are case-sensitive (RFC 9110 §9.1); routes name them upper-case.
     fn find(&self, method: &str) -> Option<usize> {
         self.entries
             .iter()
-            .find(|(m, _)| {
-                m.as_ref()
-                    .is_none_or(|ms| ms.iter().any(|x| x.eq_ignore_ascii_case(method)))
-            })
+            .find(|(m, _)| m.as_ref().is_none_or(|ms| ms.iter().any(|x| x == method)))
             .map(|(_, i)| *i)
     }
 
@@ -47,11 +45,32 @@ impl Slot {
             (Some(a), Some(b)) => a.iter().any(|x| b.contains(x)),
         })
     }
+
+    /// The methods this slot serves, upper-cased and sorted, for a 405's `Allow`.
+    fn allowed(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .entries
+            .iter()
+            .flat_map(|(m, _)| m.iter().flatten())
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+/// What a matched pattern leads to: its slot, and for the boundary of a wildcard (`/x` and
+/// `/x/` for `/x/*`), the wildcard's parameter, which is then empty.
+#[derive(Debug, Clone)]
+struct Target {
+    slot: usize,
+    empty_param: Option<String>,
 }
 
 #[derive(Default)]
 struct Tree {
-    router: matchit::Router<usize>,
+    router: matchit::Router<Target>,
     slots: Vec<Slot>,
     by_pattern: HashMap<String, usize>,
 }
@@ -61,6 +80,28 @@ struct Tree {
 pub struct RouteMatch {
     pub route: usize,
     pub params: Vec<(String, String)>,
+}
+
+/// Where a request lands in the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Route(RouteMatch),
+    /// A route serves the path, for other methods only (listed, upper-case).
+    MethodNotAllowed(Vec<String>),
+    /// No route serves the path: the unmatched action decides.
+    NoRoute,
+}
+
+/// A route whose path can be reached on the boundary of a more protected route's pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundaryCatch {
+    /// The route whose pattern has the boundary.
+    pub protected: usize,
+    /// The route that serves the boundary path instead.
+    pub catcher: usize,
+    /// The boundary path, with `0` for each parameter.
+    pub path: String,
+    pub method: String,
 }
 
 #[derive(Default)]
@@ -96,8 +137,12 @@ impl RouteIndex {
             Some(s) => *s,
             None => {
                 let s = tree.slots.len();
+                let target = Target {
+                    slot: s,
+                    empty_param: None,
+                };
                 tree.router
-                    .insert(pattern.clone(), s)
+                    .insert(pattern.clone(), target)
                     .map_err(|e| format!("path `{pattern}` conflicts with another route: {e}"))?;
                 tree.slots.push(Slot::default());
                 tree.by_pattern.insert(pattern.clone(), s);
@@ -113,26 +158,134 @@ impl RouteIndex {
         Ok(())
     }
 
-    /// Finds the route for a request. Host-specific routes win over host-less ones.
-    pub fn lookup(&self, host: Option<&str>, method: &str, path: &str) -> Option<RouteMatch> {
-        if let Some(tree) = host.and_then(|h| self.hosts.get(h)) {
-            if let Some(m) = lookup_in(tree, method, path) {
-                return Some(m);
+    /// Completes the index once every route is in: a wildcard `/x/*` also serves `/x` and `/x/`
+    /// unless a route names that exact pattern. Done last, so the order of files and routes
+    /// does not matter.
+    pub fn seal(&mut self) {
+        for tree in std::iter::once(&mut self.any_host).chain(self.hosts.values_mut()) {
+            let mut aliases = Vec::new();
+            for (pattern, slot) in &tree.by_pattern {
+                let Some((prefix, param)) = split_catch_all(pattern) else {
+                    continue;
+                };
+                for alias in [prefix.to_string(), format!("{prefix}/")] {
+                    if alias.is_empty() || tree.by_pattern.contains_key(&alias) {
+                        continue;
+                    }
+                    aliases.push((alias, *slot, param.to_string()));
+                }
+            }
+            aliases.sort();
+            for (alias, slot, param) in aliases {
+                let target = Target {
+                    slot,
+                    empty_param: Some(param),
+                };
+                // A pattern the tree cannot hold beside an explicit one (`/a/{id}` next to an
+                // alias `/a/{x}`) leaves the boundary to that route; `check` reports it when
+                // that route is less protected.
+                let _ = tree.router.insert(alias, target);
             }
         }
-        lookup_in(&self.any_host, method, path)
+    }
+
+    /// Finds the route for a request. A host with host-specific routes is decided by those
+    /// routes alone; other hosts (and requests without one) by the host-less routes.
+    pub fn lookup(&self, host: Option<&str>, method: &str, path: &str) -> Lookup {
+        let tree = host
+            .and_then(|h| self.hosts.get(h))
+            .unwrap_or(&self.any_host);
+        lookup_in(tree, method, path)
+    }
+
+    /// Every route that serves a path on the boundary of another route's pattern (`/x` and
+    /// `/x/` for `/x/*` and `/x/{id}`, `/x/` for `/x`, `/x` for `/x/`), for the same method.
+    /// `check` compares their protection.
+    pub fn boundary_catches(
+        &self,
+        methods_of: impl Fn(usize) -> Option<Vec<String>>,
+    ) -> Vec<BoundaryCatch> {
+        let mut out = Vec::new();
+        for tree in std::iter::once(&self.any_host).chain(self.hosts.values()) {
+            let mut patterns: Vec<(&String, &usize)> = tree.by_pattern.iter().collect();
+            patterns.sort();
+            for (pattern, slot) in patterns {
+                for &(_, protected) in &tree.slots[*slot].entries {
+                    let methods = methods_of(protected).unwrap_or_else(|| vec!["GET".to_string()]);
+                    for path in boundary_paths(pattern) {
+                        for method in &methods {
+                            if let Lookup::Route(m) = lookup_in(tree, method, &path) {
+                                if m.route != protected {
+                                    out.push(BoundaryCatch {
+                                        protected,
+                                        catcher: m.route,
+                                        path: path.clone(),
+                                        method: method.clone(),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
-fn lookup_in(tree: &Tree, method: &str, path: &str) -> Option<RouteMatch> {
-    let m = tree.router.at(path).ok()?;
-    let route = tree.slots[*m.value].find(method)?;
-    let params = m
+/// `("/x", "rest")` for `/x/{*rest}`.
+fn split_catch_all(pattern: &str) -> Option<(&str, &str)> {
+    let (prefix, last) = pattern.rsplit_once('/')?;
+    let param = last.strip_prefix("{*")?.strip_suffix('}')?;
+    Some((prefix, param))
+}
+
+/// Concrete paths next to a pattern that an upstream may serve as the same resource, with
+/// parameters filled with `0`.
+fn boundary_paths(pattern: &str) -> Vec<String> {
+    let concrete = |p: &str| {
+        p.split('/')
+            .map(|seg| if seg.contains('{') { "0" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let mut out = Vec::new();
+    if let Some((prefix, _)) = split_catch_all(pattern) {
+        out.push(concrete(prefix));
+        out.push(format!("{}/", concrete(prefix)));
+    } else if let Some(stem) = pattern.strip_suffix('/') {
+        out.push(concrete(stem));
+    } else {
+        out.push(format!("{}/", concrete(pattern)));
+        if let Some((prefix, last)) = pattern.rsplit_once('/') {
+            if last.starts_with('{') {
+                out.push(concrete(prefix));
+                out.push(format!("{}/", concrete(prefix)));
+            }
+        }
+    }
+    out.retain(|p| !p.is_empty() && p != pattern);
+    out.dedup();
+    out
+}
+
+fn lookup_in(tree: &Tree, method: &str, path: &str) -> Lookup {
+    let Ok(m) = tree.router.at(path) else {
+        return Lookup::NoRoute;
+    };
+    let slot = &tree.slots[m.value.slot];
+    let Some(route) = slot.find(method) else {
+        return Lookup::MethodNotAllowed(slot.allowed());
+    };
+    let mut params: Vec<(String, String)> = m
         .params
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Some(RouteMatch { route, params })
+    if let Some(p) = &m.value.empty_param {
+        params.push((p.clone(), String::new()));
+    }
+    Lookup::Route(RouteMatch { route, params })
 }
 
 #[cfg(test)]
@@ -141,6 +294,13 @@ mod tests {
 
     fn methods(m: &[&str]) -> Option<Vec<String>> {
         Some(m.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn route(l: Lookup) -> Option<usize> {
+        match l {
+            Lookup::Route(m) => Some(m.route),
+            _ => None,
+        }
     }
 
     #[test]
@@ -153,24 +313,91 @@ mod tests {
         ix.insert(None, "/files/*", None, 2).unwrap();
         ix.insert(Some("Admin.example.com"), "/users/{id}", None, 3)
             .unwrap();
+        ix.seal();
 
-        let m = ix.lookup(None, "GET", "/users/7").unwrap();
+        let Lookup::Route(m) = ix.lookup(None, "GET", "/users/7") else {
+            panic!("no match")
+        };
         assert_eq!(m.route, 0);
         assert_eq!(m.params, vec![("id".into(), "7".into())]);
-        assert_eq!(ix.lookup(None, "post", "/users/7").unwrap().route, 1);
-        assert_eq!(ix.lookup(None, "DELETE", "/users/7"), None);
-        assert_eq!(ix.lookup(None, "GET", "/files/a/b").unwrap().route, 2);
+        assert_eq!(route(ix.lookup(None, "POST", "/users/7")), Some(1));
         assert_eq!(
-            ix.lookup(Some("admin.example.com"), "DELETE", "/users/7")
-                .unwrap()
-                .route,
-            3
+            ix.lookup(None, "DELETE", "/users/7"),
+            Lookup::MethodNotAllowed(vec!["GET".into(), "POST".into()])
+        );
+        assert_eq!(route(ix.lookup(None, "GET", "/files/a/b")), Some(2));
+        assert_eq!(
+            route(ix.lookup(Some("admin.example.com"), "DELETE", "/users/7")),
+            Some(3)
+        );
+        assert_eq!(route(ix.lookup(Some("other"), "GET", "/users/7")), Some(0));
+        assert_eq!(ix.lookup(None, "GET", "/nope"), Lookup::NoRoute);
+    }
+
+    #[test]
+    fn a_host_with_its_own_routes_never_falls_through_to_host_less_ones() {
+        let mut ix = RouteIndex::default();
+        ix.insert(Some("admin.test"), "/admin/*", methods(&["GET"]), 0)
+            .unwrap();
+        ix.insert(None, "/*", None, 1).unwrap();
+        ix.seal();
+        assert_eq!(
+            ix.lookup(Some("admin.test"), "POST", "/admin/x"),
+            Lookup::MethodNotAllowed(vec!["GET".into()])
         );
         assert_eq!(
-            ix.lookup(Some("other"), "GET", "/users/7").unwrap().route,
-            0
+            ix.lookup(Some("admin.test"), "GET", "/public"),
+            Lookup::NoRoute
         );
-        assert_eq!(ix.lookup(None, "GET", "/nope"), None);
+        assert_eq!(
+            route(ix.lookup(Some("other.test"), "POST", "/admin/x")),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_wildcard_covers_its_own_boundary_unless_a_route_names_it() {
+        let mut ix = RouteIndex::default();
+        ix.insert(None, "/x/*", None, 0).unwrap();
+        ix.insert(None, "/y/{*tail}", None, 1).unwrap();
+        ix.insert(None, "/y", None, 2).unwrap();
+        ix.insert(None, "/*", None, 3).unwrap();
+        ix.seal();
+        for p in ["/x", "/x/", "/x/a", "/x/a/b"] {
+            assert_eq!(route(ix.lookup(None, "GET", p)), Some(0), "{p}");
+        }
+        let Lookup::Route(m) = ix.lookup(None, "GET", "/y/") else {
+            panic!()
+        };
+        assert_eq!(
+            (m.route, m.params),
+            (1, vec![("tail".into(), String::new())])
+        );
+        assert_eq!(route(ix.lookup(None, "GET", "/y")), Some(2));
+        assert_eq!(route(ix.lookup(None, "GET", "/xy")), Some(3));
+        assert_eq!(route(ix.lookup(None, "GET", "/")), Some(3));
+        let catches = ix.boundary_catches(|_| None);
+        assert!(catches
+            .iter()
+            .any(|c| c.protected == 1 && c.catcher == 2 && c.path == "/y"));
+        assert!(!catches.iter().any(|c| c.protected == 0));
+    }
+
+    #[test]
+    fn trailing_slash_and_parameter_boundaries_are_reported() {
+        let mut ix = RouteIndex::default();
+        ix.insert(None, "/admin", None, 0).unwrap();
+        ix.insert(None, "/users/{id}", None, 1).unwrap();
+        ix.insert(None, "/*", None, 2).unwrap();
+        ix.seal();
+        let catches = ix.boundary_catches(|_| None);
+        let paths: Vec<(usize, &str)> = catches
+            .iter()
+            .map(|c| (c.protected, c.path.as_str()))
+            .collect();
+        assert!(paths.contains(&(0, "/admin/")), "{paths:?}");
+        assert!(paths.contains(&(1, "/users")), "{paths:?}");
+        assert!(paths.contains(&(1, "/users/")), "{paths:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod tokens;
 
 mod auth;
 mod cli;
+mod guarantee;
 mod hostile;
 mod observability;
 mod paths;

@@ -93,14 +93,18 @@ async fn cel_rules_allow_and_deny() {
     assert_eq!(body["message"], "user bob is blocked");
     assert_eq!(up.count(), 1, "denied requests never reach the upstream");
 
-    // Methods are part of the route: GET on a POST route matches nothing.
+    // Methods are part of the route: GET on a POST-only path is a 405 naming what is served,
+    // never a fall-through to another route or the unmatched action.
     let resp = c
         .get(gw.url("/api/transfer"))
         .bearer_auth(es256(json!({"permissions": ["transfer"]})))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "method_not_allowed");
 }
 
 #[tokio::test]

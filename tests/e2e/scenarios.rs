@@ -124,7 +124,7 @@ async fn scenario_5_risk_bands() {
     assert_eq!(r.status(), 200);
     assert_eq!(
         up.last().headers["x-permissions"],
-        "read,write,delete,admin"
+        r#"["read","write","delete","admin"]"#
     );
 
     let r = del(&low_but_jailbroken).await.unwrap();
@@ -134,13 +134,13 @@ async fn scenario_5_risk_bands() {
         "Your device risk level does not allow delete access"
     );
     assert_eq!(put(&low_but_jailbroken).await.unwrap().status(), 200);
-    assert_eq!(up.last().headers["x-permissions"], "read,write");
+    assert_eq!(up.last().headers["x-permissions"], r#"["read","write"]"#);
 
     assert_eq!(put(&medium).await.unwrap().status(), 200);
     assert_eq!(del(&medium).await.unwrap().status(), 403);
 
     assert_eq!(get(&gw, "/api/documents/1", &high).await.status(), 200);
-    assert_eq!(up.last().headers["x-permissions"], "read");
+    assert_eq!(up.last().headers["x-permissions"], r#"["read"]"#);
     let r = put(&high).await.unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(
@@ -768,7 +768,7 @@ async fn scenario_6_subscription_tier_sets_features_limits_and_quota() {
     assert_eq!(h["x-storage-quota-gb"], "1000");
     assert_eq!(
         h["x-premium-features"],
-        "large-uploads,version-history,priority-support"
+        r#"["large-uploads","version-history","priority-support"]"#
     );
 
     // Free tier, and a user the billing service does not know (404 -> free).
@@ -780,7 +780,7 @@ async fn scenario_6_subscription_tier_sets_features_limits_and_quota() {
         assert_eq!(h["x-subscription-tier"], "free");
         assert_eq!(h["x-rate-limit"], "1000");
         assert_eq!(h["x-storage-quota-gb"], "5");
-        assert!(h["x-premium-features"].is_empty());
+        assert_eq!(h["x-premium-features"], "[]");
         let r = get(&gw, "/api/files/large/upload-2", &t).await;
         assert_eq!(r.status(), 403);
         assert_eq!(body_of(r).await["rule"], "premium-for-large-uploads");

@@ -1,0 +1,288 @@
+//! Admission: the one step that turns a request head into what the decision core decides on,
+//! and into what the upstream will receive. The proxy, `claimgate eval`, `claimgate test` and
+//! the benches all call [`Snapshot::admit`]; none of them reads a request's target, host or
+//! path any other way, so an offline answer is the proxy's answer.
+//!
+//! In order: header limits (431), the method (a standard method in another case such as `get`:
+//! 400 `bad_method`), the request target (400 `bad_target`; CONNECT 405), the host
+//! (400 `bad_host`), `Content-Length` (400 `bad_request`), the path (400 `bad_path`), the route
+//! (405 with `Allow` when the path is served for other methods only), and the declared body
+//! size against the route's limit (413). What comes out names the exact method, host, path and
+//! query that the rules see and that the upstream is sent.
+
+pub mod framing;
+pub mod host;
+pub mod target;
+
+use crate::engine::Snapshot;
+use crate::facts::{Body, RequestFacts};
+use crate::policy::route::{Lookup, RouteMatch};
+use crate::policy::{Decision, Denial, DenyReason, Outcome};
+use http::HeaderMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use target::Target;
+
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// A request head as received: no proxy types.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// The request target as sent (`/path?q`, `http://host/path`, `*`, ...).
+    pub target: &'a [u8],
+    /// HTTP/1.0, which may omit `Host`.
+    pub http10: bool,
+    pub headers: &'a HeaderMap,
+}
+
+/// A request that may go on to its rules: what they decide on, and what the upstream receives.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The host routes and rules see: lower-case, without port or trailing dot.
+    pub host: Option<String>,
+    /// The `Host` to send upstream when it is not the client's own header (an absolute-form
+    /// target names the host; RFC 9112 §3.2.2).
+    pub set_host: Option<String>,
+    /// The normalised path (see [`crate::path`]).
+    pub path: String,
+    pub query: Option<String>,
+    /// The upstream must be sent `path?query` rather than the client's target: the target was
+    /// not origin-form, or the path was normalised.
+    pub rewrite_target: bool,
+    pub route: Option<RouteMatch>,
+    /// The matched route's name.
+    pub route_name: Option<Arc<str>>,
+    /// The route reads the body, up to this many bytes.
+    pub body_limit: Option<usize>,
+    /// The declared body length, when `Content-Length` frames the body.
+    pub content_length: Option<u64>,
+    /// `Content-Length` came as several equal values: send one.
+    pub collapse_content_length: bool,
+}
+
+impl Admitted {
+    /// The facts the rules see, for this request's headers, peer and body.
+    pub fn facts<'a>(
+        &'a self,
+        head: &RequestHead<'a>,
+        client_ip: Option<IpAddr>,
+        body: Body<'a>,
+    ) -> RequestFacts<'a> {
+        RequestFacts {
+            method: head.method,
+            host: self.host.as_deref(),
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: head.headers,
+            client_ip,
+            body,
+            location: None,
+        }
+    }
+
+    /// The body as the rules may see it: only on routes that read it, and only within the
+    /// route's limit.
+    pub fn body<'a>(&self, bytes: &'a [u8]) -> Body<'a> {
+        match self.body_limit {
+            None => Body::NotRead,
+            Some(limit) if bytes.len() > limit => Body::TooLarge,
+            Some(_) => Body::Bytes(bytes),
+        }
+    }
+
+    /// The origin-form target to send upstream.
+    pub fn upstream_target(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+/// A denial from the request's form alone, before or without a route.
+pub fn refused(status: u16, reason: DenyReason, message: String) -> Decision {
+    Decision {
+        route: None,
+        outcome: Outcome::Deny(Denial {
+            status,
+            reason,
+            rule: None,
+            message,
+            www_authenticate: None,
+            allow: None,
+        }),
+        audits: Vec::new(),
+        subject: None,
+        issuer: None,
+        unknown_key_issuer: None,
+        token_cache: None,
+    }
+}
+
+/// [`refused`], boxed: admission's error path.
+fn deny(status: u16, reason: DenyReason, message: String) -> Box<Decision> {
+    Box::new(refused(status, reason, message))
+}
+
+impl Snapshot {
+    /// Admits a request head, or answers it. See the module documentation for the order.
+    pub fn admit(&self, head: &RequestHead<'_>) -> Result<Admitted, Box<Decision>> {
+        let limits = &self.config.raw.limits;
+        let header_bytes: usize = head
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if head.headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
+            return Err(deny(
+                431,
+                DenyReason::HeadersTooLarge,
+                format!(
+                    "the request headers exceed {} fields or {} bytes",
+                    limits.max_headers, limits.max_header_bytes
+                ),
+            ));
+        }
+        // Methods are case-sensitive, but some servers read `get` as GET: a standard method in
+        // another case would be decided as one method and served as another.
+        if let Some(m) = STANDARD_METHODS
+            .iter()
+            .find(|m| m.eq_ignore_ascii_case(head.method) && **m != head.method)
+        {
+            return Err(deny(
+                400,
+                DenyReason::BadMethod,
+                format!(
+                    "`{}` is not a method; methods are case-sensitive (`{m}`)",
+                    head.method
+                ),
+            ));
+        }
+        if head.method == "CONNECT" {
+            return Err(deny(
+                405,
+                DenyReason::MethodNotAllowed,
+                "CONNECT is not served".into(),
+            ));
+        }
+        let target = target::parse(head.method, head.target)
+            .map_err(|e| deny(400, DenyReason::BadTarget, e.to_string()))?;
+        let bad_host = |m: String| deny(400, DenyReason::BadHost, m);
+        let mut hosts = head.headers.get_all(http::header::HOST).iter();
+        let header = hosts.next();
+        if hosts.next().is_some() {
+            return Err(bad_host("the request has several Host headers".into()));
+        }
+        let header = match header {
+            Some(v) => {
+                let text = v
+                    .to_str()
+                    .map_err(|_| bad_host("the Host header is not text".into()))?;
+                Some(host::parse_authority(text).map_err(|e| bad_host(e.to_string()))?)
+            }
+            None => None,
+        };
+        let (authority, set_host, path, query, rewrite) = match target {
+            Target::Origin { path, query } => (header, None, path, query, false),
+            Target::Absolute {
+                authority,
+                path,
+                query,
+            } => {
+                let a = host::parse_authority(authority).map_err(|e| bad_host(e.to_string()))?;
+                // The target's authority is the host; a Host header is replaced by it.
+                let set =
+                    (header.as_ref().map(|h| &h.value) != Some(&a.value)).then(|| a.value.clone());
+                (Some(a), set, path, query, true)
+            }
+            Target::Asterisk => (header, None, "*", None, false),
+        };
+        if authority.is_none() && !head.http10 {
+            return Err(bad_host(
+                "an HTTP/1.1 request must have a Host header".into(),
+            ));
+        }
+        let declared = framing::declared_length(head.headers)
+            .map_err(|e| deny(400, DenyReason::BadFraming, e.to_string()))?;
+        let host = authority.map(|a| a.host);
+        let (path, normalised) = if matches!(target, Target::Asterisk) {
+            ("*".to_string(), false)
+        } else {
+            match crate::path::normalise(path) {
+                Ok(std::borrow::Cow::Borrowed(p)) => (p.to_string(), false),
+                Ok(std::borrow::Cow::Owned(p)) => (p, true),
+                Err(e) => return Err(deny(400, DenyReason::BadPath, e.to_string())),
+            }
+        };
+        let route = match self
+            .policy
+            .index
+            .lookup(host.as_deref(), head.method, &path)
+        {
+            Lookup::Route(m) => Some(m),
+            Lookup::NoRoute => None,
+            Lookup::MethodNotAllowed(allowed) => {
+                let mut d = refused(
+                    405,
+                    DenyReason::MethodNotAllowed,
+                    format!("this path is served for {} only", allowed.join(", ")),
+                );
+                if let Outcome::Deny(den) = &mut d.outcome {
+                    den.allow = Some(allowed.join(", "));
+                }
+                return Err(Box::new(d));
+            }
+        };
+        let (route_name, body_limit) = match &route {
+            Some(m) => {
+                let r = &self.policy.routes[m.route];
+                (Some(r.name.clone()), r.reads_body.then_some(r.body_limit))
+            }
+            None => (None, None),
+        };
+        if let (Some(limit), Some(n)) = (body_limit, declared.length) {
+            if n > limit as u64 {
+                let mut d = refused(
+                    413,
+                    DenyReason::BodyTooLarge,
+                    "the request body is too large".into(),
+                );
+                d.route = route_name;
+                return Err(Box::new(d));
+            }
+        }
+        Ok(Admitted {
+            host,
+            set_host,
+            path,
+            query: query.map(str::to_string),
+            rewrite_target: rewrite || normalised,
+            route,
+            route_name,
+            body_limit,
+            content_length: declared.length,
+            collapse_content_length: declared.collapse,
+        })
+    }
+
+    /// Admits and decides a request whose whole body (if any) is at hand: the offline tools'
+    /// and the benches' path through the same steps as the proxy's. Sources are unavailable.
+    pub fn decide_head(
+        &self,
+        head: &RequestHead<'_>,
+        client_ip: Option<IpAddr>,
+        body: &[u8],
+        now: std::time::SystemTime,
+    ) -> Decision {
+        match self.admit(head) {
+            Err(d) => *d,
+            Ok(a) => {
+                let facts = a.facts(head, client_ip, a.body(body));
+                self.decide_matched(&facts, a.route.as_ref(), now)
+            }
+        }
+    }
+}
