@@ -26,11 +26,14 @@ pub struct EvalArgs {
     /// The gateway configuration file (its rules directory is used).
     #[arg(short, long, default_value = "gateway.toml")]
     config: PathBuf,
-    /// Request path, with an optional ?query.
+    /// The request target, as a client sends it: a path with an optional ?query, or an
+    /// absolute URL (its host is then the request's host).
     path: String,
+    /// The method, exactly as a client sends it (methods are case-sensitive).
     #[arg(short = 'X', long, default_value = "GET")]
     method: String,
-    /// Host header (for host-specific routes).
+    /// Host header (for host-specific routes). Without it, the request is decided as one
+    /// without a Host header (HTTP/1.0): by the host-less routes.
     #[arg(long)]
     host: Option<String>,
     /// A bearer token, verified as the gateway would.
@@ -104,7 +107,7 @@ pub fn run(a: EvalArgs) -> ExitCode {
         Err(e) => return fail(format!("the configuration does not load:\n{e}")),
     };
     let mut req = EvalRequest {
-        method: a.method.to_ascii_uppercase(),
+        method: a.method.clone(),
         host: a.host,
         target: a.path,
         client_ip: a.client_ip,

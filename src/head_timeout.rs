@@ -46,6 +46,10 @@ pub struct HeadTimedStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// Set once the deadline fired; the 408 still to be written, and whether it was.
     expired: Option<(Vec<u8>, usize)>,
+    /// Pingora answered a head it could not parse (or a CONNECT) before any hook ran, with an
+    /// empty body; claimgate's JSON answer was written instead and the rest of Pingora's is
+    /// dropped.
+    replaced: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -67,8 +71,53 @@ impl HeadTimedStream {
             deadline: None,
             timer: None,
             expired: None,
+            replaced: false,
             metrics,
         }
+    }
+
+    /// Pingora's own error answer to a head no hook saw: replaced by claimgate's JSON, counted
+    /// like every other denial. Only the status line is Pingora's.
+    fn replace_pingora_answer(&mut self, buf: &[u8], cx: &mut Context<'_>) -> bool {
+        let status = match buf.get(..13) {
+            Some(b"HTTP/1.1 400 " | b"HTTP/1.0 400 ") => 400,
+            Some(b"HTTP/1.1 405 " | b"HTTP/1.0 405 ") => 405,
+            _ => return false,
+        };
+        let decision = if status == 405 {
+            crate::admission::refused(
+                405,
+                DenyReason::MethodNotAllowed,
+                "CONNECT is not served".into(),
+            )
+        } else {
+            crate::admission::refused(
+                400,
+                DenyReason::MalformedRequest,
+                "the request head is not valid HTTP/1.1".into(),
+            )
+        };
+        self.metrics.record(&decision, Duration::ZERO);
+        let Some(denial) = decision.denial() else {
+            return false;
+        };
+        let body = denial.body(None);
+        let reason = if status == 405 {
+            "Method Not Allowed"
+        } else {
+            "Bad Request"
+        };
+        let mut response = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(&body);
+        self.replaced = true;
+        self.expired = Some((response, 0));
+        let _ = self.send_timeout_response(cx);
+        true
     }
 
     /// The head was parsed: reads from here on are the body, which has its own limits.
@@ -118,17 +167,24 @@ impl HeadTimedStream {
     /// Writes what it can of the 408 without waiting: the socket's buffer is empty (nothing was
     /// answered on this head yet), so it normally all goes at once; if not, the client that
     /// stalled its own request does not get to stall this too.
-    fn send_timeout_response(&mut self, cx: &mut Context<'_>) {
+    /// Pending only while the socket cannot take more (the waker is then registered); a
+    /// failed write gives up.
+    fn send_timeout_response(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some((bytes, written)) = &mut self.expired else {
-            return;
+            return Poll::Ready(());
         };
         while *written < bytes.len() {
             match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
                 Poll::Ready(Ok(n)) if n > 0 => *written += n,
-                _ => return,
+                Poll::Pending => return Poll::Pending,
+                _ => {
+                    *written = bytes.len();
+                    return Poll::Ready(());
+                }
             }
         }
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        Poll::Ready(())
     }
 }
 
@@ -148,7 +204,7 @@ impl AsyncRead for HeadTimedStream {
         } else if this.deadline.is_some_and(|d| Instant::now() >= d) {
             this.timer = None;
             this.expire();
-            this.send_timeout_response(cx);
+            let _ = this.send_timeout_response(cx);
             return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
         }
         let before = buf.filled().len();
@@ -184,27 +240,37 @@ impl AsyncWrite for HeadTimedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.replaced {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if this.phase.load(Ordering::Relaxed) != IN_REQUEST
+            && this.expired.is_none()
+            && this.replace_pingora_answer(buf, cx)
+        {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A replacement answer goes out whole before the connection is flushed or closed.
+        if self.replaced && self.send_timeout_response(cx).is_pending() {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.replaced && self.send_timeout_response(cx).is_pending() {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        // Writes go through `poll_write`, where Pingora's own error answers are replaced.
+        false
     }
 }
 

@@ -42,6 +42,10 @@ struct Case {
     /// The JSON body, written as TOML (a table, an array, a string ...).
     #[serde(default)]
     body: Option<toml::Value>,
+    /// The body's bytes exactly as written, for bodies TOML cannot express (duplicate keys,
+    /// numbers out of range, text that is not JSON).
+    #[serde(default)]
+    body_text: Option<String>,
     #[serde(default)]
     claims: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
@@ -186,7 +190,7 @@ type Prepared = (
 
 fn prepare(snapshot: &Snapshot, case: &Case) -> Result<Prepared, String> {
     let mut req = EvalRequest {
-        method: case.method.to_ascii_uppercase(),
+        method: case.method.clone(),
         host: case.host.clone(),
         target: case.path.clone(),
         client_ip: case.client_ip,
@@ -197,9 +201,14 @@ fn prepare(snapshot: &Snapshot, case: &Case) -> Result<Prepared, String> {
         let (n, v) = parse_header(&format!("{n}: {v}"))?;
         req.headers.append(n, v);
     }
-    if let Some(b) = &case.body {
-        let json = serde_json::to_vec(b).map_err(|e| format!("body: {e}"))?;
-        req.body = Some(json);
+    match (&case.body, &case.body_text) {
+        (Some(_), Some(_)) => return Err("give `body` or `body_text`, not both".into()),
+        (Some(b), None) => {
+            let json = serde_json::to_vec(b).map_err(|e| format!("body: {e}"))?;
+            req.body = Some(json);
+        }
+        (None, Some(t)) => req.body = Some(t.clone().into_bytes()),
+        (None, None) => {}
     }
     let token = match (&case.token, &case.claims) {
         (Some(_), Some(_)) => return Err("give `token` or `claims`, not both".into()),

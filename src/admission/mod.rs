@@ -176,13 +176,15 @@ impl Snapshot {
         if hosts.next().is_some() {
             return Err(bad_host("the request has several Host headers".into()));
         }
-        let header = match header {
-            Some(v) => {
-                let text = v
-                    .to_str()
-                    .map_err(|_| bad_host("the Host header is not text".into()))?;
-                Some(host::parse_authority(text).map_err(|e| bad_host(e.to_string()))?)
-            }
+        let header_text = match header {
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| bad_host("the Host header is not text".into()))?,
+            ),
+            None => None,
+        };
+        let header = match header_text {
+            Some(text) => Some(host::parse_authority(text).map_err(|e| bad_host(e.to_string()))?),
             None => None,
         };
         let (authority, set_host, path, query, rewrite) = match target {
@@ -193,9 +195,15 @@ impl Snapshot {
                 query,
             } => {
                 let a = host::parse_authority(authority).map_err(|e| bad_host(e.to_string()))?;
-                // The target's authority is the host; a Host header is replaced by it.
-                let set =
-                    (header.as_ref().map(|h| &h.value) != Some(&a.value)).then(|| a.value.clone());
+                // The target's authority is the host (RFC 9112 §3.2.2). A Host header must
+                // say the same, byte for byte (as the HTTP layer in front of this insists);
+                // without one, the upstream is sent the authority as Host.
+                if header_text.is_some_and(|h| h != authority) {
+                    return Err(bad_host(
+                        "the request target and the Host header name different hosts".into(),
+                    ));
+                }
+                let set = header_text.is_none().then(|| a.value.clone());
                 (Some(a), set, path, query, true)
             }
             Target::Asterisk => (header, None, "*", None, false),

@@ -26,6 +26,8 @@ pub enum DenyReason {
     BadHost,
     /// A request target that is not origin-form, absolute-form or `OPTIONS *`.
     BadTarget,
+    /// A request head that is not valid HTTP/1.1 (answered for Pingora, which refused it).
+    MalformedRequest,
     /// A standard method written in another case (`get`).
     BadMethod,
     /// The path is served, but not for this method (405).
@@ -60,6 +62,7 @@ impl DenyReason {
             DenyReason::BadTarget => "bad_target",
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::BadMethod => "bad_method",
+            DenyReason::MalformedRequest => "malformed_request",
             DenyReason::BadFraming => "bad_framing",
             DenyReason::BadBody => "bad_body",
             DenyReason::SourceUnavailable => "source_unavailable",

@@ -5,6 +5,7 @@ mod harness;
 mod jwks;
 mod tokens;
 
+mod admission;
 mod auth;
 mod cli;
 mod guarantee;

@@ -1,0 +1,576 @@
+//! Each way around a rule that admission closes, end to end: absolute-form targets, method
+//! fall-through across hosts, wildcard boundaries, targets that are not origin-form, spoofed
+//! identity and edge headers, malformed hosts, ambiguous JSON bodies, list values in headers,
+//! framing, and offline tools that must answer as the proxy does. The differential property
+//! test in `guarantee.rs` covers the same classes at random; these name them one by one.
+
+use super::harness::*;
+use super::tokens::*;
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+const RULES: &str = r#"
+[[route]]
+name = "open"
+path = "/*"
+auth = "none"
+
+[[route]]
+name = "admin"
+host = "admin.test"
+path = "/admin/*"
+methods = ["GET"]
+issuers = ["hs"]
+  [route.forward]
+  "x-user" = "claims.sub"
+
+[[route]]
+name = "api"
+path = "/api/pay"
+methods = ["POST"]
+issuers = ["hs"]
+body_limit = 64
+  [[route.rule]]
+  name = "small"
+  allow_if = "body.amount <= 100"
+  [route.forward]
+  "x-user" = "claims.sub"
+  "x-groups" = "has(claims.groups) ? claims.groups : null"
+  "x-name" = "has(claims.name) ? claims.name : null"
+"#;
+
+/// One raw exchange on a new connection: status, head and body of the answer.
+fn exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn reason(body: &str) -> String {
+    serde_json::from_str::<Value>(body).map_or_else(
+        |_| format!("<not JSON: {body:?}>"),
+        |v| v["reason"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn admin_token() -> String {
+    token(Algorithm::HS256, json!({"sub": "alice"}))
+}
+
+fn start() -> (Upstream, Gateway) {
+    start_standard("", &[("routes.toml", RULES)])
+}
+
+#[test]
+fn absolute_form_targets_are_decided_on_their_authority() {
+    let (up, gw) = start();
+    // The target names the protected host: decided as that host, with or without Host.
+    for host in ["", "Host: admin.test\r\n"] {
+        let req =
+            format!("GET http://admin.test/admin/x HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
+        let (status, _, body) = exchange(gw.proxy, req.as_bytes());
+        assert_eq!(
+            (status, reason(&body).as_str()),
+            (401, "missing_token"),
+            "{host}"
+        );
+    }
+    // A Host header naming another host than the target: refused, whichever is protected.
+    for (target, host) in [("admin.test", "other.test"), ("other.test", "admin.test")] {
+        let req = format!(
+            "GET http://{target}/admin/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        );
+        let (status, head, _) = exchange(gw.proxy, req.as_bytes());
+        assert_eq!(status, 400, "{target} {host}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+    }
+    let req = format!(
+        "GET http://Admin.Test:80/admin/x?q=1 HTTP/1.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        admin_token()
+    );
+    let (status, _, _) = exchange(gw.proxy, req.as_bytes());
+    assert_eq!(status, 200);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/admin/x?q=1", "the upstream gets origin-form");
+    assert_eq!(seen.headers["host"], "admin.test:80");
+    assert_eq!(seen.headers["x-user"], "alice");
+    // The open host through an absolute-form target: decided and sent as the open host.
+    let req =
+        "GET http://other.test/admin/x HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n";
+    let (status, _, _) = exchange(gw.proxy, req.as_bytes());
+    assert_eq!(status, 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["host"], "other.test");
+    assert_eq!(seen.uri, "/admin/x");
+    assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn a_host_with_its_own_routes_is_decided_by_them_alone() {
+    let (up, gw) = start();
+    for method in ["POST", "DELETE", "PUT", "PATCH"] {
+        let req = format!(
+            "{method} /admin/users HTTP/1.1\r\nHost: admin.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let (status, head, body) = exchange(gw.proxy, req.as_bytes());
+        assert_eq!(status, 405, "{method}");
+        assert!(head.contains("\r\nallow: get"), "{head}");
+        assert_eq!(reason(&body), "method_not_allowed");
+    }
+    // A path the host's routes do not serve is unmatched, not the open catch-all's.
+    let (status, _, body) = exchange(
+        gw.proxy,
+        b"GET /public HTTP/1.1\r\nHost: admin.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((status, reason(&body).as_str()), (404, "no_route"));
+    // Methods are case-sensitive: `get` is neither GET nor let through.
+    let (status, _, body) = exchange(
+        gw.proxy,
+        b"get /admin/x HTTP/1.1\r\nHost: admin.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((status, reason(&body).as_str()), (400, "bad_method"));
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn wildcards_cover_their_boundaries() {
+    let (up, gw) = start();
+    for path in ["/admin", "/admin/", "/admin/x", "/%61dmin/"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: admin.test\r\nConnection: close\r\n\r\n");
+        let (status, _, body) = exchange(gw.proxy, req.as_bytes());
+        assert_eq!(
+            (status, reason(&body).as_str()),
+            (401, "missing_token"),
+            "{path}"
+        );
+    }
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn targets_that_are_not_origin_form_are_refused() {
+    let (up, gw) = start();
+    // Refused by claimgate (`bad_target`) or, where it never reaches a hook, by the HTTP
+    // layer (`malformed_request`); either way a JSON 400 and nothing forwarded.
+    for (target, host) in [
+        ("admin/x", "admin.test"),
+        ("ftp://admin.test/admin/x", "admin.test"),
+        ("foo:bar://admin.test/admin/x", "admin.test"),
+        ("http://u@admin.test/admin/x", "u@admin.test"),
+        ("*", "admin.test"),
+        ("http:///admin/x", "admin.test"),
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (status, head, body) = exchange(gw.proxy, req.as_bytes());
+        assert_eq!(status, 400, "{target}");
+        assert!(head.contains("content-type: application/json"), "{target}");
+        let why = reason(&body);
+        assert!(
+            why == "bad_target" || why == "malformed_request",
+            "{target}: {why}"
+        );
+    }
+    // `OPTIONS *` is a valid target that no route serves.
+    let (status, _, body) = exchange(
+        gw.proxy,
+        b"OPTIONS * HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((status, reason(&body).as_str()), (404, "no_route"));
+    // CONNECT never reaches a hook; its answer is still claimgate's JSON.
+    let (status, head, body) = exchange(
+        gw.proxy,
+        b"CONNECT admin.test:443 HTTP/1.1\r\nHost: admin.test:443\r\n\r\n",
+    );
+    assert_eq!(status, 405);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_eq!(reason(&body), "method_not_allowed");
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn malformed_hosts_are_refused_and_http10_may_omit_host() {
+    let (up, gw) = start();
+    for host in [
+        "admin.test, other.test",
+        "admin.test:1:2",
+        "admin .test",
+        "admin.test:",
+        "%61dmin.test",
+        "u@admin.test",
+        "",
+        "[::1",
+    ] {
+        let req = format!("GET /admin/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (status, _, body) = exchange(gw.proxy, req.as_bytes());
+        let why = reason(&body);
+        assert_eq!(status, 400, "{host:?}");
+        // Refused by claimgate, or before any hook by the HTTP layer (`u@`): JSON either way.
+        assert!(
+            why == "bad_host" || why == "malformed_request",
+            "{host:?}: {why}"
+        );
+    }
+    let (status, _, body) = exchange(
+        gw.proxy,
+        b"GET /admin/x HTTP/1.1\r\nHost: admin.test\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, _, body) = exchange(
+        gw.proxy,
+        b"GET /admin/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((status, reason(&body).as_str()), (400, "bad_host"));
+    assert_eq!(up.count(), 0);
+    // HTTP/1.0 without Host: decided by the host-less routes, as README says.
+    let (status, _, _) = exchange(gw.proxy, b"GET /admin/x HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn identity_and_edge_headers_are_stripped_on_every_route() {
+    let extra = r#"
+[network]
+strip_headers = ["X-Internal-Role"]
+
+[geo]
+country_header = "CF-IPCountry"
+"#;
+    let (up, gw) = start_standard(extra, &[("routes.toml", RULES)]);
+    let resp = client()
+        .get(gw.url("/anything"))
+        .header("x-user", "mallory")
+        .header("x-groups", "admins")
+        .header("x-internal-role", "root")
+        .header("cf-ipcountry", "US")
+        .header("x-kept", "yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.last();
+    for h in ["x-user", "x-groups", "x-internal-role", "cf-ipcountry"] {
+        assert!(
+            seen.headers.get(h).is_none(),
+            "{h} reached the upstream on an open route"
+        );
+    }
+    assert_eq!(seen.headers["x-kept"], "yes");
+
+    // From a trusted proxy the edge header is its to set, and passes.
+    let extra = r#"
+[network]
+trusted_proxies = ["127.0.0.1"]
+
+[geo]
+country_header = "CF-IPCountry"
+"#;
+    let (up, gw) = start_standard(extra, &[("routes.toml", RULES)]);
+    let resp = client()
+        .get(gw.url("/anything"))
+        .header("cf-ipcountry", "DE")
+        .header("x-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["cf-ipcountry"], "DE");
+    assert!(seen.headers.get("x-user").is_none());
+}
+
+async fn pay(gw: &Gateway, t: &str, body: &'static str) -> (u16, String) {
+    let r = client()
+        .post(gw.url("/api/pay"))
+        .bearer_auth(t)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, reason(&r.text().await.unwrap()))
+}
+
+#[tokio::test]
+async fn json_bodies_that_parsers_read_differently_are_refused() {
+    let (up, gw) = start();
+    let t = admin_token();
+    assert_eq!(pay(&gw, &t, r#"{"amount":5}"#).await.0, 200);
+    for body in [
+        r#"{"amount":5,"amount":5000}"#,
+        r#"{"amount":5000,"amount":5}"#,
+        r#"{"amount":5,"x":{"a":1,"a":2}}"#,
+        r#"{"amount":18446744073709551616}"#,
+        r#"{"amount":-1e300}"#,
+    ] {
+        assert_eq!(
+            pay(&gw, &t, body).await,
+            (400, "bad_body".to_string()),
+            "{body}"
+        );
+    }
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn list_values_are_forwarded_as_json_and_never_trimmed() {
+    let (up, gw) = start();
+    let t = token(
+        Algorithm::HS256,
+        json!({"sub": "alice", "groups": ["a,b", "c"], "name": "Alice"}),
+    );
+    assert_eq!(pay(&gw, &t, r#"{"amount":5}"#).await.0, 200);
+    let seen = up.last();
+    let groups: Vec<String> = serde_json::from_slice(seen.headers["x-groups"].as_bytes()).unwrap();
+    assert_eq!(groups, ["a,b", "c"], "the upstream recovers every element");
+    assert_eq!(seen.headers["x-name"], "Alice");
+    // A value HTTP would trim is not forwarded as another value: the request is denied.
+    let t = token(Algorithm::HS256, json!({"sub": "alice", "name": " Alice "}));
+    assert_eq!(
+        pay(&gw, &t, r#"{"amount":5}"#).await,
+        (403, "policy_error".to_string())
+    );
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn framing_ends_as_the_client_s_failure_and_is_counted_under_the_route() {
+    let extra = "[limits]\nclient_body_timeout_ms = 300\n";
+    let (up, gw) = start_standard(extra, &[("routes.toml", RULES)]);
+    // A chunked body on a streaming route that stops mid-chunk: 408, not a 502 after the
+    // upstream's read timeout, and no upstream error counted.
+    let started = std::time::Instant::now();
+    let (status, head, body) = exchange(
+        gw.proxy,
+        b"POST /upload HTTP/1.1\r\nHost: other.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    );
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (408, "incomplete_body"),
+        "{head}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "claimgate_upstream_responses_total",
+            &[("route", "open"), ("class", "error")]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "a stalled client is not an upstream error"
+    );
+    // A Content-Length list of equal values reaches the upstream as one value.
+    let (status, _, _) = exchange(
+        gw.proxy,
+        b"POST /upload HTTP/1.1\r\nHost: other.test\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\nhello",
+    );
+    assert_eq!(status, 200);
+    let seen = up.last();
+    let lengths: Vec<_> = seen.headers.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["5"]);
+    assert_eq!(seen.body, b"hello");
+    // A body the rules read that stops arriving is counted under its route once known.
+    let req = format!(
+        "POST /api/pay HTTP/1.1\r\nHost: other.test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{{\"amount\"",
+        admin_token()
+    );
+    let (status, _, body) = exchange(gw.proxy, req.as_bytes());
+    assert_eq!((status, reason(&body).as_str()), (408, "incomplete_body"));
+    // Declared larger than the route's limit: 413 before reading, under the route.
+    let req = format!(
+        "POST /api/pay HTTP/1.1\r\nHost: other.test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
+        admin_token()
+    );
+    let (status, _, body) = exchange(gw.proxy, req.as_bytes());
+    assert_eq!((status, reason(&body).as_str()), (413, "body_too_large"));
+    let metrics = gw.metrics().await;
+    for r in ["incomplete_body", "body_too_large"] {
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "claimgate_denials_total",
+                &[("route", "api"), ("rule", ""), ("reason", r)]
+            ),
+            Some(1.0),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn pingora_s_own_refusals_are_json_answers() {
+    let (up, gw) = start();
+    let (status, head, body) = exchange(
+        gw.proxy,
+        b"GET /x HTTP/1.1\r\nHost: other.test\r\nBad Header Line\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_eq!(reason(&body), "malformed_request");
+    let (status, _, body) = exchange(
+        gw.proxy,
+        b"POST /x HTTP/1.1\r\nHost: other.test\r\nContent-Length: 5, 6\r\n\r\nhello",
+    );
+    assert_eq!((status, reason(&body).as_str()), (400, "malformed_request"));
+    assert_eq!(up.count(), 0);
+}
+
+/// `claimgate eval --json` status for a request.
+fn eval_status(dir: &std::path::Path, args: &[&str]) -> (u16, String) {
+    let out = binary()
+        .arg("eval")
+        .arg("--config")
+        .arg(dir.join("gateway.toml"))
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    (
+        v["status"].as_u64().unwrap() as u16,
+        v["reason"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn eval_and_test_answer_as_the_proxy_does() {
+    let (_up, gw) = start();
+    let t = admin_token();
+    let big = format!("{{\"amount\":1,\"pad\":\"{}\"}}", "x".repeat(80));
+    // (method, target, host, body) -> the proxy's answer and eval's must agree.
+    let cases: Vec<(&str, &str, &str, Option<&str>)> = vec![
+        ("POST", "/api/pay", "other.test", Some(big.as_str())),
+        (
+            "POST",
+            "/api/pay",
+            "other.test",
+            Some(r#"{"amount":1,"amount":1000}"#),
+        ),
+        ("POST", "/api/pay", "other.test", Some(r#"{"amount":1}"#)),
+        ("GET", "admin/x", "other.test", None),
+        ("GET", "http://admin.test/admin", "other.test", None),
+        ("GET", "/admin/x", "admin .test", None),
+        ("DELETE", "/admin/x", "admin.test", None),
+        ("GET", "/admin", "admin.test", None),
+        ("GET", "/x/../admin", "admin.test", None),
+        ("get", "/x", "other.test", None),
+    ];
+    for (method, target, host, body) in cases {
+        let body_part = body.unwrap_or("");
+        let req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body_part}",
+            body_part.len()
+        );
+        let (proxy_status, _, _) = exchange(gw.proxy, req.as_bytes());
+        let mut args = vec!["-X", method, "--host", host, "--token", &t];
+        if let Some(b) = body {
+            args.extend(["--body", b]);
+        }
+        args.push(target);
+        let (status, _) = eval_status(gw.dir(), &args);
+        assert_eq!(status, proxy_status, "{method} {target} Host {host}");
+    }
+
+    // A policy test expecting the proxy's 413 passes.
+    let tests = gw.dir().join("rules/tests");
+    std::fs::create_dir_all(&tests).unwrap();
+    std::fs::write(
+        tests.join("limits.toml"),
+        format!(
+            r#"
+[[case]]
+name = "a body over the route's limit"
+method = "POST"
+path = "/api/pay"
+claims = {{ sub = "alice" }}
+body_text = '{big}'
+expect = {{ status = 413, reason = "body_too_large" }}
+
+[[case]]
+name = "a duplicate key"
+method = "POST"
+path = "/api/pay"
+claims = {{ sub = "alice" }}
+body_text = '{{"amount":1,"amount":1000}}'
+expect = {{ status = 400, reason = "bad_body" }}
+"#
+        ),
+    )
+    .unwrap();
+    let out = binary()
+        .arg("test")
+        .arg("--config")
+        .arg(gw.dir().join("gateway.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_warns_when_a_weaker_route_serves_a_protected_boundary() {
+    let rules = r#"
+[[route]]
+name = "open"
+path = "/*"
+auth = "none"
+
+[[route]]
+name = "admin"
+path = "/admin"
+issuers = ["hs"]
+
+[[route]]
+name = "users"
+path = "/users/{id}"
+issuers = ["hs"]
+"#;
+    let up = Upstream::start();
+    let (dir, _, _) = write_setup(&standard_config(up.addr), &[("routes.toml", rules)]);
+    let out = binary()
+        .args(["check", "--deny-warnings", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for needle in [
+        "`GET /admin/`",
+        "`GET /users`",
+        "`GET /users/`",
+        "route `open`",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in:\n{text}");
+    }
+    assert!(
+        text.contains("routes.toml:4:"),
+        "the warning points at the weaker route's path:\n{text}"
+    );
+}
