@@ -144,14 +144,17 @@ impl Snapshot {
             .iter()
             .flat_map(|r| r.forward.iter().map(|f| f.header.clone()))
             .chain(strip_headers(&config).into_iter().flatten())
+            .chain(REWRITING_HEADERS.iter().map(|h| HeaderName::from_static(h)))
             .collect();
-        strip_trusted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        strip_trusted.dedup();
-        let mut strip_untrusted = strip_trusted.clone();
-        if let Some(h) = geo.country_header() {
-            if !strip_untrusted.contains(h) {
-                strip_untrusted.push(h.clone());
-            }
+        let mut strip_untrusted: Vec<HeaderName> = strip_trusted
+            .iter()
+            .cloned()
+            .chain(EDGE_HEADERS.iter().map(|h| HeaderName::from_static(h)))
+            .chain(geo.country_header().cloned())
+            .collect();
+        for list in [&mut strip_trusted, &mut strip_untrusted] {
+            list.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            list.dedup();
         }
         Snapshot {
             strip_trusted,
@@ -172,8 +175,9 @@ impl Snapshot {
 
     /// Headers removed from every request forwarded for a client at `peer`, on every route,
     /// open and unmatched included: each header any route sets from claims (an upstream trusts
-    /// them everywhere), `network.strip_headers`, and the edge country header unless the peer
-    /// is a trusted proxy.
+    /// them everywhere), `network.strip_headers`, method-override and URL-rewriting headers,
+    /// and, unless the peer is a trusted proxy, the edge headers (`Forwarded`,
+    /// `X-Forwarded-Host`, `-Proto`, `-Prefix`, `X-Real-IP`, the country header).
     pub fn strip_for(&self, peer: Option<IpAddr>) -> &[HeaderName] {
         match peer {
             Some(ip) if self.geo.is_trusted(ip) => &self.strip_trusted,
@@ -686,6 +690,28 @@ fn token_denial(route: Option<Arc<str>>, r: Rejection) -> Decision {
         token_cache: None,
     }
 }
+
+/// Headers that make some upstreams act on another method or path than the request's
+/// (method overrides, rewritten URLs): the upstream would not serve what was decided. Removed
+/// from every request.
+const REWRITING_HEADERS: [&str; 6] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-method",
+];
+
+/// Headers only an edge proxy may set (the client's host, scheme, address as the edge saw
+/// them). Removed unless the peer is a trusted proxy.
+const EDGE_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+    "x-real-ip",
+];
 
 /// `network.strip_headers`, as header names.
 fn strip_headers(config: &Config) -> Result<Vec<HeaderName>, Vec<SourceError>> {

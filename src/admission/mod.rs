@@ -12,6 +12,8 @@
 
 pub mod framing;
 pub mod host;
+#[cfg(test)]
+mod properties;
 pub mod target;
 
 use crate::engine::Snapshot;
@@ -267,7 +269,8 @@ impl Snapshot {
             set_host,
             path,
             query: query.map(str::to_string),
-            rewrite_target: rewrite || normalised,
+            // A fragment is never sent on (the HTTP layer drops it too).
+            rewrite_target: rewrite || normalised || head.target.contains(&b'#'),
             route,
             route_name,
             body_limit,

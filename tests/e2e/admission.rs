@@ -257,13 +257,26 @@ country_header = "CF-IPCountry"
         .header("x-groups", "admins")
         .header("x-internal-role", "root")
         .header("cf-ipcountry", "US")
+        .header("x-http-method-override", "DELETE")
+        .header("x-original-url", "/admin/x")
+        .header("x-forwarded-host", "admin.test")
+        .header("forwarded", "host=admin.test")
         .header("x-kept", "yes")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let seen = up.last();
-    for h in ["x-user", "x-groups", "x-internal-role", "cf-ipcountry"] {
+    for h in [
+        "x-user",
+        "x-groups",
+        "x-internal-role",
+        "cf-ipcountry",
+        "x-http-method-override",
+        "x-original-url",
+        "x-forwarded-host",
+        "forwarded",
+    ] {
         assert!(
             seen.headers.get(h).is_none(),
             "{h} reached the upstream on an open route"
@@ -283,6 +296,8 @@ country_header = "CF-IPCountry"
     let resp = client()
         .get(gw.url("/anything"))
         .header("cf-ipcountry", "DE")
+        .header("x-forwarded-host", "edge.example")
+        .header("x-original-url", "/admin/x")
         .header("x-user", "mallory")
         .send()
         .await
@@ -290,7 +305,12 @@ country_header = "CF-IPCountry"
     assert_eq!(resp.status(), 200);
     let seen = up.last();
     assert_eq!(seen.headers["cf-ipcountry"], "DE");
+    assert_eq!(seen.headers["x-forwarded-host"], "edge.example");
     assert!(seen.headers.get("x-user").is_none());
+    assert!(
+        seen.headers.get("x-original-url").is_none(),
+        "not even a trusted proxy rewrites the path"
+    );
 }
 
 async fn pay(gw: &Gateway, t: &str, body: &'static str) -> (u16, String) {

@@ -282,6 +282,8 @@ fn render(c: &Case, id: &str, t: &Tokens) -> Vec<u8> {
             "x-decided-path: /admin/x",
             "x-decided-host: admin.test",
             "x-decided-method: GET",
+            "x-http-method-override: DELETE",
+            "x-original-url: /admin/x",
         ] {
             out.push_str(h);
             out.push_str("\r\n");
@@ -428,6 +430,9 @@ fn check_seen(c: &Case, seen: &Seen) -> Result<(), TestCaseError> {
                 );
             }
         }
+    }
+    for h in ["x-http-method-override", "x-original-url"] {
+        prop_assert!(seen.headers.get(h).is_none(), "{} reached the upstream", h);
     }
     // Whatever the client sent, one Content-Length value, equal to the body.
     let lengths: Vec<_> = seen.headers.get_all("content-length").iter().collect();

@@ -166,6 +166,16 @@ fn hostile_requests(rng: &mut Lcg, host: &str) -> Vec<Vec<u8>> {
         "http://other.test/api/x",
         "/api/x?a=%00&b=\u{1F600}",
         "/body",
+        "http://a/api/x",
+        "HTTP://A:80/api/../x",
+        "https://a/api/x#frag",
+        "ftp://a/api/x",
+        "foo:bar://a/api/x",
+        "http://u@a/api/x",
+        "http:///api/x",
+        "a:443",
+        "api/x",
+        "/api/x#/../admin",
     ];
     let framing = [
         "",
@@ -179,6 +189,12 @@ fn hostile_requests(rng: &mut Lcg, host: &str) -> Vec<Vec<u8>> {
         "Host: second.test\r\n",
         "Expect: 100-continue\r\nContent-Length: 3\r\n",
         "Content-Type: application/json\r\nContent-Length: 8\r\n",
+        "Content-Length: 5, 5\r\n",
+        "Content-Length: 5,6\r\n",
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+        "Host: a, b\r\n",
+        "X-HTTP-Method-Override: DELETE\r\nX-Original-URL: /admin\r\n",
+        "Forwarded: host=admin.test\r\nX-Forwarded-Host: admin.test\r\n",
     ];
     let bodies = [
         "",
@@ -187,6 +203,8 @@ fn hostile_requests(rng: &mut Lcg, host: &str) -> Vec<Vec<u8>> {
         "zz\r\nxx\r\n",
         "{\"amount\":",
         "{\"amount\":5}",
+        "{\"amount\":5,\"amount\":5}",
+        "{\"amount\":18446744073709551616}",
     ];
     let methods = [
         "GET", "POST", "PUT", "DELETE", "OPTIONS", "BREW", "get", "G ET",
@@ -210,6 +228,14 @@ fn hostile_requests(rng: &mut Lcg, host: &str) -> Vec<Vec<u8>> {
         out.push(
             format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}{frame}Connection: close\r\n\r\n{body}")
                 .into_bytes(),
+        );
+    }
+    // Hosts that are not `host[:port]`.
+    for bad in [
+        "a b", "a:1:2", "a,b", "u@a", "", "a:", "%61", "[::1]x", "a\tb", "a..b",
+    ] {
+        out.push(
+            format!("GET /api/x HTTP/1.1\r\nHost: {bad}\r\nConnection: close\r\n\r\n").into_bytes(),
         );
     }
     // Broken request lines and header sections.
@@ -250,11 +276,14 @@ fn hostile_requests(rng: &mut Lcg, host: &str) -> Vec<Vec<u8>> {
 /// side is closed after the request, so a request that promised more bytes than it sent ends
 /// instead of waiting for the gateway's read timeout (Pingora takes a client's half-close for a
 /// client that left, so an allowed request sent this way may get no answer; that is counted).
-fn send_raw(addr: &str, bytes: &[u8]) -> Option<u16> {
+fn send_raw(addr: &str, bytes: &[u8]) -> Option<Answer> {
     send(addr, bytes, true)
 }
 
-fn send(addr: &str, bytes: &[u8], half_close: bool) -> Option<u16> {
+/// An answer's status, and whether its body is claimgate's JSON (every refusal must be).
+type Answer = (u16, bool);
+
+fn send(addr: &str, bytes: &[u8], half_close: bool) -> Option<Answer> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -264,9 +293,15 @@ fn send(addr: &str, bytes: &[u8], half_close: bool) -> Option<u16> {
     }
     let mut buf = Vec::new();
     let _ = s.take(4096).read_to_end(&mut buf);
-    let head = String::from_utf8_lossy(&buf);
-    let line = head.lines().next()?;
-    line.split(' ').nth(1)?.parse().ok()
+    let text = String::from_utf8_lossy(&buf);
+    let line = text.lines().next()?;
+    let status = line.split(' ').nth(1)?.parse().ok()?;
+    let json = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json")
+            && serde_json::from_str::<Value>(body).is_ok_and(|v| v["reason"].is_string())
+    });
+    Some((status, json))
 }
 
 #[test]
@@ -279,12 +314,18 @@ fn a_thousand_hostile_inputs_get_no_5xx_and_the_gateway_survives() {
     let mut sent = 0usize;
     let mut statuses: std::collections::BTreeMap<String, usize> = Default::default();
     let mut five_xx = Vec::new();
-    let mut check = |what: String, status: Option<u16>| {
+    let mut not_json = Vec::new();
+    let mut check = |what: String, answer: Option<Answer>| {
         sent += 1;
+        let status = answer.map(|a| a.0);
         let key = status.map_or("no answer".to_string(), |s| s.to_string());
         *statuses.entry(key).or_default() += 1;
         if status.is_some_and(|s| s >= 500) {
-            five_xx.push(what);
+            five_xx.push(what.clone());
+        }
+        // The upstream answers 200; every 4xx is a refusal and must say why, as JSON.
+        if answer.is_some_and(|(s, json)| (400..500).contains(&s) && !json) {
+            not_json.push(what);
         }
     };
 
@@ -335,6 +376,12 @@ fn a_thousand_hostile_inputs_get_no_5xx_and_the_gateway_survives() {
 
     assert!(sent >= 1000, "only {sent} hostile inputs");
     assert!(
+        not_json.is_empty(),
+        "{} refusals without a JSON body, e.g. {:?}",
+        not_json.len(),
+        &not_json[..not_json.len().min(5)]
+    );
+    assert!(
         five_xx.is_empty(),
         "{} answers were 5xx, e.g. {:?}; all statuses: {statuses:?}",
         five_xx.len(),
@@ -351,7 +398,11 @@ fn a_thousand_hostile_inputs_get_no_5xx_and_the_gateway_survives() {
     let last = send(&addr, req.as_bytes(), false);
     let logs = gw.logs();
     let tail: Vec<&str> = logs.lines().rev().take(8).collect();
-    assert_eq!(last, Some(200), "{statuses:?}\nlast log lines: {tail:#?}");
+    assert_eq!(
+        last.map(|a| a.0),
+        Some(200),
+        "{statuses:?}\nlast log lines: {tail:#?}"
+    );
     assert!(!gw.logs().to_lowercase().contains("panicked"));
     eprintln!("hostile inputs: {sent}, statuses: {statuses:?}");
 }

@@ -1,0 +1,148 @@
+//! Admission's invariants over generated request heads: it never panics, and what it admits
+//! is what the upstream is sent: a normalised origin-form path, a canonical host, and the
+//! client's own target only when that is already exactly the decided one.
+
+use super::host::parse_authority;
+use super::target::{parse, Target};
+use super::RequestHead;
+use crate::config::Config;
+use crate::engine::{load_context, Snapshot};
+use crate::policy::PolicySet;
+use http::{HeaderMap, HeaderValue};
+use proptest::prelude::*;
+use std::path::Path;
+use std::sync::Arc;
+
+const RULES: &str = r#"
+[[route]]
+name = "open"
+path = "/*"
+auth = "none"
+
+[[route]]
+name = "admin"
+host = "admin.test"
+path = "/admin/*"
+methods = ["GET"]
+auth = "none"
+
+[[route]]
+name = "items"
+path = "/items/{id}"
+methods = ["GET", "PUT"]
+auth = "none"
+"#;
+
+fn snapshot() -> Snapshot {
+    let config = r#"
+[listen]
+proxy = "127.0.0.1:1"
+admin = "127.0.0.1:2"
+[rules]
+dir = "rules"
+[upstreams.main]
+addresses = ["127.0.0.1:3"]
+"#;
+    let config = Arc::new(Config::from_str(Path::new("g.toml"), config.into()).expect("config"));
+    let policy = PolicySet::from_sources(
+        &[("r.toml".into(), RULES.to_string())],
+        &load_context(&config, &Default::default()),
+    )
+    .expect("policy");
+    Snapshot::new(
+        config,
+        Arc::new(Default::default()),
+        Arc::new(policy),
+        Arc::new(Default::default()),
+        Arc::new(Default::default()),
+    )
+}
+
+/// Built once: loading policies per case would dominate the run.
+static SNAPSHOT: std::sync::LazyLock<Snapshot> = std::sync::LazyLock::new(snapshot);
+
+fn target() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just("/".to_string()),
+        Just("admin".to_string()),
+        Just("items".to_string()),
+        Just("..".to_string()),
+        Just("%2e".to_string()),
+        Just("%61".to_string()),
+        Just("%2F".to_string()),
+        Just("?".to_string()),
+        Just("#".to_string()),
+        Just("http://".to_string()),
+        Just("admin.test".to_string()),
+        Just(":80".to_string()),
+        Just("@".to_string()),
+        Just("*".to_string()),
+        "[a-z0-9]{1,3}",
+        any::<String>(),
+    ];
+    proptest::collection::vec(piece, 0..8).prop_map(|v| v.concat().into_bytes())
+}
+
+fn host() -> impl Strategy<Value = Option<String>> {
+    prop::option::of(prop_oneof![
+        Just("admin.test".to_string()),
+        Just("Admin.TEST.:8080".to_string()),
+        Just("[::1]:80".to_string()),
+        "[a-z.:, @\\[\\]0-9-]{0,12}",
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn what_is_admitted_is_what_the_upstream_is_sent(
+        method in prop::sample::select(vec!["GET", "PUT", "POST", "OPTIONS", "get", "CONNECT", "BREW"]),
+        target in target(),
+        host in host(),
+        http10 in any::<bool>(),
+    ) {
+        let snap = &*SNAPSHOT;
+        let mut headers = HeaderMap::new();
+        if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert(http::header::HOST, h);
+        }
+        let head = RequestHead { method, target: &target, http10, headers: &headers };
+        match snap.admit(&head) {
+            Err(d) => {
+                let den = d.denial().expect("a refusal is a denial");
+                prop_assert!((400..500).contains(&den.status), "{}", den.status);
+            }
+            Ok(a) => {
+                if a.path != "*" {
+                    let n = crate::path::normalise(&a.path).expect("an admitted path normalises");
+                    prop_assert_eq!(n.as_ref(), a.path.as_str());
+                }
+                if let Some(h) = &a.host {
+                    // Canonical: reading it again gives itself (IPv6 hosts are kept unbracketed).
+                    let again = if h.contains(':') { format!("[{h}]") } else { h.clone() };
+                    prop_assert_eq!(&parse_authority(&again).map(|x| x.host).ok(), &Some(h.clone()));
+                }
+                let sent = a.upstream_target();
+                if !a.rewrite_target {
+                    prop_assert_eq!(sent.as_bytes(), &target[..]);
+                }
+                if a.path != "*" {
+                    match parse("GET", sent.as_bytes()) {
+                        Ok(Target::Origin { path, query }) => {
+                            prop_assert_eq!(path, a.path.as_str());
+                            prop_assert_eq!(query, a.query.as_deref());
+                        }
+                        other => prop_assert!(false, "sent {:?} parses as {:?}", sent, other),
+                    }
+                }
+                // A host with its own routes is never decided by the host-less ones.
+                if a.host.as_deref() == Some("admin.test") {
+                    let name = a.route_name.as_deref();
+                    prop_assert!(name.is_none() || name == Some("admin"), "{:?}", name);
+                }
+                prop_assert!(method != "get" && method != "CONNECT");
+            }
+        }
+    }
+}
