@@ -446,22 +446,11 @@ impl Snapshot {
     fn unmatched(&self, req: &RequestFacts<'_>, now: DateTime<Utc>) -> Decision {
         let Some(upstream) = &self.unmatched_upstream else {
             let status = self.config.raw.unmatched.status;
-            return Decision {
-                route: None,
-                outcome: Outcome::Deny(Denial {
-                    status,
-                    reason: DenyReason::NoRoute,
-                    rule: None,
-                    message: "no route matches this request".into(),
-                    www_authenticate: None,
-                    allow: None,
-                }),
-                audits: Vec::new(),
-                subject: None,
-                issuer: None,
-                unknown_key_issuer: None,
-                token_cache: None,
-            };
+            return refused(
+                status,
+                DenyReason::NoRoute,
+                "no route matches this request".into(),
+            );
         };
         let mode = self.config.raw.unmatched.auth;
         match self.authenticate(req, mode, &self.unmatched_issuers, now) {

@@ -400,6 +400,13 @@ async fn framing_ends_as_the_client_s_failure_and_is_counted_under_the_route() {
         0.0,
         "a stalled client is not an upstream error"
     );
+    // A malformed chunk on a streaming route: the client's error, answered as such.
+    let (status, head, body) = exchange(
+        gw.proxy,
+        b"POST /upload HTTP/1.1\r\nHost: other.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nxx\r\n0\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{head}{body}");
+    assert!(head.contains("content-type: application/json"), "{head}");
     // A Content-Length list of equal values reaches the upstream as one value.
     let (status, _, _) = exchange(
         gw.proxy,
