@@ -1,9 +1,16 @@
-//! Hot reload: watch -> load everything -> validate -> swap. A bad change never replaces a good
-//! set; a request keeps the snapshot it started with.
+//! Hot reload: watch -> settle -> load everything -> validate -> swap. A bad change never
+//! replaces a good set; a half-written one is never loaded; a request keeps the snapshot it
+//! started with.
 //!
 //! Files are watched through their directories, so editors' atomic renames and Kubernetes
-//! ConfigMap `..data` symlink swaps are seen; any event only means "maybe changed": a content
-//! hash decides. SIGHUP and a periodic hash poll back the watcher up.
+//! ConfigMap `..data` symlink swaps are seen. Only content events count (create, write, remove,
+//! rename; never access or open: the gateway's own reads would wake it forever), and only on
+//! the files of the set. An event only means "maybe changed": after it, the watcher waits for a
+//! quiet period (`reload.debounce_ms` with no further event), then reads every file of the set
+//! and keeps the read only if every file's identity (size, modification time, inode) and the
+//! content hash are the same before and after it; otherwise it waits and tries again. A file
+//! deleted and written again within the quiet period is one edit. The periodic poll and SIGHUP
+//! obey the same rule.
 
 use crate::auth::remote::RemoteRegistry;
 use crate::config::Config;
@@ -30,9 +37,16 @@ pub struct StatusView {
     /// Unix time of the load in force.
     pub loaded_at: u64,
     pub load_millis: u64,
+    /// `success`, `unchanged` (the files equal the set in force), `error`, `refused`, or
+    /// `unsettled` (the files kept changing while read; tried again).
     pub last_result: &'static str,
     pub last_attempt_at: u64,
+    /// Why the files on disk are not in force; `None` once they are (again).
     pub last_error: Option<String>,
+    /// When an error was last seen, kept after it is cleared.
+    pub last_error_at: Option<u64>,
+    /// Whether the files on disk, at the last check, are the set in force.
+    pub disk_matches_running: bool,
     pub restart_needed: Vec<String>,
 }
 
@@ -56,41 +70,68 @@ impl ReloadStatus {
     }
 }
 
-/// Hash of everything a snapshot is built from: the configuration, every rules file and every
-/// key file (the geo database by size and modification time: it can be large).
+/// Every file a snapshot is built from: the configuration, every rules file, every key file and
+/// the geo database (by size and modification time in the hash: it can be large).
+fn set_files(config_path: &Path) -> (Vec<PathBuf>, Option<PathBuf>) {
+    let mut files = vec![config_path.to_path_buf()];
+    let mut mmdb = None;
+    if let Ok(config) = Config::load(config_path) {
+        let mut rules: Vec<PathBuf> = std::fs::read_dir(&config.rules_dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        rules.retain(|p| p.extension().is_some_and(|x| x == "toml"));
+        rules.sort();
+        files.extend(rules);
+        files.extend(key_files(&config));
+        mmdb = config
+            .raw
+            .geo
+            .mmdb
+            .as_ref()
+            .map(|m| config.resolve(m.get_ref()));
+    }
+    (files, mmdb)
+}
+
+/// Hash of everything a snapshot is built from (see [`set_files`]).
 pub fn content_hash(config_path: &Path) -> String {
     let mut h = Sha256::new();
-    let add_file = |h: &mut Sha256, p: &Path| {
+    let (files, mmdb) = set_files(config_path);
+    for p in &files {
         h.update(p.to_string_lossy().as_bytes());
         match std::fs::read(p) {
             Ok(b) => h.update(&b),
             Err(_) => h.update(b"\0missing"),
         }
-    };
-    add_file(&mut h, config_path);
-    if let Ok(config) = Config::load(config_path) {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&config.rules_dir)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.retain(|p| p.extension().is_some_and(|x| x == "toml"));
-        files.sort();
-        for f in &files {
-            add_file(&mut h, f);
-        }
-        for p in key_files(&config) {
-            add_file(&mut h, &p);
-        }
-        if let Some(m) = &config.raw.geo.mmdb {
-            let p = config.resolve(m.get_ref());
-            if let Ok(meta) = std::fs::metadata(&p) {
-                h.update(meta.len().to_le_bytes());
-                if let Ok(t) = meta.modified() {
-                    h.update(unix_seconds(t).to_le_bytes());
-                }
-            }
+    }
+    if let Some(meta) = mmdb.and_then(|p| std::fs::metadata(p).ok()) {
+        h.update(meta.len().to_le_bytes());
+        if let Ok(t) = meta.modified() {
+            h.update(unix_seconds(t).to_le_bytes());
         }
     }
     hex::encode(&h.finalize()[..16])
+}
+
+/// What identifies each file of the set on disk, without reading it: path, size, modification
+/// time and inode (`None`: missing). Equal before and after a read means nobody wrote meanwhile.
+fn identities(config_path: &Path) -> Vec<(PathBuf, Option<(u64, SystemTime, u64)>)> {
+    use std::os::unix::fs::MetadataExt;
+    let (mut files, mmdb) = set_files(config_path);
+    files.extend(mmdb);
+    files
+        .into_iter()
+        .map(|p| {
+            let id = std::fs::metadata(&p).ok().map(|m| {
+                (
+                    m.len(),
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    m.ino(),
+                )
+            });
+            (p, id)
+        })
+        .collect()
 }
 
 fn key_files(config: &Config) -> Vec<PathBuf> {
@@ -155,12 +196,15 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     v
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Outcome {
     Unchanged,
     Applied,
     Failed,
     Refused,
+    /// The files changed while they were read: nothing was applied; try again after a quiet
+    /// period.
+    Unsettled,
 }
 
 pub struct Reloader {
@@ -204,6 +248,8 @@ impl Reloader {
                     last_result: "success",
                     last_attempt_at: unix_seconds(now),
                     last_error: None,
+                    last_error_at: None,
+                    disk_matches_running: true,
                     restart_needed: Vec::new(),
                 }),
             }),
@@ -216,20 +262,41 @@ impl Reloader {
 
     /// Loads and swaps in a new snapshot if the content changed. `force` reloads even when the
     /// hash is the same as a failed attempt's (SIGHUP: the operator asked).
-    pub fn reload(&self, trigger: &str, force: bool) -> Outcome {
+    pub fn reload(&self, trigger: &'static str, force: bool) -> Outcome {
         let _guard = lock(&self.busy);
+        self.metrics
+            .reload_checks
+            .with_label_values(&[trigger])
+            .inc();
+        let attempt = unix_seconds(SystemTime::now());
+        let before = identities(&self.config_path);
         let hash = content_hash(&self.config_path);
         let current = self.status.view().content_hash;
         if hash == current && !force {
+            self.unchanged(attempt);
             return Outcome::Unchanged;
         }
         if !force && lock(&self.failed_hash).as_deref() == Some(hash.as_str()) {
-            return Outcome::Unchanged;
+            return Outcome::Failed;
         }
         let started = Instant::now();
-        let attempt = unix_seconds(SystemTime::now());
         let loaded = Config::load(&self.config_path)
             .and_then(|c| Snapshot::load(Arc::new(c), &self.remote).map_err(SourceErrors));
+        // Accept the read only if nobody wrote while it ran: every file's identity and the
+        // content hash are as they were before it.
+        if identities(&self.config_path) != before || content_hash(&self.config_path) != hash {
+            tracing::debug!(
+                trigger,
+                "the files changed while they were read; waiting for them to settle"
+            );
+            self.metrics.reloads.with_label_values(&["unsettled"]).inc();
+            self.status.update(|v| {
+                v.last_result = "unsettled";
+                v.last_attempt_at = attempt;
+                v.disk_matches_running = false;
+            });
+            return Outcome::Unsettled;
+        }
         let snapshot = match loaded {
             Ok(s) => s,
             Err(errors) => {
@@ -264,6 +331,7 @@ impl Reloader {
             v.last_result = "success";
             v.last_attempt_at = attempt;
             v.last_error = None;
+            v.disk_matches_running = true;
             v.restart_needed = restart;
         });
         *lock(&self.failed_hash) = None;
@@ -281,6 +349,36 @@ impl Reloader {
             v.last_result = result;
             v.last_attempt_at = attempt;
             v.last_error = Some(message);
+            v.last_error_at = Some(attempt);
+            v.disk_matches_running = false;
+        });
+    }
+
+    /// A check that never loads: when the files on disk are the set in force, says so.
+    pub fn confirm_unchanged(&self, trigger: &'static str) {
+        let _guard = lock(&self.busy);
+        self.metrics
+            .reload_checks
+            .with_label_values(&[trigger])
+            .inc();
+        if content_hash(&self.config_path) == self.status.view().content_hash {
+            self.unchanged(unix_seconds(SystemTime::now()));
+        }
+    }
+
+    /// The files on disk are the set in force (again): whatever failed before no longer stands.
+    fn unchanged(&self, attempt: u64) {
+        *lock(&self.failed_hash) = None;
+        self.metrics.reloads.with_label_values(&["unchanged"]).inc();
+        self.status.update(|v| {
+            if v.last_error.take().is_some() {
+                tracing::info!(
+                    "the files on disk are the rules in force again; the last error is cleared"
+                );
+            }
+            v.last_result = "unchanged";
+            v.last_attempt_at = attempt;
+            v.disk_matches_running = true;
         });
     }
 }
@@ -297,6 +395,32 @@ fn count_key_loads(metrics: &Metrics, snapshot: &Snapshot) {
     metrics.declare_sources(&sources);
 }
 
+/// Whether a file-system event can change the set: a content event (create, write, remove,
+/// rename) on a file of the set, a `.toml` file of the rules directory, or a ConfigMap's `..`
+/// entries. Access and open events never count: reading the set (the gateway's own reads, or
+/// anyone's `cat`) must not start a reload check.
+fn counts(event: &notify::Event, files: &[PathBuf], rules_dir: &Path) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    let content = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+    );
+    content
+        && event.paths.iter().any(|p| {
+            files.iter().any(|f| f == p)
+                || (p.parent() == Some(rules_dir) && p.extension().is_some_and(|x| x == "toml"))
+                || p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".."))
+                || p == rules_dir
+        })
+}
+
+/// How many quiet periods a settling edit may take before the check gives up until the next
+/// event or poll.
+const MAX_SETTLE_ROUNDS: usize = 100;
+
 /// Runs the watcher, the poll and the SIGHUP handler until shutdown.
 pub struct ReloadService {
     pub reloader: Arc<Reloader>,
@@ -308,8 +432,11 @@ impl ReloadService {
         tx: tokio::sync::mpsc::UnboundedSender<()>,
     ) -> Option<notify::RecommendedWatcher> {
         let config = self.reloader.state.load().config.clone();
+        let (mut files, mmdb) = set_files(&config.path);
+        files.extend(mmdb);
+        let rules_dir = config.rules_dir.clone();
         let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            if res.is_ok_and(|e| counts(&e, &files, &rules_dir)) {
                 let _ = tx.send(());
             }
         }) {
@@ -327,9 +454,69 @@ impl ReloadService {
         Some(w)
     }
 
-    async fn reload(&self, trigger: &'static str, force: bool) {
+    /// Waits for the set to settle, then reloads: a quiet period of `debounce` with no content
+    /// event, then a read that must itself be stable ([`Reloader::reload`]); repeated while the
+    /// files keep changing. Without events to go by (the poll), the quiet period also needs
+    /// every file's identity unchanged across it.
+    async fn settle_and_reload(
+        &self,
+        trigger: &'static str,
+        force: bool,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+        debounce: Duration,
+    ) {
+        let by_identity = trigger == "poll";
+        for _ in 0..MAX_SETTLE_ROUNDS {
+            let before = if by_identity {
+                Some(self.identities().await)
+            } else {
+                None
+            };
+            loop {
+                match tokio::time::timeout(debounce, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if let Some(before) = before {
+                if self.identities().await != before {
+                    continue;
+                }
+            }
+            if self.reload(trigger, force).await != Outcome::Unsettled {
+                return;
+            }
+        }
+        tracing::warn!(
+            trigger,
+            "the files kept changing; the rules in force stay until they settle"
+        );
+    }
+
+    async fn identities(&self) -> Vec<(PathBuf, Option<(u64, SystemTime, u64)>)> {
+        let path = self.reloader.config_path.clone();
+        tokio::task::spawn_blocking(move || identities(&path))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Whether the files on disk differ from the set in force and from the last failed set.
+    async fn disk_changed(&self) -> bool {
         let r = self.reloader.clone();
-        let _ = tokio::task::spawn_blocking(move || r.reload(trigger, force)).await;
+        tokio::task::spawn_blocking(move || {
+            let hash = content_hash(&r.config_path);
+            hash != r.status.view().content_hash
+                && lock(&r.failed_hash).as_deref() != Some(hash.as_str())
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    async fn reload(&self, trigger: &'static str, force: bool) -> Outcome {
+        let r = self.reloader.clone();
+        tokio::task::spawn_blocking(move || r.reload(trigger, force))
+            .await
+            .unwrap_or(Outcome::Failed)
     }
 }
 
@@ -359,17 +546,22 @@ impl BackgroundService for ReloadService {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(()) = rx.recv() => {
-                    // Let a burst of events (an editor's save, a ConfigMap swap) settle first.
-                    tokio::time::sleep(debounce).await;
-                    while rx.try_recv().is_ok() {}
-                    self.reload("watch", false).await;
+                    self.settle_and_reload("watch", false, &mut rx, debounce).await;
                 }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading");
-                    self.reload("sighup", true).await;
+                    self.settle_and_reload("sighup", true, &mut rx, debounce).await;
                 }
                 _ = poll.tick(), if settings.poll_seconds > 0 => {
-                    self.reload("poll", false).await;
+                    // A missed event: the poll obeys the same settle rule as the watcher.
+                    if self.disk_changed().await {
+                        self.settle_and_reload("poll", false, &mut rx, debounce).await;
+                    } else {
+                        // Nothing to load; this still tells `/status` when the files on disk
+                        // are the set in force again. It never loads: only a settled read may.
+                        let r = self.reloader.clone();
+                        let _ = tokio::task::spawn_blocking(move || r.confirm_unchanged("poll")).await;
+                    }
                 }
             }
             // New files may live in new directories: watch what the new snapshot names.

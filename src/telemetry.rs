@@ -25,6 +25,8 @@ pub struct Metrics {
     pub decision_seconds: HistogramVec,
     pub rules_generation: IntGauge,
     pub reloads: IntCounterVec,
+    /// Reload checks (each reads the whole set), by what started them.
+    pub reload_checks: IntCounterVec,
     pub last_reload_success: prometheus::Gauge,
     pub upstream_responses: IntCounterVec,
     pub upstream_seconds: HistogramVec,
@@ -127,7 +129,7 @@ impl Metrics {
         let reloads = IntCounterVec::new(
             Opts::new(
                 "claimgate_rules_reload_total",
-                "Reload attempts of rules, keys and configuration, by result (success, error, refused).",
+                "Reload checks of rules, keys and configuration, by result (success, unchanged, error, refused, unsettled).",
             ),
             &["result"],
         )?;
@@ -135,8 +137,18 @@ impl Metrics {
             "claimgate_rules_last_reload_success_timestamp_seconds",
             "Unix time of the last successful load of rules, keys and configuration.",
         )?;
-        for r in ["success", "error", "refused"] {
+        for r in ["success", "unchanged", "error", "refused", "unsettled"] {
             reloads.with_label_values(&[r]);
+        }
+        let reload_checks = IntCounterVec::new(
+            Opts::new(
+                "claimgate_reload_checks_total",
+                "Checks of the files on disk against the rules in force, by trigger (watch, poll, sighup).",
+            ),
+            &["trigger"],
+        )?;
+        for t in ["watch", "poll", "sighup"] {
+            reload_checks.with_label_values(&[t]);
         }
         let upstream_responses = IntCounterVec::new(
             Opts::new(
@@ -195,6 +207,7 @@ impl Metrics {
         registry.register(Box::new(upstream_seconds.clone()))?;
         registry.register(Box::new(key_loads.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(reload_checks.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(denials.clone()))?;
@@ -209,6 +222,7 @@ impl Metrics {
             decision_seconds,
             rules_generation,
             reloads,
+            reload_checks,
             last_reload_success,
             upstream_responses,
             upstream_seconds,

@@ -16,5 +16,6 @@ mod policy;
 mod proxying;
 mod reload;
 mod scenarios;
+mod settle;
 mod sources;
 mod startup;

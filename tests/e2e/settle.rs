@@ -1,0 +1,257 @@
+//! Reload under the edits ops teams really make, with traffic flowing: truncating in-place
+//! writes, delete-then-recreate, and a file written byte by byte. No request may fail, and no
+//! version that was never complete on disk may ever be in force: each version's last line
+//! forwards `x-complete`, so a prefix of it that parses shows as a request without it.
+//! Also: an idle gateway's own reads, or anyone's, start no reload check.
+
+use super::harness::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BASE: &str = r#"
+[[route]]
+name = "base"
+path = "/base"
+auth = "none"
+"#;
+
+/// Version `k` of the edited file; padded so writes take several system calls.
+fn version(k: u64) -> String {
+    padded(k, 40)
+}
+
+fn padded(k: u64, lines: usize) -> String {
+    let pad: String = (0..lines)
+        .map(|i| format!("# padding line {i} of version {k}, to make the file longer\n"))
+        .collect();
+    format!(
+        "{pad}[[route]]\nname = \"flip\"\npath = \"/flip\"\nauth = \"none\"\n  [route.forward]\n  \"x-version\" = \"'v{k}'\"\n  \"x-complete\" = \"'yes'\"\n"
+    )
+}
+
+fn start() -> (Upstream, Gateway, PathBuf) {
+    let up = Upstream::start();
+    let config = format!(
+        // The quiet period has a margin over the writers' pauses inside an edit, for a CI
+        // machine whose two cores run several of these tests at once.
+        "{}\n[reload]\nwatch = true\ndebounce_ms = 400\npoll_seconds = 1\n",
+        standard_config(up.addr)
+    );
+    let gw = Gateway::start(
+        &config,
+        &[("00-base.toml", BASE), ("10-flip.toml", &version(0))],
+    );
+    let file = gw.dir().join("rules/10-flip.toml");
+    (up, gw, file)
+}
+
+/// Edits `file` with `edit(k)` for `secs` seconds while four clients request `/flip`; returns
+/// (requests, failures, versions applied).
+async fn under_load(
+    up: &Upstream,
+    gw: &Gateway,
+    secs: u64,
+    edit: impl Fn(u64) + Send + 'static,
+) -> (u64, Vec<String>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, done, url) = (stop.clone(), done.clone(), gw.url("/flip"));
+        clients.push(tokio::spawn(async move {
+            let c = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    Ok(r) => failures.push(format!(
+                        "{}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => failures.push(format!("connection error: {e}")),
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    let writer_stop = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut k = 1;
+        while Instant::now() < deadline {
+            edit(k);
+            k += 1;
+        }
+        writer_stop.store(true, Ordering::Relaxed);
+        k
+    });
+    let versions = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.unwrap());
+    }
+    // Every request the upstream saw was decided under a complete version.
+    for s in up.seen.lock().unwrap().iter() {
+        if s.uri == "/flip" {
+            let complete = s.headers.get("x-complete").is_some_and(|v| v == "yes");
+            let v = s
+                .headers
+                .get("x-version")
+                .map(|v| v.to_str().unwrap_or("").to_string());
+            if !complete {
+                failures.push(format!("an incomplete version was in force: {v:?}"));
+            }
+        }
+    }
+    let _ = versions;
+    (done.load(Ordering::Relaxed), failures)
+}
+
+fn write_slowly(path: &Path, text: &str, chunk: usize, pause: Duration) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    for part in text.as_bytes().chunks(chunk) {
+        f.write_all(part).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(pause);
+    }
+}
+
+async fn assert_no_failures(
+    up: &Upstream,
+    gw: &Gateway,
+    file: PathBuf,
+    min_reloads: u64,
+    edit: fn(&Path, u64),
+) {
+    let (requests, failures) = under_load(up, gw, 10, move |k| edit(&file, k)).await;
+    assert!(requests > 200, "only {requests} requests");
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed, e.g. {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        gw.logs()
+            .lines()
+            .filter(|l| l.contains("claimgate::reload"))
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let s = gw.status().await;
+    let generation = s["rules"]["generation"].as_u64().unwrap();
+    assert!(
+        generation > min_reloads,
+        "only {} reloads: {s}",
+        generation - 1
+    );
+}
+
+#[tokio::test]
+async fn truncating_in_place_writes_never_serve_a_partial_file() {
+    let (up, gw, file) = start();
+    assert_no_failures(&up, &gw, file, 3, |path, k| {
+        // Truncate, pause, then write in pieces: the file is empty, then partial, for a while.
+        write_slowly(path, &version(k), 512, Duration::from_millis(3));
+        // Sometimes the next edit follows at once, sometimes after the quiet period.
+        std::thread::sleep(Duration::from_millis((k * 37) % 900));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delete_then_recreate_is_one_edit() {
+    let (up, gw, file) = start();
+    assert_no_failures(&up, &gw, file, 3, |path, k| {
+        std::fs::remove_file(path).unwrap();
+        // Gaps from 1 to 100 ms between the delete and the new file.
+        std::thread::sleep(Duration::from_millis(1 + (k * 13) % 100));
+        std::fs::write(path, version(k)).unwrap();
+        std::thread::sleep(Duration::from_millis((k * 53) % 900));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_file_written_byte_by_byte_is_loaded_only_when_complete() {
+    let (up, gw, file) = start();
+    assert_no_failures(&up, &gw, file, 2, |path, k| {
+        write_slowly(path, &padded(k, 8), 1, Duration::from_micros(200));
+        std::thread::sleep(Duration::from_millis((k * 71) % 900));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reading_the_watched_files_starts_no_reload_check() {
+    let up = Upstream::start();
+    let config = format!(
+        "{}\n[reload]\nwatch = true\ndebounce_ms = 50\npoll_seconds = 0\n",
+        standard_config(up.addr)
+    );
+    let gw = Gateway::start(
+        &config,
+        &[("00-base.toml", BASE), ("10-flip.toml", &version(0))],
+    );
+    // Let start-up events pass.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let checks = |m: &str| -> f64 {
+        ["watch", "poll", "sighup"]
+            .iter()
+            .map(|t| {
+                metric_value(m, "claimgate_reload_checks_total", &[("trigger", t)]).unwrap_or(0.0)
+            })
+            .sum()
+    };
+    let before = checks(&gw.metrics().await);
+    // Someone reads every watched file, several times.
+    let mut files = vec![gw.dir().join("gateway.toml")];
+    for e in std::fs::read_dir(gw.dir().join("rules")).unwrap() {
+        files.push(e.unwrap().path());
+    }
+    for f in [
+        "rsa-public.pem",
+        "ec256-public.pem",
+        "ec384-public.pem",
+        "ed25519-public.pem",
+        "jwks.json",
+    ] {
+        files.push(fixture(f));
+    }
+    for _ in 0..3 {
+        for f in &files {
+            let _ = std::fs::read(f).unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = checks(&gw.metrics().await);
+    assert_eq!(after, before, "reads started reload checks");
+    assert!(metric_value(
+        &gw.metrics().await,
+        "claimgate_reload_checks_total",
+        &[("trigger", "watch")]
+    )
+    .is_some());
+    // A real edit is still seen.
+    std::fs::write(gw.dir().join("rules/10-flip.toml"), version(1)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.status().await["rules"]["generation"] != 2 {
+        assert!(Instant::now() < deadline, "the edit was not loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(checks(&gw.metrics().await), after + 1.0);
+}
