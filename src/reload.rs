@@ -113,9 +113,12 @@ pub fn content_hash(config_path: &Path) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// Each file of the set with its size, modification time and inode (`None`: missing).
+type Identities = Vec<(PathBuf, Option<(u64, SystemTime, u64)>)>;
+
 /// What identifies each file of the set on disk, without reading it: path, size, modification
 /// time and inode (`None`: missing). Equal before and after a read means nobody wrote meanwhile.
-fn identities(config_path: &Path) -> Vec<(PathBuf, Option<(u64, SystemTime, u64)>)> {
+fn identities(config_path: &Path) -> Identities {
     use std::os::unix::fs::MetadataExt;
     let (mut files, mmdb) = set_files(config_path);
     files.extend(mmdb);
@@ -472,12 +475,8 @@ impl ReloadService {
             } else {
                 None
             };
-            loop {
-                match tokio::time::timeout(debounce, rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            // Every event restarts the quiet period.
+            while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
             if let Some(before) = before {
                 if self.identities().await != before {
                     continue;
@@ -493,7 +492,7 @@ impl ReloadService {
         );
     }
 
-    async fn identities(&self) -> Vec<(PathBuf, Option<(u64, SystemTime, u64)>)> {
+    async fn identities(&self) -> Identities {
         let path = self.reloader.config_path.clone();
         tokio::task::spawn_blocking(move || identities(&path))
             .await
