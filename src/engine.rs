@@ -522,6 +522,20 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
         Body::NotRead | Body::Bytes(&[]) => return Ok(Some(serde_json::Value::Null)),
         Body::Bytes(b) => b,
     };
+    // One parser may take the first Content-Type, another the last: one type, or no decision.
+    if req
+        .headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .count()
+        > 1
+    {
+        return Err((
+            400,
+            DenyReason::BadBody,
+            "the request has several Content-Type headers",
+        ));
+    }
     let json_type = req
         .headers
         .get(http::header::CONTENT_TYPE)

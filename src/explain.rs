@@ -117,6 +117,15 @@ pub fn explain(
             headers.insert(http::header::AUTHORIZATION, v);
         }
     }
+    // The length a client would declare, so a body over the limit is refused before the token
+    // is looked at, as the proxy does.
+    if let Some(b) = &req.body {
+        if !headers.contains_key(http::header::CONTENT_LENGTH)
+            && !headers.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+        }
+    }
     if req.body.is_some() && !headers.contains_key(http::header::CONTENT_TYPE) {
         headers.insert(
             http::header::CONTENT_TYPE,

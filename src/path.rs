@@ -2,9 +2,12 @@
 //!
 //! A gateway that enforces per-path policy must agree with the upstream about what the path is:
 //! `/api/./transfer`, `/api//transfer` and `/api/%74ransfer` are `/api/transfer` to many servers.
-//! So before route lookup, percent-encoded unreserved characters are decoded and hex digits
-//! upper-cased (RFC 3986 6.2.2), and anything still ambiguous is refused: dot segments, empty
-//! segments, encoded `/` `\` or NUL, `;` parameters, backslashes, control and non-ASCII bytes.
+//! So before route lookup, percent-encoded characters that may stand in a path segment as they
+//! are (unreserved ones, RFC 3986 6.2.2, and also `:` `@` and the sub-delimiters `!$&'()*+,=`,
+//! which many servers decode before routing: `/users%3Abatch` is `/users:batch` to them) are
+//! decoded and other escapes' hex digits upper-cased, and anything still ambiguous is refused:
+//! dot segments, empty segments, encoded `/` `\` or NUL, `;` parameters (escaped or not),
+//! backslashes, control and non-ASCII bytes.
 //! The upstream receives the normalised path: the one the policy matched.
 
 use thiserror::Error;
@@ -27,8 +30,28 @@ pub enum PathError {
     BadEncoding,
 }
 
-fn unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+/// A byte that stands for itself in a path segment (`pchar` less `;`), so its escape is
+/// decoded.
+fn literal_in_segment(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b':'
+                | b'@'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+        )
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -64,8 +87,11 @@ pub fn normalise(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
                 if matches!(decoded, b'/' | b'\\' | 0) {
                     return Err(PathError::EncodedSeparator);
                 }
+                if decoded == b';' {
+                    return Err(PathError::Parameter);
+                }
                 let buf = out.get_or_insert_with(|| bytes[..i].to_vec());
-                if unreserved(decoded) {
+                if literal_in_segment(decoded) {
                     buf.push(decoded);
                 } else {
                     buf.push(b'%');
@@ -125,6 +151,7 @@ mod tests {
             "/a-b_c~d.e",
             "/files/%20x",
             "/q%3Fx",
+            "/a:b@c",
             "/caf%C3%A9",
         ] {
             assert_eq!(normalise(p).unwrap(), p);
@@ -140,6 +167,12 @@ mod tests {
         assert_eq!(normalise("/api/%74ransfer").unwrap(), "/api/transfer");
         assert_eq!(normalise("/a/%7euser").unwrap(), "/a/~user");
         assert_eq!(normalise("/a/%3f").unwrap(), "/a/%3F");
+        assert_eq!(
+            normalise("/v1/users%3AbatchDelete").unwrap(),
+            "/v1/users:batchDelete"
+        );
+        assert_eq!(normalise("/a/%40%21%2B%2c%3D").unwrap(), "/a/@!+,=");
+        assert_eq!(normalise("/a/%23%3F%25").unwrap(), "/a/%23%3F%25");
     }
 
     #[test]
@@ -154,6 +187,7 @@ mod tests {
             ("/api%5Ctransfer", PathError::EncodedSeparator),
             ("/api%00", PathError::EncodedSeparator),
             ("/api;jsessionid=1/transfer", PathError::Parameter),
+            ("/api%3Bjsessionid=1/transfer", PathError::Parameter),
             ("/api\\transfer", PathError::BadCharacter),
             ("/api/%zz", PathError::BadEncoding),
             ("/api/%4", PathError::BadEncoding),

@@ -398,7 +398,23 @@ impl ProxyHttp for ClaimgateProxy {
         // Every header any route sets from claims, on every route: an upstream that trusts
         // `x-user-id` on one path trusts it on all of them. Removed before the computed ones
         // are added, so a client never supplies one, even when the gateway's value is absent.
-        for h in snapshot.strip_for(ctx.client_ip) {
+        let strip = snapshot.strip_for(ctx.client_ip);
+        for h in strip {
+            upstream_request.remove_header(h);
+        }
+        // Some servers read `x_user_id` as `X-User-Id` (CGI naming): a stripped name spelled
+        // with underscores goes too.
+        let underscored: Vec<http::HeaderName> = upstream_request
+            .headers
+            .keys()
+            .filter(|n| n.as_str().contains('_'))
+            .filter(|n| {
+                let dashed = n.as_str().replace('_', "-");
+                strip.iter().any(|s| s.as_str() == dashed)
+            })
+            .cloned()
+            .collect();
+        for h in &underscored {
             upstream_request.remove_header(h);
         }
         for (name, value) in &allow.forward {
@@ -425,10 +441,14 @@ impl ProxyHttp for ClaimgateProxy {
         }
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(ip) = ctx.client_ip {
+            // A trusted proxy's chain is extended; an untrusted client's own entries are
+            // dropped, so an upstream reading the left-most address never sees a forged one.
             let xff = http::header::HeaderName::from_static("x-forwarded-for");
             let value = match upstream_request.headers.get(&xff) {
-                Some(prev) => format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes())),
-                None => ip.to_string(),
+                Some(prev) if snapshot.geo.is_trusted(ip) => {
+                    format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes()))
+                }
+                _ => ip.to_string(),
             };
             upstream_request.insert_header(xff, value)?;
         }

@@ -420,6 +420,13 @@ fn counts(event: &notify::Event, files: &[PathBuf], rules_dir: &Path) -> bool {
         })
 }
 
+/// What a watcher watches: directories and the files of the set.
+fn watch_plan(config: &Config) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut files, mmdb) = set_files(&config.path);
+    files.extend(mmdb);
+    (watch_dirs(config), files)
+}
+
 /// How many quiet periods a settling edit may take before the check gives up until the next
 /// event or poll.
 const MAX_SETTLE_ROUNDS: usize = 100;
@@ -529,6 +536,7 @@ impl BackgroundService for ReloadService {
         } else {
             None
         };
+        let mut watching = watch_plan(&self.reloader.state.load().config);
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -563,10 +571,16 @@ impl BackgroundService for ReloadService {
                     }
                 }
             }
-            // New files may live in new directories: watch what the new snapshot names.
+            // New files may live in new directories: watch what the new snapshot names. Only
+            // when that changed, and the new watcher starts before the old one stops, so no
+            // event falls between them.
             if settings.watch && self.reloader.status.generation() != generation {
-                drop(watcher.take());
-                watcher = self.watcher(tx.clone());
+                let plan = watch_plan(&self.reloader.state.load().config);
+                if plan != watching {
+                    let next = self.watcher(tx.clone());
+                    drop(std::mem::replace(&mut watcher, next));
+                    watching = plan;
+                }
             }
         }
     }

@@ -1,9 +1,11 @@
 //! JSON bodies read one way only. serde_json keeps the last of duplicate keys, other parsers
-//! keep the first or fail; a rule that checks `body.amount` must see the number the upstream
-//! will act on, so an object with a duplicate key, at any depth, is refused.
+//! keep the first or fail, and Go's `encoding/json` matches field names without regard to case
+//! (`AMOUNT` fills `Amount`); a rule that checks `body.amount` must see the number the upstream
+//! will act on, so an object with two keys that are equal, or equal when case is folded, at any
+//! depth, is refused.
 //!
 //! Numbers: integers in the 64-bit ranges are exact; any other number is an IEEE 754 double
-//! (as in JavaScript, Python and Go), and a number whose magnitude is 2^64 or more is refused,
+//! (as in JavaScript, Python and Go), and a number of 2^64 or more, or below -2^63, is refused,
 //! because parsers disagree about what such a number is (a rounded double, a big integer, an
 //! error).
 
@@ -24,8 +26,9 @@ pub enum StrictJsonError {
 
 const DUPLICATE: &str = "claimgate: duplicate key";
 const OUT_OF_RANGE: &str = "claimgate: number out of range";
-/// 2^64 as a double.
-const LIMIT: f64 = 18_446_744_073_709_551_616.0;
+/// 2^64 and -2^63 as doubles: the ends of the exact integer ranges.
+const UPPER: f64 = 18_446_744_073_709_551_616.0;
+const LOWER: f64 = -9_223_372_036_854_775_808.0;
 
 /// Parses `bytes` as one JSON value under the rules above.
 pub fn parse(bytes: &[u8]) -> Result<Value, StrictJsonError> {
@@ -72,7 +75,8 @@ impl<'de> Visitor<'de> for Strict {
         Ok(Value::from(v))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        if !v.is_finite() || v.abs() >= LIMIT {
+        // An integer literal of exactly -2^63 arrives as an i64; here it stands for a rounded one.
+        if !v.is_finite() || v >= UPPER || v <= LOWER {
             return Err(E::custom(OUT_OF_RANGE));
         }
         serde_json::Number::from_f64(v)
@@ -97,8 +101,9 @@ impl<'de> Visitor<'de> for Strict {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
+        let mut folded = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
+            if !folded.insert(fold(&key)) {
                 return Err(de::Error::custom(DUPLICATE));
             }
             let v = map.next_value_seed(Strict)?;
@@ -106,6 +111,15 @@ impl<'de> Visitor<'de> for Strict {
         }
         Ok(Value::Object(out))
     }
+}
+
+/// A key as a case-insensitive matcher sees it (Unicode lower case; `ſ` and the Kelvin sign
+/// fold to `s` and `k`, as in Go's `strings.EqualFold`).
+fn fold(key: &str) -> String {
+    key.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c == 'ſ' { 's' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -138,6 +152,10 @@ mod tests {
             r#"{"x":{"a":1,"a":2}}"#,
             r#"[{"a":1,"a":1}]"#,
             r#"{"a":1,"\u0061":2}"#,
+            r#"{"amount":1,"AMOUNT":1000000}"#,
+            r#"{"Amount":1,"amount":2}"#,
+            r#"{"s":1,"ſ":2}"#,
+            r#"{"k":1,"\u212a":2}"#,
         ] {
             assert_eq!(
                 parse(text.as_bytes()),
@@ -149,7 +167,13 @@ mod tests {
 
     #[test]
     fn numbers_beyond_64_bits_and_bad_syntax_are_refused() {
-        for text in ["18446744073709551616", "-1e20", "1e400", "[1e300]"] {
+        for text in [
+            "18446744073709551616",
+            "-1e20",
+            "1e400",
+            "[1e300]",
+            "-9223372036854775809",
+        ] {
             assert_eq!(
                 parse(text.as_bytes()),
                 Err(StrictJsonError::NumberOutOfRange),

@@ -124,12 +124,53 @@ pub fn refused(status: u16, reason: DenyReason, message: String) -> Decision {
     }
 }
 
+/// The HTTP layer removes every header the `Connection` field names before the request goes
+/// upstream: rules would decide on headers the upstream never sees. Only the hop-by-hop
+/// options of HTTP/1.1 may be named.
+fn connection_tokens(headers: &HeaderMap) -> Result<(), String> {
+    for v in headers.get_all(http::header::CONNECTION) {
+        let text = v
+            .to_str()
+            .map_err(|_| "the Connection header is not text".to_string())?;
+        for token in text.split(',').map(|t| t.trim()).filter(|t| !t.is_empty()) {
+            let known = ["close", "keep-alive", "upgrade", "te"]
+                .iter()
+                .any(|k| token.eq_ignore_ascii_case(k));
+            if !known {
+                return Err(format!(
+                    "the Connection header names `{}`, which would be removed before the upstream sees it",
+                    token.chars().take(40).collect::<String>()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// [`refused`], boxed: admission's error path.
 fn deny(status: u16, reason: DenyReason, message: String) -> Box<Decision> {
     Box::new(refused(status, reason, message))
 }
 
 impl Snapshot {
+    /// How protected what a lookup leads to is: a route's [`crate::policy::Route::protection`];
+    /// a denial (405, or no route with the deny action) above every route.
+    fn protection(&self, l: &Lookup) -> (u8, usize) {
+        use crate::config::{AuthMode, UnmatchedAction};
+        match l {
+            Lookup::Route(m) => self.policy.routes[m.route].protection(),
+            Lookup::MethodNotAllowed(_) => (u8::MAX, usize::MAX),
+            Lookup::NoRoute => match self.config.raw.unmatched.action {
+                UnmatchedAction::Deny => (u8::MAX, usize::MAX),
+                UnmatchedAction::Allow => match self.config.raw.unmatched.auth {
+                    AuthMode::None => (0, 0),
+                    AuthMode::Optional => (1, 0),
+                    AuthMode::Required => (2, 0),
+                },
+            },
+        }
+    }
+
     /// Admits a request head, or answers it. See the module documentation for the order.
     pub fn admit(&self, head: &RequestHead<'_>) -> Result<Admitted, Box<Decision>> {
         let limits = &self.config.raw.limits;
@@ -215,6 +256,14 @@ impl Snapshot {
                 "an HTTP/1.1 request must have a Host header".into(),
             ));
         }
+        // Sent on without a Host, the request would reach whatever virtual host the upstream
+        // picks by default, perhaps one that the host-specific routes protect.
+        if authority.is_none() && self.policy.index.has_host_routes() {
+            return Err(bad_host(
+                "a request without a Host header cannot be decided: some routes are for specific hosts".into(),
+            ));
+        }
+        connection_tokens(head.headers).map_err(|m| deny(400, DenyReason::BadFraming, m))?;
         let declared = framing::declared_length(head.headers)
             .map_err(|e| deny(400, DenyReason::BadFraming, e.to_string()))?;
         let host = authority.map(|a| a.host);
@@ -227,11 +276,27 @@ impl Snapshot {
                 Err(e) => return Err(deny(400, DenyReason::BadPath, e.to_string())),
             }
         };
-        let route = match self
+        let found = self
             .policy
             .index
-            .lookup(host.as_deref(), head.method, &path)
-        {
+            .lookup(host.as_deref(), head.method, &path);
+        // Many upstreams match paths without regard to case (`/ADMIN/x` is `/admin/x` to
+        // them): a path that a more protected route would serve in lower case is refused.
+        if path.bytes().any(|b| b.is_ascii_uppercase()) {
+            let lower = path.to_ascii_lowercase();
+            let folded = self
+                .policy
+                .index
+                .lookup(host.as_deref(), head.method, &lower);
+            if self.protection(&found) < self.protection(&folded) {
+                return Err(deny(
+                    400,
+                    DenyReason::BadPath,
+                    "the path would match another route if letter case were ignored".into(),
+                ));
+            }
+        }
+        let route = match found {
             Lookup::Route(m) => Some(m),
             Lookup::NoRoute => None,
             Lookup::MethodNotAllowed(allowed) => {

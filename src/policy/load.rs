@@ -885,7 +885,29 @@ impl Loader<'_> {
             ));
         }
 
+        // A host the index can never see would leave that host to the host-less routes:
+        // fail open. Only a host as requests are matched on (no port, no trailing dot,
+        // IPv6 without brackets) loads.
         let host = raw.host.as_ref().map(|h| h.to_ascii_lowercase());
+        if let Some(h) = &host {
+            let written = if h.contains(':') && !h.starts_with('[') {
+                format!("[{h}]")
+            } else {
+                h.clone()
+            };
+            match crate::admission::host::parse_authority(&written) {
+                Ok(a) if a.host == *h || format!("[{}]", a.host) == *h => {}
+                Ok(a) => self.errors.push(fx.err(
+                    route_start,
+                    format!("route `{name}`: host `{h}` never matches: hosts are matched without port and trailing dot; write `{}`", a.host),
+                )),
+                Err(e) => self.errors.push(fx.err(
+                    route_start,
+                    format!("route `{name}`: `{h}` is not a host name ({e})"),
+                )),
+            }
+        }
+        let host = host.map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string());
         self.path_locations
             .push(fx.err(raw.path.span().start, String::new()));
         if let Err(m) = self.index.insert(
@@ -910,14 +932,6 @@ impl Loader<'_> {
                 format!("route `{name}` can never match: {w}"),
             ));
         }
-        if let Some(h) = &host {
-            if h.contains(':') || h.ends_with('.') {
-                self.warnings.push(fx.err(
-                    route_start,
-                    format!("route `{name}` can never match: hosts are matched without port and trailing dot, so `{h}` is never seen"),
-                ));
-            }
-        }
         if self.errors.len() > before {
             return None;
         }
@@ -941,14 +955,6 @@ impl Loader<'_> {
     }
 }
 
-fn auth_rank(a: AuthMode) -> u8 {
-    match a {
-        AuthMode::None => 0,
-        AuthMode::Optional => 1,
-        AuthMode::Required => 2,
-    }
-}
-
 fn auth_name(a: AuthMode) -> &'static str {
     match a {
         AuthMode::None => "none",
@@ -958,11 +964,10 @@ fn auth_name(a: AuthMode) -> &'static str {
 }
 
 fn enforced(r: &Route) -> usize {
-    r.rules.iter().filter(|x| x.mode == Mode::Enforce).count()
+    r.protection().1
 }
 
 /// Weaker authentication, or the same with fewer enforced rules.
 fn less_protected(weak: &Route, strong: &Route) -> bool {
-    let (w, s) = (auth_rank(weak.auth), auth_rank(strong.auth));
-    w < s || (w == s && enforced(weak) < enforced(strong))
+    weak.protection() < strong.protection()
 }

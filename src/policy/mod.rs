@@ -131,4 +131,20 @@ impl Route {
     pub fn attr_index(&self, name: &str) -> Option<usize> {
         self.attrs.iter().position(|a| &*a.name == name)
     }
+
+    /// How strongly the route protects what it serves, comparable across routes: its
+    /// authentication (none < optional < required), then how many rules it enforces.
+    pub fn protection(&self) -> (u8, usize) {
+        let auth = match self.auth {
+            crate::config::AuthMode::None => 0,
+            crate::config::AuthMode::Optional => 1,
+            crate::config::AuthMode::Required => 2,
+        };
+        let enforced = self
+            .rules
+            .iter()
+            .filter(|r| r.mode == Mode::Enforce)
+            .count();
+        (auth, enforced)
+    }
 }

@@ -189,6 +189,11 @@ impl RouteIndex {
         }
     }
 
+    /// Whether any route names a host.
+    pub fn has_host_routes(&self) -> bool {
+        !self.hosts.is_empty()
+    }
+
     /// Finds the route for a request. A host with host-specific routes is decided by those
     /// routes alone; other hosts (and requests without one) by the host-less routes.
     pub fn lookup(&self, host: Option<&str>, method: &str, path: &str) -> Lookup {

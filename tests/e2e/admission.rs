@@ -234,8 +234,19 @@ fn malformed_hosts_are_refused_and_http10_may_omit_host() {
         b"GET /admin/x HTTP/1.1\r\nConnection: close\r\n\r\n",
     );
     assert_eq!((status, reason(&body).as_str()), (400, "bad_host"));
+    // HTTP/1.0 without Host, where some routes are for specific hosts: the upstream might
+    // pick one of those as its default, so it is refused.
+    let (status, _, body) = exchange(gw.proxy, b"GET /admin/x HTTP/1.0\r\n\r\n");
+    assert_eq!((status, reason(&body).as_str()), (400, "bad_host"));
     assert_eq!(up.count(), 0);
-    // HTTP/1.0 without Host: decided by the host-less routes, as README says.
+    // Without host-specific routes, HTTP/1.0 may omit Host.
+    let (up, gw) = start_standard(
+        "",
+        &[(
+            "open.toml",
+            "[[route]]\nname = \"open\"\npath = \"/*\"\nauth = \"none\"\n",
+        )],
+    );
     let (status, _, _) = exchange(gw.proxy, b"GET /admin/x HTTP/1.0\r\n\r\n");
     assert_eq!(status, 200);
     assert_eq!(up.count(), 1);
@@ -530,6 +541,7 @@ fn eval_and_test_answer_as_the_proxy_does() {
 [[case]]
 name = "a body over the route's limit"
 method = "POST"
+host = "other.test"
 path = "/api/pay"
 claims = {{ sub = "alice" }}
 body_text = '{big}'
@@ -538,6 +550,7 @@ expect = {{ status = 413, reason = "body_too_large" }}
 [[case]]
 name = "a duplicate key"
 method = "POST"
+host = "other.test"
 path = "/api/pay"
 claims = {{ sub = "alice" }}
 body_text = '{{"amount":1,"amount":1000}}'
@@ -600,4 +613,85 @@ issuers = ["hs"]
         text.contains("routes.toml:4:"),
         "the warning points at the weaker route's path:\n{text}"
     );
+}
+
+#[tokio::test]
+async fn parser_differentials_found_in_review_are_closed() {
+    let rules = r#"
+[[route]]
+name = "open"
+path = "/*"
+auth = "none"
+
+[[route]]
+name = "batch-delete"
+path = "/v1/users:batchDelete"
+issuers = ["hs"]
+  [route.forward]
+  "x-user" = "claims.sub"
+
+[[route]]
+name = "admin"
+path = "/admin/*"
+issuers = ["hs"]
+
+[[route]]
+name = "pay"
+path = "/pay"
+methods = ["POST"]
+auth = "none"
+  [[route.rule]]
+  name = "small"
+  allow_if = "body.amount <= 100"
+"#;
+    let (up, gw) = start_standard("", &[("routes.toml", rules)]);
+    let send = |req: String| exchange(gw.proxy, req.as_bytes());
+    // An escaped `:` is the same path to servers that decode before routing.
+    let (status, _, body) =
+        send("GET /v1/users%3AbatchDelete HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into());
+    assert_eq!((status, reason(&body).as_str()), (401, "missing_token"));
+    // Upper case that a case-insensitive upstream would route to the protected path.
+    let (status, _, body) =
+        send("GET /ADMIN/users HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into());
+    assert_eq!((status, reason(&body).as_str()), (400, "bad_path"));
+    // Upper case that changes nothing is served.
+    let (status, _, _) =
+        send("GET /Docs/Intro HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into());
+    assert_eq!(status, 200);
+    // Keys equal when case is folded; several Content-Type headers.
+    for (body, types) in [
+        (
+            r#"{"amount":1,"AMOUNT":1000000}"#,
+            "Content-Type: application/json\r\n",
+        ),
+        (
+            r#"{"amount":1}"#,
+            "Content-Type: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+        ),
+    ] {
+        let (status, _, answer) = send(format!(
+            "POST /pay HTTP/1.1\r\nHost: a\r\n{types}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        assert_eq!(
+            (status, reason(&answer).as_str()),
+            (400, "bad_body"),
+            "{body}"
+        );
+    }
+    // A Connection header naming a header would have it removed after the decision.
+    let (status, _, body) = send(
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close, x-tenant\r\nX-Tenant: t\r\n\r\n".into(),
+    );
+    assert_eq!((status, reason(&body).as_str()), (400, "bad_framing"));
+    assert_eq!(up.count(), 1);
+    // CGI spellings of stripped headers, and a forged X-Forwarded-For, do not pass.
+    let (status, _, _) = send(
+        "GET /x HTTP/1.1\r\nHost: a\r\nx_user: mallory\r\nX-Forwarded-For: 10.9.9.9\r\nConnection: close\r\n\r\n"
+            .into(),
+    );
+    assert_eq!(status, 200);
+    let seen = up.last();
+    assert!(seen.headers.get("x_user").is_none());
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
 }

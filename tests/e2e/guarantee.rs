@@ -284,6 +284,7 @@ fn render(c: &Case, id: &str, t: &Tokens) -> Vec<u8> {
             "x-decided-method: GET",
             "x-http-method-override: DELETE",
             "x-original-url: /admin/x",
+            "x_user: mallory",
         ] {
             out.push_str(h);
             out.push_str("\r\n");
@@ -431,7 +432,7 @@ fn check_seen(c: &Case, seen: &Seen) -> Result<(), TestCaseError> {
             }
         }
     }
-    for h in ["x-http-method-override", "x-original-url"] {
+    for h in ["x-http-method-override", "x-original-url", "x_user"] {
         prop_assert!(seen.headers.get(h).is_none(), "{} reached the upstream", h);
     }
     // Whatever the client sent, one Content-Length value, equal to the body.
