@@ -15,6 +15,7 @@ pub mod facts;
 pub mod geo;
 pub mod head_timeout;
 pub mod location;
+pub mod logging;
 pub mod path;
 pub mod policy;
 pub mod policy_tests;

@@ -49,6 +49,9 @@ enum Command {
         /// 2026-03-02T10:00:00+01:00) instead of the real time, token expiry included.
         #[arg(long, value_name = "TIME")]
         fixed_clock: Option<chrono::DateTime<chrono::FixedOffset>>,
+        /// Log lines as JSON, or compact for a person (`auto`: pretty on a terminal).
+        #[arg(long, value_enum, default_value = "auto")]
+        log_format: claimgate::logging::LogFormat,
     },
     /// Validate the configuration, keys and rules; print every error with its location.
     ///
@@ -107,8 +110,9 @@ fn main() -> ExitCode {
             echo_upstream,
             echo_data,
             fixed_clock,
+            log_format,
         } => {
-            claimgate::telemetry::init_logging();
+            claimgate::logging::init(log_format);
             let clock = match fixed_clock {
                 Some(t) => claimgate::proxy::Clock::Fixed(t.into()),
                 None => claimgate::proxy::Clock::System,

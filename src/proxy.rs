@@ -274,6 +274,20 @@ fn client_body_stalled(session: &mut Session, e: &Error) -> bool {
     downstream_timeout || (waiting && !session.is_body_done())
 }
 
+/// The client stopped sending within the body timeout.
+fn client_timed_out(e: &Error) -> bool {
+    matches!(e.esource(), ErrorSource::Downstream) && matches!(e.etype(), ErrorType::ReadTimedout)
+}
+
+/// The client closed its connection, or it broke, before its answer was written.
+fn client_gone(e: &Error) -> bool {
+    matches!(e.esource(), ErrorSource::Downstream)
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+}
+
 #[async_trait]
 impl ProxyHttp for ClaimgateProxy {
     type CTX = RequestCtx;
@@ -471,6 +485,16 @@ impl ProxyHttp for ClaimgateProxy {
         Ok(())
     }
 
+    /// A client that went away or stopped sending is a client event: counted, logged at DEBUG,
+    /// never as Pingora's ERROR "Fail to proxy".
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
+        let client = client_gone(e) || client_timed_out(e);
+        if client {
+            tracing::debug!(error = %e, "the client went away or stopped sending");
+        }
+        client
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX)
     where
         Self::CTX: Send + Sync,
@@ -483,6 +507,15 @@ impl ProxyHttp for ClaimgateProxy {
         if ctx.allow.is_some() && !ctx.upstream_observed && upstream_failed {
             if let Some(series) = &ctx.route_metrics {
                 series.upstream_response(&self.metrics, None);
+            }
+        }
+        let client_side = e.is_some_and(|e| client_gone(e) || client_body_stalled(session, e));
+        if client_side {
+            crate::logging::bridge::PROXY_EVENTS
+                .with_label_values(&["client_closed"])
+                .inc();
+            if let Some(series) = ctx.route_metrics.as_ref().filter(|_| ctx.allow.is_some()) {
+                series.client_closed(&self.metrics);
             }
         }
     }

@@ -42,7 +42,7 @@ pub struct Metrics {
 }
 
 /// Upstream response classes, in the order of [`RouteMetrics`]' counters.
-const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+const CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "client_closed"];
 
 /// The series one route's requests update. Each is created on first use, so a route shows the
 /// same series it did with labelled lookups (none for what never happened).
@@ -52,7 +52,7 @@ pub struct RouteMetrics {
     allowed: OnceLock<IntCounter>,
     denied: OnceLock<IntCounter>,
     upstream_seconds: OnceLock<Histogram>,
-    upstream: [OnceLock<IntCounter>; 6],
+    upstream: [OnceLock<IntCounter>; 7],
 }
 
 impl RouteMetrics {
@@ -71,6 +71,18 @@ impl RouteMetrics {
                 metrics
                     .upstream_responses
                     .with_label_values(&[&self.route, CLASSES[i]])
+            })
+            .inc();
+    }
+
+    /// The client went away (or stopped sending) before its answer: a client event, not an
+    /// upstream error.
+    pub fn client_closed(&self, metrics: &Metrics) {
+        self.upstream[6]
+            .get_or_init(|| {
+                metrics
+                    .upstream_responses
+                    .with_label_values(&[&self.route, CLASSES[6]])
             })
             .inc();
     }
@@ -153,7 +165,7 @@ impl Metrics {
         let upstream_responses = IntCounterVec::new(
             Opts::new(
                 "claimgate_upstream_responses_total",
-                "Responses from upstreams, by route and status class (2xx..5xx, or error when none came).",
+                "Responses from upstreams, by route and status class (2xx..5xx; error when the upstream failed; client_closed when the client went away first).",
             ),
             &["route", "class"],
         )?;
@@ -208,6 +220,7 @@ impl Metrics {
         registry.register(Box::new(key_loads.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(reload_checks.clone()))?;
+        registry.register(Box::new(crate::logging::bridge::PROXY_EVENTS.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(denials.clone()))?;
@@ -426,14 +439,3 @@ pub fn log_decision(
     }
 }
 
-/// JSON logs on stderr; `RUST_LOG` filters (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_current_span(false)
-        .try_init();
-}
