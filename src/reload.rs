@@ -420,6 +420,82 @@ fn counts(event: &notify::Event, files: &[PathBuf], rules_dir: &Path) -> bool {
         })
 }
 
+/// What the watcher reports of the set.
+#[derive(Debug)]
+enum Fs {
+    /// A content event: starts (or prolongs) a settle. `written`: a file whose data changed,
+    /// open for writing until it is closed; `removed`: files gone, perhaps about to be written
+    /// again (delete-then-recreate), so in flux until written and closed.
+    Changed {
+        written: Option<PathBuf>,
+        removed: Vec<PathBuf>,
+    },
+    /// A file of the set was closed after writing: its writer is done with it.
+    Closed(PathBuf),
+}
+
+/// Turns a file-system event into what the settle rule needs, if anything.
+fn classify(event: &notify::Event, files: &[PathBuf], rules_dir: &Path) -> Option<Fs> {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    let relevant = |p: &PathBuf| {
+        files.iter().any(|f| f == p)
+            || (p.parent() == Some(rules_dir) && p.extension().is_some_and(|x| x == "toml"))
+    };
+    if let EventKind::Access(AccessKind::Close(AccessMode::Write)) = event.kind {
+        return event
+            .paths
+            .iter()
+            .find(|p| relevant(p))
+            .cloned()
+            .map(Fs::Closed);
+    }
+    if !counts(event, files, rules_dir) {
+        return None;
+    }
+    let written = match event.kind {
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+            event.paths.iter().find(|p| relevant(p)).cloned()
+        }
+        _ => None,
+    };
+    let removed = match event.kind {
+        EventKind::Remove(_) => event.paths.clone(),
+        _ => Vec::new(),
+    };
+    Some(Fs::Changed { written, removed })
+}
+
+/// Files written and not yet closed, or deleted and not yet written again: an edit still in
+/// progress.
+#[derive(Default)]
+struct OpenWrites(std::collections::HashSet<PathBuf>);
+
+impl OpenWrites {
+    /// Records `ev`; whether it is a content change.
+    fn note(&mut self, ev: &Fs) -> bool {
+        match ev {
+            Fs::Changed { written, removed } => {
+                if let Some(p) = written {
+                    self.0.insert(p.clone());
+                }
+                for p in removed {
+                    self.0.insert(p.clone());
+                }
+                true
+            }
+            Fs::Closed(p) => {
+                self.0.remove(p);
+                false
+            }
+        }
+    }
+}
+
+/// How many quiet periods an edit may keep a file open for writing, or deleted, before a check
+/// goes ahead anyway (a file really deleted, a platform that reports no close, a writer that
+/// never closes).
+const MAX_OPEN_PERIODS: u32 = 20;
+
 /// What a watcher watches: directories and the files of the set.
 fn watch_plan(config: &Config) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let (mut files, mmdb) = set_files(&config.path);
@@ -439,15 +515,15 @@ pub struct ReloadService {
 impl ReloadService {
     fn watcher(
         &self,
-        tx: tokio::sync::mpsc::UnboundedSender<()>,
+        tx: tokio::sync::mpsc::UnboundedSender<Fs>,
     ) -> Option<notify::RecommendedWatcher> {
         let config = self.reloader.state.load().config.clone();
         let (mut files, mmdb) = set_files(&config.path);
         files.extend(mmdb);
         let rules_dir = config.rules_dir.clone();
         let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok_and(|e| counts(&e, &files, &rules_dir)) {
-                let _ = tx.send(());
+            if let Some(ev) = res.ok().and_then(|e| classify(&e, &files, &rules_dir)) {
+                let _ = tx.send(ev);
             }
         }) {
             Ok(w) => w,
@@ -465,14 +541,16 @@ impl ReloadService {
     }
 
     /// Waits for the set to settle, then reloads: a quiet period of `debounce` with no content
-    /// event, then a read that must itself be stable ([`Reloader::reload`]); repeated while the
-    /// files keep changing. Without events to go by (the poll), the quiet period also needs
-    /// every file's identity unchanged across it.
+    /// event and no file of the set still open for writing, then a read that must itself be
+    /// stable ([`Reloader::reload`]); repeated while the files keep changing. Without events
+    /// to go by (the poll), the quiet period also needs every file's identity unchanged across
+    /// it.
     async fn settle_and_reload(
         &self,
         trigger: &'static str,
         force: bool,
-        rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Fs>,
+        open: &mut OpenWrites,
         debounce: Duration,
     ) {
         let by_identity = trigger == "poll";
@@ -482,8 +560,22 @@ impl ReloadService {
             } else {
                 None
             };
-            // Every event restarts the quiet period.
-            while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
+            // Every event restarts the quiet period; a writer that has not closed its file
+            // (it paused mid-write) prolongs it.
+            let mut open_periods = 0;
+            loop {
+                match tokio::time::timeout(debounce, rx.recv()).await {
+                    Ok(Some(ev)) => {
+                        open.note(&ev);
+                    }
+                    Ok(None) => break,
+                    Err(_) if !open.0.is_empty() && open_periods < MAX_OPEN_PERIODS => {
+                        open_periods += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            open.0.clear();
             if let Some(before) = before {
                 if self.identities().await != before {
                     continue;
@@ -530,7 +622,8 @@ impl ReloadService {
 impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let settings = self.reloader.state.load().config.raw.reload.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Fs>();
+        let mut open = OpenWrites::default();
         let mut watcher = if settings.watch {
             self.watcher(tx.clone())
         } else {
@@ -552,17 +645,19 @@ impl BackgroundService for ReloadService {
             let generation = self.reloader.status.generation();
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some(()) = rx.recv() => {
-                    self.settle_and_reload("watch", false, &mut rx, debounce).await;
+                Some(ev) = rx.recv() => {
+                    if open.note(&ev) {
+                        self.settle_and_reload("watch", false, &mut rx, &mut open, debounce).await;
+                    }
                 }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading");
-                    self.settle_and_reload("sighup", true, &mut rx, debounce).await;
+                    self.settle_and_reload("sighup", true, &mut rx, &mut open, debounce).await;
                 }
                 _ = poll.tick(), if settings.poll_seconds > 0 => {
                     // A missed event: the poll obeys the same settle rule as the watcher.
                     if self.disk_changed().await {
-                        self.settle_and_reload("poll", false, &mut rx, debounce).await;
+                        self.settle_and_reload("poll", false, &mut rx, &mut open, debounce).await;
                     } else {
                         // Nothing to load; this still tells `/status` when the files on disk
                         // are the set in force again. It never loads: only a settled read may.

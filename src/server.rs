@@ -31,6 +31,50 @@ pub enum StartError {
     Crypto(String),
 }
 
+/// What a stop may take beyond the grace period and the shutdown timeout before the watchdog
+/// ends the process.
+pub const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After SIGTERM or SIGINT the process ends within `grace + timeout +` [`STOP_MARGIN`] (SIGINT:
+/// `timeout +` the margin), even if a runtime never finishes: Pingora waits for its runtimes
+/// without a bound, and one was seen spinning in its accept loop. Exit status 1 then.
+fn stop_watchdog(grace_seconds: u64, timeout_seconds: u64) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let spawned = std::thread::Builder::new()
+        .name("claimgate stop watchdog".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return;
+                };
+                let graceful = tokio::select! {
+                    _ = term.recv() => true,
+                    _ = int.recv() => false,
+                };
+                let grace = if graceful { grace_seconds } else { 0 };
+                let bound = std::time::Duration::from_secs(grace + timeout_seconds) + STOP_MARGIN;
+                tokio::time::sleep(bound).await;
+                tracing::error!(
+                    bound_seconds = bound.as_secs(),
+                    "the shutdown did not finish within its bound; exiting now"
+                );
+                std::process::exit(1);
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no stop watchdog: a shutdown that hangs is not ended");
+    }
+}
+
 /// Loads configuration, keys and policies: everything `run` needs, or every error at once.
 pub fn load(config_path: &Path, remote: &RemoteRegistry) -> Result<Snapshot, SourceErrors> {
     let config = Arc::new(Config::load(config_path)?);
@@ -189,6 +233,10 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
         KeyRefreshService { registry: remote },
     ));
 
+    stop_watchdog(
+        settings.grace_period_seconds,
+        settings.graceful_shutdown_timeout_seconds,
+    );
     if let Some((addr, data)) = echo {
         let mut svc = Service::new("claimgate echo upstream".to_string(), EchoApp { data });
         svc.add_tcp(&addr.to_string());

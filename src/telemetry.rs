@@ -438,4 +438,3 @@ pub fn log_decision(
         );
     }
 }
-

@@ -99,7 +99,10 @@ mod tests {
             (Level::DEBUG, Some("pool_race"))
         );
         assert_eq!(
-            classify(log::Level::Error, "Accept() failed Socket is being shutdown"),
+            classify(
+                log::Level::Error,
+                "Accept() failed Socket is being shutdown"
+            ),
             (Level::WARN, Some("accept_error"))
         );
         assert_eq!(

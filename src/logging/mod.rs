@@ -40,12 +40,20 @@ pub fn init(format: LogFormat) {
         LogFormat::Pretty => true,
         LogFormat::Auto => std::io::stderr().is_terminal(),
     };
-    let limit = rate_limit::RateLimit::new(WINDOW, LINES_PER_SECOND);
+    let report: rate_limit::Report = Box::new(move |line, n, window| {
+        use std::io::Write;
+        let text = rate_limit::summary_line(!pretty, line, n, window);
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    });
+    let limit = rate_limit::RateLimit::new(WINDOW, LINES_PER_SECOND, report);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if pretty {
         fmt.compact().with_ansi(true).boxed()
     } else {
-        fmt.json().with_current_span(false).with_span_list(false).boxed()
+        fmt.json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .boxed()
     };
     let subscriber = tracing_subscriber::registry()
         .with(filter)

@@ -20,6 +20,38 @@ pub struct RateLimit {
     window: Duration,
     per_second: u32,
     state: Mutex<State>,
+    /// Writes a summary line. Not an event: tracing drops events emitted while it dispatches
+    /// one, which is where a filter runs.
+    report: Report,
+}
+
+/// Writes a summary: the line suppressed, how many times, in what window.
+pub type Report = Box<dyn Fn(&str, u64, Duration) + Send + Sync>;
+
+/// A summary line in the format of the other lines.
+pub fn summary_line(json: bool, line: &str, suppressed: u64, window: Duration) -> String {
+    let message = "identical log lines suppressed";
+    if json {
+        serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "WARN",
+            "fields": {
+                "message": message,
+                "suppressed": suppressed,
+                "window_ms": window.as_millis() as u64,
+                "line": line,
+            },
+            "target": SUMMARY_TARGET,
+        })
+        .to_string()
+            + "\n"
+    } else {
+        format!(
+            "{} \x1b[33m WARN\x1b[0m {SUMMARY_TARGET}: {message} suppressed={suppressed} window_ms={} line={line:?}\n",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            window.as_millis()
+        )
+    }
 }
 
 struct State {
@@ -48,11 +80,12 @@ impl Visit for Text {
 }
 
 impl RateLimit {
-    pub fn new(window: Duration, per_second: u32) -> Self {
+    pub fn new(window: Duration, per_second: u32, report: Report) -> Self {
         let now = Instant::now();
         RateLimit {
             window,
             per_second,
+            report,
             state: Mutex::new(State {
                 window_start: now,
                 seen: HashMap::new(),
@@ -114,16 +147,8 @@ impl RateLimit {
             };
             (allowed, report)
         };
-        // Written outside the lock: the summary passes through this filter too.
-        let secs = self.window.as_secs();
-        for (message, n) in report {
-            tracing::warn!(
-                target: SUMMARY_TARGET,
-                suppressed = n,
-                window_seconds = secs,
-                line = %message,
-                "identical log lines suppressed"
-            );
+        for (line, n) in report {
+            (self.report)(&line, n, self.window);
         }
         allowed
     }
@@ -136,5 +161,95 @@ impl<S: Subscriber> Filter<S> for RateLimit {
 
     fn event_enabled(&self, event: &Event<'_>, _: &Context<'_, S>) -> bool {
         self.admit(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines(buf: &Buffer) -> Vec<String> {
+        String::from_utf8_lossy(&buf.0.lock().unwrap())
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn identical_lines_collapse_and_decisions_pass() {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let summaries = buf.clone();
+        let report: Report = Box::new(move |line, n, w| {
+            let _ = std::io::Write::write_all(
+                &mut summaries.clone(),
+                summary_line(true, line, n, w).as_bytes(),
+            );
+        });
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(move || writer.clone())
+            .with_filter(RateLimit::new(Duration::from_millis(200), 50, report));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..10_000 {
+                tracing::error!(target: "pingora", "Accept() failed Socket is being shutdown");
+            }
+            for i in 0..100 {
+                tracing::info!(target: "claimgate::decision", request_id = i, "request denied");
+            }
+            // Many different lines: only the per-second budget passes.
+            for i in 0..1000 {
+                tracing::warn!(n = i, "a different line every time");
+            }
+            std::thread::sleep(Duration::from_millis(1100));
+            tracing::info!("after the window");
+        });
+        let out = lines(&buf);
+        let accept = out
+            .iter()
+            .filter(|l| l.contains("Accept() failed") && !l.contains("suppressed"))
+            .count();
+        assert_eq!(accept, 1, "{out:?}");
+        let decisions = out.iter().filter(|l| l.contains("request denied")).count();
+        assert_eq!(decisions, 100);
+        let different = out
+            .iter()
+            .filter(|l| l.contains("a different line"))
+            .count();
+        assert_eq!(
+            different, 49,
+            "the budget of 50 a second, one taken by Accept()"
+        );
+        let summary: Vec<&String> = out
+            .iter()
+            .filter(|l| l.contains("identical log lines suppressed"))
+            .collect();
+        assert!(
+            summary.iter().any(|l| l.contains("\"suppressed\":9999")),
+            "{summary:?}"
+        );
+        assert!(
+            summary.iter().any(|l| l.contains("\"suppressed\":951")),
+            "{summary:?}"
+        );
+        assert!(out.iter().any(|l| l.contains("after the window")));
+        assert!(out.len() < 200, "{} lines", out.len());
     }
 }

@@ -377,6 +377,32 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Sends `signal` (e.g. "INT", "TERM") and waits up to `bound` for the process to end:
+    /// its exit status and how long it took, or `None` if it did not end.
+    pub fn stop(
+        &mut self,
+        signal: &str,
+        bound: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+        while started.elapsed() < bound {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// The size of the log written so far, in bytes.
+    pub fn log_bytes(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
     /// The admin `/status` document.
     pub async fn status(&self) -> serde_json::Value {
         client()

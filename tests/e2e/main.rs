@@ -3,6 +3,7 @@
 
 mod harness;
 mod jwks;
+mod logs;
 mod tokens;
 
 mod admission;
@@ -19,3 +20,4 @@ mod scenarios;
 mod settle;
 mod sources;
 mod startup;
+mod stop;
