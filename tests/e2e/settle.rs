@@ -255,3 +255,55 @@ async fn reading_the_watched_files_starts_no_reload_check() {
     }
     assert_eq!(checks(&gw.metrics().await), after + 1.0);
 }
+
+#[tokio::test]
+async fn status_tells_when_the_disk_is_the_running_set_again() {
+    let up = Upstream::start();
+    let config = format!(
+        "{}\n[reload]\nwatch = true\ndebounce_ms = 50\npoll_seconds = 1\n",
+        standard_config(up.addr)
+    );
+    let gw = Gateway::start(
+        &config,
+        &[("00-base.toml", BASE), ("10-flip.toml", &version(0))],
+    );
+    let file = gw.dir().join("rules/10-flip.toml");
+    let wait_for = |want: &'static str| {
+        let gw = &gw;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(8);
+            loop {
+                let s = gw.status().await;
+                if s["rules"]["last_result"] == want {
+                    return s;
+                }
+                assert!(Instant::now() < deadline, "never {want}: {s}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    std::fs::write(&file, "[[route]\nbroken").unwrap();
+    let s = wait_for("error").await;
+    assert_eq!(s["rules"]["disk_matches_running"], false);
+    assert!(s["rules"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("10-flip.toml:1:"));
+    // The last good content put back: nothing to load, and the error no longer stands.
+    std::fs::write(&file, version(0)).unwrap();
+    let s = wait_for("unchanged").await;
+    assert_eq!(s["rules"]["last_error"], serde_json::Value::Null, "{s}");
+    assert!(s["rules"]["last_error_at"].as_u64().is_some(), "{s}");
+    assert_eq!(s["rules"]["disk_matches_running"], true);
+    assert_eq!(s["rules"]["generation"], 1);
+    let m = gw.metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            "claimgate_rules_reload_total",
+            &[("result", "unchanged")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+}
