@@ -234,14 +234,7 @@ impl Snapshot {
             match parse_body(req) {
                 Ok(b) => b,
                 Err((status, reason, message)) => {
-                    let denial = Denial {
-                        status,
-                        reason,
-                        rule: None,
-                        message: message.into(),
-                        www_authenticate: None,
-                        allow: None,
-                    };
+                    let denial = Denial::new(status, reason, message);
                     return Step::Decided(denied(route, denial, token.as_deref(), token_cache));
                 }
             }
@@ -257,17 +250,11 @@ impl Snapshot {
                     Ok(r) => requests.push(r),
                     Err(e) => {
                         tracing::debug!(route = %route.name, source = %spec.name, error = %e, "source request could not be built");
-                        let denial = Denial {
-                            status: 403,
-                            reason: DenyReason::PolicyError,
-                            rule: None,
-                            message: format!(
-                                "the request to source `{}` could not be built",
-                                spec.name
-                            ),
-                            www_authenticate: None,
-                            allow: None,
-                        };
+                        let denial = Denial::new(
+                            403,
+                            DenyReason::PolicyError,
+                            format!("the request to source `{}` could not be built", spec.name),
+                        );
                         return Step::Decided(denied(route, denial, token.as_deref(), token_cache));
                     }
                 }
@@ -329,17 +316,14 @@ impl Snapshot {
                 SourceValue::NotFound => ext.push((spec.name.to_string(), ::cel::Value::Null)),
                 SourceValue::Unavailable if spec.on_error == FailMode::Open => {}
                 SourceValue::Unavailable => {
-                    let denial = Denial {
-                        status: spec.settings.error_status,
-                        reason: DenyReason::SourceUnavailable,
-                        rule: None,
-                        message: format!(
+                    let denial = Denial::new(
+                        spec.settings.error_status,
+                        DenyReason::SourceUnavailable,
+                        format!(
                             "the `{}` data source is unavailable; try again later",
                             spec.name
                         ),
-                        www_authenticate: None,
-                        allow: None,
-                    };
+                    );
                     return denied(route, denial, pending.token.as_deref(), pending.token_cache);
                 }
             }
@@ -454,18 +438,18 @@ impl Snapshot {
         };
         let mode = self.config.raw.unmatched.auth;
         match self.authenticate(req, mode, &self.unmatched_issuers, now) {
-            Ok((token, token_cache)) => Decision {
-                route: None,
-                outcome: Outcome::Allow(Allow {
+            Ok((token, token_cache)) => Decision::new(
+                None,
+                Outcome::Allow(Allow {
                     upstream: upstream.clone(),
                     forward: Vec::new(),
                 }),
-                audits: Vec::new(),
-                subject: subject(token.as_deref()),
-                issuer: token.map(|t| t.issuer.clone()),
-                unknown_key_issuer: None,
+            )
+            .with_token(
+                subject(token.as_deref()),
+                token.map(|t| t.issuer.clone()),
                 token_cache,
-            },
+            ),
             Err(e) => token_denial(None, e),
         }
     }
@@ -617,15 +601,11 @@ fn denied(
     token: Option<&VerifiedToken>,
     token_cache: Option<bool>,
 ) -> Decision {
-    Decision {
-        route: Some(route.name.clone()),
-        outcome: Outcome::Deny(denial),
-        audits: Vec::new(),
-        subject: subject(token),
-        issuer: token.map(|t| t.issuer.clone()),
-        unknown_key_issuer: None,
+    Decision::denied(Some(route.name.clone()), denial).with_token(
+        subject(token),
+        token.map(|t| t.issuer.clone()),
         token_cache,
-    }
+    )
 }
 
 fn verdict_decision(
@@ -634,15 +614,9 @@ fn verdict_decision(
     token: Option<&VerifiedToken>,
     token_cache: Option<bool>,
 ) -> Decision {
-    Decision {
-        route: Some(route.name.clone()),
-        outcome: verdict.outcome,
-        audits: verdict.audits,
-        subject: subject(token),
-        issuer: token.map(|t| t.issuer.clone()),
-        unknown_key_issuer: None,
-        token_cache,
-    }
+    Decision::new(Some(route.name.clone()), verdict.outcome)
+        .with_token(subject(token), token.map(|t| t.issuer.clone()), token_cache)
+        .with_audits(verdict.audits)
 }
 
 fn source_trace(r: &SourceRequest, value: &SourceValue) -> SourceTrace {
@@ -672,26 +646,16 @@ fn token_denial(route: Option<Arc<str>>, r: Rejection) -> Decision {
             format!("Bearer realm=\"claimgate\", error=\"{code}\", error_description=\"{e}\"")
         }
     };
-    Decision {
+    let message = if e == TokenError::Missing {
+        "a bearer token is required".into()
+    } else {
+        format!("invalid token: {e}")
+    };
+    Decision::denied(
         route,
-        outcome: Outcome::Deny(Denial {
-            status: e.status(),
-            reason: DenyReason::Token(e),
-            rule: None,
-            message: if e == TokenError::Missing {
-                "a bearer token is required".into()
-            } else {
-                format!("invalid token: {e}")
-            },
-            www_authenticate: Some(www),
-            allow: None,
-        }),
-        audits: Vec::new(),
-        subject: None,
-        issuer: None,
-        unknown_key_issuer,
-        token_cache: None,
-    }
+        Denial::new(e.status(), DenyReason::Token(e), message).with_www_authenticate(www),
+    )
+    .with_unknown_key_issuer(unknown_key_issuer)
 }
 
 /// Headers that make some upstreams act on another method or path than the request's

@@ -19,7 +19,7 @@ pub mod target;
 use crate::engine::Snapshot;
 use crate::facts::{Body, RequestFacts};
 use crate::policy::route::{Lookup, RouteMatch};
-use crate::policy::{Decision, Denial, DenyReason, Outcome};
+use crate::policy::{Decision, Denial, DenyReason};
 use http::HeaderMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -106,22 +106,7 @@ impl Admitted {
 
 /// A denial from the request's form alone, before or without a route.
 pub fn refused(status: u16, reason: DenyReason, message: String) -> Decision {
-    Decision {
-        route: None,
-        outcome: Outcome::Deny(Denial {
-            status,
-            reason,
-            rule: None,
-            message,
-            www_authenticate: None,
-            allow: None,
-        }),
-        audits: Vec::new(),
-        subject: None,
-        issuer: None,
-        unknown_key_issuer: None,
-        token_cache: None,
-    }
+    Decision::denied(None, Denial::new(status, reason, message))
 }
 
 /// The HTTP layer removes every header the `Connection` field names before the request goes
@@ -300,15 +285,14 @@ impl Snapshot {
             Lookup::Route(m) => Some(m),
             Lookup::NoRoute => None,
             Lookup::MethodNotAllowed(allowed) => {
-                let mut d = refused(
+                let methods = allowed.join(", ");
+                let denial = Denial::new(
                     405,
                     DenyReason::MethodNotAllowed,
-                    format!("this path is served for {} only", allowed.join(", ")),
-                );
-                if let Outcome::Deny(den) = &mut d.outcome {
-                    den.allow = Some(allowed.join(", "));
-                }
-                return Err(Box::new(d));
+                    format!("this path is served for {methods} only"),
+                )
+                .with_allow(methods);
+                return Err(Box::new(Decision::denied(None, denial)));
             }
         };
         let (route_name, body_limit) = match &route {

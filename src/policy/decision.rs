@@ -86,6 +86,47 @@ pub struct Denial {
 }
 
 impl Denial {
+    /// A denial that no rule made (the request's form, its token, a failure to evaluate).
+    pub fn new(status: u16, reason: DenyReason, message: impl Into<String>) -> Denial {
+        Denial {
+            status,
+            reason,
+            rule: None,
+            message: message.into(),
+            www_authenticate: None,
+            allow: None,
+        }
+    }
+
+    /// A denial by the rule `rule`.
+    pub fn by_rule(
+        rule: Arc<str>,
+        status: u16,
+        reason: DenyReason,
+        message: impl Into<String>,
+    ) -> Denial {
+        Denial {
+            rule: Some(rule),
+            ..Denial::new(status, reason, message)
+        }
+    }
+
+    /// With an RFC 6750 `WWW-Authenticate` challenge (401s).
+    pub fn with_www_authenticate(self, value: String) -> Denial {
+        Denial {
+            www_authenticate: Some(value),
+            ..self
+        }
+    }
+
+    /// With the `Allow` header of a 405.
+    pub fn with_allow(self, methods: String) -> Denial {
+        Denial {
+            allow: Some(methods),
+            ..self
+        }
+    }
+
     /// The JSON body sent to the client. It never contains the token or a claim value other
     /// than what a rule's own message chose to show.
     pub fn body(&self, route: Option<&str>) -> Vec<u8> {
@@ -159,6 +200,53 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A denial on `route` (`None`: before or without a route), with no token known.
+    pub fn denied(route: Option<Arc<str>>, denial: Denial) -> Decision {
+        Decision::new(route, Outcome::Deny(denial))
+    }
+
+    /// An outcome on `route`, with no token, audits or key refetch known yet.
+    pub fn new(route: Option<Arc<str>>, outcome: Outcome) -> Decision {
+        Decision {
+            route,
+            outcome,
+            audits: Vec::new(),
+            subject: None,
+            issuer: None,
+            unknown_key_issuer: None,
+            token_cache: None,
+        }
+    }
+
+    /// The same decision, made with `token` (its subject and issuer, for logs) and with what
+    /// the token cache said.
+    pub fn with_token(
+        self,
+        subject: Option<Arc<str>>,
+        issuer: Option<Arc<str>>,
+        token_cache: Option<bool>,
+    ) -> Decision {
+        Decision {
+            subject,
+            issuer,
+            token_cache,
+            ..self
+        }
+    }
+
+    /// With the rules in audit mode that would have denied.
+    pub fn with_audits(self, audits: Vec<AuditDenial>) -> Decision {
+        Decision { audits, ..self }
+    }
+
+    /// Naming the issuer whose keys may be stale (a token with an unknown key id).
+    pub fn with_unknown_key_issuer(self, issuer: Option<Arc<str>>) -> Decision {
+        Decision {
+            unknown_key_issuer: issuer,
+            ..self
+        }
+    }
+
     pub fn is_allow(&self) -> bool {
         matches!(self.outcome, Outcome::Allow(_))
     }

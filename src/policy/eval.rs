@@ -126,14 +126,7 @@ fn run(route: &Route, activation: &Activation<'_>, mut trace: Option<&mut Trace>
             continue;
         }
         return RouteVerdict {
-            outcome: Outcome::Deny(Denial {
-                status,
-                reason,
-                rule: Some(rule.name.clone()),
-                message: msg,
-                www_authenticate: None,
-                allow: None,
-            }),
+            outcome: Outcome::Deny(Denial::by_rule(rule.name.clone(), status, reason, msg)),
             audits,
         };
     }
@@ -160,17 +153,11 @@ fn run(route: &Route, activation: &Activation<'_>, mut trace: Option<&mut Trace>
             other => {
                 tracing::debug!(route = %route.name, result = ?other, "upstream selection failed");
                 return RouteVerdict {
-                    outcome: Outcome::Deny(Denial {
-                        status: 403,
-                        reason: DenyReason::PolicyError,
-                        rule: None,
-                        message: format!(
-                            "the upstream of route `{}` could not be chosen",
-                            route.name
-                        ),
-                        www_authenticate: None,
-                        allow: None,
-                    }),
+                    outcome: Outcome::Deny(Denial::new(
+                        403,
+                        DenyReason::PolicyError,
+                        format!("the upstream of route `{}` could not be chosen", route.name),
+                    )),
                     audits,
                 };
             }
@@ -206,17 +193,14 @@ fn forward_error(
     audits: Vec<AuditDenial>,
 ) -> RouteVerdict {
     RouteVerdict {
-        outcome: Outcome::Deny(Denial {
-            status: 403,
-            reason: DenyReason::PolicyError,
-            rule: None,
-            message: format!(
+        outcome: Outcome::Deny(Denial::new(
+            403,
+            DenyReason::PolicyError,
+            format!(
                 "header `{header}` of route `{}` could not be computed",
                 route.name
             ),
-            www_authenticate: None,
-            allow: None,
-        }),
+        )),
         audits,
     }
 }

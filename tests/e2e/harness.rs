@@ -128,12 +128,23 @@ impl Upstream {
     }
 }
 
+/// A port free now, never handed out before in this test run. The gateway binds its ports with
+/// SO_REUSEPORT, so two gateways given the same port would both start and share its traffic:
+/// ports released and picked again by the kernel must not reach two tests.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn fixture(name: &str) -> PathBuf {
