@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod cases;
 pub mod config;
 pub mod echo;
 pub mod engine;
@@ -18,7 +19,7 @@ pub mod location;
 pub mod logging;
 pub mod path;
 pub mod policy;
-pub mod policy_tests;
+
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -8,6 +8,7 @@ mod tokens;
 
 mod admission;
 mod auth;
+mod cases;
 mod cli;
 mod guarantee;
 mod hostile;

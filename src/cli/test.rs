@@ -1,6 +1,6 @@
 //! `claimgate test`: run policy test files against the configuration's rules.
 
-use claimgate::policy_tests::{collect_files, run_file};
+use claimgate::cases::{collect_files, run_file};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,7 +76,7 @@ pub fn run(a: TestArgs) -> ExitCode {
                     if r.passed() {
                         println!("  ok    {}", r.name);
                         if a.verbose {
-                            print!("{}", indent(&r.explanation.render(), 8));
+                            print!("{}", indent(&super::render::explanation(&r.explanation), 8));
                         }
                     } else {
                         failed += 1;
@@ -85,7 +85,10 @@ pub fn run(a: TestArgs) -> ExitCode {
                             println!("        {d}");
                         }
                         println!("        trace:");
-                        print!("{}", indent(&r.explanation.render(), 10));
+                        print!(
+                            "{}",
+                            indent(&super::render::explanation(&r.explanation), 10)
+                        );
                     }
                 }
             }

@@ -1,4 +1,4 @@
-//! Policy test files: cases of a request (claims or a token, a fixed `now`, a country, mocked
+//! Policy cases (`claimgate test` files): a request (claims or a token, a fixed `now`, a country, mocked
 //! sources) and the decision expected, run offline through [`crate::explain`].
 //!
 //! ```toml

@@ -162,7 +162,7 @@ pub fn run(a: EvalArgs) -> ExitCode {
             Err(e) => return fail(e),
         }
     } else {
-        print!("{}", result.render());
+        print!("{}", super::render::explanation(&result));
     }
     if result.summary.decision == "allow" {
         ExitCode::SUCCESS
