@@ -15,6 +15,7 @@ pub mod explain;
 pub mod facts;
 pub mod geo;
 pub mod head_timeout;
+pub mod key_refresh;
 pub mod location;
 pub mod logging;
 pub mod path;

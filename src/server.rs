@@ -1,10 +1,11 @@
 //! Assembles the Pingora server from a loaded configuration.
 
 use crate::admin::AdminApp;
-use crate::auth::remote::{KeyRefreshService, RemoteRegistry};
+use crate::auth::remote::RemoteRegistry;
 use crate::config::Config;
 use crate::echo::EchoApp;
 use crate::engine::Snapshot;
+use crate::key_refresh::KeyRefreshService;
 use crate::location::SourceErrors;
 use crate::proxy::{ClaimgateProxy, Clock};
 use crate::reload::{ReloadService, Reloader};

@@ -3,6 +3,7 @@
 
 mod harness;
 mod jwks;
+mod layers;
 mod logs;
 mod tokens;
 
