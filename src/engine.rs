@@ -195,11 +195,14 @@ impl Snapshot {
         now: SystemTime,
     ) -> Decision {
         let Some(m) = m else {
-            return self.unmatched(req, now.into());
+            return match self.begin_unmatched(req, now) {
+                Step::Decided(d) | Step::NeedsKeys { otherwise: d, .. } => d,
+                Step::Evaluate(_) => unreachable_unmatched(),
+            };
         };
         match self.begin(req, m, now) {
             Step::Evaluate(p) => self.finish(req, m, p, &[]),
-            Step::Decided(d) => d,
+            Step::Decided(d) | Step::NeedsKeys { otherwise: d, .. } => d,
         }
     }
 
@@ -225,7 +228,7 @@ impl Snapshot {
             Credentials::Verify => {
                 match self.authenticate(req, route.auth, &self.route_issuers[m.route], now) {
                     Ok((t, cached)) => (t, true, cached),
-                    Err(e) => return Step::Decided(token_denial(Some(route.name.clone()), e)),
+                    Err(e) => return token_step(Some(route.name.clone()), e),
                 }
             }
             Credentials::Unverified(t) => (t, false, None),
@@ -427,30 +430,34 @@ impl Snapshot {
         Ok(t)
     }
 
-    fn unmatched(&self, req: &RequestFacts<'_>, now: DateTime<Utc>) -> Decision {
+    /// The `[unmatched]` action for a request no route serves: a decision, or the need for
+    /// an issuer's keys first.
+    pub fn begin_unmatched(&self, req: &RequestFacts<'_>, now: SystemTime) -> Step {
         let Some(upstream) = &self.unmatched_upstream else {
             let status = self.config.raw.unmatched.status;
-            return refused(
+            return Step::Decided(refused(
                 status,
                 DenyReason::NoRoute,
                 "no route matches this request".into(),
-            );
+            ));
         };
         let mode = self.config.raw.unmatched.auth;
-        match self.authenticate(req, mode, &self.unmatched_issuers, now) {
-            Ok((token, token_cache)) => Decision::new(
-                None,
-                Outcome::Allow(Allow {
-                    upstream: upstream.clone(),
-                    forward: Vec::new(),
-                }),
-            )
-            .with_token(
-                subject(token.as_deref()),
-                token.map(|t| t.issuer.clone()),
-                token_cache,
+        match self.authenticate(req, mode, &self.unmatched_issuers, now.into()) {
+            Ok((token, token_cache)) => Step::Decided(
+                Decision::new(
+                    None,
+                    Outcome::Allow(Allow {
+                        upstream: upstream.clone(),
+                        forward: Vec::new(),
+                    }),
+                )
+                .with_token(
+                    subject(token.as_deref()),
+                    token.map(|t| t.issuer.clone()),
+                    token_cache,
+                ),
             ),
-            Err(e) => token_denial(None, e),
+            Err(e) => token_step(None, e),
         }
     }
 }
@@ -568,6 +575,35 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
 pub enum Step {
     Decided(Decision),
     Evaluate(Pending),
+    /// The token names a key id none of `issuer`'s keys has: perhaps the identity provider
+    /// rotated. A caller that can refetch keys does, then begins again; otherwise (or if the
+    /// refetch brings nothing) `otherwise` is the decision.
+    NeedsKeys {
+        issuer: Arc<str>,
+        otherwise: Decision,
+    },
+}
+
+/// [`Snapshot::begin_unmatched`] never asks for rules to be evaluated.
+fn unreachable_unmatched() -> Decision {
+    refused(
+        403,
+        DenyReason::PolicyError,
+        "the unmatched action could not be decided".into(),
+    )
+}
+
+/// The step after a token was rejected: a refetch of keys for an unknown key id, else the
+/// denial.
+fn token_step(route: Option<Arc<str>>, r: Rejection) -> Step {
+    let issuer = (r.error == TokenError::UnknownKey)
+        .then(|| r.issuer.clone())
+        .flatten();
+    let otherwise = token_denial(route, r);
+    match issuer {
+        Some(issuer) => Step::NeedsKeys { issuer, otherwise },
+        None => Step::Decided(otherwise),
+    }
 }
 
 /// A request's token, if any, and whether the token cache answered.
@@ -639,7 +675,6 @@ fn subject(token: Option<&VerifiedToken>) -> Option<Arc<str>> {
 
 fn token_denial(route: Option<Arc<str>>, r: Rejection) -> Decision {
     let e = r.error;
-    let unknown_key_issuer = (e == TokenError::UnknownKey).then_some(r.issuer).flatten();
     let www = match e.rfc6750_code() {
         None => "Bearer realm=\"claimgate\"".to_string(),
         Some(code) => {
@@ -655,7 +690,6 @@ fn token_denial(route: Option<Arc<str>>, r: Rejection) -> Decision {
         route,
         Denial::new(e.status(), DenyReason::Token(e), message).with_www_authenticate(www),
     )
-    .with_unknown_key_issuer(unknown_key_issuer)
 }
 
 /// Headers that make some upstreams act on another method or path than the request's

@@ -205,7 +205,9 @@ pub fn explain(
     };
     let pending = match snapshot.begin_with(&facts, &m, now, credentials) {
         Step::Evaluate(p) => p,
-        Step::Decided(d) => return finish(d, trace, unverified),
+        Step::Decided(d) | Step::NeedsKeys { otherwise: d, .. } => {
+            return finish(d, trace, unverified)
+        }
     };
     let values: Vec<SourceValue> = pending
         .requests

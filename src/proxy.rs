@@ -141,19 +141,45 @@ impl ClaimgateProxy {
         m: Option<&RouteMatch>,
     ) -> Decision {
         let now = self.clock.now();
-        let Some(m) = m else {
-            return snapshot.decide_matched(facts, None, now);
-        };
-        match snapshot.begin(facts, m, now) {
-            Step::Decided(d) => d,
-            Step::Evaluate(pending) if pending.requests.is_empty() => {
-                snapshot.finish(facts, m, pending, &[])
-            }
-            Step::Evaluate(pending) => {
-                let values = self.sources.fetch_all(&pending.requests).await;
-                snapshot.finish(facts, m, pending, &values)
-            }
+        let mut refetched = false;
+        loop {
+            let step = match m {
+                Some(m) => snapshot.begin(facts, m, now),
+                None => snapshot.begin_unmatched(facts, now),
+            };
+            return match (step, m) {
+                (Step::Decided(d), _) => d,
+                // A key id no key has: maybe the identity provider rotated. Refetch
+                // (single-flight, rate-limited per issuer) and begin once more.
+                (Step::NeedsKeys { issuer, otherwise }, _) => {
+                    if refetched || !self.refetch_keys(snapshot, &issuer).await {
+                        return otherwise;
+                    }
+                    refetched = true;
+                    continue;
+                }
+                (Step::Evaluate(pending), Some(m)) if pending.requests.is_empty() => {
+                    snapshot.finish(facts, m, pending, &[])
+                }
+                (Step::Evaluate(pending), Some(m)) => {
+                    let values = self.sources.fetch_all(&pending.requests).await;
+                    snapshot.finish(facts, m, pending, &values)
+                }
+                (Step::Evaluate(_), None) => snapshot.decide_matched(facts, None, now),
+            };
         }
+    }
+
+    /// Refetches `issuer`'s keys for an unknown key id; whether anything new came.
+    async fn refetch_keys(&self, snapshot: &Snapshot, issuer: &str) -> bool {
+        let Some(issuer) = snapshot.issuers.get(issuer) else {
+            return false;
+        };
+        let mut refreshed = false;
+        for r in &issuer.remote {
+            refreshed |= r.refresh_for_unknown_kid().await;
+        }
+        refreshed
     }
 
     /// Answers a request refused before its rules ran (ambiguous target, host, path, framing,
@@ -349,22 +375,7 @@ impl ProxyHttp for ClaimgateProxy {
         let head = head_of(session.req_header());
         let facts = admitted.facts(&head, client_ip, body);
         let m = admitted.route.as_ref();
-        let mut decision = self.decide(&snapshot, &facts, m).await;
-        // A key id no key has: maybe the identity provider rotated. Refetch (single-flight,
-        // rate-limited per issuer) and decide once more.
-        if let Some(issuer) = decision
-            .unknown_key_issuer
-            .as_deref()
-            .and_then(|n| snapshot.issuers.get(n))
-        {
-            let mut refreshed = false;
-            for r in &issuer.remote {
-                refreshed |= r.refresh_for_unknown_kid().await;
-            }
-            if refreshed {
-                decision = self.decide(&snapshot, &facts, m).await;
-            }
-        }
+        let decision = self.decide(&snapshot, &facts, m).await;
         let log = LogFacts {
             request_id: &ctx.request_id,
             method: facts.method,

@@ -624,12 +624,18 @@ impl BackgroundService for ReloadService {
         let settings = self.reloader.state.load().config.raw.reload.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Fs>();
         let mut open = OpenWrites::default();
+        let debounce = Duration::from_millis(settings.debounce_ms);
         let mut watcher = if settings.watch {
             self.watcher(tx.clone())
         } else {
             None
         };
         let mut watching = watch_plan(&self.reloader.state.load().config);
+        // A change made between the first load and the watcher's start has no event: compare.
+        if watcher.is_some() && self.disk_changed().await {
+            self.settle_and_reload("watch", false, &mut rx, &mut open, debounce)
+                .await;
+        }
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -640,7 +646,6 @@ impl BackgroundService for ReloadService {
         let poll_every = Duration::from_secs(settings.poll_seconds.max(1));
         let mut poll =
             tokio::time::interval_at(tokio::time::Instant::now() + poll_every, poll_every);
-        let debounce = Duration::from_millis(settings.debounce_ms);
         loop {
             let generation = self.reloader.status.generation();
             tokio::select! {

@@ -193,8 +193,6 @@ pub struct Decision {
     pub subject: Option<Arc<str>>,
     /// Name of the issuer of the verified token.
     pub issuer: Option<Arc<str>>,
-    /// When a token named a key id no key has: the issuer whose fetched keys may be stale.
-    pub unknown_key_issuer: Option<Arc<str>>,
     /// Whether the verified-token cache answered (`None`: no cache, or no token checked).
     pub token_cache: Option<bool>,
 }
@@ -213,7 +211,6 @@ impl Decision {
             audits: Vec::new(),
             subject: None,
             issuer: None,
-            unknown_key_issuer: None,
             token_cache: None,
         }
     }
@@ -237,14 +234,6 @@ impl Decision {
     /// With the rules in audit mode that would have denied.
     pub fn with_audits(self, audits: Vec<AuditDenial>) -> Decision {
         Decision { audits, ..self }
-    }
-
-    /// Naming the issuer whose keys may be stale (a token with an unknown key id).
-    pub fn with_unknown_key_issuer(self, issuer: Option<Arc<str>>) -> Decision {
-        Decision {
-            unknown_key_issuer: issuer,
-            ..self
-        }
     }
 
     pub fn is_allow(&self) -> bool {
