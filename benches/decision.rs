@@ -7,6 +7,10 @@
 //!
 //! Run: `cargo bench --bench decision`
 
+// Tests, benches and examples fail loudly on what they cannot use: unwrap and expect are the
+// point here. The library and the binary deny them (Cargo.toml `[lints]`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use claimgate::admission::RequestHead;
 use claimgate::auth::IssuerSet;
 use claimgate::config::Config;

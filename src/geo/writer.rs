@@ -161,6 +161,8 @@ fn encode_map(out: &mut Vec<u8>, m: &[(&str, Val)]) {
 }
 
 /// The demo database shipped as `dev/geo-demo.mmdb`: documentation address blocks only.
+// The networks below are constants that parse.
+#[allow(clippy::expect_used)]
 pub fn demo_entries() -> Vec<Entry> {
     let e = |net: &str, country: &str, continent: &str| Entry {
         network: net.parse().expect("demo network"),

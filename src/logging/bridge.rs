@@ -11,6 +11,8 @@ use tracing::level_filters::LevelFilter;
 use tracing::Level;
 
 /// Counts of proxy conditions logged below their Pingora level.
+// The definition is constant: `new` fails only for an invalid metric name or label.
+#[allow(clippy::expect_used)]
 pub static PROXY_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let c = IntCounterVec::new(
         Opts::new(

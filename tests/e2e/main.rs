@@ -1,6 +1,10 @@
 //! End-to-end tests: the real claimgate binary on ephemeral loopback ports, in front of a real
 //! upstream owned by the test, with tokens signed by real keys. One binary, one link step.
 
+// Tests, benches and examples fail loudly on what they cannot use: unwrap and expect are the
+// point here. The library and the binary deny them (Cargo.toml `[lints]`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 mod jwks;
 mod layers;
