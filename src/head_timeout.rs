@@ -9,6 +9,10 @@
 //! part of the proxy's per-request cost.
 //! Waiting for the next request on a kept-alive connection is not counted: that is Pingora's
 //! keepalive timeout.
+//!
+//! The same wrapper sees what Pingora writes before any hook ran: its empty 400 for a head it
+//! cannot parse and its 405 for CONNECT are replaced by claimgate's JSON answers (counted like
+//! every denial), so a client gets a reason whichever layer refused it.
 
 use crate::engine::Snapshot;
 use crate::policy::DenyReason;
