@@ -128,15 +128,11 @@ pub struct EvalBudget {
     pub max_steps: u64,
 }
 
-/// The default of `limits.max_eval_steps`: about 10-50 ms of the interpreter at its slowest
-/// (measured 1-5 M steps/s), while one pass over the largest body list fits many times.
-pub const DEFAULT_MAX_EVAL_STEPS: u64 = 1_000_000;
-
 impl Default for EvalBudget {
     fn default() -> Self {
         EvalBudget {
             bounds: InputBounds::from_bytes(8 * 1024, MAX_BODY_LIMIT, 32 * 1024, 64 * 1024),
-            max_steps: DEFAULT_MAX_EVAL_STEPS,
+            max_steps: crate::config::DEFAULT_MAX_EVAL_STEPS,
         }
     }
 }
