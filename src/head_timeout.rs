@@ -272,9 +272,24 @@ impl AsyncWrite for HeadTimedStream {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        // Once the head is in (every answer the proxy writes), straight through; before it,
+        // through `poll_write`, where Pingora's own error answers are replaced.
+        if self.phase.load(Ordering::Relaxed) == IN_REQUEST && !self.replaced {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        }
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(b) => self.poll_write(cx, b),
+            None => Poll::Ready(Ok(0)),
+        }
+    }
+
     fn is_write_vectored(&self) -> bool {
-        // Writes go through `poll_write`, where Pingora's own error answers are replaced.
-        false
+        self.inner.is_write_vectored()
     }
 }
 

@@ -295,9 +295,7 @@ fn client_body_stalled(session: &mut Session, e: &Error) -> bool {
         e.etype(),
         ErrorType::ReadTimedout | ErrorType::WriteTimedout
     );
-    let downstream_timeout = matches!(e.esource(), ErrorSource::Downstream)
-        && matches!(e.etype(), ErrorType::ReadTimedout);
-    downstream_timeout || (waiting && !session.is_body_done())
+    client_timed_out(e) || (waiting && !session.is_body_done())
 }
 
 /// The client stopped sending within the body timeout.
