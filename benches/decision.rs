@@ -14,7 +14,8 @@
 use claimgate::admission::RequestHead;
 use claimgate::auth::IssuerSet;
 use claimgate::config::Config;
-use claimgate::engine::{load_context, Snapshot};
+use claimgate::engine::Snapshot;
+use claimgate::load::load_context;
 use claimgate::policy::PolicySet;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
@@ -163,7 +164,7 @@ fn bearer(t: &str) -> HeaderMap {
 }
 
 fn bench(c: &mut Criterion) {
-    claimgate::server::crypto_self_test().expect("crypto");
+    claimgate::crypto::self_test().expect("crypto");
     let ec_key =
         EncodingKey::from_ec_pem(&std::fs::read(fixture("ec256-private.pem")).unwrap()).unwrap();
     let tokens = [

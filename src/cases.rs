@@ -12,7 +12,7 @@
 
 use crate::engine::Snapshot;
 use crate::explain::{
-    check_names, explain, parse_header, EvalRequest, Explanation, Mock, TokenInput,
+    check_names, explain, parse_header, EvalRequest, Explanation, Mock, TokenInput, Verdict,
 };
 use crate::location::SourceError;
 use serde::Deserialize;
@@ -250,7 +250,7 @@ fn prepare(snapshot: &Snapshot, case: &Case) -> Result<Prepared, String> {
         return Err("`expect` names nothing to check".into());
     }
     if let Some(d) = &case.expect.decision {
-        if d != "allow" && d != "deny" {
+        if Verdict::parse(d).is_none() {
             return Err(format!("expect.decision is `allow` or `deny`, not `{d}`"));
         }
     }
@@ -265,6 +265,15 @@ fn compare(want: &Expect, got: &Explanation) -> Vec<String> {
             diffs.push(format!("status: expected {w}, got {}", s.status));
         }
     }
+    if let Some(w) = want.decision.as_deref().and_then(Verdict::parse) {
+        if w != s.decision {
+            diffs.push(format!(
+                "decision: expected {:?}, got {:?}",
+                w.name(),
+                s.decision.name()
+            ));
+        }
+    }
     let mut check = |what: &str, want: Option<String>, got: Option<String>| {
         if let Some(w) = want {
             if Some(&w) != got.as_ref() {
@@ -273,7 +282,7 @@ fn compare(want: &Expect, got: &Explanation) -> Vec<String> {
             }
         }
     };
-    check("decision", want.decision.clone(), Some(s.decision.into()));
+
     check("reason", want.reason.clone(), s.reason.map(str::to_string));
     check("route", want.route.clone(), s.route.clone());
     check("rule", want.rule.clone(), s.rule.clone());

@@ -450,25 +450,85 @@ fn default_leeway() -> u64 {
     30
 }
 
-/// One source of verification keys. Exactly one of the fields is set.
+/// One source of verification keys, as `gateway.toml` writes it: a table with exactly one of
+/// the source fields, and optionally `kid`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawKeySource")]
 pub struct KeySource {
-    /// A public key (or certificate) in PEM: RSA, EC P-256/P-384 or Ed25519.
-    pub pem_file: Option<PathBuf>,
-    /// A JSON Web Key Set document on disk.
-    pub jwks_file: Option<PathBuf>,
-    /// A JWKS URL, fetched and refreshed.
-    pub jwks_url: Option<String>,
-    /// An OIDC discovery URL (`.../.well-known/openid-configuration`); its `issuer` must equal
-    /// this issuer's `issuer`, its `jwks_uri` is fetched and refreshed.
-    pub discovery_url: Option<String>,
-    /// Name of an environment variable holding an HMAC secret.
-    pub secret_env: Option<String>,
-    /// A file holding an HMAC secret (trailing newline ignored).
-    pub secret_file: Option<PathBuf>,
+    pub kind: KeyKind,
     /// Key id for a PEM key or a secret; tokens naming another `kid` do not use it.
     pub kid: Option<String>,
+}
+
+/// Where keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A public key (or certificate) in PEM: RSA, EC P-256/P-384 or Ed25519.
+    PemFile(PathBuf),
+    /// A JSON Web Key Set document on disk.
+    JwksFile(PathBuf),
+    /// A JWKS URL, fetched and refreshed.
+    JwksUrl(String),
+    /// An OIDC discovery URL (`.../.well-known/openid-configuration`); its `issuer` must equal
+    /// this issuer's `issuer`, its `jwks_uri` is fetched and refreshed.
+    DiscoveryUrl(String),
+    /// Name of an environment variable holding an HMAC secret.
+    SecretEnv(String),
+    /// A file holding an HMAC secret (trailing newline ignored).
+    SecretFile(PathBuf),
+}
+
+impl KeySource {
+    /// The file the keys are read from, for sources on disk.
+    pub fn file(&self) -> Option<&Path> {
+        match &self.kind {
+            KeyKind::PemFile(p) | KeyKind::JwksFile(p) | KeyKind::SecretFile(p) => Some(p),
+            KeyKind::JwksUrl(_) | KeyKind::DiscoveryUrl(_) | KeyKind::SecretEnv(_) => None,
+        }
+    }
+}
+
+/// The table form of [`KeySource`]; converted, with its checks, by `TryFrom`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeySource {
+    pem_file: Option<PathBuf>,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    discovery_url: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    kid: Option<String>,
+}
+
+impl TryFrom<RawKeySource> for KeySource {
+    type Error = String;
+
+    fn try_from(r: RawKeySource) -> Result<Self, String> {
+        let url = |u: String| {
+            if u.starts_with("http://") || u.starts_with("https://") {
+                Ok(u)
+            } else {
+                Err(format!("`{u}` is not an http(s) URL"))
+            }
+        };
+        let mut kinds = Vec::new();
+        kinds.extend(r.pem_file.map(KeyKind::PemFile));
+        kinds.extend(r.jwks_file.map(KeyKind::JwksFile));
+        kinds.extend(r.jwks_url.map(url).transpose()?.map(KeyKind::JwksUrl));
+        kinds.extend(
+            r.discovery_url
+                .map(url)
+                .transpose()?
+                .map(KeyKind::DiscoveryUrl),
+        );
+        kinds.extend(r.secret_env.map(KeyKind::SecretEnv));
+        kinds.extend(r.secret_file.map(KeyKind::SecretFile));
+        match (kinds.pop(), kinds.is_empty()) {
+            (Some(kind), true) => Ok(KeySource { kind, kid: r.kid }),
+            _ => Err("a key needs exactly one of `pem_file`, `jwks_file`, `jwks_url`, `discovery_url`, `secret_env`, `secret_file`".into()),
+        }
+    }
 }
 
 /// The loaded `gateway.toml`, with relative paths already resolved.
@@ -500,154 +560,26 @@ impl Config {
     pub fn from_str(path: &Path, source: String) -> Result<Config, SourceErrors> {
         let raw: RawConfig = toml::from_str(&source)
             .map_err(|e| SourceErrors(vec![SourceError::from_toml(path, &source, &e)]))?;
-        let mut errors = Vec::new();
-        let at = |span: std::ops::Range<usize>, msg: String| {
-            SourceError::at_offset(path, &source, span.start, msg)
+        let mut check = Checks {
+            path,
+            source: &source,
+            errors: Vec::new(),
         };
-
-        let proxy_addr = parse_addr(&raw.listen.proxy).map_err(|m| at(raw.listen.proxy.span(), m));
-        let admin_addr = parse_addr(&raw.listen.admin).map_err(|m| at(raw.listen.admin.span(), m));
+        let proxy_addr = check.addr(&raw.listen.proxy);
+        let admin_addr = check.addr(&raw.listen.admin);
         if raw.limits.max_token_bytes < 16 {
-            errors.push(SourceError::whole_file(
-                path,
-                "`limits.max_token_bytes` must be at least 16",
-            ));
+            check.whole("`limits.max_token_bytes` must be at least 16");
         }
-        for (name, up) in &raw.upstreams {
-            if up.get_ref().addresses.is_empty() {
-                errors.push(at(up.span(), format!("upstream `{name}` has no addresses")));
-            }
-            for a in &up.get_ref().addresses {
-                if let Err(m) = parse_addr(a) {
-                    errors.push(at(a.span(), m));
-                }
-            }
-            if up.get_ref().tls {
-                // Pingora panics at run time on a TLS peer without a TLS backend compiled in;
-                // refusing here turns that into a clear startup error.
-                errors.push(at(
-                    up.span(),
-                    format!(
-                        "upstream `{name}`: TLS to upstreams is not supported by this build yet"
-                    ),
-                ));
-            }
-        }
-        for (name, src) in &raw.sources {
-            let ident = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ident {
-                errors.push(at(
-                    src.span(),
-                    format!("source `{name}`: a source name is letters, digits and `_`, so policies can read it as `ext.{name}`"),
-                ));
-            }
-        }
-        for t in &raw.network.trusted_proxies {
-            if let Err(e) = crate::geo::parse_network(t.get_ref()) {
-                errors.push(at(t.span(), e.to_string()));
-            }
-        }
-        let defaults: Vec<_> = raw
-            .upstreams
-            .iter()
-            .filter(|(_, u)| u.get_ref().default)
-            .collect();
-        if defaults.len() > 1 {
-            errors.push(at(
-                defaults[1].1.span(),
-                format!(
-                    "upstream `{}`: only one upstream can be the default",
-                    defaults[1].0
-                ),
-            ));
-        }
-        if raw.unmatched.action == UnmatchedAction::Allow {
-            match &raw.unmatched.upstream {
-                None if raw.upstreams.len() != 1 => errors.push(SourceError::whole_file(
-                    path,
-                    "`unmatched.action = \"allow\"` needs `unmatched.upstream`",
-                )),
-                Some(u) if !raw.upstreams.contains_key(u.get_ref()) => {
-                    errors.push(at(u.span(), format!("unknown upstream `{}`", u.get_ref())))
-                }
-                _ => {}
-            }
-        }
-        if !(0.0..=1.0).contains(&raw.logging.allow_sample_rate) {
-            errors.push(SourceError::whole_file(
-                path,
-                "`logging.allow_sample_rate` must be between 0.0 and 1.0",
-            ));
-        }
-        if !(100..=599).contains(&raw.unmatched.status) {
-            errors.push(SourceError::whole_file(
-                path,
-                "`unmatched.status` must be an HTTP status code",
-            ));
-        }
-        for (name, iss) in &raw.issuers {
-            let i = iss.get_ref();
-            if i.audiences.is_empty() {
-                errors.push(at(
-                    iss.span(),
-                    format!("issuer `{name}` needs at least one entry in `audiences`"),
-                ));
-            }
-            if i.algorithms.is_empty() {
-                errors.push(at(
-                    iss.span(),
-                    format!("issuer `{name}` needs at least one entry in `algorithms`"),
-                ));
-            }
-            if i.keys.is_empty() {
-                errors.push(at(
-                    iss.span(),
-                    format!("issuer `{name}` needs at least one entry in `keys`"),
-                ));
-            }
-            for k in &i.keys {
-                let s = k.get_ref();
-                for u in [&s.jwks_url, &s.discovery_url].into_iter().flatten() {
-                    if !(u.starts_with("http://") || u.starts_with("https://")) {
-                        errors.push(at(k.span(), format!("`{u}` is not an http(s) URL")));
-                    }
-                }
-                let set = [
-                    s.pem_file.is_some(),
-                    s.jwks_file.is_some(),
-                    s.jwks_url.is_some(),
-                    s.discovery_url.is_some(),
-                    s.secret_env.is_some(),
-                    s.secret_file.is_some(),
-                ]
-                .iter()
-                .filter(|b| **b)
-                .count();
-                if set != 1 {
-                    errors.push(at(
-                        k.span(),
-                        "a key needs exactly one of `pem_file`, `jwks_file`, `jwks_url`, `discovery_url`, `secret_env`, `secret_file`"
-                            .to_string(),
-                    ));
-                }
-            }
-        }
-
-        let (proxy_addr, admin_addr) = match (proxy_addr, admin_addr) {
-            (Ok(p), Ok(a)) => (p, a),
-            (p, a) => {
-                errors.extend(p.err());
-                errors.extend(a.err());
-                return Err(SourceErrors(errors));
-            }
-        };
-        if !errors.is_empty() {
+        check.upstreams(&raw);
+        check.sources(&raw);
+        check.settings(&raw);
+        check.issuers(&raw);
+        let errors = check.errors;
+        let (Some(proxy_addr), Some(admin_addr), true) =
+            (proxy_addr, admin_addr, errors.is_empty())
+        else {
             return Err(SourceErrors(errors));
-        }
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         let rules_dir = base.join(&raw.rules.dir);
         Ok(Config {
@@ -685,6 +617,135 @@ impl Config {
         message: impl Into<String>,
     ) -> SourceError {
         SourceError::at_offset(&self.path, &self.source, span.start, message)
+    }
+}
+
+/// The checks `gateway.toml` must pass beyond its syntax; every error is kept.
+struct Checks<'a> {
+    path: &'a Path,
+    source: &'a str,
+    errors: Vec<SourceError>,
+}
+
+impl Checks<'_> {
+    fn at(&self, span: std::ops::Range<usize>, msg: String) -> SourceError {
+        SourceError::at_offset(self.path, self.source, span.start, msg)
+    }
+
+    fn whole(&mut self, msg: &str) {
+        self.errors.push(SourceError::whole_file(self.path, msg));
+    }
+
+    fn addr(&mut self, s: &Spanned<String>) -> Option<SocketAddr> {
+        match parse_addr(s) {
+            Ok(a) => Some(a),
+            Err(m) => {
+                self.errors.push(self.at(s.span(), m));
+                None
+            }
+        }
+    }
+
+    fn upstreams(&mut self, raw: &RawConfig) {
+        for (name, up) in &raw.upstreams {
+            if up.get_ref().addresses.is_empty() {
+                self.errors
+                    .push(self.at(up.span(), format!("upstream `{name}` has no addresses")));
+            }
+            for a in &up.get_ref().addresses {
+                self.addr(a);
+            }
+            if up.get_ref().tls {
+                // Pingora panics at run time on a TLS peer without a TLS backend compiled in;
+                // refusing here turns that into a clear startup error.
+                self.errors.push(self.at(
+                    up.span(),
+                    format!(
+                        "upstream `{name}`: TLS to upstreams is not supported by this build yet"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn sources(&mut self, raw: &RawConfig) {
+        for (name, src) in &raw.sources {
+            let ident = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ident {
+                self.errors.push(self.at(
+                        src.span(),
+                        format!("source `{name}`: a source name is letters, digits and `_`, so policies can read it as `ext.{name}`"),
+                    ));
+            }
+        }
+    }
+
+    /// Trusted proxies, the default upstream, the unmatched action, logging.
+    fn settings(&mut self, raw: &RawConfig) {
+        for t in &raw.network.trusted_proxies {
+            if let Err(e) = crate::geo::parse_network(t.get_ref()) {
+                self.errors.push(self.at(t.span(), e.to_string()));
+            }
+        }
+        let defaults: Vec<_> = raw
+            .upstreams
+            .iter()
+            .filter(|(_, u)| u.get_ref().default)
+            .collect();
+        if defaults.len() > 1 {
+            self.errors.push(self.at(
+                defaults[1].1.span(),
+                format!(
+                    "upstream `{}`: only one upstream can be the default",
+                    defaults[1].0
+                ),
+            ));
+        }
+        if raw.unmatched.action == UnmatchedAction::Allow {
+            match &raw.unmatched.upstream {
+                None if raw.upstreams.len() != 1 => {
+                    self.whole("`unmatched.action = \"allow\"` needs `unmatched.upstream`")
+                }
+                Some(u) if !raw.upstreams.contains_key(u.get_ref()) => self
+                    .errors
+                    .push(self.at(u.span(), format!("unknown upstream `{}`", u.get_ref()))),
+                _ => {}
+            }
+        }
+        if !(0.0..=1.0).contains(&raw.logging.allow_sample_rate) {
+            self.whole("`logging.allow_sample_rate` must be between 0.0 and 1.0");
+        }
+        if !(100..=599).contains(&raw.unmatched.status) {
+            self.whole("`unmatched.status` must be an HTTP status code");
+        }
+    }
+
+    fn issuers(&mut self, raw: &RawConfig) {
+        for (name, iss) in &raw.issuers {
+            let i = iss.get_ref();
+            if i.audiences.is_empty() {
+                self.errors.push(self.at(
+                    iss.span(),
+                    format!("issuer `{name}` needs at least one entry in `audiences`"),
+                ));
+            }
+            if i.algorithms.is_empty() {
+                self.errors.push(self.at(
+                    iss.span(),
+                    format!("issuer `{name}` needs at least one entry in `algorithms`"),
+                ));
+            }
+            if i.keys.is_empty() {
+                self.errors.push(self.at(
+                    iss.span(),
+                    format!("issuer `{name}` needs at least one entry in `keys`"),
+                ));
+            }
+        }
     }
 }
 

@@ -1,22 +1,20 @@
 //! The decision core: `(snapshot, request facts, now) -> Decision`. No proxy types, no I/O, no
 //! clock of its own. The proxy, the CLI and the benches all call [`Snapshot::decide`].
 
-use crate::admission::refused;
-use crate::auth::remote::RemoteRegistry;
 use crate::auth::verify::Rejection;
 use crate::auth::{extract, verify, Issuer, IssuerSet, TokenCache, TokenError, VerifiedToken};
 use crate::config::{AuthMode, Config, UnmatchedAction};
-use crate::facts::{Activation, Body, Inputs, RequestFacts};
+use crate::facts::{Body, RequestFacts};
 use crate::geo::GeoResolver;
 use crate::location::SourceError;
-use crate::policy::analysis::InputBounds;
+use crate::policy::activation::{Activation, Inputs};
 use crate::policy::cel::string_map;
 use crate::policy::decision::Allow;
 use crate::policy::eval::evaluate_traced;
 use crate::policy::route::RouteMatch;
 use crate::policy::trace::{RouteTrace, SourceTrace, TokenTrace};
 use crate::policy::Trace;
-use crate::policy::{Decision, Denial, DenyReason, EvalBudget, LoadContext, Outcome, PolicySet};
+use crate::policy::{Decision, Denial, DenyReason, Outcome, PolicySet};
 use crate::sources::{FailMode, SourceRequest, SourceSet, SourceSpec, SourceValue};
 use crate::strict_json::StrictJsonError;
 use crate::upstream::Upstreams;
@@ -50,41 +48,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Loads keys and policies for `config`. All errors, each with its location.
-    pub fn load(
-        config: Arc<Config>,
-        remote: &RemoteRegistry,
-    ) -> Result<Snapshot, Vec<SourceError>> {
-        let issuers = IssuerSet::load(&config, remote);
-        let sources = SourceSet::compile(&config);
-        let ctx = load_context(&config, sources.as_ref().unwrap_or(&SourceSet::default()));
-        let policy = PolicySet::load_dir(&config.rules_dir, &ctx);
-        let geo = load_geo(&config);
-        let strip = strip_headers(&config);
-        match (issuers, policy, geo, sources, strip) {
-            (Ok(i), Ok(p), Ok(g), Ok(s), Ok(_)) => {
-                for w in &p.warnings {
-                    tracing::warn!(warning = %w, "policy warning");
-                }
-                Ok(Snapshot::new(
-                    config,
-                    Arc::new(i),
-                    Arc::new(p),
-                    Arc::new(g),
-                    Arc::new(s),
-                ))
-            }
-            (i, p, g, s, strip) => {
-                let mut errors = strip.err().unwrap_or_default();
-                errors.extend(i.err().unwrap_or_default());
-                errors.extend(s.err().unwrap_or_default());
-                errors.extend(p.err().unwrap_or_default());
-                errors.extend(g.err());
-                Err(errors)
-            }
-        }
-    }
-
     /// Binds a policy set to the issuers it names. The policy was validated against the same
     /// configuration, so every name resolves.
     pub fn new(
@@ -435,7 +398,7 @@ impl Snapshot {
     pub fn begin_unmatched(&self, req: &RequestFacts<'_>, now: SystemTime) -> Step {
         let Some(upstream) = &self.unmatched_upstream else {
             let status = self.config.raw.unmatched.status;
-            return Step::Decided(refused(
+            return Step::Decided(Decision::refused(
                 status,
                 DenyReason::NoRoute,
                 "no route matches this request".into(),
@@ -482,13 +445,13 @@ fn json_depth(v: &serde_json::Value, stop: usize) -> usize {
 /// 408 when it was too slow.
 pub fn incomplete_body(timed_out: bool, route: Option<Arc<str>>) -> Decision {
     let mut d = if timed_out {
-        refused(
+        Decision::refused(
             408,
             DenyReason::IncompleteBody,
             "the request body did not arrive in time".into(),
         )
     } else {
-        refused(
+        Decision::refused(
             400,
             DenyReason::IncompleteBody,
             "the request body ended before its declared length".into(),
@@ -586,7 +549,7 @@ pub enum Step {
 
 /// [`Snapshot::begin_unmatched`] never asks for rules to be evaluated.
 fn unreachable_unmatched() -> Decision {
-    refused(
+    Decision::refused(
         403,
         DenyReason::PolicyError,
         "the unmatched action could not be decided".into(),
@@ -715,7 +678,7 @@ const EDGE_HEADERS: [&str; 5] = [
 ];
 
 /// `network.strip_headers`, as header names.
-fn strip_headers(config: &Config) -> Result<Vec<HeaderName>, Vec<SourceError>> {
+pub(crate) fn strip_headers(config: &Config) -> Result<Vec<HeaderName>, Vec<SourceError>> {
     let mut names = Vec::new();
     let mut errors = Vec::new();
     for h in &config.raw.network.strip_headers {
@@ -734,60 +697,181 @@ fn strip_headers(config: &Config) -> Result<Vec<HeaderName>, Vec<SourceError>> {
     }
 }
 
-fn load_geo(config: &Config) -> Result<GeoResolver, SourceError> {
-    let g = &config.raw.geo;
-    let trusted: Vec<String> = config
-        .raw
-        .network
-        .trusted_proxies
-        .iter()
-        .map(|t| t.get_ref().clone())
-        .collect();
-    let mmdb = g.mmdb.as_ref().map(|p| config.resolve(p.get_ref()));
-    GeoResolver::new(
-        mmdb.as_deref(),
-        g.country_header.as_ref().map(|h| h.get_ref().as_str()),
-        &trusted,
-    )
-    .map_err(|e| {
-        let span = match (&e, &g.mmdb, &g.country_header) {
-            (crate::geo::GeoError::Database { .. }, Some(p), _) => p.span(),
-            (crate::geo::GeoError::BadHeader(_), _, Some(h)) => h.span(),
-            _ => 0..0,
-        };
-        config.error_at(span, e.to_string())
-    })
-}
+#[cfg(test)]
+mod tests {
+    use crate::admission::RequestHead;
+    use crate::policy::{Decision, DenyReason, Outcome};
+    use crate::testing::{token, Workspace};
+    use http::{HeaderMap, HeaderValue};
+    use serde_json::json;
+    use std::time::SystemTime;
 
-/// The names policies may refer to.
-pub fn load_context(config: &Config, sources: &SourceSet) -> LoadContext {
-    LoadContext {
-        issuers: config.raw.issuers.keys().cloned().collect(),
-        upstreams: config.raw.upstreams.keys().cloned().collect(),
-        default_upstream: config.default_upstream().map(str::to_string),
-        sources: sources
-            .iter()
-            .map(|s| (s.name.to_string(), s.reads_body))
-            .collect(),
-        eval: eval_budget(config, sources),
+    const RULES: &str = r#"
+[[route]]
+name = "health"
+path = "/health"
+auth = "none"
+
+[[route]]
+name = "transfer"
+path = "/accounts/{id}/transfer"
+methods = ["POST"]
+  [[route.rule]]
+  name = "own-account"
+  allow_if = "request.params.id == claims.account"
+  [[route.rule]]
+  name = "limit"
+  deny_if = "body.amount > claims.limit"
+  message = "over the limit"
+  [[route.rule]]
+  name = "small-limits"
+  mode = "audit"
+  deny_if = "claims.limit < 100"
+  [route.forward]
+  x-user = "claims.sub"
+
+[[route]]
+name = "broken"
+path = "/broken"
+  [[route.rule]]
+  name = "compares-a-string"
+  allow_if = "claims.level > 'x'"
+"#;
+
+    fn decide(method: &str, path: &str, token: Option<&str>, body: &str) -> Decision {
+        let ws = Workspace::new(&[("api.toml", RULES)]);
+        let snapshot = ws.snapshot();
+        decide_with(&snapshot, method, path, token, body)
     }
-}
 
-/// The input sizes the limits allow, for the load-time evaluation budget.
-fn eval_budget(config: &Config, sources: &SourceSet) -> EvalBudget {
-    let limits = &config.raw.limits;
-    let largest_source = sources
-        .iter()
-        .map(|s| s.settings.max_response_bytes)
-        .max()
-        .unwrap_or(1);
-    EvalBudget {
-        bounds: InputBounds::from_bytes(
-            limits.max_token_bytes.min(limits.max_claims_bytes),
-            crate::policy::MAX_BODY_LIMIT,
-            limits.max_header_bytes,
-            largest_source,
-        ),
-        max_steps: limits.max_eval_steps,
+    fn decide_with(
+        snapshot: &super::Snapshot,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Decision {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("api.test"));
+        if let Some(t) = token {
+            headers.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+            );
+        }
+        if !body.is_empty() {
+            headers.insert("content-type", HeaderValue::from_static("application/json"));
+            headers.insert("content-length", HeaderValue::from(body.len()));
+        }
+        let head = RequestHead {
+            method,
+            target: path.as_bytes(),
+            http10: false,
+            headers: &headers,
+        };
+        snapshot.decide_head(&head, None, body.as_bytes(), SystemTime::now())
+    }
+
+    fn denial(d: &Decision) -> (u16, DenyReason, Option<&str>, &str) {
+        match &d.outcome {
+            Outcome::Deny(x) => (x.status, x.reason, x.rule.as_deref(), &x.message),
+            Outcome::Allow(_) => panic!("allowed: {d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_protected_route_without_a_token_is_401_and_an_open_one_is_allowed() {
+        let d = decide("POST", "/accounts/a1/transfer", None, "");
+        assert_eq!(d.route.as_deref(), Some("transfer"));
+        let (status, reason, _, _) = denial(&d);
+        assert_eq!((status, reason.label()), (401, "missing_token"));
+        assert!(decide("GET", "/health", None, "").is_allow());
+    }
+
+    #[test]
+    fn rules_run_in_order_and_the_first_enforced_denial_decides() {
+        let t = token(json!({"sub": "alice", "account": "a1", "limit": 500}));
+        let d = decide(
+            "POST",
+            "/accounts/a2/transfer",
+            Some(&t),
+            r#"{"amount": 10}"#,
+        );
+        assert_eq!(denial(&d).2, Some("own-account"));
+        let d = decide(
+            "POST",
+            "/accounts/a1/transfer",
+            Some(&t),
+            r#"{"amount": 900}"#,
+        );
+        let (status, reason, rule, message) = denial(&d);
+        assert_eq!(
+            (status, reason, rule, message),
+            (403, DenyReason::RuleDenied, Some("limit"), "over the limit")
+        );
+        assert_eq!(d.subject.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn an_allowed_request_carries_its_headers_and_audit_denials() {
+        let t = token(json!({"sub": "bob", "account": "a1", "limit": 50}));
+        let d = decide(
+            "POST",
+            "/accounts/a1/transfer",
+            Some(&t),
+            r#"{"amount": 10}"#,
+        );
+        let Outcome::Allow(a) = &d.outcome else {
+            panic!("denied: {d:?}");
+        };
+        assert_eq!(&*a.upstream, "main");
+        let forward: Vec<_> = a
+            .forward
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(forward, [("x-user", "bob")]);
+        let audits: Vec<_> = d.audits.iter().map(|a| &*a.rule).collect();
+        assert_eq!(audits, ["small-limits"]);
+    }
+
+    #[test]
+    fn a_rule_that_fails_at_run_time_denies_as_a_policy_error() {
+        let t = token(json!({"level": 3}));
+        let d = decide("GET", "/broken", Some(&t), "");
+        let (status, reason, rule, _) = denial(&d);
+        assert_eq!(
+            (status, reason, rule),
+            (403, DenyReason::PolicyError, Some("compares-a-string"))
+        );
+    }
+
+    #[test]
+    fn the_token_cache_answers_the_second_request() {
+        let ws = Workspace::new(&[("api.toml", RULES)]);
+        let snapshot = ws.snapshot();
+        let t = token(json!({"sub": "carol", "account": "a1", "limit": 500}));
+        let body = r#"{"amount": 1}"#;
+        let first = decide_with(&snapshot, "POST", "/accounts/a1/transfer", Some(&t), body);
+        let second = decide_with(&snapshot, "POST", "/accounts/a1/transfer", Some(&t), body);
+        assert!(first.is_allow() && second.is_allow());
+        assert_eq!(
+            (first.token_cache, second.token_cache),
+            (Some(false), Some(true))
+        );
+    }
+
+    #[test]
+    fn a_bad_signature_is_refused_whatever_the_claims() {
+        let t = token(json!({"account": "a1", "limit": 500}));
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let forged = format!("{head}.{}", sig.chars().rev().collect::<String>());
+        let d = decide(
+            "POST",
+            "/accounts/a1/transfer",
+            Some(&forged),
+            r#"{"amount": 1}"#,
+        );
+        assert_eq!(denial(&d).0, 401);
     }
 }

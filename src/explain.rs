@@ -2,7 +2,7 @@
 //! proxy runs ([`Snapshot::begin_with`] and [`Snapshot::finish_traced`]), fed from a described
 //! request, with mocked source values instead of fetches.
 
-use crate::admission::{refused, RequestHead};
+use crate::admission::RequestHead;
 use crate::auth::VerifiedToken;
 use crate::engine::{Credentials, Snapshot, Step};
 use crate::facts::RequestFacts;
@@ -56,10 +56,35 @@ pub enum Mock {
 }
 
 /// The decision as a test or an operator reads it.
+/// Whether the request goes on to its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+impl Verdict {
+    /// `allow` or `deny`, as policy test files write it.
+    pub fn parse(s: &str) -> Option<Verdict> {
+        match s {
+            "allow" => Some(Verdict::Allow),
+            "deny" => Some(Verdict::Deny),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// `allow` or `deny`.
-    pub decision: &'static str,
+    pub decision: Verdict,
     /// The denial's status; 200 for an allowed request (the upstream answers it).
     pub status: u16,
     pub reason: Option<&'static str>,
@@ -137,7 +162,7 @@ pub fn explain(
                 headers.insert(http::header::HOST, v);
             }
             Err(_) => {
-                let d = refused(
+                let d = Decision::refused(
                     400,
                     DenyReason::BadHost,
                     "the Host header is not text".into(),
@@ -178,29 +203,12 @@ pub fn explain(
         return finish(d, trace, unverified);
     };
     let credentials = match token {
-        TokenInput::Claims { claims, issuer } => {
-            let route = &snapshot.policy.routes[m.route];
-            let issuer = issuer
-                .clone()
-                .or_else(|| route.issuers.first().map(|i| i.to_string()))
-                .unwrap_or_else(|| "unverified".to_string());
-            let alg = snapshot
-                .issuers
-                .get(&issuer)
-                .and_then(|i| i.algorithms.first().copied())
-                .unwrap_or(jsonwebtoken::Algorithm::RS256);
-            Credentials::Unverified(Some(Arc::new(VerifiedToken::new(
-                Arc::from(issuer.as_str()),
-                alg,
-                None,
-                Some("JWT".into()),
-                claims.clone(),
-                claims
-                    .get("exp")
-                    .and_then(|e| e.as_i64())
-                    .unwrap_or(i64::MAX),
-            ))))
-        }
+        TokenInput::Claims { claims, issuer } => claims_as_given(
+            snapshot,
+            &snapshot.policy.routes[m.route],
+            claims,
+            issuer.as_deref(),
+        ),
         _ => Credentials::Verify,
     };
     let pending = match snapshot.begin_with(&facts, &m, now, credentials) {
@@ -209,7 +217,46 @@ pub fn explain(
             return finish(d, trace, unverified)
         }
     };
-    let values: Vec<SourceValue> = pending
+    let values = mocked(&pending, mocks);
+    let d = snapshot.finish_traced(&facts, &m, pending, &values, Some(&mut trace));
+    finish(d, trace, unverified)
+}
+
+/// Claims taken as given (`eval --claims`, policy tests), as a token of `issuer` (by default
+/// the route's first) signed with its first algorithm.
+fn claims_as_given(
+    snapshot: &Snapshot,
+    route: &crate::policy::Route,
+    claims: &serde_json::Map<String, serde_json::Value>,
+    issuer: Option<&str>,
+) -> Credentials {
+    let issuer = issuer
+        .map(str::to_string)
+        .or_else(|| route.issuers.first().map(|i| i.to_string()))
+        .unwrap_or_else(|| "unverified".to_string());
+    let alg = snapshot
+        .issuers
+        .get(&issuer)
+        .and_then(|i| i.algorithms.first().copied())
+        .unwrap_or(jsonwebtoken::Algorithm::RS256);
+    let exp = claims
+        .get("exp")
+        .and_then(|e| e.as_i64())
+        .unwrap_or(i64::MAX);
+    Credentials::Unverified(Some(Arc::new(VerifiedToken::new(
+        Arc::from(issuer.as_str()),
+        alg,
+        None,
+        Some("JWT".into()),
+        claims.clone(),
+        exp,
+    ))))
+}
+
+/// The mocked answer of each source the request needs, in its order; a source without a mock
+/// is unavailable.
+fn mocked(pending: &crate::engine::Pending, mocks: &BTreeMap<String, Mock>) -> Vec<SourceValue> {
+    pending
         .requests
         .iter()
         .map(|r| match mocks.get(&*r.spec.name) {
@@ -217,9 +264,7 @@ pub fn explain(
             Some(Mock::NotFound) => SourceValue::NotFound,
             Some(Mock::Unavailable) | None => SourceValue::Unavailable,
         })
-        .collect();
-    let d = snapshot.finish_traced(&facts, &m, pending, &values, Some(&mut trace));
-    finish(d, trace, unverified)
+        .collect()
 }
 
 fn finish(d: Decision, trace: Trace, unverified: bool) -> Explanation {
@@ -227,7 +272,7 @@ fn finish(d: Decision, trace: Trace, unverified: bool) -> Explanation {
     let route = d.route.as_deref().map(str::to_string);
     let summary = match d.outcome {
         Outcome::Allow(a) => Summary {
-            decision: "allow",
+            decision: Verdict::Allow,
             status: 200,
             reason: None,
             route,
@@ -237,7 +282,7 @@ fn finish(d: Decision, trace: Trace, unverified: bool) -> Explanation {
             audit_denials,
         },
         Outcome::Deny(den) => Summary {
-            decision: "deny",
+            decision: Verdict::Deny,
             status: den.status,
             reason: Some(den.reason.label()),
             route,

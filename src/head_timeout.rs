@@ -89,13 +89,13 @@ impl HeadTimedStream {
             _ => return false,
         };
         let decision = if status == 405 {
-            crate::admission::refused(
+            crate::policy::Decision::refused(
                 405,
                 DenyReason::MethodNotAllowed,
                 "CONNECT is not served".into(),
             )
         } else {
-            crate::admission::refused(
+            crate::policy::Decision::refused(
                 400,
                 DenyReason::MalformedRequest,
                 "the request head is not valid HTTP/1.1".into(),
@@ -140,7 +140,7 @@ impl HeadTimedStream {
     }
 
     fn expire(&mut self) {
-        let decision = crate::admission::refused(
+        let decision = crate::policy::Decision::refused(
             408,
             DenyReason::HeadTimeout,
             format!(

@@ -1,31 +1,45 @@
 //! claimgate: a reverse proxy that verifies JWTs and enforces CEL policies on claims and requests.
 //!
-//! The decision core ([`engine::Snapshot::decide`]) is plain library code: facts in, decision
-//! out. The Pingora proxy ([`proxy`]), the CLI and the benches are thin callers of it.
+//! Three layers (see `ARCHITECTURE.md`); a module imports only from its own layer or below, and
+//! no core module names Pingora (a test reads the sources and fails if one does).
 #![forbid(unsafe_code)]
 
-pub mod admin;
+// The core: facts in, decision out. Plain data and pure functions; no Pingora, no sockets, no
+// clock of its own. The proxy, the CLI and the benches all decide through
+// `engine::Snapshot::admit` and `decide`/`begin`/`finish`.
 pub mod admission;
 pub mod auth;
-pub mod cases;
 pub mod config;
-pub mod echo;
 pub mod engine;
 pub mod explain;
 pub mod facts;
 pub mod geo;
-pub mod head_timeout;
-pub mod key_refresh;
 pub mod location;
-pub mod logging;
 pub mod path;
 pub mod policy;
-
-pub mod proxy;
-pub mod reload;
-pub mod server;
 pub mod sources;
 pub mod strict_json;
 pub mod sync;
+
+// Loading: files -> snapshot, for the shell and the tools alike.
+pub mod crypto;
+pub mod inputs;
+pub mod load;
 pub mod telemetry;
+
+// The shell: Pingora services, listeners, reload, background fetching, logging.
+pub mod admin;
+pub mod echo;
+pub mod head_timeout;
+pub mod key_refresh;
+pub mod logging;
+pub mod proxy;
+pub mod reload;
+pub mod server;
 pub mod upstream;
+
+// The tools: what the CLI runs besides serving.
+pub mod cases;
+
+#[cfg(test)]
+mod testing;

@@ -1,4 +1,7 @@
-//! The `claimgate` command line.
+//! The `claimgate` command line: parses and dispatches to `cli/`, one file per command.
+
+// The command line's job is writing to standard output; the library's is not (`[lints]`).
+#![allow(clippy::print_stdout)]
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -49,7 +52,7 @@ enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// e.g. `claimgate completions bash > /etc/bash_completion.d/claimgate`
-    Completions { shell: clap_complete::Shell },
+    Completions(cli::completions::CompletionsArgs),
     /// Write a small country database (.mmdb) for tests and demos.
     GeoDb(cli::geo_db::GeoDbArgs),
 }
@@ -67,15 +70,8 @@ fn main() -> ExitCode {
         Command::Token(args) => cli::token::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Test(args) => cli::test::run(args),
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "claimgate",
-                &mut std::io::stdout(),
-            );
-            ExitCode::SUCCESS
+        Command::Completions(args) => {
+            cli::completions::run(args, <Cli as clap::CommandFactory>::command())
         }
         Command::GeoDb(args) => cli::geo_db::run(args),
     }

@@ -15,7 +15,8 @@
 use crate::auth::remote::RemoteRegistry;
 use crate::config::Config;
 use crate::engine::Snapshot;
-use crate::location::SourceErrors;
+use crate::inputs::Inputs;
+use crate::load::Loaded;
 use crate::sync::{lock, unix_seconds};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
@@ -23,7 +24,6 @@ use async_trait::async_trait;
 use notify::{RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,112 +70,6 @@ impl ReloadStatus {
     }
 }
 
-/// Every file a snapshot is built from: the configuration, every rules file, every key file and
-/// the geo database (by size and modification time in the hash: it can be large).
-fn set_files(config_path: &Path) -> (Vec<PathBuf>, Option<PathBuf>) {
-    let mut files = vec![config_path.to_path_buf()];
-    let mut mmdb = None;
-    if let Ok(config) = Config::load(config_path) {
-        let mut rules: Vec<PathBuf> = std::fs::read_dir(&config.rules_dir)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        rules.retain(|p| p.extension().is_some_and(|x| x == "toml"));
-        rules.sort();
-        files.extend(rules);
-        files.extend(key_files(&config));
-        mmdb = config
-            .raw
-            .geo
-            .mmdb
-            .as_ref()
-            .map(|m| config.resolve(m.get_ref()));
-    }
-    (files, mmdb)
-}
-
-/// Hash of everything a snapshot is built from (see [`set_files`]).
-pub fn content_hash(config_path: &Path) -> String {
-    let mut h = Sha256::new();
-    let (files, mmdb) = set_files(config_path);
-    for p in &files {
-        h.update(p.to_string_lossy().as_bytes());
-        match std::fs::read(p) {
-            Ok(b) => h.update(&b),
-            Err(_) => h.update(b"\0missing"),
-        }
-    }
-    if let Some(meta) = mmdb.and_then(|p| std::fs::metadata(p).ok()) {
-        h.update(meta.len().to_le_bytes());
-        if let Ok(t) = meta.modified() {
-            h.update(unix_seconds(t).to_le_bytes());
-        }
-    }
-    hex::encode(&h.finalize()[..16])
-}
-
-/// Each file of the set with its size, modification time and inode (`None`: missing).
-type Identities = Vec<(PathBuf, Option<(u64, SystemTime, u64)>)>;
-
-/// What identifies each file of the set on disk, without reading it: path, size, modification
-/// time and inode (`None`: missing). Equal before and after a read means nobody wrote meanwhile.
-fn identities(config_path: &Path) -> Identities {
-    use std::os::unix::fs::MetadataExt;
-    let (mut files, mmdb) = set_files(config_path);
-    files.extend(mmdb);
-    files
-        .into_iter()
-        .map(|p| {
-            let id = std::fs::metadata(&p).ok().map(|m| {
-                (
-                    m.len(),
-                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    m.ino(),
-                )
-            });
-            (p, id)
-        })
-        .collect()
-}
-
-fn key_files(config: &Config) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for iss in config.raw.issuers.values() {
-        for k in &iss.get_ref().keys {
-            let k = k.get_ref();
-            for p in [&k.pem_file, &k.jwks_file, &k.secret_file]
-                .into_iter()
-                .flatten()
-            {
-                out.push(config.resolve(p));
-            }
-        }
-    }
-    out
-}
-
-/// The directories to watch: the config file's, the rules directory and its parent, and those
-/// of key files and the geo database.
-fn watch_dirs(config: &Config) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    let parent = |p: &Path| {
-        p.parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
-    };
-    dirs.push(parent(&config.path));
-    dirs.push(config.rules_dir.clone());
-    dirs.push(parent(&config.rules_dir));
-    for k in key_files(config) {
-        dirs.push(parent(&k));
-    }
-    if let Some(m) = &config.raw.geo.mmdb {
-        dirs.push(parent(&config.resolve(m.get_ref())));
-    }
-    dirs.sort();
-    dirs.dedup();
-    dirs
-}
-
 /// Settings that only take effect at start: changing them is logged, never silently ignored.
 fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     let mut v = Vec::new();
@@ -218,6 +112,8 @@ pub struct Reloader {
     pub status: Arc<ReloadStatus>,
     metrics: Arc<Metrics>,
     remote: Arc<RemoteRegistry>,
+    /// What the snapshot in force was read from: the files to watch.
+    inputs: Mutex<Inputs>,
     /// Hash of the last content that failed, so a poll does not log the same error forever.
     failed_hash: Mutex<Option<String>>,
     /// Serialises reloads from the watcher, the poll and SIGHUP.
@@ -225,20 +121,19 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(
-        config_path: &Path,
-        initial: Snapshot,
-        metrics: Arc<Metrics>,
-        remote: Arc<RemoteRegistry>,
-    ) -> Reloader {
-        let hash = content_hash(config_path);
+    pub fn new(initial: Loaded, metrics: Arc<Metrics>, remote: Arc<RemoteRegistry>) -> Reloader {
+        let Loaded {
+            snapshot: initial,
+            inputs,
+        } = initial;
+        let hash = inputs.content_hash();
         let now = SystemTime::now();
         let started_with = initial.config.clone();
-        metrics.rules_generation.set(1);
-        metrics.last_reload_success.set(unix_seconds(now) as f64);
+        metrics.reload.generation.set(1);
+        metrics.reload.last_success.set(unix_seconds(now) as f64);
         count_key_loads(&metrics, &initial);
         Reloader {
-            config_path: config_path.to_path_buf(),
+            config_path: inputs.config.clone(),
             started_with,
             state: Arc::new(ArcSwap::from_pointee(initial)),
             status: Arc::new(ReloadStatus {
@@ -258,6 +153,7 @@ impl Reloader {
             }),
             metrics,
             remote,
+            inputs: Mutex::new(inputs),
             failed_hash: Mutex::new(None),
             busy: Mutex::new(()),
         }
@@ -268,12 +164,13 @@ impl Reloader {
     pub fn reload(&self, trigger: &'static str, force: bool) -> Outcome {
         let _guard = lock(&self.busy);
         self.metrics
-            .reload_checks
+            .reload
+            .checks
             .with_label_values(&[trigger])
             .inc();
         let attempt = unix_seconds(SystemTime::now());
-        let before = identities(&self.config_path);
-        let hash = content_hash(&self.config_path);
+        let found = Inputs::find(&self.config_path);
+        let hash = found.inputs.content_hash();
         let current = self.status.view().content_hash;
         if hash == current && !force {
             self.unchanged(attempt);
@@ -283,16 +180,20 @@ impl Reloader {
             return Outcome::Failed;
         }
         let started = Instant::now();
-        let loaded = Config::load(&self.config_path)
-            .and_then(|c| Snapshot::load(Arc::new(c), &self.remote).map_err(SourceErrors));
-        // Accept the read only if nobody wrote while it ran: every file's identity and the
-        // content hash are as they were before it.
-        if identities(&self.config_path) != before || content_hash(&self.config_path) != hash {
+        let loaded = crate::load::build_found(&found, &self.remote);
+        // Accept the read only if nobody wrote while it ran: the same files, each with the
+        // identity it had before, and the same content hash.
+        let again = Inputs::find(&self.config_path).inputs;
+        if again != found.inputs || again.content_hash() != hash {
             tracing::debug!(
                 trigger,
                 "the files changed while they were read; waiting for them to settle"
             );
-            self.metrics.reloads.with_label_values(&["unsettled"]).inc();
+            self.metrics
+                .reload
+                .results
+                .with_label_values(&["unsettled"])
+                .inc();
             self.status.update(|v| {
                 v.last_result = "unsettled";
                 v.last_attempt_at = attempt;
@@ -324,6 +225,7 @@ impl Reloader {
         count_key_loads(&self.metrics, &snapshot);
         self.remote.retain(&snapshot.issuers.remotes());
         self.state.store(Arc::new(snapshot));
+        *lock(&self.inputs) = found.inputs;
         let generation = self.status.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let millis = started.elapsed().as_millis() as u64;
         self.status.update(|v| {
@@ -338,16 +240,24 @@ impl Reloader {
             v.restart_needed = restart;
         });
         *lock(&self.failed_hash) = None;
-        self.metrics.reloads.with_label_values(&["success"]).inc();
-        self.metrics.rules_generation.set(generation as i64);
-        self.metrics.last_reload_success.set(attempt as f64);
+        self.metrics
+            .reload
+            .results
+            .with_label_values(&["success"])
+            .inc();
+        self.metrics.reload.generation.set(generation as i64);
+        self.metrics.reload.last_success.set(attempt as f64);
         tracing::info!(trigger, generation, routes, hash = %hash, load_ms = millis, "rules reloaded");
         Outcome::Applied
     }
 
     fn fail(&self, hash: &str, result: &'static str, message: String, attempt: u64) {
         *lock(&self.failed_hash) = Some(hash.to_string());
-        self.metrics.reloads.with_label_values(&[result]).inc();
+        self.metrics
+            .reload
+            .results
+            .with_label_values(&[result])
+            .inc();
         self.status.update(|v| {
             v.last_result = result;
             v.last_attempt_at = attempt;
@@ -357,14 +267,21 @@ impl Reloader {
         });
     }
 
+    /// The directories and files to watch for the set in force.
+    fn watch_plan(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        watch_plan(&lock(&self.inputs))
+    }
+
     /// A check that never loads: when the files on disk are the set in force, says so.
     pub fn confirm_unchanged(&self, trigger: &'static str) {
         let _guard = lock(&self.busy);
         self.metrics
-            .reload_checks
+            .reload
+            .checks
             .with_label_values(&[trigger])
             .inc();
-        if content_hash(&self.config_path) == self.status.view().content_hash {
+        if Inputs::find(&self.config_path).inputs.content_hash() == self.status.view().content_hash
+        {
             self.unchanged(unix_seconds(SystemTime::now()));
         }
     }
@@ -372,7 +289,11 @@ impl Reloader {
     /// The files on disk are the set in force (again): whatever failed before no longer stands.
     fn unchanged(&self, attempt: u64) {
         *lock(&self.failed_hash) = None;
-        self.metrics.reloads.with_label_values(&["unchanged"]).inc();
+        self.metrics
+            .reload
+            .results
+            .with_label_values(&["unchanged"])
+            .inc();
         self.status.update(|v| {
             if v.last_error.take().is_some() {
                 tracing::info!(
@@ -497,10 +418,9 @@ impl OpenWrites {
 const MAX_OPEN_PERIODS: u32 = 20;
 
 /// What a watcher watches: directories and the files of the set.
-fn watch_plan(config: &Config) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let (mut files, mmdb) = set_files(&config.path);
-    files.extend(mmdb);
-    (watch_dirs(config), files)
+fn watch_plan(inputs: &Inputs) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let files = inputs.files().map(Path::to_path_buf).collect();
+    (inputs.watch_dirs(), files)
 }
 
 /// How many quiet periods a settling edit may take before the check gives up until the next
@@ -517,10 +437,8 @@ impl ReloadService {
         &self,
         tx: tokio::sync::mpsc::UnboundedSender<Fs>,
     ) -> Option<notify::RecommendedWatcher> {
-        let config = self.reloader.state.load().config.clone();
-        let (mut files, mmdb) = set_files(&config.path);
-        files.extend(mmdb);
-        let rules_dir = config.rules_dir.clone();
+        let (dirs, files) = self.reloader.watch_plan();
+        let rules_dir = self.reloader.state.load().config.rules_dir.clone();
         let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Some(ev) = res.ok().and_then(|e| classify(&e, &files, &rules_dir)) {
                 let _ = tx.send(ev);
@@ -532,7 +450,7 @@ impl ReloadService {
                 return None;
             }
         };
-        for dir in watch_dirs(&config) {
+        for dir in dirs {
             if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a directory");
             }
@@ -555,6 +473,7 @@ impl ReloadService {
     ) {
         let by_identity = trigger == "poll";
         for _ in 0..MAX_SETTLE_ROUNDS {
+            // `None` inside: the files could not be looked at; then nothing is compared.
             let before = if by_identity {
                 Some(self.identities().await)
             } else {
@@ -591,18 +510,19 @@ impl ReloadService {
         );
     }
 
-    async fn identities(&self) -> Identities {
+    /// The inputs on disk now, with their identities.
+    async fn identities(&self) -> Option<Inputs> {
         let path = self.reloader.config_path.clone();
-        tokio::task::spawn_blocking(move || identities(&path))
+        tokio::task::spawn_blocking(move || Inputs::find(&path).inputs)
             .await
-            .unwrap_or_default()
+            .ok()
     }
 
     /// Whether the files on disk differ from the set in force and from the last failed set.
     async fn disk_changed(&self) -> bool {
         let r = self.reloader.clone();
         tokio::task::spawn_blocking(move || {
-            let hash = content_hash(&r.config_path);
+            let hash = Inputs::find(&r.config_path).inputs.content_hash();
             hash != r.status.view().content_hash
                 && lock(&r.failed_hash).as_deref() != Some(hash.as_str())
         })
@@ -630,7 +550,7 @@ impl BackgroundService for ReloadService {
         } else {
             None
         };
-        let mut watching = watch_plan(&self.reloader.state.load().config);
+        let mut watching = self.reloader.watch_plan();
         // A change made between the first load and the watcher's start has no event: compare.
         if watcher.is_some() && self.disk_changed().await {
             self.settle_and_reload("watch", false, &mut rx, &mut open, debounce)
@@ -675,7 +595,7 @@ impl BackgroundService for ReloadService {
             // when that changed, and the new watcher starts before the old one stops, so no
             // event falls between them.
             if settings.watch && self.reloader.status.generation() != generation {
-                let plan = watch_plan(&self.reloader.state.load().config);
+                let plan = self.reloader.watch_plan();
                 if plan != watching {
                     let next = self.watcher(tx.clone());
                     drop(std::mem::replace(&mut watcher, next));

@@ -2,9 +2,7 @@
 
 use crate::admin::AdminApp;
 use crate::auth::remote::RemoteRegistry;
-use crate::config::Config;
 use crate::echo::EchoApp;
-use crate::engine::Snapshot;
 use crate::key_refresh::KeyRefreshService;
 use crate::location::SourceErrors;
 use crate::proxy::{ClaimgateProxy, Clock};
@@ -28,8 +26,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("server: {0}")]
     Server(String),
-    #[error("crypto self-test failed: {0}")]
-    Crypto(String),
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
 }
 
 /// What a stop may take beyond the grace period and the shutdown timeout before the watchdog
@@ -76,89 +74,18 @@ fn stop_watchdog(grace_seconds: u64, timeout_seconds: u64) {
     }
 }
 
-/// Loads configuration, keys and policies: everything `run` needs, or every error at once.
-pub fn load(config_path: &Path, remote: &RemoteRegistry) -> Result<Snapshot, SourceErrors> {
-    let config = Arc::new(Config::load(config_path)?);
-    Snapshot::load(config, remote).map_err(SourceErrors)
-}
-
-/// Loads a snapshot for the offline tools (`eval`, `test`); with `fetch_keys`, remote keys are
-/// fetched once so tokens of JWKS issuers can be verified.
-pub fn load_for_tools(config_path: &Path, fetch_keys: bool) -> Result<Snapshot, SourceErrors> {
-    let remote = RemoteRegistry::default();
-    let snapshot = load(config_path, &remote)?;
-    if fetch_keys {
-        initial_key_fetch(&snapshot);
-    }
-    Ok(snapshot)
-}
-
-/// Fetches every issuer's remote keys once before serving, each within its own timeout.
-/// Failures are logged; the gateway then starts not ready and keeps retrying in the background.
-fn initial_key_fetch(snapshot: &Snapshot) {
-    let remotes = snapshot.issuers.remotes();
-    if remotes.is_empty() {
-        return;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot fetch keys at startup");
-            return;
-        }
-    };
-    rt.block_on(async {
-        for r in remotes {
-            if let Err(e) = r.refresh().await {
-                tracing::error!(
-                    issuer = %r.issuer,
-                    url = r.url(),
-                    error = %e,
-                    "cannot fetch the issuer's keys at startup; its tokens are rejected until a fetch succeeds"
-                );
-            }
-        }
-    });
-}
-
-/// Makes the crypto backend explicit and proves it works before serving. With no backend or two
-/// (feature unification through a dependency), jsonwebtoken would panic on the first request.
-pub fn crypto_self_test() -> Result<(), StartError> {
-    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-    let secret = b"claimgate-self-test-secret-0123456789";
-    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    let claims = serde_json::json!({"exp": 4_000_000_000u64});
-    let token = jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )
-    .map_err(|e| StartError::Crypto(e.to_string()))?;
-    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-    v.validate_aud = false;
-    jsonwebtoken::decode::<serde_json::Value>(
-        &token,
-        &jsonwebtoken::DecodingKey::from_secret(secret),
-        &v,
-    )
-    .map_err(|e| StartError::Crypto(e.to_string()))?;
-    Ok(())
-}
-
-/// Runs the gateway until the process is signalled. `echo` also serves the built-in echo upstream
-/// on that address.
 /// The built-in echo upstream: its address and, optionally, its demo data directory.
 pub type EchoOptions = Option<(SocketAddr, Option<std::path::PathBuf>)>;
 
+/// Runs the gateway until the process is signalled. `echo` also serves the built-in echo upstream
+/// on that address.
 pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), StartError> {
-    crypto_self_test()?;
+    crate::crypto::self_test()?;
     let metrics = Arc::new(Metrics::new()?);
     let remote = Arc::new(RemoteRegistry::new(Some(metrics.clone())));
-    let snapshot = load(config_path, &remote).map_err(StartError::Invalid)?;
-    initial_key_fetch(&snapshot);
+    let loaded = crate::load::load(config_path, &remote).map_err(StartError::Invalid)?;
+    crate::load::initial_key_fetch(&loaded.snapshot);
+    let snapshot = &loaded.snapshot;
     let settings = snapshot.config.raw.server.clone();
     let proxy_addr = snapshot.config.proxy_addr;
     let admin_addr = snapshot.config.admin_addr;
@@ -175,12 +102,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             "the clock is FIXED: token expiry and time rules use this instant, not the real time"
         );
     }
-    let reloader = Arc::new(Reloader::new(
-        config_path,
-        snapshot,
-        metrics.clone(),
-        remote.clone(),
-    ));
+    let reloader = Arc::new(Reloader::new(loaded, metrics.clone(), remote.clone()));
     let state = reloader.state.clone();
 
     // Built in code: Pingora only reads thread counts and timeouts given at construction.

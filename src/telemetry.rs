@@ -14,6 +14,65 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+/// Buckets of upstream and source fetch times, in seconds.
+const FETCH_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A counter family, registered.
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// A histogram family, registered.
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> Result<HistogramVec, prometheus::Error> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+/// Creates the series of a closed label set at zero, so dashboards see them before the first
+/// event.
+fn declare(c: &IntCounterVec, values: &[&str]) {
+    for v in values {
+        c.with_label_values(&[v]);
+    }
+}
+
+/// Counts of proxy conditions logged below their Pingora level.
+// The definition is constant: `new` fails only for an invalid metric name or label.
+#[allow(clippy::expect_used)]
+pub static PROXY_EVENTS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "claimgate_proxy_events_total",
+            "Conditions normal for a proxy, counted instead of logged as errors: pool_race (a pooled upstream connection was taken; a new one served the request), accept_error, client_closed (the client went away before its answer).",
+        ),
+        &["kind"],
+    )
+    .expect("a valid metric definition");
+    for k in ["pool_race", "accept_error", "client_closed"] {
+        c.with_label_values(&[k]);
+    }
+    c
+});
+
 /// Route label for requests that matched no route.
 pub const UNMATCHED: &str = "_unmatched";
 
@@ -23,11 +82,7 @@ pub struct Metrics {
     pub denials: IntCounterVec,
     pub audit_denials: IntCounterVec,
     pub decision_seconds: HistogramVec,
-    pub rules_generation: IntGauge,
-    pub reloads: IntCounterVec,
-    /// Reload checks (each reads the whole set), by what started them.
-    pub reload_checks: IntCounterVec,
-    pub last_reload_success: prometheus::Gauge,
+    pub reload: ReloadMetrics,
     pub upstream_responses: IntCounterVec,
     pub upstream_seconds: HistogramVec,
     pub key_loads: IntCounterVec,
@@ -39,6 +94,55 @@ pub struct Metrics {
     /// Each route's series, resolved once: a labelled lookup hashes its label values and takes
     /// a lock, several times per request otherwise.
     routes: ArcSwap<HashMap<Arc<str>, Arc<RouteMetrics>, ahash::RandomState>>,
+}
+
+/// The series of loading and reloading.
+pub struct ReloadMetrics {
+    /// The generation of the set in force.
+    pub generation: IntGauge,
+    /// Reload checks by result.
+    pub results: IntCounterVec,
+    /// Reload checks (each reads the whole set), by what started them.
+    pub checks: IntCounterVec,
+    pub last_success: prometheus::Gauge,
+}
+
+impl ReloadMetrics {
+    fn new(r: &Registry) -> Result<ReloadMetrics, prometheus::Error> {
+        let rules_generation = IntGauge::new(
+            "claimgate_rules_generation",
+            "Generation of the policy set in force; increases on every successful load.",
+        )?;
+        r.register(Box::new(rules_generation.clone()))?;
+        let reloads = counter(
+                r,
+                "claimgate_rules_reload_total",
+                "Reload checks of rules, keys and configuration, by result (success, unchanged, error, refused, unsettled).",
+                &["result"],
+            )?;
+        declare(
+            &reloads,
+            &["success", "unchanged", "error", "refused", "unsettled"],
+        );
+        let last_reload_success = prometheus::Gauge::new(
+            "claimgate_rules_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful load of rules, keys and configuration.",
+        )?;
+        r.register(Box::new(last_reload_success.clone()))?;
+        let reload_checks = counter(
+                r,
+                "claimgate_reload_checks_total",
+                "Checks of the files on disk against the rules in force, by trigger (watch, poll, sighup).",
+                &["trigger"],
+            )?;
+        declare(&reload_checks, &["watch", "poll", "sighup"]);
+        Ok(ReloadMetrics {
+            generation: rules_generation,
+            results: reloads,
+            checks: reload_checks,
+            last_success: last_reload_success,
+        })
+    }
 }
 
 /// Upstream response classes, in the order of [`RouteMetrics`]' counters.
@@ -102,149 +206,89 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "claimgate_requests_total",
-                "Requests decided, by route and decision.",
-            ),
+        let r = Registry::new();
+        let requests = counter(
+            &r,
+            "claimgate_requests_total",
+            "Requests decided, by route and decision.",
             &["route", "decision"],
         )?;
-        let denials = IntCounterVec::new(
-            Opts::new(
-                "claimgate_denials_total",
-                "Denied requests, by route, rule and reason.",
-            ),
+        let denials = counter(
+            &r,
+            "claimgate_denials_total",
+            "Denied requests, by route, rule and reason.",
             &["route", "rule", "reason"],
         )?;
-        let audit_denials = IntCounterVec::new(
-            Opts::new(
-                "claimgate_audit_denials_total",
-                "Would-be denials of rules in audit mode, by route and rule.",
-            ),
+        let audit_denials = counter(
+            &r,
+            "claimgate_audit_denials_total",
+            "Would-be denials of rules in audit mode, by route and rule.",
             &["route", "rule"],
         )?;
-        let decision_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "claimgate_decision_duration_seconds",
-                "Time to decide a request: token verification and policy evaluation.",
-            )
-            .buckets(vec![
+        let decision_seconds = histogram(
+            &r,
+            "claimgate_decision_duration_seconds",
+            "Time to decide a request: token verification and policy evaluation.",
+            &[
                 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2,
-            ]),
+            ],
             &["route"],
         )?;
-        let rules_generation = IntGauge::new(
-            "claimgate_rules_generation",
-            "Generation of the policy set in force; increases on every successful load.",
-        )?;
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "claimgate_rules_reload_total",
-                "Reload checks of rules, keys and configuration, by result (success, unchanged, error, refused, unsettled).",
-            ),
-            &["result"],
-        )?;
-        let last_reload_success = prometheus::Gauge::new(
-            "claimgate_rules_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful load of rules, keys and configuration.",
-        )?;
-        for r in ["success", "unchanged", "error", "refused", "unsettled"] {
-            reloads.with_label_values(&[r]);
-        }
-        let reload_checks = IntCounterVec::new(
-            Opts::new(
-                "claimgate_reload_checks_total",
-                "Checks of the files on disk against the rules in force, by trigger (watch, poll, sighup).",
-            ),
-            &["trigger"],
-        )?;
-        for t in ["watch", "poll", "sighup"] {
-            reload_checks.with_label_values(&[t]);
-        }
-        let upstream_responses = IntCounterVec::new(
-            Opts::new(
-                "claimgate_upstream_responses_total",
-                "Responses from upstreams, by route and status class (2xx..5xx; error when the upstream failed; client_closed when the client went away first).",
-            ),
+        let reload = ReloadMetrics::new(&r)?;
+        let upstream_responses = counter(
+            &r,
+            "claimgate_upstream_responses_total",
+            "Responses from upstreams, by route and status class (2xx..5xx; error when the upstream failed; client_closed when the client went away first).",
             &["route", "class"],
         )?;
-        let upstream_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "claimgate_upstream_duration_seconds",
-                "Time from choosing the upstream to its response header.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+        let upstream_seconds = histogram(
+            &r,
+            "claimgate_upstream_duration_seconds",
+            "Time from choosing the upstream to its response header.",
+            FETCH_BUCKETS,
             &["route"],
         )?;
-        let key_loads = IntCounterVec::new(
-            Opts::new(
-                "claimgate_jwks_refresh_total",
-                "Loads of an issuer's verification keys, by issuer and result.",
-            ),
+        let key_loads = counter(
+            &r,
+            "claimgate_jwks_refresh_total",
+            "Loads of an issuer's verification keys, by issuer and result.",
             &["issuer", "result"],
         )?;
-        let source_requests = IntCounterVec::new(
-            Opts::new(
-                "claimgate_source_requests_total",
-                "Lookups of external sources, by source and result (hit, miss, error, stale).",
-            ),
+        let source_requests = counter(
+            &r,
+            "claimgate_source_requests_total",
+            "Lookups of external sources, by source and result (hit, miss, error, stale).",
             &["source", "result"],
         )?;
-        let source_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "claimgate_source_fetch_duration_seconds",
-                "Time of one fetch from an external source (cache misses only), by source and outcome.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+        let source_seconds = histogram(
+            &r,
+            "claimgate_source_fetch_duration_seconds",
+            "Time of one fetch from an external source (cache misses only), by source and outcome.",
+            FETCH_BUCKETS,
             &["source", "outcome"],
         )?;
-        let token_cache = IntCounterVec::new(
-            Opts::new(
-                "claimgate_token_cache_total",
-                "Token verifications answered by the verified-token cache (hit) or not (miss).",
-            ),
+        let token_cache = counter(
+            &r,
+            "claimgate_token_cache_total",
+            "Token verifications answered by the verified-token cache (hit) or not (miss).",
             &["result"],
         )?;
-        let token_cache_hit = token_cache.with_label_values(&["hit"]);
-        let token_cache_miss = token_cache.with_label_values(&["miss"]);
-        registry.register(Box::new(token_cache.clone()))?;
-        registry.register(Box::new(source_requests.clone()))?;
-        registry.register(Box::new(source_seconds.clone()))?;
-        registry.register(Box::new(upstream_responses.clone()))?;
-        registry.register(Box::new(upstream_seconds.clone()))?;
-        registry.register(Box::new(key_loads.clone()))?;
-        registry.register(Box::new(reloads.clone()))?;
-        registry.register(Box::new(reload_checks.clone()))?;
-        registry.register(Box::new(crate::logging::bridge::PROXY_EVENTS.clone()))?;
-        registry.register(Box::new(last_reload_success.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(denials.clone()))?;
-        registry.register(Box::new(audit_denials.clone()))?;
-        registry.register(Box::new(decision_seconds.clone()))?;
-        registry.register(Box::new(rules_generation.clone()))?;
+        r.register(Box::new(PROXY_EVENTS.clone()))?;
         Ok(Metrics {
-            registry,
+            registry: r,
             requests,
             denials,
             audit_denials,
             decision_seconds,
-            rules_generation,
-            reloads,
-            reload_checks,
-            last_reload_success,
+            reload,
             upstream_responses,
             upstream_seconds,
             key_loads,
             source_requests,
             source_seconds,
+            token_cache_hit: token_cache.with_label_values(&["hit"]),
+            token_cache_miss: token_cache.with_label_values(&["miss"]),
             token_cache,
-            token_cache_hit,
-            token_cache_miss,
             routes: ArcSwap::default(),
         })
     }

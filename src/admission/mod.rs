@@ -105,10 +105,6 @@ impl Admitted {
 }
 
 /// A denial from the request's form alone, before or without a route.
-pub fn refused(status: u16, reason: DenyReason, message: String) -> Decision {
-    Decision::denied(None, Denial::new(status, reason, message))
-}
-
 /// The HTTP layer removes every header the `Connection` field names before the request goes
 /// upstream: rules would decide on headers the upstream never sees. Only the hop-by-hop
 /// options of HTTP/1.1 may be named.
@@ -133,8 +129,42 @@ fn connection_tokens(headers: &HeaderMap) -> Result<(), String> {
 }
 
 /// [`refused`], boxed: admission's error path.
+/// Where a request goes, as its target and Host header say.
+struct Place<'h> {
+    authority: Option<host::Authority>,
+    /// The `Host` to send when the client's is not the one decided on.
+    set_host: Option<String>,
+    path: &'h str,
+    query: Option<&'h str>,
+    /// Whether the target is sent upstream rewritten (it was absolute-form).
+    rewrite: bool,
+}
+
+/// Methods are case-sensitive, but some servers read `get` as GET: a standard method in
+/// another case would be decided as one method and served as another. CONNECT is not served.
+fn check_method(method: &str) -> Result<(), Box<Decision>> {
+    if let Some(m) = STANDARD_METHODS
+        .iter()
+        .find(|m| m.eq_ignore_ascii_case(method) && **m != method)
+    {
+        return Err(deny(
+            400,
+            DenyReason::BadMethod,
+            format!("`{method}` is not a method; methods are case-sensitive (`{m}`)"),
+        ));
+    }
+    if method == "CONNECT" {
+        return Err(deny(
+            405,
+            DenyReason::MethodNotAllowed,
+            "CONNECT is not served".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn deny(status: u16, reason: DenyReason, message: String) -> Box<Decision> {
-    Box::new(refused(status, reason, message))
+    Box::new(Decision::refused(status, reason, message))
 }
 
 impl Snapshot {
@@ -158,6 +188,60 @@ impl Snapshot {
 
     /// Admits a request head, or answers it. See the module documentation for the order.
     pub fn admit(&self, head: &RequestHead<'_>) -> Result<Admitted, Box<Decision>> {
+        self.within_limits(head)?;
+        check_method(head.method)?;
+        let target = target::parse(head.method, head.target)
+            .map_err(|e| deny(400, DenyReason::BadTarget, e.to_string()))?;
+        let place = self.place(head, &target)?;
+        connection_tokens(head.headers).map_err(|m| deny(400, DenyReason::BadFraming, m))?;
+        let declared = framing::declared_length(head.headers)
+            .map_err(|e| deny(400, DenyReason::BadFraming, e.to_string()))?;
+        let host = place.authority.map(|a| a.host);
+        let (path, normalised) = if matches!(target, Target::Asterisk) {
+            ("*".to_string(), false)
+        } else {
+            match crate::path::normalise(place.path) {
+                Ok(std::borrow::Cow::Borrowed(p)) => (p.to_string(), false),
+                Ok(std::borrow::Cow::Owned(p)) => (p, true),
+                Err(e) => return Err(deny(400, DenyReason::BadPath, e.to_string())),
+            }
+        };
+        let route = self.route(host.as_deref(), head.method, &path)?;
+        let (route_name, body_limit) = match &route {
+            Some(m) => {
+                let r = &self.policy.routes[m.route];
+                (Some(r.name.clone()), r.reads_body.then_some(r.body_limit))
+            }
+            None => (None, None),
+        };
+        if let (Some(limit), Some(n)) = (body_limit, declared.length) {
+            if n > limit as u64 {
+                let mut d = Decision::refused(
+                    413,
+                    DenyReason::BodyTooLarge,
+                    "the request body is too large".into(),
+                );
+                d.route = route_name;
+                return Err(Box::new(d));
+            }
+        }
+        Ok(Admitted {
+            host,
+            set_host: place.set_host,
+            path,
+            query: place.query.map(str::to_string),
+            // A fragment is never sent on (the HTTP layer drops it too).
+            rewrite_target: place.rewrite || normalised || head.target.contains(&b'#'),
+            route,
+            route_name,
+            body_limit,
+            content_length: declared.length,
+            collapse_content_length: declared.collapse,
+        })
+    }
+
+    /// Header fields and bytes within `limits` (431 otherwise).
+    fn within_limits(&self, head: &RequestHead<'_>) -> Result<(), Box<Decision>> {
         let limits = &self.config.raw.limits;
         let header_bytes: usize = head
             .headers
@@ -174,30 +258,16 @@ impl Snapshot {
                 ),
             ));
         }
-        // Methods are case-sensitive, but some servers read `get` as GET: a standard method in
-        // another case would be decided as one method and served as another.
-        if let Some(m) = STANDARD_METHODS
-            .iter()
-            .find(|m| m.eq_ignore_ascii_case(head.method) && **m != head.method)
-        {
-            return Err(deny(
-                400,
-                DenyReason::BadMethod,
-                format!(
-                    "`{}` is not a method; methods are case-sensitive (`{m}`)",
-                    head.method
-                ),
-            ));
-        }
-        if head.method == "CONNECT" {
-            return Err(deny(
-                405,
-                DenyReason::MethodNotAllowed,
-                "CONNECT is not served".into(),
-            ));
-        }
-        let target = target::parse(head.method, head.target)
-            .map_err(|e| deny(400, DenyReason::BadTarget, e.to_string()))?;
+        Ok(())
+    }
+
+    /// Where the request goes: the host it is decided on, from the target's authority or the
+    /// Host header, and the path and query of its target.
+    fn place<'h>(
+        &self,
+        head: &RequestHead<'h>,
+        target: &Target<'h>,
+    ) -> Result<Place<'h>, Box<Decision>> {
         let bad_host = |m: String| deny(400, DenyReason::BadHost, m);
         let mut hosts = head.headers.get_all(http::header::HOST).iter();
         let header = hosts.next();
@@ -215,8 +285,14 @@ impl Snapshot {
             Some(text) => Some(host::parse_authority(text).map_err(|e| bad_host(e.to_string()))?),
             None => None,
         };
-        let (authority, set_host, path, query, rewrite) = match target {
-            Target::Origin { path, query } => (header, None, path, query, false),
+        let place = match *target {
+            Target::Origin { path, query } => Place {
+                authority: header,
+                set_host: None,
+                path,
+                query,
+                rewrite: false,
+            },
             Target::Absolute {
                 authority,
                 path,
@@ -231,48 +307,53 @@ impl Snapshot {
                         "the request target and the Host header name different hosts".into(),
                     ));
                 }
-                let set = header_text.is_none().then(|| a.value.clone());
-                (Some(a), set, path, query, true)
+                Place {
+                    set_host: header_text.is_none().then(|| a.value.clone()),
+                    authority: Some(a),
+                    path,
+                    query,
+                    rewrite: true,
+                }
             }
-            Target::Asterisk => (header, None, "*", None, false),
+            Target::Asterisk => Place {
+                authority: header,
+                set_host: None,
+                path: "*",
+                query: None,
+                rewrite: false,
+            },
         };
-        if authority.is_none() && !head.http10 {
+        if place.authority.is_none() && !head.http10 {
             return Err(bad_host(
                 "an HTTP/1.1 request must have a Host header".into(),
             ));
         }
         // Sent on without a Host, the request would reach whatever virtual host the upstream
         // picks by default, perhaps one that the host-specific routes protect.
-        if authority.is_none() && self.policy.index.has_host_routes() {
+        if place.authority.is_none() && self.policy.index.has_host_routes() {
             return Err(bad_host(
                 "a request without a Host header cannot be decided: some routes are for specific hosts".into(),
             ));
         }
-        connection_tokens(head.headers).map_err(|m| deny(400, DenyReason::BadFraming, m))?;
-        let declared = framing::declared_length(head.headers)
-            .map_err(|e| deny(400, DenyReason::BadFraming, e.to_string()))?;
-        let host = authority.map(|a| a.host);
-        let (path, normalised) = if matches!(target, Target::Asterisk) {
-            ("*".to_string(), false)
-        } else {
-            match crate::path::normalise(path) {
-                Ok(std::borrow::Cow::Borrowed(p)) => (p.to_string(), false),
-                Ok(std::borrow::Cow::Owned(p)) => (p, true),
-                Err(e) => return Err(deny(400, DenyReason::BadPath, e.to_string())),
-            }
-        };
-        let found = self
-            .policy
-            .index
-            .lookup(host.as_deref(), head.method, &path);
+        Ok(place)
+    }
+
+    /// The route of a normalised path: a match, none (the unmatched action decides), or a
+    /// refusal (405, or a path whose letter case would lead to a more protected route).
+    fn route(
+        &self,
+        host: Option<&str>,
+        method: &str,
+        path: &str,
+    ) -> Result<Option<RouteMatch>, Box<Decision>> {
+        let found = self.policy.index.lookup(host, method, path);
         // Many upstreams match paths without regard to case (`/ADMIN/x` is `/admin/x` to
         // them): a path that a more protected route would serve in lower case is refused.
         if path.bytes().any(|b| b.is_ascii_uppercase()) {
-            let lower = path.to_ascii_lowercase();
             let folded = self
                 .policy
                 .index
-                .lookup(host.as_deref(), head.method, &lower);
+                .lookup(host, method, &path.to_ascii_lowercase());
             if self.protection(&found) < self.protection(&folded) {
                 return Err(deny(
                     400,
@@ -281,9 +362,9 @@ impl Snapshot {
                 ));
             }
         }
-        let route = match found {
-            Lookup::Route(m) => Some(m),
-            Lookup::NoRoute => None,
+        match found {
+            Lookup::Route(m) => Ok(Some(m)),
+            Lookup::NoRoute => Ok(None),
             Lookup::MethodNotAllowed(allowed) => {
                 let methods = allowed.join(", ");
                 let denial = Denial::new(
@@ -292,40 +373,9 @@ impl Snapshot {
                     format!("this path is served for {methods} only"),
                 )
                 .with_allow(methods);
-                return Err(Box::new(Decision::denied(None, denial)));
-            }
-        };
-        let (route_name, body_limit) = match &route {
-            Some(m) => {
-                let r = &self.policy.routes[m.route];
-                (Some(r.name.clone()), r.reads_body.then_some(r.body_limit))
-            }
-            None => (None, None),
-        };
-        if let (Some(limit), Some(n)) = (body_limit, declared.length) {
-            if n > limit as u64 {
-                let mut d = refused(
-                    413,
-                    DenyReason::BodyTooLarge,
-                    "the request body is too large".into(),
-                );
-                d.route = route_name;
-                return Err(Box::new(d));
+                Err(Box::new(Decision::denied(None, denial)))
             }
         }
-        Ok(Admitted {
-            host,
-            set_host,
-            path,
-            query: query.map(str::to_string),
-            // A fragment is never sent on (the HTTP layer drops it too).
-            rewrite_target: rewrite || normalised || head.target.contains(&b'#'),
-            route,
-            route_name,
-            body_limit,
-            content_length: declared.length,
-            collapse_content_length: declared.collapse,
-        })
     }
 
     /// Admits and decides a request whose whole body (if any) is at hand: the offline tools'

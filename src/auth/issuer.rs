@@ -2,7 +2,7 @@
 
 use super::keys::{self, KeyError, KeySet, VerifyKey};
 use super::remote::{RefreshSettings, RemoteKeys, RemoteRegistry, Source};
-use crate::config::{Config, KeySource};
+use crate::config::{Config, KeyKind, KeySource};
 use crate::location::SourceError;
 use jsonwebtoken::Algorithm;
 use std::collections::HashMap;
@@ -128,34 +128,28 @@ impl IssuerSet {
             };
             for k in &ic.keys {
                 let ks = k.get_ref();
-                let source = match (&ks.jwks_url, &ks.discovery_url) {
-                    (Some(u), _) => Some(Source::Jwks(u.clone())),
-                    (_, Some(u)) => Some(Source::Discovery {
-                        url: u.clone(),
-                        issuer: ic.issuer.clone(),
-                    }),
-                    _ => None,
-                };
-                if let Some(source) = source {
-                    if algorithms
-                        .iter()
-                        .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
-                    {
-                        errors.push(config.error_at(
-                            k.span(),
-                            format!("issuer `{name}`: fetched keys are public keys; HS algorithms take a secret"),
-                        ));
+                let source = match load_source(config, ks, &ic.issuer, &algorithms) {
+                    Ok(Keys::Loaded(mut keys)) => {
+                        all.append(&mut keys);
                         continue;
                     }
-                    remote.push(registry.get(name, source, &algorithms, &settings));
+                    Ok(Keys::Fetched(source)) => source,
+                    Err(e) => {
+                        errors.push(config.error_at(k.span(), format!("issuer `{name}`: {e}")));
+                        continue;
+                    }
+                };
+                if algorithms
+                    .iter()
+                    .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
+                {
+                    errors.push(config.error_at(
+                        k.span(),
+                        format!("issuer `{name}`: fetched keys are public keys; HS algorithms take a secret"),
+                    ));
                     continue;
                 }
-                match load_source(config, ks, &algorithms) {
-                    Ok(mut ks) => all.append(&mut ks),
-                    Err(e) => {
-                        errors.push(config.error_at(k.span(), format!("issuer `{name}`: {e}")))
-                    }
-                }
+                remote.push(registry.get(name, source, &algorithms, &settings));
             }
             if set.by_iss.contains_key(&ic.issuer) {
                 errors.push(config.error_at(
@@ -187,28 +181,37 @@ impl IssuerSet {
     }
 }
 
+/// What a key source gives: keys read now, or a source to fetch them from.
+enum Keys {
+    Loaded(Vec<VerifyKey>),
+    Fetched(Source),
+}
+
 fn load_source(
     config: &Config,
     source: &KeySource,
+    iss: &str,
     algorithms: &[Algorithm],
-) -> Result<Vec<VerifyKey>, KeyError> {
+) -> Result<Keys, KeyError> {
     let kid = source.kid.as_deref();
-    if let Some(p) = &source.pem_file {
-        keys::from_pem_file(&config.resolve(p), kid, algorithms)
-    } else if let Some(p) = &source.jwks_file {
-        keys::from_jwks_file(&config.resolve(p), algorithms)
-    } else if let Some(var) = &source.secret_env {
-        keys::from_secret(&keys::secret_from_env(var)?, kid, algorithms)
-    } else if let Some(p) = &source.secret_file {
-        keys::from_secret(
+    let keys = match &source.kind {
+        KeyKind::PemFile(p) => keys::from_pem_file(&config.resolve(p), kid, algorithms)?,
+        KeyKind::JwksFile(p) => keys::from_jwks_file(&config.resolve(p), algorithms)?,
+        KeyKind::SecretEnv(var) => {
+            keys::from_secret(&keys::secret_from_env(var)?, kid, algorithms)?
+        }
+        KeyKind::SecretFile(p) => keys::from_secret(
             &keys::secret_from_file(&config.resolve(p))?,
             kid,
             algorithms,
-        )
-    } else {
-        // Config validation guarantees exactly one source; this is unreachable in practice.
-        Err(KeyError::InvalidPem {
-            path: config.path.clone(),
-        })
-    }
+        )?,
+        KeyKind::JwksUrl(u) => return Ok(Keys::Fetched(Source::Jwks(u.clone()))),
+        KeyKind::DiscoveryUrl(u) => {
+            return Ok(Keys::Fetched(Source::Discovery {
+                url: u.clone(),
+                issuer: iss.to_string(),
+            }))
+        }
+    };
+    Ok(Keys::Loaded(keys))
 }

@@ -19,11 +19,11 @@ pub struct CheckArgs {
 }
 
 pub fn run(a: CheckArgs) -> ExitCode {
-    if let Err(e) = claimgate::server::crypto_self_test() {
+    if let Err(e) = claimgate::crypto::self_test() {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
-    match claimgate::server::load(&a.config, &Default::default()) {
+    match claimgate::load::load(&a.config, &Default::default()).map(|l| l.snapshot) {
         Ok(s) => {
             for w in &s.policy.warnings {
                 eprintln!("warning: {w}");

@@ -1,6 +1,8 @@
 //! `claimgate eval`: decide one described request offline and show why.
 
-use claimgate::explain::{check_names, explain, parse_header, EvalRequest, Mock, TokenInput};
+use claimgate::explain::{
+    check_names, explain, parse_header, EvalRequest, Mock, TokenInput, Verdict,
+};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -102,7 +104,7 @@ pub fn parse_mock(s: &str) -> Result<(String, Mock), String> {
 }
 
 pub fn run(a: EvalArgs) -> ExitCode {
-    let snapshot = match claimgate::server::load_for_tools(&a.config, a.token.is_some()) {
+    let snapshot = match claimgate::load::for_tools(&a.config, a.token.is_some()) {
         Ok(s) => s,
         Err(e) => return fail(format!("the configuration does not load:\n{e}")),
     };
@@ -164,7 +166,7 @@ pub fn run(a: EvalArgs) -> ExitCode {
     } else {
         print!("{}", super::render::explanation(&result));
     }
-    if result.summary.decision == "allow" {
+    if result.summary.decision == Verdict::Allow {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -2,6 +2,7 @@
 //! `main.rs` only parses and dispatches.
 
 pub mod check;
+pub mod completions;
 pub mod eval;
 pub mod geo_db;
 pub mod render;

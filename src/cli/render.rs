@@ -1,7 +1,7 @@
 //! How `eval` and `test` show a decision to a person: the route, the token, each source, rule
 //! and attribute, the upstream and the headers it would receive.
 
-use claimgate::explain::Explanation;
+use claimgate::explain::{Explanation, Verdict};
 use std::fmt::Write as _;
 
 /// The human-readable report of an explanation.
@@ -10,8 +10,8 @@ pub fn explanation(e: &Explanation) -> String {
     let t = &e.trace;
     let mut out = String::new();
     let _ = match s.decision {
-        "allow" => writeln!(out, "decision:  ALLOW"),
-        _ => writeln!(
+        Verdict::Allow => writeln!(out, "decision:  ALLOW"),
+        Verdict::Deny => writeln!(
             out,
             "decision:  DENY {} ({})",
             s.status,

@@ -37,7 +37,7 @@ pub struct TestArgs {
 }
 
 pub fn run(a: TestArgs) -> ExitCode {
-    let snapshot = match claimgate::server::load_for_tools(&a.config, true) {
+    let snapshot = match claimgate::load::for_tools(&a.config, true) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("claimgate test: the configuration does not load:\n{e}");

@@ -5,28 +5,10 @@
 //! - `accept_error`: "Accept() failed": the listener failing to accept, which Pingora repeats
 //!   in a tight loop while a runtime shuts down (rate-limited like every line).
 
-use prometheus::{IntCounterVec, Opts};
-use std::sync::LazyLock;
 use tracing::level_filters::LevelFilter;
 use tracing::Level;
 
-/// Counts of proxy conditions logged below their Pingora level.
-// The definition is constant: `new` fails only for an invalid metric name or label.
-#[allow(clippy::expect_used)]
-pub static PROXY_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "claimgate_proxy_events_total",
-            "Conditions normal for a proxy, counted instead of logged as errors: pool_race (a pooled upstream connection was taken; a new one served the request), accept_error, client_closed (the client went away before its answer).",
-        ),
-        &["kind"],
-    )
-    .expect("a valid metric definition");
-    for k in ["pool_race", "accept_error", "client_closed"] {
-        c.with_label_values(&[k]);
-    }
-    c
-});
+pub use crate::telemetry::PROXY_EVENTS;
 
 /// The level a Pingora record is logged at, and the condition it counts as.
 pub fn classify(level: log::Level, message: &str) -> (Level, Option<&'static str>) {

@@ -7,76 +7,9 @@
 //! expression over the budget is a load error. This is the estimated-cost check Kubernetes
 //! applies to CEL in admission policies; nested iteration over request data is what it stops.
 
+use super::variable::{SizedBy, Variable};
 use cel::common::ast::{EntryExpr, Expr};
 use cel::IdedExpr;
-use std::collections::BTreeSet;
-
-/// The variables an expression reads from its environment: identifiers not bound by an
-/// enclosing comprehension (`claims.roles.exists(r, r == 'admin')` reads `claims`, not `r`).
-pub fn free_variables(e: &IdedExpr) -> BTreeSet<&str> {
-    let mut out = BTreeSet::new();
-    let mut bound = Vec::new();
-    collect(e, &mut bound, &mut out);
-    out
-}
-
-fn collect<'a>(e: &'a IdedExpr, bound: &mut Vec<&'a str>, out: &mut BTreeSet<&'a str>) {
-    match &e.expr {
-        Expr::Ident(name) => {
-            if !bound.contains(&name.as_str()) {
-                out.insert(name.as_str());
-            }
-        }
-        Expr::Select(s) => collect(&s.operand, bound, out),
-        Expr::Call(c) => {
-            if let Some(t) = &c.target {
-                collect(t, bound, out);
-            }
-            for a in &c.args {
-                collect(a, bound, out);
-            }
-        }
-        Expr::List(l) => {
-            for x in &l.elements {
-                collect(x, bound, out);
-            }
-        }
-        Expr::Map(m) => entries(&m.entries, bound, out),
-        Expr::Struct(s) => entries(&s.entries, bound, out),
-        Expr::Comprehension(c) => {
-            // The range and the initial accumulator are evaluated outside the loop's scope.
-            collect(&c.iter_range, bound, out);
-            collect(&c.accu_init, bound, out);
-            let depth = bound.len();
-            bound.push(c.iter_var.as_str());
-            if let Some(v2) = &c.iter_var2 {
-                bound.push(v2.as_str());
-            }
-            bound.push(c.accu_var.as_str());
-            collect(&c.loop_cond, bound, out);
-            collect(&c.loop_step, bound, out);
-            collect(&c.result, bound, out);
-            bound.truncate(depth);
-        }
-        Expr::Literal(_) | Expr::Unspecified => {}
-    }
-}
-
-fn entries<'a>(
-    entries: &'a [cel::common::ast::IdedEntryExpr],
-    bound: &mut Vec<&'a str>,
-    out: &mut BTreeSet<&'a str>,
-) {
-    for en in entries {
-        match &en.expr {
-            EntryExpr::MapEntry(m) => {
-                collect(&m.key, bound, out);
-                collect(&m.value, bound, out);
-            }
-            EntryExpr::StructField(f) => collect(&f.value, bound, out),
-        }
-    }
-}
 
 /// The most elements a list or map read from each variable can have, derived from the limits.
 #[derive(Debug, Clone, Copy)]
@@ -112,20 +45,24 @@ impl InputBounds {
         if let Expr::Map(m) = &range.expr {
             return m.entries.len() as u64;
         }
-        match root(range) {
-            Some("claims" | "token") => self.claims,
-            Some("body") => self.body,
-            Some("request") => self.request,
-            Some("ext") => self.ext,
-            // An element of an enclosing loop's range is no larger than that range.
-            Some(v) => bound
-                .iter()
-                .rev()
-                .find(|(name, _)| *name == v)
-                .map_or(self.any(), |(_, n)| *n),
+        let Some(name) = root(range) else {
             // A computed list (`map`, `filter`, a function's result) is bounded by the largest
             // input: it cannot have more elements than what it was made from.
-            None => self.any(),
+            return self.any();
+        };
+        // A loop variable shadows a variable of the same name.
+        let loop_bound = bound.iter().rev().find(|(n, _)| *n == name);
+        match (
+            loop_bound,
+            Variable::parse(name).and_then(Variable::sized_by),
+        ) {
+            // An element of an enclosing loop's range is no larger than that range.
+            (Some((_, n)), _) => *n,
+            (None, Some(SizedBy::Token)) => self.claims,
+            (None, Some(SizedBy::Body)) => self.body,
+            (None, Some(SizedBy::Headers)) => self.request,
+            (None, Some(SizedBy::Source)) => self.ext,
+            (None, None) => self.any(),
         }
     }
 }
@@ -202,26 +139,6 @@ mod tests {
 
     fn program(src: &str) -> cel::Program {
         cel::Program::compile(src).unwrap()
-    }
-
-    fn vars(src: &str) -> Vec<String> {
-        let p = program(src);
-        free_variables(p.expression())
-            .into_iter()
-            .map(str::to_string)
-            .collect()
-    }
-
-    #[test]
-    fn comprehension_variables_are_not_free() {
-        assert_eq!(vars("claims.roles.exists(r, r == 'admin')"), ["claims"]);
-        assert_eq!(
-            vars("body.items.all(i, i.amount <= claims.limit)"),
-            ["body", "claims"]
-        );
-        assert_eq!(vars("[1, 2].map(x, x * y)"), ["y"]);
-        // A name bound in one loop is free outside it.
-        assert_eq!(vars("[1].exists(x, x == 1) && x == 2"), ["x"]);
     }
 
     const BOUNDS: InputBounds = InputBounds {

@@ -1,16 +1,11 @@
 //! The CEL environment: one standard environment and one root context, built when policies load;
-//! each request evaluates in a child scope whose variables come from [`crate::facts::Activation`].
+//! each request evaluates in a child scope whose variables come from [`super::activation::Activation`].
 
 use cel::common::value::Val;
 use cel::objects::{Key, Map};
 use cel::{Context, Env, Program, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// The names a condition may read. Anything else is an error at load time, not at request time.
-pub const VARIABLES: &[&str] = &[
-    "claims", "token", "request", "now", "attr", "body", "geo", "ext",
-];
 
 /// Compiled-once CEL state shared by every request of a policy set.
 pub struct CelRuntime {

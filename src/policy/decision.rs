@@ -203,6 +203,11 @@ impl Decision {
         Decision::new(route, Outcome::Deny(denial))
     }
 
+    /// A request refused before or without a route (admission, no route, an incomplete body).
+    pub fn refused(status: u16, reason: DenyReason, message: String) -> Decision {
+        Decision::denied(None, Denial::new(status, reason, message))
+    }
+
     /// An outcome on `route`, with no token, audits or key refetch known yet.
     pub fn new(route: Option<Arc<str>>, outcome: Outcome) -> Decision {
         Decision {

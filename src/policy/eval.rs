@@ -1,10 +1,10 @@
 //! Rules -> decision for one matched route.
 
+use super::activation::Activation;
 use super::cel::to_message_text;
 use super::decision::{Allow, AuditDenial, Denial, DenyReason, Outcome};
 use super::trace::{RuleTrace, Trace};
 use super::{Condition, Message, Mode, Route, Rule};
-use crate::facts::Activation;
 use ::cel::Value;
 
 /// What evaluating a route's rules gives: the outcome and the audit-mode would-be denials.

@@ -1,10 +1,13 @@
 //! `rules/*.toml` -> a compiled, validated [`PolicySet`]. Every error names file, line and column,
 //! and all of them are reported in one pass.
 
-use super::analysis::{free_variables, worst_case_steps, InputBounds};
-use super::cel::{CelRuntime, VARIABLES};
+use super::analysis::{worst_case_steps, InputBounds};
+use super::cel::CelRuntime;
 use super::native::Plan;
+use super::raw::{RawAttr, RawRoute, RawRule, RawUpstreamCase, RulesFile};
+use super::references::References;
 use super::route::RouteIndex;
+use super::variable::Variable;
 use super::{
     Attr, AttrKind, Condition, Expr, Forward, Message, Mode, Route, Rule, UpstreamCase,
     MAX_BODY_LIMIT,
@@ -12,101 +15,10 @@ use super::{
 use crate::config::AuthMode;
 use crate::location::{offset_in_string_value, SourceError};
 use http::HeaderName;
-use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use toml::Spanned;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RulesFile {
-    #[serde(default)]
-    route: Vec<Spanned<RawRoute>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    name: Spanned<String>,
-    #[serde(default)]
-    host: Option<String>,
-    path: Spanned<String>,
-    #[serde(default)]
-    methods: Vec<Spanned<String>>,
-    #[serde(default)]
-    auth: AuthMode,
-    #[serde(default)]
-    issuers: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    upstream: Option<Spanned<String>>,
-    #[serde(default)]
-    rule: Vec<Spanned<RawRule>>,
-    #[serde(default)]
-    forward: BTreeMap<String, Spanned<String>>,
-    #[serde(default)]
-    attr: BTreeMap<String, Spanned<RawAttr>>,
-    #[serde(default)]
-    body_limit: Option<Spanned<usize>>,
-    #[serde(default)]
-    upstream_select: Vec<Spanned<RawUpstreamCase>>,
-}
-
-/// `name = "cel"` (dynamic), or a table: `{ value = ... }` (static),
-/// `{ cases = [{ if = "cel", then = "cel" }], else = "cel" }` (conditional), `{ expr = "cel" }`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawAttr {
-    Expr(String),
-    Table(RawAttrTable),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAttrTable {
-    #[serde(default)]
-    expr: Option<String>,
-    #[serde(default)]
-    value: Option<toml::Value>,
-    #[serde(default)]
-    cases: Option<Vec<RawCase>>,
-    #[serde(default, rename = "else")]
-    otherwise: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCase {
-    #[serde(rename = "if")]
-    cond: String,
-    then: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstreamCase {
-    #[serde(rename = "if")]
-    cond: Spanned<String>,
-    upstream: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    name: Spanned<String>,
-    #[serde(default)]
-    allow_if: Option<Spanned<String>>,
-    #[serde(default)]
-    deny_if: Option<Spanned<String>>,
-    #[serde(default)]
-    status: Option<Spanned<u16>>,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    message_expr: Option<Spanned<String>>,
-    #[serde(default)]
-    mode: Mode,
-}
 
 /// What a policy may refer to, from `gateway.toml`.
 #[derive(Debug, Clone, Default)]
@@ -170,13 +82,10 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
-    /// Loads every `*.toml` file of `dir`, in name order.
-    pub fn load_dir(dir: &Path, ctx: &LoadContext) -> Result<PolicySet, Vec<SourceError>> {
+    /// The policy files of `dir`: every `*.toml` file, in name order.
+    pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
         let entries = std::fs::read_dir(dir).map_err(|e| {
-            vec![SourceError::whole_file(
-                dir,
-                format!("cannot read the rules directory: {e}"),
-            )]
+            SourceError::whole_file(dir, format!("cannot read the rules directory: {e}"))
         })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
@@ -184,12 +93,17 @@ impl PolicySet {
             .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
             .collect();
         files.sort();
+        Ok(files)
+    }
+
+    /// Reads and compiles `files` (see [`PolicySet::files_in`]).
+    pub fn load_files(files: &[PathBuf], ctx: &LoadContext) -> Result<PolicySet, Vec<SourceError>> {
         let mut sources = Vec::new();
         let mut errors = Vec::new();
         for f in files {
-            match std::fs::read_to_string(&f) {
-                Ok(s) => sources.push((f, s)),
-                Err(e) => errors.push(SourceError::whole_file(&f, format!("cannot read: {e}"))),
+            match std::fs::read_to_string(f) {
+                Ok(s) => sources.push((f.clone(), s)),
+                Err(e) => errors.push(SourceError::whole_file(f, format!("cannot read: {e}"))),
             }
         }
         if !errors.is_empty() {
@@ -210,13 +124,9 @@ impl PolicySet {
             index: RouteIndex::default(),
             names: HashSet::new(),
             errors: Vec::new(),
-            reads_body: false,
-            attr_reads: Vec::new(),
-            ext_reads: Vec::new(),
-            reads_claims: false,
+            reads: RouteReads::default(),
             warnings: Vec::new(),
             memo_slots: 0,
-            body_bound: MAX_BODY_LIMIT,
             path_locations: Vec::new(),
         };
         for (path, src) in sources {
@@ -245,51 +155,33 @@ struct Loader<'c> {
     index: RouteIndex,
     names: HashSet<String>,
     errors: Vec<SourceError>,
-    /// Per route being loaded: whether an expression reads `body`, and every `attr.x` read,
-    /// with where it was read.
-    reads_body: bool,
-    attr_reads: Vec<(String, usize, String)>,
-    /// Per route being loaded: every `ext.x` read, with where it was read.
-    ext_reads: Vec<(String, usize, String)>,
-    /// Per route being loaded: whether an expression reads `claims` or `token`.
-    reads_claims: bool,
+    /// What the expressions of the route being loaded read.
+    reads: RouteReads,
     warnings: Vec<SourceError>,
     /// Expressions that read only the token, numbered for their memo slots.
     memo_slots: u32,
     /// Where each route's `path` is written, by route index (message left empty).
     path_locations: Vec<SourceError>,
-    /// Per route being loaded: the largest body its rules can see, for the evaluation budget.
+}
+
+/// What the expressions of one route read, gathered while they compile.
+#[derive(Default)]
+struct RouteReads {
+    body: bool,
+    /// `claims` or `token`.
+    claims: bool,
+    /// Every `attr.NAME` read, with where and by what.
+    attrs: Vec<NamedRead>,
+    /// Every `ext.NAME` read, with where and by what.
+    sources: Vec<NamedRead>,
+    /// The largest body the route's rules can see, for the evaluation budget.
     body_bound: usize,
 }
 
-/// The attribute names an expression reads as `attr.name`.
-pub fn attr_refs(src: &str) -> Vec<String> {
-    member_refs(src, "attr.")
-}
-
-/// The names read as `<prefix>name` (e.g. `ext.balance`), where `prefix` is a whole
-/// identifier followed by a dot.
-pub fn member_refs(src: &str, prefix: &str) -> Vec<String> {
-    let bytes = src.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(pos) = src[i..].find(prefix) {
-        let start = i + pos;
-        let boundary = start == 0 || {
-            let c = bytes[start - 1];
-            !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
-        };
-        let name_start = start + prefix.len();
-        let name_end = src[name_start..]
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .map(|e| name_start + e)
-            .unwrap_or(src.len());
-        if boundary && name_end > name_start {
-            out.push(src[name_start..name_end].to_string());
-        }
-        i = name_end.max(start + prefix.len());
-    }
-    out
+struct NamedRead {
+    name: String,
+    at: usize,
+    what: String,
 }
 
 /// Why a rule whose condition reads nothing is a mistake, if it is one.
@@ -298,7 +190,8 @@ fn constant_rule(cel: &CelRuntime, c: &Condition, mode: Mode) -> Option<&'static
         Condition::AllowIf(p) => (p, false),
         Condition::DenyIf(p) => (p, true),
     };
-    if !free_variables(p.program.expression()).is_empty() {
+    let refs = References::of(p.program.expression());
+    if !refs.variables.is_empty() || !refs.unknown.is_empty() {
         return None;
     }
     let ctx = cel.root().new_inner_scope();
@@ -382,95 +275,110 @@ impl Loader<'_> {
         what: &str,
     ) -> Option<Expr> {
         match self.cel.compile(src) {
-            Ok(p) => {
-                let vars = free_variables(p.expression());
-                if let Some(v) = vars.iter().find(|v| !VARIABLES.contains(v)) {
-                    self.errors.push(fx.err(
-                        start,
-                        format!(
-                            "{what}: unknown variable `{v}` (known: {})",
-                            VARIABLES.join(", ")
-                        ),
-                    ));
-                    return None;
-                }
-                if vars.contains("body") {
-                    self.reads_body = true;
-                }
-                if vars.contains("claims") || vars.contains("token") {
-                    self.reads_claims = true;
-                }
-                if vars.contains("attr") {
-                    for a in attr_refs(src) {
-                        self.attr_reads.push((a, start, what.to_string()));
-                    }
-                }
-                if vars.contains("ext") {
-                    let names = member_refs(src, "ext.");
-                    if names.is_empty() {
-                        self.errors.push(fx.err(
-                            start,
-                            format!("{what}: read sources by name, as `ext.NAME`"),
-                        ));
-                    }
-                    for n in names {
-                        self.ext_reads.push((n, start, what.to_string()));
-                    }
-                }
-                let bounds = InputBounds {
-                    body: (self.body_bound as u64 / 2).max(1),
-                    ..self.ctx.eval.bounds
-                };
-                let steps = worst_case_steps(p.expression(), &bounds);
-                if steps > self.ctx.eval.max_steps {
-                    let shown = if steps == u64::MAX {
-                        "more than 10^19".to_string()
-                    } else {
-                        steps.to_string()
-                    };
-                    self.errors.push(fx.err(
-                        start,
-                        format!(
-                            "{what}: may take up to {shown} evaluation steps on inputs within the limits \
-                             (`limits.max_eval_steps` = {}); iterate over request data once, not in nested loops",
-                            self.ctx.eval.max_steps
-                        ),
-                    ));
-                    return None;
-                }
-                let token_only =
-                    !vars.is_empty() && vars.iter().all(|v| *v == "claims" || *v == "token");
-                let memo = token_only.then(|| {
-                    self.memo_slots += 1;
-                    self.memo_slots - 1
-                });
-                let native = Plan::of(p.expression());
-                Some(Expr {
-                    program: p,
-                    memo,
-                    native,
-                })
-            }
+            Ok(p) => self.accept(fx, p, start, what),
             Err(errs) => {
                 for e in errs.errors {
                     let (line, col) = (e.pos.0.max(1) as usize, e.pos.1.max(1) as usize);
-                    if exact {
+                    let err = if exact {
                         let off = offset_in_string_value(fx.src, start, line, col);
-                        self.errors
-                            .push(fx.err(off, format!("{what}: CEL syntax error: {}", e.msg)));
+                        fx.err(off, format!("{what}: CEL syntax error: {}", e.msg))
                     } else {
-                        self.errors.push(fx.err(
+                        fx.err(
                             start,
                             format!(
                                 "{what}: CEL syntax error at {line}:{col} of the expression: {}",
                                 e.msg
                             ),
-                        ));
-                    }
+                        )
+                    };
+                    self.errors.push(err);
                 }
                 None
             }
         }
+    }
+
+    /// Checks what a parsed expression reads and what it may cost, and records its reads for
+    /// the route.
+    fn accept(
+        &mut self,
+        fx: &FileCx<'_>,
+        p: ::cel::Program,
+        start: usize,
+        what: &str,
+    ) -> Option<Expr> {
+        let refs = References::of(p.expression());
+        if let Some(v) = refs.unknown.first() {
+            self.errors.push(fx.err(
+                start,
+                format!(
+                    "{what}: unknown variable `{v}` (known: {})",
+                    Variable::list(|_| true)
+                ),
+            ));
+            return None;
+        }
+        for v in &refs.whole {
+            self.errors
+                .push(fx.err(start, format!("{what}: read `{v}` by name, as `{v}.NAME`")));
+        }
+        let r = &mut self.reads;
+        r.body |= refs.reads(Variable::Body);
+        r.claims |= refs.reads(Variable::Claims) || refs.reads(Variable::Token);
+        let named = |v| {
+            refs.members_of(v).map(|name| NamedRead {
+                name: name.to_string(),
+                at: start,
+                what: what.to_string(),
+            })
+        };
+        r.attrs.extend(named(Variable::Attr));
+        r.sources.extend(named(Variable::Ext));
+        if !self.within_budget(fx, &p, start, what) {
+            return None;
+        }
+        let memo = refs.per_token_only().then(|| {
+            self.memo_slots += 1;
+            self.memo_slots - 1
+        });
+        let native = Plan::of(p.expression());
+        Some(Expr {
+            program: p,
+            memo,
+            native,
+        })
+    }
+
+    /// Whether `p`'s worst-case evaluation fits `limits.max_eval_steps`; an error if not.
+    fn within_budget(
+        &mut self,
+        fx: &FileCx<'_>,
+        p: &::cel::Program,
+        start: usize,
+        what: &str,
+    ) -> bool {
+        let bounds = InputBounds {
+            body: (self.reads.body_bound as u64 / 2).max(1),
+            ..self.ctx.eval.bounds
+        };
+        let steps = worst_case_steps(p.expression(), &bounds);
+        if steps <= self.ctx.eval.max_steps {
+            return true;
+        }
+        let shown = if steps == u64::MAX {
+            "more than 10^19".to_string()
+        } else {
+            steps.to_string()
+        };
+        self.errors.push(fx.err(
+            start,
+            format!(
+                "{what}: may take up to {shown} evaluation steps on inputs within the limits \
+                 (`limits.max_eval_steps` = {}); iterate over request data once, not in nested loops",
+                self.ctx.eval.max_steps
+            ),
+        ));
+        false
     }
 
     /// Compiles a route's derived attributes and checks that what reads them exists and that
@@ -485,117 +393,100 @@ impl Loader<'_> {
         let mut deps: Vec<(String, Vec<String>, usize)> = Vec::new();
         for (name, spanned) in raw {
             let start = spanned.span().start;
-            let what = format!("attribute `{name}`");
-            let reads_before = self.attr_reads.len();
-            let kind = match spanned.get_ref() {
-                RawAttr::Expr(e) => self
-                    .compile_at(fx, e, start, true, &what)
-                    .map(AttrKind::Dynamic),
-                RawAttr::Table(t) => match (&t.expr, &t.value, &t.cases, &t.otherwise) {
-                    (Some(e), None, None, None) => self
-                        .compile_at(fx, e, start, false, &what)
-                        .map(AttrKind::Dynamic),
-                    (None, Some(v), None, None) => match serde_json::to_value(v) {
-                        Ok(j) => Some(AttrKind::Static(super::cel::to_val(
-                            super::cel::json_to_value(&j),
-                        ))),
-                        Err(e) => {
-                            self.errors.push(fx.err(start, format!("{what}: {e}")));
-                            None
-                        }
-                    },
-                    (None, None, Some(cases), Some(otherwise)) => {
-                        let mut compiled = Vec::new();
-                        for (i, c) in cases.iter().enumerate() {
-                            let w = format!("{what}, case {}", i + 1);
-                            let cond =
-                                self.compile_at(fx, &c.cond, start, false, &format!("{w} `if`"));
-                            let then =
-                                self.compile_at(fx, &c.then, start, false, &format!("{w} `then`"));
-                            if let (Some(a), Some(b)) = (cond, then) {
-                                compiled.push((a, b));
-                            }
-                        }
-                        let otherwise =
-                            self.compile_at(fx, otherwise, start, false, &format!("{what} `else`"));
-                        (compiled.len() == cases.len())
-                            .then_some(otherwise)
-                            .flatten()
-                            .map(|otherwise| AttrKind::Conditional {
-                                cases: compiled,
-                                otherwise,
-                            })
-                    }
-                    _ => {
-                        self.errors.push(fx.err(
-                            start,
-                            format!("{what} needs an expression, `value`, or `cases` with `else`"),
-                        ));
-                        None
-                    }
-                },
-            };
-            let reads: Vec<String> = self.attr_reads[reads_before..]
-                .iter()
-                .map(|(a, _, _)| a.clone())
-                .collect();
-            deps.push((name.clone(), reads, start));
-            if let Some(kind) = kind {
+            let reads_before = self.reads.attrs.len();
+            if let Some(kind) = self.attr(fx, name, spanned.get_ref(), start) {
                 attrs.push(Attr {
                     name: Arc::from(name.as_str()),
                     kind,
                 });
             }
+            let reads = self.reads.attrs[reads_before..]
+                .iter()
+                .map(|r| r.name.clone())
+                .collect();
+            deps.push((name.clone(), reads, start));
         }
-        for (a, at, what) in std::mem::take(&mut self.attr_reads) {
-            if !raw.contains_key(&a) {
+        for r in std::mem::take(&mut self.reads.attrs) {
+            if !raw.contains_key(&r.name) {
                 self.errors.push(fx.err(
-                    at,
-                    format!("{what}: unknown attribute `attr.{a}` in route `{route}`"),
-                ));
-            }
-        }
-        // Depth-first search for a cycle among the attributes.
-        fn visit<'d>(
-            n: &'d str,
-            deps: &'d [(String, Vec<String>, usize)],
-            path: &mut Vec<&'d str>,
-            done: &mut HashSet<&'d str>,
-        ) -> Option<Vec<String>> {
-            if done.contains(n) {
-                return None;
-            }
-            if let Some(i) = path.iter().position(|p| *p == n) {
-                let mut cycle: Vec<String> = path[i..].iter().map(|s| s.to_string()).collect();
-                cycle.push(n.to_string());
-                return Some(cycle);
-            }
-            path.push(n);
-            if let Some((_, reads, _)) = deps.iter().find(|(d, _, _)| d == n) {
-                for r in reads {
-                    if let Some(c) = visit(r, deps, path, done) {
-                        return Some(c);
-                    }
-                }
-            }
-            path.pop();
-            done.insert(n);
-            None
-        }
-        let mut done = HashSet::new();
-        for (name, _, start) in &deps {
-            if let Some(cycle) = visit(name, &deps, &mut Vec::new(), &mut done) {
-                self.errors.push(fx.err(
-                    *start,
+                    r.at,
                     format!(
-                        "attributes depend on each other in a cycle: {}",
-                        cycle.join(" -> ")
+                        "{}: unknown attribute `attr.{}` in route `{route}`",
+                        r.what, r.name
                     ),
                 ));
-                break;
             }
         }
+        if let Some((cycle, start)) = attr_cycle(&deps) {
+            self.errors.push(fx.err(
+                start,
+                format!(
+                    "attributes depend on each other in a cycle: {}",
+                    cycle.join(" -> ")
+                ),
+            ));
+        }
         attrs
+    }
+
+    /// One attribute, in any of its forms (see [`RawAttr`]).
+    fn attr(
+        &mut self,
+        fx: &FileCx<'_>,
+        name: &str,
+        raw: &RawAttr,
+        start: usize,
+    ) -> Option<AttrKind> {
+        let what = format!("attribute `{name}`");
+        let t = match raw {
+            RawAttr::Expr(e) => {
+                return self
+                    .compile_at(fx, e, start, true, &what)
+                    .map(AttrKind::Dynamic)
+            }
+            RawAttr::Table(t) => t,
+        };
+        match (&t.expr, &t.value, &t.cases, &t.otherwise) {
+            (Some(e), None, None, None) => self
+                .compile_at(fx, e, start, false, &what)
+                .map(AttrKind::Dynamic),
+            (None, Some(v), None, None) => match serde_json::to_value(v) {
+                Ok(j) => Some(AttrKind::Static(super::cel::to_val(
+                    super::cel::json_to_value(&j),
+                ))),
+                Err(e) => {
+                    self.errors.push(fx.err(start, format!("{what}: {e}")));
+                    None
+                }
+            },
+            (None, None, Some(cases), Some(otherwise)) => {
+                let mut compiled = Vec::new();
+                for (i, c) in cases.iter().enumerate() {
+                    let w = format!("{what}, case {}", i + 1);
+                    let cond = self.compile_at(fx, &c.cond, start, false, &format!("{w} `if`"));
+                    let then = self.compile_at(fx, &c.then, start, false, &format!("{w} `then`"));
+                    if let (Some(a), Some(b)) = (cond, then) {
+                        compiled.push((a, b));
+                    }
+                }
+                let otherwise =
+                    self.compile_at(fx, otherwise, start, false, &format!("{what} `else`"));
+                (compiled.len() == cases.len())
+                    .then_some(otherwise)
+                    .flatten()
+                    .map(|otherwise| AttrKind::Conditional {
+                        cases: compiled,
+                        otherwise,
+                    })
+            }
+            _ => {
+                self.errors.push(fx.err(
+                    start,
+                    format!("{what} needs an expression, `value`, or `cases` with `else`"),
+                ));
+                None
+            }
+        }
     }
 
     /// Warns where a less protected route serves a path on the boundary of a more protected
@@ -630,31 +521,72 @@ impl Loader<'_> {
 
     fn route(&mut self, fx: &FileCx<'_>, raw: Spanned<RawRoute>) -> Option<Route> {
         let before = self.errors.len();
-        self.reads_body = false;
-        self.attr_reads.clear();
-        self.ext_reads.clear();
-        self.reads_claims = false;
         let route_start = raw.span().start;
         let raw = raw.into_inner();
-        self.body_bound = raw
-            .body_limit
-            .as_ref()
-            .map(|l| *l.get_ref())
-            .filter(|l| (1..=MAX_BODY_LIMIT).contains(l))
-            .unwrap_or(MAX_BODY_LIMIT);
-        let name = raw.name.get_ref().clone();
-        if name.is_empty() {
-            self.errors
-                .push(fx.err(raw.name.span().start, "a route needs a non-empty name"));
-        } else if !self.names.insert(name.clone()) {
-            self.errors.push(fx.err(
-                raw.name.span().start,
-                format!("route name `{name}` is already used"),
-            ));
+        self.reads = RouteReads {
+            body_bound: raw
+                .body_limit
+                .as_ref()
+                .map(|l| *l.get_ref())
+                .filter(|l| (1..=MAX_BODY_LIMIT).contains(l))
+                .unwrap_or(MAX_BODY_LIMIT),
+            ..RouteReads::default()
+        };
+        let at = RouteAt {
+            name: raw.name.get_ref().clone(),
+            start: route_start,
+        };
+        self.route_name(fx, &raw.name);
+        let methods = self.methods(fx, &raw.methods);
+        let issuers = self.issuers(fx, &at, raw.auth, raw.issuers.as_deref());
+        let upstream = self.upstream(fx, &at, raw.upstream.as_ref());
+        let rules = self.rules(fx, &at, raw.rule);
+        let forward = self.forward(fx, &at, &raw.forward);
+        let upstream_select = self.upstream_select(fx, &raw.upstream_select);
+        // Attributes and sources last: everything above has recorded what it reads.
+        let attrs = self.attrs(fx, &at.name, &raw.attr);
+        let sources = self.sources(fx);
+        let body_limit = self.body_limit(fx, &at, raw.body_limit.as_ref());
+        let host = self.host(fx, &at, raw.host.as_deref());
+        self.index_path(fx, &at, host.as_deref(), &raw.path, methods.clone());
+        self.route_warnings(fx, &at, raw.auth, &raw.path);
+        if self.errors.len() > before {
+            return None;
         }
+        Some(Route {
+            name: Arc::from(at.name.as_str()),
+            file: fx.path.to_path_buf(),
+            host,
+            path: raw.path.into_inner(),
+            methods,
+            auth: raw.auth,
+            issuers,
+            upstream,
+            upstream_select,
+            rules,
+            attrs,
+            reads_body: self.reads.body,
+            body_limit,
+            forward,
+            sources,
+        })
+    }
 
+    fn route_name(&mut self, fx: &FileCx<'_>, name: &Spanned<String>) {
+        let (n, at) = (name.get_ref(), name.span().start);
+        if n.is_empty() {
+            self.errors
+                .push(fx.err(at, "a route needs a non-empty name"));
+        } else if !self.names.insert(n.clone()) {
+            self.errors
+                .push(fx.err(at, format!("route name `{n}` is already used")));
+        }
+    }
+
+    /// Upper-case methods; `None` (any method) when none is listed.
+    fn methods(&mut self, fx: &FileCx<'_>, raw: &[Spanned<String>]) -> Option<Vec<String>> {
         let mut methods = Vec::new();
-        for m in &raw.methods {
+        for m in raw {
             let up = m.get_ref().to_ascii_uppercase();
             if up.is_empty() || !up.bytes().all(|b| b.is_ascii_alphabetic()) {
                 self.errors.push(fx.err(
@@ -664,14 +596,23 @@ impl Loader<'_> {
             }
             methods.push(up);
         }
-        let methods = (!methods.is_empty()).then_some(methods);
+        (!methods.is_empty()).then_some(methods)
+    }
 
-        let issuers: Vec<Arc<str>> = match (&raw.issuers, raw.auth) {
+    fn issuers(
+        &mut self,
+        fx: &FileCx<'_>,
+        at: &RouteAt,
+        auth: AuthMode,
+        raw: Option<&[Spanned<String>]>,
+    ) -> Vec<Arc<str>> {
+        let known = &self.ctx.issuers;
+        match (raw, auth) {
             (_, AuthMode::None) => Vec::new(),
             (Some(list), _) => {
                 let mut v = Vec::new();
                 for i in list {
-                    if self.ctx.issuers.contains(i.get_ref()) {
+                    if known.contains(i.get_ref()) {
                         v.push(Arc::from(i.get_ref().as_str()));
                     } else {
                         self.errors.push(fx.err(
@@ -682,28 +623,34 @@ impl Loader<'_> {
                 }
                 if list.is_empty() {
                     self.errors.push(fx.err(
-                        route_start,
-                        format!("route `{name}`: `issuers` is empty; use `auth = \"none\"` for an open route"),
+                        at.start,
+                        format!("route `{}`: `issuers` is empty; use `auth = \"none\"` for an open route", at.name),
                     ));
                 }
                 v
             }
-            (None, _) if self.ctx.issuers.len() == 1 => {
-                vec![Arc::from(self.ctx.issuers[0].as_str())]
-            }
+            (None, _) if known.len() == 1 => vec![Arc::from(known[0].as_str())],
             (None, _) => {
                 self.errors.push(fx.err(
-                    route_start,
+                    at.start,
                     format!(
-                        "route `{name}` needs `issuers`: gateway.toml has {} issuers",
-                        self.ctx.issuers.len()
+                        "route `{}` needs `issuers`: gateway.toml has {} issuers",
+                        at.name,
+                        known.len()
                     ),
                 ));
                 Vec::new()
             }
-        };
+        }
+    }
 
-        let upstream: Arc<str> = match &raw.upstream {
+    fn upstream(
+        &mut self,
+        fx: &FileCx<'_>,
+        at: &RouteAt,
+        raw: Option<&Spanned<String>>,
+    ) -> Arc<str> {
+        match raw {
             Some(u) if self.ctx.upstreams.contains(u.get_ref()) => Arc::from(u.get_ref().as_str()),
             Some(u) => {
                 self.errors.push(fx.err(
@@ -716,100 +663,115 @@ impl Loader<'_> {
                 Some(d) => Arc::from(d.as_str()),
                 None => {
                     self.errors.push(fx.err(
-                        route_start,
+                        at.start,
                         format!(
-                            "route `{name}` needs `upstream`: gateway.toml has {} upstreams and none is `default = true`",
+                            "route `{}` needs `upstream`: gateway.toml has {} upstreams and none is `default = true`",
+                            at.name,
                             self.ctx.upstreams.len()
                         ),
                     ));
                     Arc::from("")
                 }
             },
-        };
+        }
+    }
 
+    fn rules(&mut self, fx: &FileCx<'_>, at: &RouteAt, raw: Vec<Spanned<RawRule>>) -> Vec<Rule> {
         let mut rules = Vec::new();
         let mut rule_names = HashSet::new();
-        for r in raw.rule {
+        for r in raw {
             let rule_start = r.span().start;
             let r = r.into_inner();
-            let rname = r.name.get_ref().clone();
-            if !rule_names.insert(rname.clone()) {
+            if !rule_names.insert(r.name.get_ref().clone()) {
                 self.errors.push(fx.err(
                     r.name.span().start,
-                    format!("rule name `{rname}` is already used in route `{name}`"),
+                    format!(
+                        "rule name `{}` is already used in route `{}`",
+                        r.name.get_ref(),
+                        at.name
+                    ),
                 ));
             }
-            let what = format!("rule `{rname}`");
-            let condition = match (&r.allow_if, &r.deny_if) {
-                (Some(e), None) => self.compile(fx, e, &what).map(Condition::AllowIf),
-                (None, Some(e)) => self.compile(fx, e, &what).map(Condition::DenyIf),
-                _ => {
-                    self.errors.push(fx.err(
-                        rule_start,
-                        format!("{what} needs exactly one of `allow_if` and `deny_if`"),
-                    ));
-                    None
-                }
-            };
-            let status = match &r.status {
-                Some(s) if (400..=599).contains(s.get_ref()) => *s.get_ref(),
-                Some(s) => {
-                    self.errors.push(fx.err(
-                        s.span().start,
-                        format!("{what}: status must be between 400 and 599"),
-                    ));
-                    403
-                }
-                None => 403,
-            };
-            let message = match (&r.message, &r.message_expr) {
-                (Some(_), Some(e)) => {
-                    self.errors.push(fx.err(
-                        e.span().start,
-                        format!("{what}: set `message` or `message_expr`, not both"),
-                    ));
-                    None
-                }
-                (_, Some(e)) => self
-                    .compile(fx, e, &format!("{what} message_expr"))
-                    .map(Message::Expr),
-                (Some(m), None) => Some(Message::Text(m.clone())),
-                (None, None) => Some(Message::Text(format!("denied by rule `{rname}`"))),
-            };
-            if let Some(c) = &condition {
-                if let Some(w) = constant_rule(&self.cel, c, r.mode) {
-                    self.warnings
-                        .push(fx.err(rule_start, format!("route `{name}`, {what}: {w}")));
-                }
-            }
-            if let (Some(condition), Some(message)) = (condition, message) {
-                rules.push(Rule {
-                    name: Arc::from(rname.as_str()),
-                    condition,
-                    status,
-                    message,
-                    mode: r.mode,
-                });
-            }
+            rules.extend(self.rule(fx, at, r, rule_start));
         }
+        rules
+    }
 
+    fn rule(&mut self, fx: &FileCx<'_>, at: &RouteAt, r: RawRule, start: usize) -> Option<Rule> {
+        let rname = r.name.get_ref();
+        let what = format!("rule `{rname}`");
+        let condition = match (&r.allow_if, &r.deny_if) {
+            (Some(e), None) => self.compile(fx, e, &what).map(Condition::AllowIf),
+            (None, Some(e)) => self.compile(fx, e, &what).map(Condition::DenyIf),
+            _ => {
+                self.errors.push(fx.err(
+                    start,
+                    format!("{what} needs exactly one of `allow_if` and `deny_if`"),
+                ));
+                None
+            }
+        };
+        let status = match &r.status {
+            Some(s) if (400..=599).contains(s.get_ref()) => *s.get_ref(),
+            Some(s) => {
+                self.errors.push(fx.err(
+                    s.span().start,
+                    format!("{what}: status must be between 400 and 599"),
+                ));
+                403
+            }
+            None => 403,
+        };
+        let message = match (&r.message, &r.message_expr) {
+            (Some(_), Some(e)) => {
+                self.errors.push(fx.err(
+                    e.span().start,
+                    format!("{what}: set `message` or `message_expr`, not both"),
+                ));
+                None
+            }
+            (_, Some(e)) => self
+                .compile(fx, e, &format!("{what} message_expr"))
+                .map(Message::Expr),
+            (Some(m), None) => Some(Message::Text(m.clone())),
+            (None, None) => Some(Message::Text(format!("denied by rule `{rname}`"))),
+        };
+        if let Some(w) = condition
+            .as_ref()
+            .and_then(|c| constant_rule(&self.cel, c, r.mode))
+        {
+            self.warnings
+                .push(fx.err(start, format!("route `{}`, {what}: {w}", at.name)));
+        }
+        Some(Rule {
+            name: Arc::from(rname.as_str()),
+            condition: condition?,
+            status,
+            message: message?,
+            mode: r.mode,
+        })
+    }
+
+    fn forward(
+        &mut self,
+        fx: &FileCx<'_>,
+        at: &RouteAt,
+        raw: &BTreeMap<String, Spanned<String>>,
+    ) -> Vec<Forward> {
         let mut forward = Vec::new();
-        for (header, expr) in &raw.forward {
+        for (header, expr) in raw {
             let lower = header.to_ascii_lowercase();
-            let hn = match HeaderName::from_bytes(lower.as_bytes()) {
-                Ok(h) => h,
-                Err(_) => {
-                    self.errors.push(fx.err(
-                        expr.span().start,
-                        format!("`{header}` is not a valid header name"),
-                    ));
-                    continue;
-                }
+            let Ok(hn) = HeaderName::from_bytes(lower.as_bytes()) else {
+                self.errors.push(fx.err(
+                    expr.span().start,
+                    format!("`{header}` is not a valid header name"),
+                ));
+                continue;
             };
             if RESERVED_HEADERS.contains(&lower.as_str()) {
                 self.errors.push(fx.err(
                     expr.span().start,
-                    format!("route `{name}` may not set the `{lower}` header"),
+                    format!("route `{}` may not set the `{lower}` header", at.name),
                 ));
                 continue;
             }
@@ -820,9 +782,16 @@ impl Loader<'_> {
                 });
             }
         }
+        forward
+    }
 
-        let mut upstream_select = Vec::new();
-        for case in &raw.upstream_select {
+    fn upstream_select(
+        &mut self,
+        fx: &FileCx<'_>,
+        raw: &[Spanned<RawUpstreamCase>],
+    ) -> Vec<UpstreamCase> {
+        let mut cases = Vec::new();
+        for case in raw {
             let c = case.get_ref();
             let name_ok = self.ctx.upstreams.contains(c.upstream.get_ref());
             if !name_ok {
@@ -836,34 +805,42 @@ impl Loader<'_> {
             }
             if let Some(p) = self.compile(fx, &c.cond, "upstream_select") {
                 if name_ok {
-                    upstream_select.push(UpstreamCase {
+                    cases.push(UpstreamCase {
                         condition: p,
                         upstream: Arc::from(c.upstream.get_ref().as_str()),
                     });
                 }
             }
         }
+        cases
+    }
 
-        // Attributes last: everything above has recorded which attributes it reads.
-        let attrs = self.attrs(fx, &name, &raw.attr);
+    /// The external sources the route's expressions read, each once; a source whose request
+    /// templates read `body` makes the route read it.
+    fn sources(&mut self, fx: &FileCx<'_>) -> Vec<Arc<str>> {
         let mut sources: Vec<Arc<str>> = Vec::new();
-        for (n, at, what) in std::mem::take(&mut self.ext_reads) {
-            match self.ctx.sources.get(&n) {
+        for r in std::mem::take(&mut self.reads.sources) {
+            match self.ctx.sources.get(&r.name) {
                 None => self.errors.push(fx.err(
-                    at,
-                    format!("{what}: unknown source `ext.{n}` (not in gateway.toml `[sources]`)"),
+                    r.at,
+                    format!(
+                        "{}: unknown source `ext.{}` (not in gateway.toml `[sources]`)",
+                        r.what, r.name
+                    ),
                 )),
                 Some(reads_body) => {
-                    self.reads_body |= *reads_body;
-                    if !sources.iter().any(|s| **s == *n) {
-                        sources.push(Arc::from(n.as_str()));
+                    self.reads.body |= *reads_body;
+                    if !sources.iter().any(|s| **s == *r.name) {
+                        sources.push(Arc::from(r.name.as_str()));
                     }
                 }
             }
         }
-        let reads_body = self.reads_body;
+        sources
+    }
 
-        let body_limit = match &raw.body_limit {
+    fn body_limit(&mut self, fx: &FileCx<'_>, at: &RouteAt, raw: Option<&Spanned<usize>>) -> usize {
+        let limit = match raw {
             Some(l) if *l.get_ref() == 0 || *l.get_ref() > MAX_BODY_LIMIT => {
                 self.errors.push(fx.err(
                     l.span().start,
@@ -874,81 +851,124 @@ impl Loader<'_> {
             Some(l) => *l.get_ref(),
             None => MAX_BODY_LIMIT,
         };
-        if raw.body_limit.is_some() && !reads_body {
+        if raw.is_some() && !self.reads.body {
             self.errors.push(fx.err(
-                route_start,
-                format!("route `{name}` sets `body_limit` but no expression reads `body`"),
+                at.start,
+                format!(
+                    "route `{}` sets `body_limit` but no expression reads `body`",
+                    at.name
+                ),
             ));
         }
+        limit
+    }
 
-        // A host the index can never see would leave that host to the host-less routes:
-        // fail open. Only a host as requests are matched on (no port, no trailing dot,
-        // IPv6 without brackets) loads.
-        let host = raw.host.as_ref().map(|h| h.to_ascii_lowercase());
-        if let Some(h) = &host {
-            let written = if h.contains(':') && !h.starts_with('[') {
-                format!("[{h}]")
-            } else {
-                h.clone()
-            };
-            match crate::admission::host::parse_authority(&written) {
-                Ok(a) if a.host == *h || format!("[{}]", a.host) == *h => {}
-                Ok(a) => self.errors.push(fx.err(
-                    route_start,
-                    format!("route `{name}`: host `{h}` never matches: hosts are matched without port and trailing dot; write `{}`", a.host),
-                )),
-                Err(e) => self.errors.push(fx.err(
-                    route_start,
-                    format!("route `{name}`: `{h}` is not a host name ({e})"),
-                )),
-            }
+    /// The route's host as requests are matched on it. A host the index can never see would
+    /// leave that host to the host-less routes (fail open), so only a host without port and
+    /// trailing dot (IPv6 without brackets) loads.
+    fn host(&mut self, fx: &FileCx<'_>, at: &RouteAt, raw: Option<&str>) -> Option<String> {
+        let h = raw?.to_ascii_lowercase();
+        let written = if h.contains(':') && !h.starts_with('[') {
+            format!("[{h}]")
+        } else {
+            h.clone()
+        };
+        let name = &at.name;
+        match crate::admission::host::parse_authority(&written) {
+            Ok(a) if a.host == h || format!("[{}]", a.host) == h => {}
+            Ok(a) => self.errors.push(fx.err(
+                at.start,
+                format!("route `{name}`: host `{h}` never matches: hosts are matched without port and trailing dot; write `{}`", a.host),
+            )),
+            Err(e) => self.errors.push(fx.err(
+                at.start,
+                format!("route `{name}`: `{h}` is not a host name ({e})"),
+            )),
         }
-        let host = host.map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string());
+        Some(h.trim_start_matches('[').trim_end_matches(']').to_string())
+    }
+
+    fn index_path(
+        &mut self,
+        fx: &FileCx<'_>,
+        at: &RouteAt,
+        host: Option<&str>,
+        path: &Spanned<String>,
+        methods: Option<Vec<String>>,
+    ) {
         self.path_locations
-            .push(fx.err(raw.path.span().start, String::new()));
-        if let Err(m) = self.index.insert(
-            host.as_deref(),
-            raw.path.get_ref(),
-            methods.clone(),
-            self.routes.len(),
-        ) {
+            .push(fx.err(path.span().start, String::new()));
+        if let Err(m) = self
+            .index
+            .insert(host, path.get_ref(), methods, self.routes.len())
+        {
             self.errors
-                .push(fx.err(raw.path.span().start, format!("route `{name}`: {m}")));
+                .push(fx.err(path.span().start, format!("route `{}`: {m}", at.name)));
         }
+    }
 
-        if raw.auth == AuthMode::None && self.reads_claims {
+    fn route_warnings(
+        &mut self,
+        fx: &FileCx<'_>,
+        at: &RouteAt,
+        auth: AuthMode,
+        path: &Spanned<String>,
+    ) {
+        let name = &at.name;
+        if auth == AuthMode::None && self.reads.claims {
             self.warnings.push(fx.err(
-                route_start,
+                at.start,
                 format!("route `{name}` has `auth = \"none\"` but reads `claims` or `token`, which are always empty there"),
             ));
         }
-        if let Some(w) = unreachable_path(raw.path.get_ref()) {
+        if let Some(w) = unreachable_path(path.get_ref()) {
             self.warnings.push(fx.err(
-                raw.path.span().start,
+                path.span().start,
                 format!("route `{name}` can never match: {w}"),
             ));
         }
-        if self.errors.len() > before {
+    }
+}
+
+/// The route being loaded, for messages: its name and where it starts.
+struct RouteAt {
+    name: String,
+    start: usize,
+}
+
+/// A cycle among attributes that read each other (`a -> b -> a`), with where its first
+/// attribute is written; `deps` is (attribute, attributes it reads, where it is written).
+fn attr_cycle(deps: &[(String, Vec<String>, usize)]) -> Option<(Vec<String>, usize)> {
+    fn visit<'d>(
+        n: &'d str,
+        deps: &'d [(String, Vec<String>, usize)],
+        path: &mut Vec<&'d str>,
+        done: &mut HashSet<&'d str>,
+    ) -> Option<Vec<String>> {
+        if done.contains(n) {
             return None;
         }
-        Some(Route {
-            name: Arc::from(name.as_str()),
-            file: fx.path.to_path_buf(),
-            host,
-            path: raw.path.into_inner(),
-            methods,
-            auth: raw.auth,
-            issuers,
-            upstream,
-            upstream_select,
-            rules,
-            attrs,
-            reads_body,
-            body_limit,
-            forward,
-            sources,
-        })
+        if let Some(i) = path.iter().position(|p| *p == n) {
+            let mut cycle: Vec<String> = path[i..].iter().map(|s| s.to_string()).collect();
+            cycle.push(n.to_string());
+            return Some(cycle);
+        }
+        path.push(n);
+        if let Some((_, reads, _)) = deps.iter().find(|(d, _, _)| d == n) {
+            for r in reads {
+                if let Some(c) = visit(r, deps, path, done) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        done.insert(n);
+        None
     }
+    let mut done = HashSet::new();
+    deps.iter().find_map(|(name, _, start)| {
+        visit(name, deps, &mut Vec::new(), &mut done).map(|c| (c, *start))
+    })
 }
 
 fn auth_name(a: AuthMode) -> &'static str {
@@ -966,4 +986,126 @@ fn enforced(r: &Route) -> usize {
 /// Weaker authentication, or the same with fewer enforced rules.
 fn less_protected(weak: &Route, strong: &Route) -> bool {
     weak.protection() < strong.protection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> LoadContext {
+        LoadContext {
+            issuers: vec!["test".into()],
+            upstreams: vec!["main".into()],
+            default_upstream: Some("main".into()),
+            sources: BTreeMap::from([("balance".to_string(), false)]),
+            ..Default::default()
+        }
+    }
+
+    fn load(files: &[(&str, &str)]) -> Result<PolicySet, Vec<String>> {
+        let sources: Vec<(PathBuf, String)> = files
+            .iter()
+            .map(|(p, s)| (PathBuf::from(p), s.to_string()))
+            .collect();
+        PolicySet::from_sources(&sources, &ctx())
+            .map_err(|e| e.iter().map(|e| e.to_string()).collect())
+    }
+
+    fn route(rule: &str) -> String {
+        format!("[[route]]\nname = \"r\"\npath = \"/r\"\n[[route.rule]]\nname = \"x\"\n{rule}\n")
+    }
+
+    fn errors(rule: &str) -> Vec<String> {
+        match load(&[("a.toml", &route(rule))]) {
+            Ok(_) => Vec::new(),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn names_inside_string_literals_are_text() {
+        assert_eq!(
+            errors(r#"allow_if = "claims.note != 'see ext.docs and attr.tier'""#),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn undeclared_members_are_located_errors() {
+        let e = errors(r#"allow_if = "attr.tier == 'gold'""#);
+        assert!(e[0].starts_with("a.toml:6:"), "{e:?}");
+        assert!(e[0].contains("unknown attribute `attr.tier`"), "{e:?}");
+        let e = errors(r#"allow_if = "ext.ledger.ok""#);
+        assert!(e[0].contains("unknown source `ext.ledger`"), "{e:?}");
+        let e = errors(r#"allow_if = "size(ext) > 0""#);
+        assert!(e[0].contains("read `ext` by name"), "{e:?}");
+        let e = errors(r#"allow_if = "claimz.a""#);
+        assert!(e[0].contains("unknown variable `claimz`"), "{e:?}");
+    }
+
+    #[test]
+    fn a_declared_source_is_fetched_for_the_route() {
+        let set = load(&[("a.toml", &route(r#"allow_if = "has(ext.balance)""#))]).unwrap();
+        assert_eq!(set.routes[0].sources, [Arc::from("balance")]);
+    }
+
+    #[test]
+    fn every_error_of_every_file_is_reported_in_one_pass() {
+        let e = load(&[
+            ("a.toml", &route(r#"allow_if = "claims.a ==""#)),
+            (
+                "b.toml",
+                "[[route]]\nname = \"r\"\npath = \"/b\"\nupstream = \"nowhere\"\n",
+            ),
+        ])
+        .unwrap_err();
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("a.toml") && m.contains("syntax error")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("b.toml") && m.contains("route name `r` is already used")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("b.toml") && m.contains("unknown upstream `nowhere`")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn attributes_that_read_each_other_in_a_cycle_do_not_load() {
+        let src = "[[route]]\nname = \"r\"\npath = \"/r\"\n[route.attr]\na = \"attr.b + 1\"\nb = \"attr.a + 1\"\n";
+        let e = load(&[("a.toml", src)]).unwrap_err();
+        assert!(e[0].contains("cycle: a -> b -> a"), "{e:?}");
+    }
+
+    #[test]
+    fn a_body_limit_needs_a_rule_that_reads_the_body() {
+        let src = "[[route]]\nname = \"r\"\npath = \"/r\"\nbody_limit = 10\n";
+        let e = load(&[("a.toml", src)]).unwrap_err();
+        assert!(e[0].contains("no expression reads `body`"), "{e:?}");
+        let src = "[[route]]\nname = \"r\"\npath = \"/r\"\nbody_limit = 10\n[[route.rule]]\nname = \"x\"\nallow_if = \"body.n < 3\"\n";
+        let set = load(&[("a.toml", src)]).unwrap();
+        assert!(set.routes[0].reads_body);
+        assert_eq!(set.routes[0].body_limit, 10);
+    }
+
+    #[test]
+    fn expressions_of_the_token_alone_are_remembered_per_token() {
+        let src = "[[route]]\nname = \"r\"\npath = \"/r\"\n[[route.rule]]\nname = \"a\"\nallow_if = \"claims.n > 1\"\n[[route.rule]]\nname = \"b\"\nallow_if = \"request.path == '/r'\"\n";
+        let set = load(&[("a.toml", src)]).unwrap();
+        let memo: Vec<_> = set.routes[0]
+            .rules
+            .iter()
+            .map(|r| match &r.condition {
+                Condition::AllowIf(e) | Condition::DenyIf(e) => e.memo,
+            })
+            .collect();
+        assert_eq!(memo, [Some(0), None]);
+        assert_eq!(set.memo_slots, 1);
+    }
 }

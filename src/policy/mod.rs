@@ -1,5 +1,6 @@
 //! Policies: routes and their rules, loaded from `rules/*.toml` and compiled once.
 
+pub mod activation;
 pub mod analysis;
 pub mod cel;
 pub mod decision;
@@ -7,8 +8,11 @@ pub mod eval;
 pub mod functions;
 pub mod load;
 pub mod native;
+mod raw;
+pub mod references;
 pub mod route;
 pub mod trace;
+pub mod variable;
 
 use crate::config::AuthMode;
 use ::cel::Program;
@@ -20,6 +24,7 @@ pub use cel::CelRuntime;
 pub use decision::{AuditDenial, Decision, Denial, DenyReason, Outcome};
 pub use load::{EvalBudget, LoadContext, PolicySet};
 pub use trace::Trace;
+pub use variable::Variable;
 
 /// Whether a failing rule denies or is only recorded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]

@@ -409,8 +409,9 @@ fn same_kind(a: V<'_>, b: V<'_>) -> bool {
 mod tests {
     use super::*;
     use crate::auth::VerifiedToken;
-    use crate::facts::{Activation, Body, Inputs, RequestFacts};
+    use crate::facts::{Body, RequestFacts};
     use crate::geo::GeoResolver;
+    use crate::policy::activation::{Activation, Inputs};
     use crate::policy::CelRuntime;
     use chrono::Utc;
     use http::HeaderValue;

@@ -5,9 +5,11 @@
 use super::settings::{FailMode, SourceConfig};
 use super::template::{self, Escape, Template};
 use crate::config::Config;
-use crate::facts::Activation;
 use crate::location::{line_col, offset_in_string_value, SourceError};
+use crate::policy::activation::Activation;
+use crate::policy::references::References;
 use crate::policy::CelRuntime;
+use crate::policy::Variable;
 use ::cel::Value;
 use http::{HeaderName, HeaderValue, Method};
 use sha2::{Digest, Sha256};
@@ -17,8 +19,6 @@ use toml::Spanned;
 
 /// What a template hole may read: the request and its token, never other sources or derived
 /// attributes (those may read sources themselves).
-const TEMPLATE_VARIABLES: &[&str] = &["claims", "token", "request", "now", "geo", "body"];
-
 /// One source, ready to render requests.
 #[derive(Debug)]
 pub struct SourceSpec {
@@ -204,24 +204,25 @@ impl Compiler<'_> {
             };
             match self.cel.compile(expr) {
                 Ok(p) => {
-                    let vars = crate::policy::analysis::free_variables(p.expression());
-                    let bad: Vec<&str> = vars
+                    let refs = References::of(p.expression());
+                    let bad = refs
+                        .variables
                         .iter()
-                        .copied()
-                        .filter(|v| !TEMPLATE_VARIABLES.contains(v))
-                        .collect();
-                    if let Some(v) = bad.first() {
+                        .find(|v| !v.in_templates())
+                        .map(|v| v.name().to_string())
+                        .or_else(|| refs.unknown.first().cloned());
+                    if let Some(v) = bad {
                         self.err(
                             t,
                             *offset,
                             format!(
                                 "`{field}`: a template may not read `{v}` (it may read {})",
-                                TEMPLATE_VARIABLES.join(", ")
+                                Variable::list(Variable::in_templates)
                             ),
                         );
                         ok = false;
                     }
-                    if vars.contains("body") {
+                    if refs.reads(Variable::Body) {
                         self.reads_body = true;
                     }
                     programs.push(p);

@@ -5,7 +5,7 @@
 //! percent-encoded as one path segment or query value, so a claim can never add a `/`, `?`
 //! or `#` to the request the gateway sends.
 
-use crate::facts::Activation;
+use crate::policy::activation::Activation;
 use crate::policy::cel::to_header_text;
 use ::cel::{Program, Value};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};

@@ -9,7 +9,7 @@ use std::path::Path;
 fn every_repository_policy_case_passes_in_process() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // Paths in gateway.toml are relative to it, as the binary resolves them.
-    let snapshot = claimgate::server::load_for_tools(&root.join("gateway.toml"), false)
+    let snapshot = claimgate::load::for_tools(&root.join("gateway.toml"), false)
         .unwrap_or_else(|e| panic!("the repository configuration does not load:\n{e}"));
     let files = claimgate::cases::collect_files(&[root.join("rules/tests")]).unwrap();
     assert!(!files.is_empty());

@@ -1,0 +1,241 @@
+//! Files -> [`Snapshot`]: the one loader. It reads the configuration, the rules files, the keys
+//! and the geo database listed by [`Inputs`], and nothing else, and returns every error found,
+//! each with its location. The proxy, reload and the CLI all load through here.
+
+use crate::auth::remote::RemoteRegistry;
+use crate::auth::IssuerSet;
+use crate::config::Config;
+use crate::engine::{strip_headers, Snapshot};
+use crate::geo::GeoResolver;
+use crate::inputs::{Found, Inputs};
+use crate::location::{SourceError, SourceErrors};
+use crate::policy::analysis::InputBounds;
+use crate::policy::{EvalBudget, LoadContext, PolicySet};
+use crate::sources::SourceSet;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A snapshot and the inputs it was read from.
+pub struct Loaded {
+    pub snapshot: Snapshot,
+    pub inputs: Inputs,
+}
+
+/// Loads everything a snapshot needs from the configuration at `path`: every error at once.
+pub fn load(path: &Path, remote: &RemoteRegistry) -> Result<Loaded, SourceErrors> {
+    let found = Inputs::find(path);
+    let snapshot = build(found.config?, &found.inputs, remote)?;
+    Ok(Loaded {
+        snapshot,
+        inputs: found.inputs,
+    })
+}
+
+/// Builds a snapshot from a configuration found with its inputs ([`Inputs::find`]).
+pub fn build_found(found: &Found, remote: &RemoteRegistry) -> Result<Snapshot, SourceErrors> {
+    match &found.config {
+        Ok(c) => build(c.clone(), &found.inputs, remote),
+        Err(e) => Err(SourceErrors(e.0.clone())),
+    }
+}
+
+/// Loads keys, sources, policies and the geo database for `config`, reading the rules files
+/// `inputs` lists.
+pub fn build(
+    config: Config,
+    inputs: &Inputs,
+    remote: &RemoteRegistry,
+) -> Result<Snapshot, SourceErrors> {
+    let config = Arc::new(config);
+    let issuers = IssuerSet::load(&config, remote);
+    let sources = SourceSet::compile(&config);
+    let ctx = load_context(&config, sources.as_ref().unwrap_or(&SourceSet::default()));
+    // The listing is taken again only to report an unreadable directory; the files read are
+    // the ones `inputs` lists.
+    let policy = PolicySet::files_in(&config.rules_dir)
+        .map_err(|e| vec![e])
+        .and_then(|_| PolicySet::load_files(&inputs.rules, &ctx));
+    let geo = load_geo(&config);
+    let strip = strip_headers(&config);
+    match (issuers, policy, geo, sources, strip) {
+        (Ok(i), Ok(p), Ok(g), Ok(s), Ok(_)) => {
+            for w in &p.warnings {
+                tracing::warn!(warning = %w, "policy warning");
+            }
+            Ok(Snapshot::new(
+                config,
+                Arc::new(i),
+                Arc::new(p),
+                Arc::new(g),
+                Arc::new(s),
+            ))
+        }
+        (i, p, g, s, strip) => {
+            let mut errors = strip.err().unwrap_or_default();
+            errors.extend(i.err().unwrap_or_default());
+            errors.extend(s.err().unwrap_or_default());
+            errors.extend(p.err().unwrap_or_default());
+            errors.extend(g.err());
+            Err(SourceErrors(errors))
+        }
+    }
+}
+
+/// Loads a snapshot for the offline tools (`check`, `eval`, `test`); with `fetch_keys`,
+/// remote keys are fetched once so tokens of JWKS issuers can be verified.
+pub fn for_tools(path: &Path, fetch_keys: bool) -> Result<Snapshot, SourceErrors> {
+    let remote = RemoteRegistry::default();
+    let snapshot = load(path, &remote)?.snapshot;
+    if fetch_keys {
+        initial_key_fetch(&snapshot);
+    }
+    Ok(snapshot)
+}
+
+/// Fetches every issuer's remote keys once, each within its own timeout. Failures are logged;
+/// the gateway then starts not ready and keeps retrying in the background.
+pub fn initial_key_fetch(snapshot: &Snapshot) {
+    let remotes = snapshot.issuers.remotes();
+    if remotes.is_empty() {
+        return;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot fetch keys at startup");
+            return;
+        }
+    };
+    rt.block_on(async {
+        for r in remotes {
+            if let Err(e) = r.refresh().await {
+                tracing::error!(
+                    issuer = %r.issuer,
+                    url = r.url(),
+                    error = %e,
+                    "cannot fetch the issuer's keys at startup; its tokens are rejected until a fetch succeeds"
+                );
+            }
+        }
+    });
+}
+
+fn load_geo(config: &Config) -> Result<GeoResolver, SourceError> {
+    let g = &config.raw.geo;
+    let trusted: Vec<String> = config
+        .raw
+        .network
+        .trusted_proxies
+        .iter()
+        .map(|t| t.get_ref().clone())
+        .collect();
+    let mmdb = g.mmdb.as_ref().map(|p| config.resolve(p.get_ref()));
+    GeoResolver::new(
+        mmdb.as_deref(),
+        g.country_header.as_ref().map(|h| h.get_ref().as_str()),
+        &trusted,
+    )
+    .map_err(|e| {
+        let span = match (&e, &g.mmdb, &g.country_header) {
+            (crate::geo::GeoError::Database { .. }, Some(p), _) => p.span(),
+            (crate::geo::GeoError::BadHeader(_), _, Some(h)) => h.span(),
+            _ => 0..0,
+        };
+        config.error_at(span, e.to_string())
+    })
+}
+
+/// The names policies may refer to.
+pub fn load_context(config: &Config, sources: &SourceSet) -> LoadContext {
+    LoadContext {
+        issuers: config.raw.issuers.keys().cloned().collect(),
+        upstreams: config.raw.upstreams.keys().cloned().collect(),
+        default_upstream: config.default_upstream().map(str::to_string),
+        sources: sources
+            .iter()
+            .map(|s| (s.name.to_string(), s.reads_body))
+            .collect(),
+        eval: eval_budget(config, sources),
+    }
+}
+
+/// The input sizes the limits allow, for the load-time evaluation budget.
+fn eval_budget(config: &Config, sources: &SourceSet) -> EvalBudget {
+    let limits = &config.raw.limits;
+    let largest_source = sources
+        .iter()
+        .map(|s| s.settings.max_response_bytes)
+        .max()
+        .unwrap_or(1);
+    EvalBudget {
+        bounds: InputBounds::from_bytes(
+            limits.max_token_bytes.min(limits.max_claims_bytes),
+            crate::policy::MAX_BODY_LIMIT,
+            limits.max_header_bytes,
+            largest_source,
+        ),
+        max_steps: limits.max_eval_steps,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::inputs::Inputs;
+    use crate::testing::Workspace;
+
+    const OPEN: &str = "[[route]]\nname = \"open\"\npath = \"/*\"\nauth = \"none\"\n";
+
+    #[test]
+    fn the_inputs_are_exactly_the_files_read() {
+        let ws = Workspace::new(&[("b.toml", OPEN), ("a.toml", "")]);
+        ws.write("rules/notes.md", "not a rules file");
+        let loaded = ws.load();
+        let i = &loaded.inputs;
+        assert_eq!(i.config, ws.path("gateway.toml"));
+        assert_eq!(i.rules, [ws.path("rules/a.toml"), ws.path("rules/b.toml")]);
+        assert_eq!(i.keys, [ws.path("secret")]);
+        assert_eq!(loaded.snapshot.policy.files, i.rules);
+        let files: Vec<_> = i.files().collect();
+        assert_eq!(files.len(), 4);
+        assert!(i.watch_dirs().contains(&ws.path("rules")));
+    }
+
+    #[test]
+    fn errors_from_every_input_come_back_together() {
+        let ws = Workspace::new(&[("a.toml", "[[route]]\nname = 1\n")]);
+        std::fs::remove_file(ws.path("secret")).unwrap();
+        let e = super::load(&ws.path("gateway.toml"), &Default::default())
+            .err()
+            .expect("must fail");
+        let text = e.to_string();
+        assert!(text.contains("gateway.toml:"), "{text}");
+        assert!(text.contains("a.toml:2:"), "{text}");
+    }
+
+    #[test]
+    fn a_write_changes_the_hash_and_the_identities() {
+        let ws = Workspace::new(&[("a.toml", OPEN)]);
+        let before = Inputs::find(&ws.path("gateway.toml")).inputs;
+        assert_eq!(before, Inputs::find(&ws.path("gateway.toml")).inputs);
+        let hash = before.content_hash();
+        ws.write("rules/a.toml", &format!("{OPEN}\n# edited, longer\n"));
+        let after = Inputs::find(&ws.path("gateway.toml")).inputs;
+        assert_ne!(before, after);
+        assert_ne!(hash, after.content_hash());
+        // A new rules file is a new input.
+        ws.write("rules/b.toml", "");
+        assert_eq!(Inputs::find(&ws.path("gateway.toml")).inputs.rules.len(), 2);
+    }
+
+    #[test]
+    fn a_configuration_that_does_not_parse_is_its_only_input() {
+        let ws = Workspace::new(&[]);
+        ws.write("gateway.toml", "[listen\n");
+        let found = Inputs::find(&ws.path("gateway.toml"));
+        assert!(found.config.is_err());
+        assert_eq!(found.inputs.files().count(), 1);
+    }
+}

@@ -1,0 +1,221 @@
+//! What an expression reads, from its syntax tree: the variables, the members of `attr` and
+//! `ext` read by name, and any name that is not a variable. Never from the expression's text, so
+//! `'see ext.docs'` in a string literal reads nothing.
+
+use super::variable::Variable;
+use cel::common::ast::{EntryExpr, Expr, IdedEntryExpr, LiteralValue};
+use cel::IdedExpr;
+use std::collections::BTreeSet;
+
+/// The free names an expression reads: identifiers not bound by an enclosing comprehension
+/// (`claims.roles.exists(r, r == 'admin')` reads `claims`, not `r`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct References {
+    /// The variables read.
+    pub variables: BTreeSet<Variable>,
+    /// Free names that are no variable (an error in a condition).
+    pub unknown: BTreeSet<String>,
+    /// Members read by name from variables with [`Variable::named_members`]: `attr.total`,
+    /// `has(ext.limits)`, `ext['limits']`.
+    pub members: BTreeSet<(Variable, String)>,
+    /// Variables with named members that are also read whole (`ext`, `ext[k]`): what is read
+    /// cannot be checked.
+    pub whole: BTreeSet<Variable>,
+}
+
+impl References {
+    pub fn of(e: &IdedExpr) -> References {
+        let mut out = References::default();
+        out.walk(e, &mut Vec::new());
+        out
+    }
+
+    pub fn reads(&self, v: Variable) -> bool {
+        self.variables.contains(&v)
+    }
+
+    /// The names read from `v` as `v.NAME`.
+    pub fn members_of(&self, v: Variable) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(move |(var, _)| *var == v)
+            .map(|(_, n)| n.as_str())
+    }
+
+    /// Reads something, and only variables that are the same for every request with the same
+    /// token.
+    pub fn per_token_only(&self) -> bool {
+        !self.variables.is_empty()
+            && self.unknown.is_empty()
+            && self.variables.iter().all(|v| v.per_token())
+    }
+
+    /// `name` as a free variable: known, or recorded as unknown.
+    fn free<'a>(&mut self, name: &'a str, bound: &[&'a str]) -> Option<Variable> {
+        if bound.contains(&name) {
+            return None;
+        }
+        match Variable::parse(name) {
+            Some(v) => {
+                self.variables.insert(v);
+                Some(v)
+            }
+            None => {
+                self.unknown.insert(name.to_string());
+                None
+            }
+        }
+    }
+
+    /// `v.NAME` or `v['NAME']` read from a free variable with named members.
+    fn member<'a>(&mut self, operand: &'a IdedExpr, name: &str, bound: &[&'a str]) -> bool {
+        let Expr::Ident(var) = &operand.expr else {
+            return false;
+        };
+        match self.free(var, bound) {
+            Some(v) if v.named_members() => {
+                self.members.insert((v, name.to_string()));
+                true
+            }
+            // Another variable's member, or a bound or unknown name: recorded by `free`.
+            _ => true,
+        }
+    }
+
+    fn walk<'a>(&mut self, e: &'a IdedExpr, bound: &mut Vec<&'a str>) {
+        match &e.expr {
+            Expr::Ident(name) => {
+                if let Some(v) = self.free(name, bound) {
+                    if v.named_members() {
+                        self.whole.insert(v);
+                    }
+                }
+            }
+            Expr::Select(s) => {
+                if !self.member(&s.operand, &s.field, bound) {
+                    self.walk(&s.operand, bound);
+                }
+            }
+            Expr::Call(c) => {
+                if let (true, [operand, key]) = (c.func_name == "_[_]", c.args.as_slice()) {
+                    if let Expr::Literal(LiteralValue::String(k)) = &key.expr {
+                        if self.member(operand, k, bound) {
+                            return;
+                        }
+                    }
+                }
+                if let Some(t) = &c.target {
+                    self.walk(t, bound);
+                }
+                for a in &c.args {
+                    self.walk(a, bound);
+                }
+            }
+            Expr::List(l) => {
+                for x in &l.elements {
+                    self.walk(x, bound);
+                }
+            }
+            Expr::Map(m) => self.entries(&m.entries, bound),
+            Expr::Struct(s) => self.entries(&s.entries, bound),
+            Expr::Comprehension(c) => {
+                // The range and the initial accumulator are evaluated outside the loop's scope.
+                self.walk(&c.iter_range, bound);
+                self.walk(&c.accu_init, bound);
+                let depth = bound.len();
+                bound.push(c.iter_var.as_str());
+                if let Some(v2) = &c.iter_var2 {
+                    bound.push(v2.as_str());
+                }
+                bound.push(c.accu_var.as_str());
+                self.walk(&c.loop_cond, bound);
+                self.walk(&c.loop_step, bound);
+                self.walk(&c.result, bound);
+                bound.truncate(depth);
+            }
+            Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+
+    fn entries<'a>(&mut self, entries: &'a [IdedEntryExpr], bound: &mut Vec<&'a str>) {
+        for en in entries {
+            match &en.expr {
+                EntryExpr::MapEntry(m) => {
+                    self.walk(&m.key, bound);
+                    self.walk(&m.value, bound);
+                }
+                EntryExpr::StructField(f) => self.walk(&f.value, bound),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(src: &str) -> References {
+        References::of(cel::Program::compile(src).unwrap().expression())
+    }
+
+    fn vars(src: &str) -> Vec<&'static str> {
+        refs(src)
+            .variables
+            .into_iter()
+            .map(Variable::name)
+            .collect()
+    }
+
+    #[test]
+    fn comprehension_variables_are_not_free() {
+        assert_eq!(vars("claims.roles.exists(r, r == 'admin')"), ["claims"]);
+        assert_eq!(
+            vars("body.items.all(i, i.amount <= claims.limit)"),
+            ["claims", "body"]
+        );
+        let r = refs("[1, 2].map(x, x * y)");
+        assert!(r.variables.is_empty());
+        assert_eq!(r.unknown, BTreeSet::from(["y".to_string()]));
+        // A name bound in one loop is free outside it.
+        assert_eq!(
+            refs("[1].exists(x, x == 1) && x == 2").unknown,
+            BTreeSet::from(["x".to_string()])
+        );
+    }
+
+    #[test]
+    fn named_members_come_from_the_tree_not_the_text() {
+        let r = refs("ext.balance.amount > 0 && has(ext.limits) && attr['tier'] == 'gold'");
+        let members: Vec<_> = r
+            .members
+            .iter()
+            .map(|(v, n)| (v.name(), n.as_str()))
+            .collect();
+        assert_eq!(
+            members,
+            [("attr", "tier"), ("ext", "balance"), ("ext", "limits")]
+        );
+        assert!(r.whole.is_empty());
+        // Inside a string literal, `ext.` and `attr.` are text.
+        let r = refs("claims.note == 'see ext.docs and attr.x'");
+        assert!(r.members.is_empty());
+        assert_eq!(vars("claims.note == 'see ext.docs'"), ["claims"]);
+        // A loop variable named like a member is not one.
+        let r = refs("claims.xs.exists(ext, ext.a == 1)");
+        assert!(r.members.is_empty() && !r.reads(Variable::Ext));
+    }
+
+    #[test]
+    fn reading_a_named_member_variable_whole_is_recorded() {
+        assert!(refs("size(ext) > 0").whole.contains(&Variable::Ext));
+        assert!(refs("attr[claims.k] == 1").whole.contains(&Variable::Attr));
+        assert!(refs("claims.a.b == 1").whole.is_empty());
+    }
+
+    #[test]
+    fn token_only_expressions() {
+        assert!(refs("claims.a == token.alg").per_token_only());
+        assert!(!refs("claims.a == request.path").per_token_only());
+        assert!(!refs("1 == 1").per_token_only());
+    }
+}
