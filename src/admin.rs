@@ -55,16 +55,29 @@ impl ServeHttp for AdminApp {
                 let snap = self.state.load();
                 let view = self.status.view();
                 let now = crate::sync::unix_seconds(SystemTime::now());
-                let keys_age = now.saturating_sub(view.loaded_at);
+                let loaded_age = now.saturating_sub(view.loaded_at);
                 let issuers: Vec<_> = snap
                     .issuers
                     .iter()
                     .map(|i| {
+                        let fetched: Vec<_> = i.remote.iter().map(|r| r.status()).collect();
+                        // Fetched keys are as old as their last successful fetch (the oldest
+                        // source decides; `null` before the first); keys from files and secrets
+                        // as old as the load that read them.
+                        let keys_age = if fetched.is_empty() {
+                            Some(loaded_age)
+                        } else {
+                            fetched
+                                .iter()
+                                .map(|f| f.age_seconds)
+                                .collect::<Option<Vec<u64>>>()
+                                .and_then(|ages| ages.into_iter().max())
+                        };
                         serde_json::json!({
                             "name": &*i.name,
                             "iss": i.iss,
                             "keys_age_seconds": keys_age,
-                            "fetched": i.remote.iter().map(|r| r.status()).collect::<Vec<_>>(),
+                            "fetched": fetched,
                             "keys": i.keys.iter().map(|k| serde_json::json!({
                                 "kid": k.kid, "alg": format!("{:?}", k.alg)
                             })).collect::<Vec<_>>(),

@@ -141,9 +141,16 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// Runs every case of `file`. A file that does not parse, or names things the configuration
-/// does not have, is an error with its location.
-pub fn run_file(snapshot: &Snapshot, file: &Path) -> Result<Vec<CaseReport>, Vec<SourceError>> {
+/// What running one file gave: a report for every case that could run, and an error (with its
+/// location) for every case that could not. One broken case never hides the others.
+#[derive(Debug, Default)]
+pub struct FileRun {
+    pub reports: Vec<CaseReport>,
+    pub errors: Vec<SourceError>,
+}
+
+/// Runs every case of `file`. A file that cannot be read or parsed is an error.
+pub fn run_file(snapshot: &Snapshot, file: &Path) -> Result<FileRun, Vec<SourceError>> {
     let src = std::fs::read_to_string(file)
         .map_err(|e| vec![SourceError::whole_file(file, format!("cannot read: {e}"))])?;
     let parsed: TestFile =
@@ -174,11 +181,7 @@ pub fn run_file(snapshot: &Snapshot, file: &Path) -> Result<Vec<CaseReport>, Vec
             Err(msg) => errors.push(at(format!("case `{}`: {msg}", case.name))),
         }
     }
-    if errors.is_empty() {
-        Ok(reports)
-    } else {
-        Err(errors)
-    }
+    Ok(FileRun { reports, errors })
 }
 
 type Prepared = (

@@ -399,9 +399,14 @@ pub struct IssuerConfig {
     pub audiences: Vec<String>,
     /// Algorithms accepted from this issuer, e.g. `["RS256"]`.
     pub algorithms: Vec<Spanned<String>>,
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
+    /// Accepted values of the token's `typ` header, e.g. `["at+jwt"]` to accept only RFC 9068
+    /// access tokens (an ID token, `JWT`, is then refused). Empty (the default): any `typ`, or
+    /// none.
+    #[serde(default)]
+    pub types: Vec<String>,
     /// Where the verification keys come from.
     pub keys: Vec<Spanned<KeySource>>,
     /// Refresh interval for `jwks_url` / `discovery_url` keys, unless the response's
@@ -458,6 +463,9 @@ pub struct KeySource {
     pub kind: KeyKind,
     /// Key id for a PEM key or a secret; tokens naming another `kid` do not use it.
     pub kid: Option<String>,
+    /// The one algorithm a PEM key or a secret is used with (RFC 8725 §3.1); keys of a JWKS
+    /// name their own.
+    pub alg: Option<String>,
 }
 
 /// Where keys come from.
@@ -499,6 +507,7 @@ struct RawKeySource {
     secret_env: Option<String>,
     secret_file: Option<PathBuf>,
     kid: Option<String>,
+    alg: Option<String>,
 }
 
 impl TryFrom<RawKeySource> for KeySource {
@@ -525,7 +534,16 @@ impl TryFrom<RawKeySource> for KeySource {
         kinds.extend(r.secret_env.map(KeyKind::SecretEnv));
         kinds.extend(r.secret_file.map(KeyKind::SecretFile));
         match (kinds.pop(), kinds.is_empty()) {
-            (Some(kind), true) => Ok(KeySource { kind, kid: r.kid }),
+            (Some(KeyKind::JwksFile(_) | KeyKind::JwksUrl(_) | KeyKind::DiscoveryUrl(_)), true)
+                if r.alg.is_some() =>
+            {
+                Err("`alg` is for `pem_file` and secrets; the keys of a JWKS name their own `alg`".into())
+            }
+            (Some(kind), true) => Ok(KeySource {
+                kind,
+                kid: r.kid,
+                alg: r.alg,
+            }),
             _ => Err("a key needs exactly one of `pem_file`, `jwks_file`, `jwks_url`, `discovery_url`, `secret_env`, `secret_file`".into()),
         }
     }

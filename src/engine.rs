@@ -388,6 +388,7 @@ impl Snapshot {
             return Err(Rejection {
                 error: TokenError::ClaimsTooDeep,
                 issuer: Some(t.issuer.clone()),
+                retry_after: None,
             });
         }
         Ok(t)
@@ -559,9 +560,9 @@ fn unreachable_unmatched() -> Decision {
 /// The step after a token was rejected: a refetch of keys for an unknown key id, else the
 /// denial.
 fn token_step(route: Option<Arc<str>>, r: Rejection) -> Step {
-    let issuer = (r.error == TokenError::UnknownKey)
-        .then(|| r.issuer.clone())
-        .flatten();
+    // An unknown key id may be a new key; stale keys may have been refreshed meanwhile.
+    let refetch = matches!(r.error, TokenError::UnknownKey | TokenError::KeysStale);
+    let issuer = refetch.then(|| r.issuer.clone()).flatten();
     let otherwise = token_denial(route, r);
     match issuer {
         Some(issuer) => Step::NeedsKeys { issuer, otherwise },
@@ -638,21 +639,24 @@ fn subject(token: Option<&VerifiedToken>) -> Option<Arc<str>> {
 
 fn token_denial(route: Option<Arc<str>>, r: Rejection) -> Decision {
     let e = r.error;
+    let message = if e == TokenError::Missing {
+        "a bearer token is required".into()
+    } else {
+        format!("invalid token: {e}")
+    };
+    let denial = Denial::new(e.status(), DenyReason::Token(e), message);
+    // Keys the gateway cannot refresh are its own problem: 503 with when to try again, and
+    // no challenge that would send the client for a new token.
+    if e == TokenError::KeysStale {
+        return Decision::denied(route, denial.with_retry_after(r.retry_after.unwrap_or(1)));
+    }
     let www = match e.rfc6750_code() {
         None => "Bearer realm=\"claimgate\"".to_string(),
         Some(code) => {
             format!("Bearer realm=\"claimgate\", error=\"{code}\", error_description=\"{e}\"")
         }
     };
-    let message = if e == TokenError::Missing {
-        "a bearer token is required".into()
-    } else {
-        format!("invalid token: {e}")
-    };
-    Decision::denied(
-        route,
-        Denial::new(e.status(), DenyReason::Token(e), message).with_www_authenticate(www),
-    )
+    Decision::denied(route, denial.with_www_authenticate(www))
 }
 
 /// Headers that make some upstreams act on another method or path than the request's

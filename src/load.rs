@@ -59,8 +59,8 @@ pub fn build(
     let strip = strip_headers(&config);
     match (issuers, policy, geo, sources, strip) {
         (Ok(i), Ok(p), Ok(g), Ok(s), Ok(_)) => {
-            for w in &p.warnings {
-                tracing::warn!(warning = %w, "policy warning");
+            for w in i.warnings.iter().chain(&p.warnings) {
+                tracing::warn!(warning = %w, "configuration warning");
             }
             Ok(Snapshot::new(
                 config,
@@ -159,6 +159,10 @@ pub fn load_context(config: &Config, sources: &SourceSet) -> LoadContext {
             .map(|s| (s.name.to_string(), s.reads_body))
             .collect(),
         eval: eval_budget(config, sources),
+        config_file: config
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
     }
 }
 

@@ -95,8 +95,7 @@ async fn respond_json(
     session: &mut Session,
     status: u16,
     body: Vec<u8>,
-    www_authenticate: Option<&str>,
-    allow: Option<&str>,
+    headers: &[(http::HeaderName, String)],
     request_id: &str,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(5))?;
@@ -106,11 +105,8 @@ async fn respond_json(
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    if let Some(w) = www_authenticate {
-        resp.insert_header(http::header::WWW_AUTHENTICATE, w)?;
-    }
-    if let Some(a) = allow {
-        resp.insert_header(http::header::ALLOW, a)?;
+    for (name, value) in headers {
+        resp.insert_header(name.clone(), value.as_str())?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session
@@ -231,8 +227,7 @@ impl ClaimgateProxy {
                     session,
                     denial.status,
                     body,
-                    denial.www_authenticate.as_deref(),
-                    denial.allow.as_deref(),
+                    &denial.headers(),
                     &ctx.request_id,
                 )
                 .await?;
@@ -580,7 +575,7 @@ impl ProxyHttp for ClaimgateProxy {
                 "message": message,
             });
             let body = serde_json::to_vec(&body).unwrap_or_default();
-            if let Err(err) = respond_json(session, code, body, None, None, "").await {
+            if let Err(err) = respond_json(session, code, body, &[], "").await {
                 tracing::debug!(error = %err, "could not send the error response");
             }
         }

@@ -317,6 +317,7 @@ fn count_key_loads(metrics: &Metrics, snapshot: &Snapshot) {
     }
     let sources: Vec<&str> = snapshot.sources.iter().map(|s| &*s.name).collect();
     metrics.declare_sources(&sources);
+    metrics.declare_routes(&snapshot.policy);
 }
 
 /// Whether a file-system event can change the set: a content event (create, write, remove,

@@ -222,8 +222,8 @@ impl Metrics {
         let audit_denials = counter(
             &r,
             "claimgate_audit_denials_total",
-            "Would-be denials of rules in audit mode, by route and rule.",
-            &["route", "rule"],
+            "Would-be denials of rules in audit mode, by route, rule and reason (rule_denied: the rule would deny; policy_error: it could not be evaluated).",
+            &["route", "rule", "reason"],
         )?;
         let decision_seconds = histogram(
             &r,
@@ -329,6 +329,30 @@ impl Metrics {
         }
     }
 
+    /// Gives every route and rule of a policy set its series at zero: requests by decision,
+    /// and for each rule, its denials (enforced rules) or audit denials (audit rules) by
+    /// reason. A new rule shows on dashboards, and in a `grep` of `/metrics`, before its first
+    /// event; a rule that only errors shows as `policy_error`, not as a would-deny.
+    pub fn declare_routes(&self, policy: &crate::policy::PolicySet) {
+        use crate::policy::{DenyReason, Mode};
+        let reasons = [DenyReason::RuleDenied, DenyReason::PolicyError];
+        for route in &policy.routes {
+            let name = &*route.name;
+            for decision in ["allow", "deny"] {
+                self.requests.with_label_values(&[name, decision]);
+            }
+            for rule in &route.rules {
+                let family = match rule.mode {
+                    Mode::Enforce => &self.denials,
+                    Mode::Audit => &self.audit_denials,
+                };
+                for r in reasons {
+                    family.with_label_values(&[name, &rule.name, r.label()]);
+                }
+            }
+        }
+    }
+
     /// Counts one decision; returns the route's series for the rest of the request.
     pub fn record(&self, d: &Decision, took: Duration) -> Arc<RouteMetrics> {
         match d.token_cache {
@@ -358,7 +382,7 @@ impl Metrics {
         }
         for a in &d.audits {
             self.audit_denials
-                .with_label_values(&[route, &a.rule])
+                .with_label_values(&[route, &a.rule, a.reason.label()])
                 .inc();
         }
         rm

@@ -34,7 +34,7 @@ addresses = ["127.0.0.1:3"]
 issuer = "{ISS}"
 audiences = ["{AUD}"]
 algorithms = ["HS256"]
-keys = [{{ secret_file = "secret", kid = "k1" }}]
+keys = [{{ secret_file = "secret", kid = "k1", alg = "HS256" }}]
 "#
             ),
         )

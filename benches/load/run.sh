@@ -137,7 +137,7 @@ addresses = ["$UP"]
 issuer = "https://rs.bench"
 audiences = ["api"]
 algorithms = ["RS256"]
-keys = [{ pem_file = "$KEYS/rsa-public.pem", kid = "rs1" }]
+keys = [{ pem_file = "$KEYS/rsa-public.pem", kid = "rs1", alg = "RS256" }]
 [issuers.ec]
 issuer = "https://ec.bench"
 audiences = ["api"]

@@ -133,7 +133,12 @@ mod tests {
             audiences: vec!["api".into()],
             algorithms: vec![Algorithm::HS256],
             leeway_seconds: 0,
-            keys: KeySet::new(from_secret(SECRET, None, &[Algorithm::HS256]).unwrap()),
+            types: Vec::new(),
+            keys: KeySet::new(vec![
+                from_secret(SECRET, None, None, &[Algorithm::HS256])
+                    .unwrap()
+                    .key,
+            ]),
             remote: Vec::new(),
         })
     }

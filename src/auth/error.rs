@@ -35,6 +35,20 @@ pub enum TokenError {
     ClaimsTooDeep,
     #[error("the token's claims are too large")]
     ClaimsTooLarge,
+    /// RFC 7519 §2 and §4.1.4-6: `exp`, `nbf` and `iat` are NumericDate values, JSON numbers.
+    #[error("the token's `exp`, `nbf` or `iat` is not a number of seconds within range")]
+    InvalidDate,
+    /// RFC 7519 §4.1.6: a token issued after now (beyond the leeway) was not issued yet.
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    /// The issuer's fetched keys are older than `max_staleness_seconds` (or were never
+    /// fetched): the gateway's problem, not the client's token.
+    #[error("the issuer's keys could not be refreshed; try again later")]
+    KeysStale,
+    /// The issuer names the accepted `typ` values (e.g. `at+jwt`, RFC 9068) and the token's
+    /// is another, or missing.
+    #[error("the token's type (`typ`) is not accepted here")]
+    WrongType,
 }
 
 impl TokenError {
@@ -57,22 +71,28 @@ impl TokenError {
             TokenError::WrongAudience => "wrong_audience",
             TokenError::ClaimsTooDeep => "claims_too_deep",
             TokenError::ClaimsTooLarge => "claims_too_large",
+            TokenError::InvalidDate => "invalid_date_claim",
+            TokenError::IssuedInFuture => "issued_in_future",
+            TokenError::KeysStale => "keys_stale",
+            TokenError::WrongType => "wrong_token_type",
         }
     }
 
     /// RFC 6750 error code: `None` when the request carried no credentials at all.
     pub fn rfc6750_code(self) -> Option<&'static str> {
         match self {
-            TokenError::Missing => None,
+            TokenError::Missing | TokenError::KeysStale => None,
             TokenError::MultipleAuthorization => Some("invalid_request"),
             _ => Some("invalid_token"),
         }
     }
 
-    /// HTTP status: 400 for a request that is malformed as a request, 401 otherwise.
+    /// HTTP status: 400 for a request that is malformed as a request, 503 when the gateway
+    /// cannot verify for want of current keys, 401 otherwise.
     pub fn status(self) -> u16 {
         match self {
             TokenError::MultipleAuthorization => 400,
+            TokenError::KeysStale => 503,
             _ => 401,
         }
     }

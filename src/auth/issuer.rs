@@ -17,6 +17,8 @@ pub struct Issuer {
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
     pub leeway_seconds: u64,
+    /// Accepted `typ` header values, lower-case without `application/` (empty: any, or none).
+    pub types: Vec<String>,
     /// Keys from files and secrets, loaded with the configuration.
     pub keys: KeySet,
     /// Keys fetched from the identity provider, refreshed in the background.
@@ -38,19 +40,45 @@ impl Issuer {
         kid: Option<&str>,
         alg: Algorithm,
         f: impl FnOnce(&VerifyKey) -> R,
-    ) -> Option<R> {
+    ) -> Result<R, KeyMiss> {
         if let Some(k) = self.keys.find(kid, alg) {
-            return Some(f(k));
+            return Ok(f(k));
         }
+        let mut stale = None;
         for r in &self.remote {
-            if let Some(set) = r.current() {
-                if let Some(k) = set.find(kid, alg) {
-                    return Some(f(k));
+            match r.current() {
+                Some(set) => {
+                    if let Some(k) = set.find(kid, alg) {
+                        return Ok(f(k));
+                    }
                 }
+                None => stale = Some(r.retry_after_seconds()),
             }
         }
-        None
+        Err(match stale {
+            Some(retry_after) => KeyMiss::Stale { retry_after },
+            None => KeyMiss::Unknown,
+        })
     }
+}
+
+/// A `typ` value as compared (RFC 7515 §4.1.9): case-insensitive, `application/` implied.
+pub fn media_type(t: &str) -> String {
+    let t = t.to_ascii_lowercase();
+    match t.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => t,
+    }
+}
+
+/// Why no key verifies a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMiss {
+    /// No key has the token's key id and algorithm.
+    Unknown,
+    /// Fetched keys are past their staleness (or never arrived): the key may well exist; the
+    /// next fetch is due in `retry_after` seconds.
+    Stale { retry_after: u64 },
 }
 
 /// All configured issuers, looked up by name (from policies) or by `iss` (from tokens).
@@ -58,6 +86,8 @@ impl Issuer {
 pub struct IssuerSet {
     by_name: HashMap<Arc<str>, Arc<Issuer>>,
     by_iss: HashMap<String, Arc<Issuer>>,
+    /// What loads but deserves a look: inferred key algorithms, clamped refresh settings.
+    pub warnings: Vec<SourceError>,
 }
 
 impl IssuerSet {
@@ -107,9 +137,9 @@ impl IssuerSet {
                     Err(e) => errors.push(config.error_at(a.span(), e.to_string())),
                 }
             }
-            if let Err(e) = keys::check_algorithms(&algorithms) {
-                errors.push(config.error_at(spanned.span(), format!("issuer `{name}`: {e}")));
-                continue;
+            for w in refresh_warnings(ic) {
+                set.warnings
+                    .push(config.error_at(spanned.span(), format!("issuer `{name}`: {w}")));
             }
             let mut all: Vec<VerifyKey> = Vec::new();
             let mut remote = Vec::new();
@@ -129,7 +159,20 @@ impl IssuerSet {
             for k in &ic.keys {
                 let ks = k.get_ref();
                 let source = match load_source(config, ks, &ic.issuer, &algorithms) {
-                    Ok(Keys::Loaded(mut keys)) => {
+                    Ok(Keys::Loaded(p)) => {
+                        if p.inferred {
+                            set.warnings.push(config.error_at(
+                                k.span(),
+                                format!(
+                                    "issuer `{name}`: this key's algorithm is inferred as {:?}; name it with `alg` (RFC 8725 §3.1)",
+                                    p.key.alg
+                                ),
+                            ));
+                        }
+                        all.push(p.key);
+                        continue;
+                    }
+                    Ok(Keys::Many(mut keys)) => {
                         all.append(&mut keys);
                         continue;
                     }
@@ -141,11 +184,11 @@ impl IssuerSet {
                 };
                 if algorithms
                     .iter()
-                    .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
+                    .all(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
                 {
                     errors.push(config.error_at(
                         k.span(),
-                        format!("issuer `{name}`: fetched keys are public keys; HS algorithms take a secret"),
+                        format!("issuer `{name}`: fetched keys are public keys; `algorithms` names only HMAC (HS*) algorithms"),
                     ));
                     continue;
                 }
@@ -167,6 +210,7 @@ impl IssuerSet {
                 audiences: ic.audiences.clone(),
                 algorithms,
                 leeway_seconds: ic.leeway_seconds,
+                types: ic.types.iter().map(|t| media_type(t)).collect(),
                 keys: KeySet::new(all),
                 remote,
             });
@@ -181,9 +225,37 @@ impl IssuerSet {
     }
 }
 
+/// Refresh settings that take effect other than written: `refresh_seconds` is kept between
+/// `min_refresh_seconds` and `max_refresh_seconds`, and a maximum below the minimum is raised.
+fn refresh_warnings(ic: &crate::config::IssuerConfig) -> Vec<String> {
+    let mut w = Vec::new();
+    let (r, min, max) = (
+        ic.refresh_seconds,
+        ic.min_refresh_seconds,
+        ic.max_refresh_seconds,
+    );
+    if max < min {
+        w.push(format!(
+            "`max_refresh_seconds` ({max}) is below `min_refresh_seconds` ({min}); {min} is used"
+        ));
+    }
+    if r < min {
+        w.push(format!("`refresh_seconds` ({r}) is below `min_refresh_seconds` ({min}); keys are refreshed every {min} s"));
+    } else if r > max.max(min) {
+        w.push(format!("`refresh_seconds` ({r}) is above `max_refresh_seconds` ({max}); keys are refreshed every {} s", max.max(min)));
+    }
+    if ic.max_staleness_seconds < r.max(min) {
+        w.push(format!("`max_staleness_seconds` ({}) is shorter than the refresh interval: keys go stale between two fetches", ic.max_staleness_seconds));
+    }
+    w
+}
+
 /// What a key source gives: keys read now, or a source to fetch them from.
 enum Keys {
-    Loaded(Vec<VerifyKey>),
+    /// One key from a PEM file or a secret.
+    Loaded(keys::Pinned),
+    /// The keys of a JWKS file, each pinned to the algorithm it names or its type fixes.
+    Many(Vec<VerifyKey>),
     Fetched(Source),
 }
 
@@ -194,15 +266,24 @@ fn load_source(
     algorithms: &[Algorithm],
 ) -> Result<Keys, KeyError> {
     let kid = source.kid.as_deref();
+    let alg = source
+        .alg
+        .as_deref()
+        .map(keys::parse_algorithm)
+        .transpose()?;
     let keys = match &source.kind {
-        KeyKind::PemFile(p) => keys::from_pem_file(&config.resolve(p), kid, algorithms)?,
-        KeyKind::JwksFile(p) => keys::from_jwks_file(&config.resolve(p), algorithms)?,
+        KeyKind::PemFile(p) => keys::from_pem_file(&config.resolve(p), kid, alg, algorithms)?,
+        KeyKind::JwksFile(p) => {
+            // A JWKS file holds many keys, each pinned by `from_jwks_file`; they load as one.
+            return keys::from_jwks_file(&config.resolve(p), algorithms).map(Keys::Many);
+        }
         KeyKind::SecretEnv(var) => {
-            keys::from_secret(&keys::secret_from_env(var)?, kid, algorithms)?
+            keys::from_secret(&keys::secret_from_env(var)?, kid, alg, algorithms)?
         }
         KeyKind::SecretFile(p) => keys::from_secret(
             &keys::secret_from_file(&config.resolve(p))?,
             kid,
+            alg,
             algorithms,
         )?,
         KeyKind::JwksUrl(u) => return Ok(Keys::Fetched(Source::Jwks(u.clone()))),

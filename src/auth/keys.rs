@@ -55,8 +55,12 @@ pub enum KeyError {
     SecretWithoutHmac,
     #[error("unknown or unsupported algorithm `{0}`")]
     UnknownAlgorithm(String),
-    #[error("an issuer cannot mix HMAC (HS*) and public-key algorithms")]
-    MixedFamilies,
+    #[error("the {kind} key cannot be used with {alg:?} (`alg` of the key entry)")]
+    AlgorithmDoesNotFit { kind: &'static str, alg: Algorithm },
+    #[error("`alg = \"{alg:?}\"` is not in the issuer's `algorithms`")]
+    AlgorithmNotAccepted { alg: Algorithm },
+    #[error("the {kind} key fits {fits} of the issuer's algorithms: give it one with `alg` (RFC 8725 §3.1: one algorithm per key), one key entry per algorithm")]
+    AmbiguousAlgorithm { kind: &'static str, fits: String },
     #[error("`{path}`: {source}")]
     Unusable { path: PathBuf, source: UnusableKey },
 }
@@ -67,16 +71,71 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
         .map_err(|_| KeyError::UnknownAlgorithm(name.to_string()))
 }
 
-/// Checks an issuer's algorithm list before any key is loaded.
-pub fn check_algorithms(algs: &[Algorithm]) -> Result<(), KeyError> {
-    let hmac = algs
-        .iter()
-        .filter(|a| a.family() == AlgorithmFamily::Hmac)
-        .count();
-    if hmac != 0 && hmac != algs.len() {
-        return Err(KeyError::MixedFamilies);
+/// The one algorithm a key is used with (RFC 8725 §3.1). `fits`: the algorithms its type can
+/// serve; `configured`: the key entry's `alg`; `allowed`: the issuer's `algorithms`. Without
+/// `alg`, the key's type must leave exactly one of the issuer's algorithms; the answer then
+/// says it was inferred when the type alone does not fix it (RSA keys and secrets do not; an
+/// EC curve or Ed25519 does).
+pub fn choose_algorithm(
+    kind: &'static str,
+    fits: &[Algorithm],
+    configured: Option<Algorithm>,
+    allowed: &[Algorithm],
+) -> Result<(Algorithm, bool), KeyError> {
+    if let Some(alg) = configured {
+        if !fits.contains(&alg) {
+            return Err(KeyError::AlgorithmDoesNotFit { kind, alg });
+        }
+        if !allowed.contains(&alg) {
+            return Err(KeyError::AlgorithmNotAccepted { alg });
+        }
+        return Ok((alg, false));
     }
-    Ok(())
+    let usable: Vec<Algorithm> = fits
+        .iter()
+        .copied()
+        .filter(|a| allowed.contains(a))
+        .collect();
+    match usable.as_slice() {
+        [] => Err(KeyError::NoUsableAlgorithm {
+            path: PathBuf::new(),
+            kind,
+            allowed: allowed_list(allowed),
+        }),
+        [one] => Ok((*one, fits.len() > 1)),
+        many => Err(KeyError::AmbiguousAlgorithm {
+            kind,
+            fits: allowed_list(many),
+        }),
+    }
+}
+
+/// Every algorithm of a family.
+fn family(f: AlgorithmFamily) -> Vec<Algorithm> {
+    [
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ]
+    .into_iter()
+    .filter(|a| a.family() == f)
+    .collect()
+}
+
+/// A key pinned to its algorithm, and whether that algorithm was inferred (see
+/// [`choose_algorithm`]): `check` warns then.
+pub struct Pinned {
+    pub key: VerifyKey,
+    pub inferred: bool,
 }
 
 fn allowed_list(algs: &[Algorithm]) -> String {
@@ -105,68 +164,46 @@ fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
     })
 }
 
-/// Keys from a PEM public key or certificate. The key type decides which of the issuer's
-/// algorithms it serves; an EC key serves only the algorithm of its curve.
+/// The key of a PEM public key or certificate, with its algorithm (see [`choose_algorithm`]).
 pub fn from_pem_file(
     path: &Path,
     kid: Option<&str>,
+    configured: Option<Algorithm>,
     allowed: &[Algorithm],
-) -> Result<Vec<VerifyKey>, KeyError> {
+) -> Result<Pinned, KeyError> {
     let pem = read(path)?;
-    let (kind, key, algs): (&'static str, DecodingKey, Vec<Algorithm>) =
+    let invalid = || KeyError::InvalidPem {
+        path: path.to_path_buf(),
+    };
+    let (kind, key, fits): (&'static str, DecodingKey, Vec<Algorithm>) =
         if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-            ("RSA", k, rsa_algorithms(allowed))
+            ("RSA", k, family(AlgorithmFamily::Rsa))
         } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
             let curve_alg = match k.kind() {
-                DecodingKeyKind::SecretOrDer(point) if point.len() == 65 => Some(Algorithm::ES256),
-                DecodingKeyKind::SecretOrDer(point) if point.len() == 97 => Some(Algorithm::ES384),
-                _ => None,
+                DecodingKeyKind::SecretOrDer(point) if point.len() == 65 => Algorithm::ES256,
+                DecodingKeyKind::SecretOrDer(point) if point.len() == 97 => Algorithm::ES384,
+                _ => return Err(invalid()),
             };
-            let Some(curve_alg) = curve_alg else {
-                return Err(KeyError::InvalidPem {
-                    path: path.to_path_buf(),
-                });
-            };
-            let algs = allowed
-                .iter()
-                .copied()
-                .filter(|a| *a == curve_alg)
-                .collect();
-            ("EC", k, algs)
+            ("EC", k, vec![curve_alg])
         } else if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
-            let algs = allowed
-                .iter()
-                .copied()
-                .filter(|a| *a == Algorithm::EdDSA)
-                .collect();
-            ("Ed25519", k, algs)
+            ("Ed25519", k, vec![Algorithm::EdDSA])
         } else {
-            return Err(KeyError::InvalidPem {
-                path: path.to_path_buf(),
-            });
+            return Err(invalid());
         };
-    if algs.is_empty() {
-        return Err(KeyError::NoUsableAlgorithm {
-            path: path.to_path_buf(),
-            kind,
-            allowed: allowed_list(allowed),
-        });
-    }
-    algs.into_iter()
-        .map(|alg| pinned(kid.map(str::to_string), alg, &key))
-        .collect::<Result<_, _>>()
-        .map_err(|source| KeyError::Unusable {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-fn rsa_algorithms(allowed: &[Algorithm]) -> Vec<Algorithm> {
-    allowed
-        .iter()
-        .copied()
-        .filter(|a| a.family() == AlgorithmFamily::Rsa)
-        .collect()
+    let (alg, inferred) =
+        choose_algorithm(kind, &fits, configured, allowed).map_err(|e| match e {
+            KeyError::NoUsableAlgorithm { kind, allowed, .. } => KeyError::NoUsableAlgorithm {
+                path: path.to_path_buf(),
+                kind,
+                allowed,
+            },
+            other => other,
+        })?;
+    let key = pinned(kid.map(str::to_string), alg, &key).map_err(|source| KeyError::Unusable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Pinned { key, inferred })
 }
 
 /// Keys from a JWKS document. Encryption keys, keys of unknown types and keys whose algorithm the
@@ -216,7 +253,7 @@ pub fn from_jwks_bytes(bytes: &[u8], allowed: &[Algorithm]) -> Result<Vec<Verify
             continue;
         }
         let candidates: Vec<Algorithm> = match &jwk.algorithm {
-            AlgorithmParameters::RSA(_) => rsa_algorithms(allowed),
+            AlgorithmParameters::RSA(_) => family(AlgorithmFamily::Rsa),
             AlgorithmParameters::EllipticCurve(p) => match p.curve {
                 EllipticCurve::P256 => vec![Algorithm::ES256],
                 EllipticCurve::P384 => vec![Algorithm::ES384],
@@ -227,28 +264,29 @@ pub fn from_jwks_bytes(bytes: &[u8], allowed: &[Algorithm]) -> Result<Vec<Verify
             }
             _ => vec![],
         };
-        // A key that names its algorithm is used with that one only.
+        // A key that names its algorithm is used with that one only; one that does not must
+        // leave exactly one of the issuer's algorithms (RFC 8725 §3.1).
         let named = jwk
             .common
             .key_algorithm
             .and_then(|ka| Algorithm::try_from(ka).ok());
-        let algs: Vec<Algorithm> = candidates
-            .into_iter()
-            .filter(|a| allowed.contains(a))
-            .filter(|a| named.is_none_or(|n| n == *a))
-            .collect();
-        if algs.is_empty() {
-            continue;
-        }
+        let kid = jwk.common.key_id.clone();
+        let alg = match choose_algorithm("JWK", &candidates, named, allowed) {
+            Ok((alg, _)) => alg,
+            Err(KeyError::AmbiguousAlgorithm { fits, .. }) => {
+                tracing::warn!(kid = ?kid, fits = %fits, "skipping a JWKS key without `alg` that fits several of the issuer's algorithms");
+                continue;
+            }
+            // Another algorithm, or one the issuer does not accept: not this issuer's key.
+            Err(_) => continue,
+        };
         let Ok(key) = DecodingKey::from_jwk(&jwk) else {
-            tracing::warn!(kid = ?jwk.common.key_id, "skipping a JWKS key that does not parse");
+            tracing::warn!(kid = ?kid, "skipping a JWKS key that does not parse");
             continue;
         };
-        for alg in algs {
-            match pinned(jwk.common.key_id.clone(), alg, &key) {
-                Ok(k) => out.push(k),
-                Err(e) => tracing::warn!(kid = ?jwk.common.key_id, "skipping a JWKS key: {e}"),
-            }
+        match pinned(kid.clone(), alg, &key) {
+            Ok(k) => out.push(k),
+            Err(e) => tracing::warn!(kid = ?kid, "skipping a JWKS key: {e}"),
         }
     }
     if out.is_empty() {
@@ -257,29 +295,31 @@ pub fn from_jwks_bytes(bytes: &[u8], allowed: &[Algorithm]) -> Result<Vec<Verify
     Ok(out)
 }
 
-/// An HMAC secret, one key per HS algorithm the issuer accepts.
+/// An HMAC secret, with its algorithm (see [`choose_algorithm`]).
 pub fn from_secret(
     secret: &[u8],
     kid: Option<&str>,
+    configured: Option<Algorithm>,
     allowed: &[Algorithm],
-) -> Result<Vec<VerifyKey>, KeyError> {
+) -> Result<Pinned, KeyError> {
     // RFC 7518 3.2: a key of the same size as the hash output or larger.
     if secret.len() < 32 {
         return Err(KeyError::ShortSecret);
     }
-    let algs: Vec<Algorithm> = allowed
-        .iter()
-        .copied()
-        .filter(|a| a.family() == AlgorithmFamily::Hmac)
-        .collect();
-    if algs.is_empty() {
-        return Err(KeyError::SecretWithoutHmac);
-    }
-    let key = DecodingKey::from_secret(secret);
-    algs.into_iter()
-        .map(|alg| pinned(kid.map(str::to_string), alg, &key))
-        .collect::<Result<_, _>>()
-        .map_err(|_| KeyError::SecretWithoutHmac)
+    let (alg, inferred) =
+        choose_algorithm("HMAC", &family(AlgorithmFamily::Hmac), configured, allowed).map_err(
+            |e| match e {
+                KeyError::NoUsableAlgorithm { .. } => KeyError::SecretWithoutHmac,
+                other => other,
+            },
+        )?;
+    let key = pinned(
+        kid.map(str::to_string),
+        alg,
+        &DecodingKey::from_secret(secret),
+    )
+    .map_err(|_| KeyError::SecretWithoutHmac)?;
+    Ok(Pinned { key, inferred })
 }
 
 /// Reads a secret from an environment variable.

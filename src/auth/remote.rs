@@ -159,6 +159,14 @@ impl RemoteKeys {
         fresh.then(|| self.generation.load(Ordering::Acquire))
     }
 
+    /// Seconds until the next fetch is due (at least 1): when a client may try again.
+    pub fn retry_after_seconds(&self) -> u64 {
+        let next = lock(&self.state).next_refresh;
+        next.saturating_duration_since(Instant::now())
+            .as_secs()
+            .max(1)
+    }
+
     pub fn has_keys(&self) -> bool {
         self.current().is_some_and(|k| !k.is_empty())
     }

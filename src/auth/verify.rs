@@ -1,6 +1,7 @@
 //! Token verification: signature with a pinned key, then `iss`, `aud`, `exp`, `nbf` against an
 //! injected clock (so tests and the CLI can fix the time).
 
+use super::issuer::KeyMiss;
 use super::{Issuer, TokenError};
 use crate::policy::cel::{json_object_to_value, to_val};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -152,6 +153,8 @@ const MAX_HEADER_BYTES: usize = 2048;
 pub struct Rejection {
     pub error: TokenError,
     pub issuer: Option<Arc<str>>,
+    /// For [`TokenError::KeysStale`]: seconds until the next fetch of the keys is due.
+    pub retry_after: Option<u64>,
 }
 
 impl From<TokenError> for Rejection {
@@ -159,6 +162,7 @@ impl From<TokenError> for Rejection {
         Rejection {
             error,
             issuer: None,
+            retry_after: None,
         }
     }
 }
@@ -177,6 +181,11 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
     let header_json = URL_SAFE_NO_PAD
         .decode(h)
         .map_err(|_| TokenError::Malformed)?;
+    // RFC 7515 §4 and RFC 7519 §7.2: the JOSE header is a JSON object. serde would also fill
+    // the struct from an array, reading its elements by position as `alg`, `kid`, ...
+    if header_json.trim_ascii_start().first() != Some(&b'{') {
+        return Err(TokenError::Malformed.into());
+    }
     let header: RawHeader =
         serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
     if header.crit.is_some() {
@@ -189,13 +198,22 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
         .parse()
         .map_err(|_| TokenError::AlgorithmNotAllowed)?;
 
-    let issuer = pick_issuer(token, accepted)?;
+    let issuer = pick_issuer(payload, accepted)?;
     let reject = |error| Rejection {
         error,
         issuer: Some(issuer.name.clone()),
+        retry_after: None,
     };
     if !issuer.algorithms.contains(&alg) {
         return Err(reject(TokenError::AlgorithmNotAllowed));
+    }
+    if !issuer.types.is_empty()
+        && !header
+            .typ
+            .as_deref()
+            .is_some_and(|t| issuer.types.contains(&super::issuer::media_type(t)))
+    {
+        return Err(reject(TokenError::WrongType));
     }
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
@@ -206,7 +224,13 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
         .with_key(header.kid.as_deref(), alg, |key| {
             key.key.verify(signing_input, &signature)
         })
-        .ok_or_else(|| reject(TokenError::UnknownKey))?;
+        .map_err(|miss| match miss {
+            KeyMiss::Unknown => reject(TokenError::UnknownKey),
+            KeyMiss::Stale { retry_after } => Rejection {
+                retry_after: Some(retry_after),
+                ..reject(TokenError::KeysStale)
+            },
+        })?;
     if !valid {
         return Err(reject(TokenError::BadSignature));
     }
@@ -229,8 +253,10 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
         })
 }
 
+/// The issuer a token claims to be from, among those a route accepts; its signature is checked
+/// next, with that issuer's keys.
 fn pick_issuer<'a>(
-    token: &str,
+    payload: &str,
     accepted: &'a [Arc<Issuer>],
 ) -> Result<&'a Arc<Issuer>, TokenError> {
     match accepted {
@@ -238,8 +264,15 @@ fn pick_issuer<'a>(
         // The common case: one issuer per route, and no need to read the payload twice.
         [only] => Ok(only),
         many => {
-            let peek: IssOnly = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            let json = URL_SAFE_NO_PAD
+                .decode(payload)
                 .map_err(|_| TokenError::Malformed)?;
+            // RFC 7519 §7.2: the claims set is a JSON object (serde would read an array's
+            // first element as `iss`).
+            if json.trim_ascii_start().first() != Some(&b'{') {
+                return Err(TokenError::Malformed);
+            }
+            let peek: IssOnly = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
             let iss = peek.iss.as_ref().and_then(Value::as_str);
             many.iter()
                 .find(|i| Some(i.iss.as_str()) == iss)
@@ -248,14 +281,23 @@ fn pick_issuer<'a>(
     }
 }
 
-fn numeric_date(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.is_finite())
-                .map(|f| f.floor() as i64)
-        }),
-        _ => None,
+/// A NumericDate claim (RFC 7519 §2): a JSON number of seconds, fractions allowed. Absent is
+/// `None`; anything else (a string, a number beyond the 64-bit range, which would otherwise be
+/// clamped and never expire) is an error.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, TokenError> {
+    // 2^63 as a double: the first value beyond the range of i64.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(i) => Ok(Some(i)),
+            None => n
+                .as_f64()
+                .filter(|f| f.is_finite() && f.abs() < LIMIT)
+                .map(|f| Some(f.floor() as i64))
+                .ok_or(TokenError::InvalidDate),
+        },
+        Some(_) => Err(TokenError::InvalidDate),
     }
 }
 
@@ -277,17 +319,20 @@ fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: i64) -> Resul
         return Err(TokenError::WrongAudience);
     }
     let leeway = issuer.leeway_seconds as i64;
-    let exp = claims
-        .get("exp")
-        .and_then(numeric_date)
-        .ok_or(TokenError::MissingExpiry)?;
+    let exp = numeric_date(claims, "exp")?.ok_or(TokenError::MissingExpiry)?;
     if now >= exp.saturating_add(leeway) {
         return Err(TokenError::Expired);
     }
-    if let Some(nbf) = claims.get("nbf") {
-        let nbf = numeric_date(nbf).ok_or(TokenError::Malformed)?;
+    if let Some(nbf) = numeric_date(claims, "nbf")? {
         if now.saturating_add(leeway) < nbf {
             return Err(TokenError::NotYetValid);
+        }
+    }
+    // RFC 7519 §4.1.6: `iat` is when the token was issued; later than now (beyond the
+    // leeway) is a token from a wrong clock or a forged one.
+    if let Some(iat) = numeric_date(claims, "iat")? {
+        if iat > now.saturating_add(leeway) {
+            return Err(TokenError::IssuedInFuture);
         }
     }
     Ok(exp)

@@ -25,10 +25,10 @@ pub fn run(a: CheckArgs) -> ExitCode {
     }
     match claimgate::load::load(&a.config, &Default::default()).map(|l| l.snapshot) {
         Ok(s) => {
-            for w in &s.policy.warnings {
+            for w in s.issuers.warnings.iter().chain(&s.policy.warnings) {
                 eprintln!("warning: {w}");
             }
-            let warned = s.policy.warnings.len();
+            let warned = s.issuers.warnings.len() + s.policy.warnings.len();
             println!(
                 "ok: {} routes from {} files, {} issuers, {} sources, {warned} warning(s)",
                 s.policy.routes.len(),

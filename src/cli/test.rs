@@ -70,8 +70,12 @@ pub fn run(a: TestArgs) -> ExitCode {
                     broken += 1;
                 }
             }
-            Ok(reports) => {
-                for r in reports {
+            Ok(run) => {
+                for e in &run.errors {
+                    println!("  error: {e}");
+                    broken += 1;
+                }
+                for r in run.reports {
                     total += 1;
                     if r.passed() {
                         println!("  ok    {}", r.name);

@@ -31,19 +31,20 @@ pub struct TokenArgs {
     /// Key id to put in the header.
     #[arg(long)]
     kid: Option<String>,
-    /// `iss` claim.
+    /// `iss` claim (required unless `--claims` has it).
     #[arg(long)]
-    iss: String,
-    /// `aud` claim.
+    iss: Option<String>,
+    /// `aud` claim (required unless `--claims` has it).
     #[arg(long)]
-    aud: String,
-    /// `sub` claim.
-    #[arg(long, default_value = "dev-user")]
-    sub: String,
-    /// Lifetime in seconds.
+    aud: Option<String>,
+    /// `sub` claim; `dev-user` unless given here or in `--claims`.
+    #[arg(long)]
+    sub: Option<String>,
+    /// Lifetime in seconds, unless `--claims` has `exp`.
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
-    /// More claims as a JSON object, e.g. '{"permissions":["transfer"]}'.
+    /// Claims as a JSON object, e.g. '{"permissions":["transfer"]}'. What it sets wins over
+    /// every default; a claim given both here and by its own flag must agree.
     #[arg(long, default_value = "{}")]
     claims: String,
 }
@@ -105,11 +106,31 @@ pub fn run(a: TokenArgs) -> ExitCode {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    claims.insert("iss".into(), a.iss.into());
-    claims.insert("aud".into(), a.aud.into());
-    claims.insert("sub".into(), a.sub.into());
-    claims.insert("iat".into(), now.into());
-    claims.insert("exp".into(), (now + a.ttl).into());
+    for (name, flag, default) in [
+        ("iss", a.iss, None),
+        ("aud", a.aud, None),
+        ("sub", a.sub, Some("dev-user")),
+    ] {
+        match (flag, claims.get(name)) {
+            (Some(v), Some(given)) if given.as_str() != Some(v.as_str()) => {
+                return fail(format!(
+                    "`{name}` is given by --{name} and by --claims with different values"
+                ))
+            }
+            (Some(v), _) => {
+                claims.insert(name.into(), v.into());
+            }
+            (None, Some(_)) => {}
+            (None, None) => match default {
+                Some(d) => {
+                    claims.insert(name.into(), d.into());
+                }
+                None => return fail(format!("give --{name} (or `{name}` in --claims)")),
+            },
+        }
+    }
+    claims.entry("iat").or_insert(now.into());
+    claims.entry("exp").or_insert((now + a.ttl).into());
     let mut header = Header::new(alg);
     header.kid = a.kid;
     match jsonwebtoken::encode(&header, &claims, &key) {

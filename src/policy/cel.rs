@@ -1,6 +1,7 @@
 //! The CEL environment: one standard environment and one root context, built when policies load;
 //! each request evaluates in a child scope whose variables come from [`super::activation::Activation`].
 
+use super::regexes::Regexes;
 use cel::common::value::Val;
 use cel::objects::{Key, Map};
 use cel::{Context, Env, Program, Value};
@@ -11,6 +12,8 @@ use std::sync::Arc;
 pub struct CelRuntime {
     env: Arc<Env>,
     root: Context<'static, 'static>,
+    /// The patterns of `matches` written as literals, compiled at load.
+    regexes: Arc<Regexes>,
 }
 
 impl std::fmt::Debug for CelRuntime {
@@ -29,8 +32,9 @@ impl CelRuntime {
     pub fn new() -> Self {
         let env = Arc::new(Env::stdlib());
         let mut root = Context::with_env(env.clone());
-        super::functions::register(&mut root);
-        CelRuntime { env, root }
+        let regexes = Arc::new(Regexes::default());
+        super::functions::register(&mut root, regexes.clone());
+        CelRuntime { env, root, regexes }
     }
 
     pub fn compile(&self, src: &str) -> Result<Program, cel::ParseErrors> {
@@ -40,6 +44,15 @@ impl CelRuntime {
     /// The root every request scope is a child of.
     pub fn root(&self) -> &Context<'static, 'static> {
         &self.root
+    }
+
+    /// The root context alone, for a caller that keeps it (load-time probes).
+    pub fn into_root(self) -> Context<'static, 'static> {
+        self.root
+    }
+
+    pub fn regexes(&self) -> &Regexes {
+        &self.regexes
     }
 }
 

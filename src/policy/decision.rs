@@ -83,6 +83,8 @@ pub struct Denial {
     pub www_authenticate: Option<String>,
     /// The `Allow` header value, for 405s: the methods the path is served for.
     pub allow: Option<String>,
+    /// The `Retry-After` header value in seconds, for 503s the gateway expects to clear.
+    pub retry_after: Option<u64>,
 }
 
 impl Denial {
@@ -95,6 +97,7 @@ impl Denial {
             message: message.into(),
             www_authenticate: None,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -125,6 +128,29 @@ impl Denial {
             allow: Some(methods),
             ..self
         }
+    }
+
+    /// With `Retry-After` (seconds).
+    pub fn with_retry_after(self, seconds: u64) -> Denial {
+        Denial {
+            retry_after: Some(seconds),
+            ..self
+        }
+    }
+
+    /// The headers the answer carries besides its body's.
+    pub fn headers(&self) -> Vec<(http::HeaderName, String)> {
+        let mut h = Vec::new();
+        if let Some(w) = &self.www_authenticate {
+            h.push((http::header::WWW_AUTHENTICATE, w.clone()));
+        }
+        if let Some(a) = &self.allow {
+            h.push((http::header::ALLOW, a.clone()));
+        }
+        if let Some(r) = self.retry_after {
+            h.push((http::header::RETRY_AFTER, r.to_string()));
+        }
+        h
     }
 
     /// The JSON body sent to the client. It never contains the token or a claim value other

@@ -6,16 +6,111 @@
 //! | `daysBetween(a, b)` | whole days from timestamp `a` to timestamp `b` (negative if `b` is earlier) |
 //! | `daysUntilAnniversary(date, now)` | days from `now` (UTC date) to the next anniversary of `date` (`YYYY-MM-DD`); 0 on the day |
 //! | `inCidr(ip, cidr)` | whether the IP address string is inside the CIDR block |
+//! | `s.matches(re)`, `matches(s, re)` | the standard function; literal patterns compiled once, at load |
 
-use cel::{Context, ExecutionError};
+use super::regexes::Regexes;
+use cel::common::types::{CelBool, CelString};
+use cel::common::value::CowVal;
+use cel::{Context, ExecutionError, FunctionContext};
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
 use std::sync::Arc;
 
-pub fn register(ctx: &mut Context<'static, 'static>) {
-    // The names are ours and unknown to the standard library, so registration cannot conflict.
+/// One of claimgate's own functions, as conditions call it.
+pub struct Custom {
+    pub name: &'static str,
+    /// Its arguments, when called as `f(...)` (as `x.f(...)`, `x` is the first).
+    pub arity: usize,
+}
+
+/// claimgate's functions; `register` adds each, and a test checks the two agree.
+pub const CUSTOM: &[Custom] = &[
+    Custom {
+        name: "daysBetween",
+        arity: 2,
+    },
+    Custom {
+        name: "daysUntilAnniversary",
+        arity: 2,
+    },
+    Custom {
+        name: "inCidr",
+        arity: 2,
+    },
+    Custom {
+        name: "matches",
+        arity: 2,
+    },
+];
+
+/// Checks a literal argument of claimgate's functions at load: argument `index` of a call to
+/// `name` written as `text`.
+pub fn literal_check(name: &str, index: usize, text: &str) -> Result<(), String> {
+    match (name, index) {
+        ("inCidr", 1) => text
+            .parse::<ipnet::IpNet>()
+            .map(|_| ())
+            .map_err(|_| format!("`{text}` is not a CIDR block such as `10.0.0.0/8`")),
+        ("inCidr", 0) => text
+            .parse::<std::net::IpAddr>()
+            .map(|_| ())
+            .map_err(|_| format!("`{text}` is not an IP address")),
+        ("daysUntilAnniversary", 0) => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map(|_| ())
+            .map_err(|_| format!("`{text}` is not a date such as `2024-02-29`")),
+        _ => Ok(()),
+    }
+}
+
+pub fn register(ctx: &mut Context<'static, 'static>, regexes: Arc<Regexes>) {
+    // The names are ours and unknown to the standard library (built without its `matches`), so
+    // registration cannot conflict.
     let _ = ctx.add_function("daysBetween", days_between);
     let _ = ctx.add_function("daysUntilAnniversary", days_until_anniversary);
     let _ = ctx.add_function("inCidr", in_cidr);
+    let matches: MatchesFn = Box::new(move |ftx| matches(ftx, &regexes));
+    let _ = ctx.add_function("matches", matches);
+}
+
+type MatchesFn = Box<
+    dyn for<'c, 'a> Fn(&mut FunctionContext<'c, 'a>) -> Result<CowVal<'c, 'a>, ExecutionError>
+        + Send
+        + Sync,
+>;
+
+/// `s.matches(re)` and `matches(s, re)`: the standard function, with literal patterns compiled
+/// once at load (see [`Regexes`]).
+fn matches<'c, 'a>(
+    ftx: &mut FunctionContext<'c, 'a>,
+    regexes: &Regexes,
+) -> Result<CowVal<'c, 'a>, ExecutionError> {
+    let (text, pattern) = match (&ftx.this, ftx.args.as_slice()) {
+        (Some(t), [p]) => (t.as_ref(), p.as_ref()),
+        (None, [t, p]) => (t.as_ref(), p.as_ref()),
+        (this, args) => {
+            return Err(ExecutionError::invalid_argument_count(
+                2,
+                args.len() + usize::from(this.is_some()),
+            ))
+        }
+    };
+    let (Some(text), Some(pattern)) = (
+        text.downcast_ref::<CelString>(),
+        pattern.downcast_ref::<CelString>(),
+    ) else {
+        return Err(ExecutionError::no_such_overload(
+            "matches",
+            vec![
+                text.get_type().name().to_string(),
+                pattern.get_type().name().to_string(),
+            ],
+        ));
+    };
+    let re = regexes
+        .get(pattern.inner())
+        .map_err(|e| ExecutionError::function_error("matches", e))?;
+    Ok(CowVal::Owned(Box::new(CelBool::from(
+        re.is_match(text.inner()),
+    ))))
 }
 
 fn days_between(a: DateTime<FixedOffset>, b: DateTime<FixedOffset>) -> i64 {

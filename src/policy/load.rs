@@ -31,6 +31,15 @@ pub struct LoadContext {
     pub sources: BTreeMap<String, bool>,
     /// How large inputs can be, and how many evaluation steps an expression may take at worst.
     pub eval: EvalBudget,
+    /// The configuration file, for messages (`gateway.toml` when not set).
+    pub config_file: Option<String>,
+}
+
+impl LoadContext {
+    /// The configuration file's name as messages give it.
+    fn config_name(&self) -> &str {
+        self.config_file.as_deref().unwrap_or("gateway.toml")
+    }
 }
 
 /// The worst-case evaluation budget of each expression (see [`super::analysis`]).
@@ -242,6 +251,60 @@ impl FileCx<'_> {
     }
 }
 
+/// Where an expression is written in its file.
+#[derive(Clone, Copy)]
+struct Written<'a> {
+    src: &'a str,
+    /// The offset of the string holding it.
+    start: usize,
+    /// Whether `start` is the string's opening quote, so positions inside the expression map
+    /// to the file; otherwise (an expression inside an inline table) errors point at `start`
+    /// and give the position inside the expression.
+    exact: bool,
+}
+
+impl Written<'_> {
+    /// Where node `id` of `p` is: a file offset, and the text to add to a message when that
+    /// offset is only the expression's start.
+    fn node(&self, fx: &FileCx<'_>, p: &::cel::Program, id: u64) -> (usize, String) {
+        self.node_back(fx, p, id, 0)
+    }
+
+    /// [`Written::node`] for a call, placed at its `(` by the parser: moved back over the
+    /// `back` characters of the function's name written before it.
+    fn node_back(
+        &self,
+        fx: &FileCx<'_>,
+        p: &::cel::Program,
+        id: u64,
+        back: usize,
+    ) -> (usize, String) {
+        let Some((mut from, _)) = p.source_info().offset_for(id) else {
+            return (self.start, String::new());
+        };
+        if back > 0 && self.src.chars().nth(from as usize) == Some('(') {
+            from = from.saturating_sub(back as u32);
+        }
+        let (mut line, mut col) = (1, 1);
+        for ch in self.src.chars().take(from as usize) {
+            if ch == '\n' {
+                line += 1;
+                col = 1;
+            } else {
+                col += 1;
+            }
+        }
+        if self.exact {
+            (
+                offset_in_string_value(fx.src, self.start, line, col),
+                String::new(),
+            )
+        } else {
+            (self.start, format!(" (at {line}:{col} of the expression)"))
+        }
+    }
+}
+
 impl Loader<'_> {
     fn file(&mut self, path: &Path, src: &str) {
         let fx = FileCx { path, src };
@@ -275,7 +338,7 @@ impl Loader<'_> {
         what: &str,
     ) -> Option<Expr> {
         match self.cel.compile(src) {
-            Ok(p) => self.accept(fx, p, start, what),
+            Ok(p) => self.accept(fx, p, Written { src, start, exact }, what),
             Err(errs) => {
                 for e in errs.errors {
                     let (line, col) = (e.pos.0.max(1) as usize, e.pos.1.max(1) as usize);
@@ -298,43 +361,59 @@ impl Loader<'_> {
         }
     }
 
-    /// Checks what a parsed expression reads and what it may cost, and records its reads for
-    /// the route.
+    /// Checks what a parsed expression reads, what it calls and what it may cost, and records
+    /// its reads for the route. Errors point at the offending token.
     fn accept(
         &mut self,
         fx: &FileCx<'_>,
         p: ::cel::Program,
-        start: usize,
+        w: Written<'_>,
         what: &str,
     ) -> Option<Expr> {
         let refs = References::of(p.expression());
-        if let Some(v) = refs.unknown.first() {
+        let before = self.errors.len();
+        let at = |id: u64| w.node(fx, &p, id);
+        if let Some((v, id)) = refs.unknown.iter().next() {
+            let (off, inner) = at(*id);
             self.errors.push(fx.err(
-                start,
+                off,
                 format!(
-                    "{what}: unknown variable `{v}` (known: {})",
+                    "{what}: unknown variable `{v}`{inner} (known: {})",
                     Variable::list(|_| true)
                 ),
             ));
-            return None;
         }
-        for v in &refs.whole {
+        for (v, id) in &refs.whole {
+            let (off, inner) = at(*id);
+            self.errors.push(fx.err(
+                off,
+                format!("{what}: read `{v}` by name, as `{v}.NAME`{inner}"),
+            ));
+        }
+        for e in super::calls::check(p.expression(), &self.cel) {
+            let (off, inner) = w.node_back(fx, &p, e.id, e.name_len);
             self.errors
-                .push(fx.err(start, format!("{what}: read `{v}` by name, as `{v}.NAME`")));
+                .push(fx.err(off, format!("{what}: {}{inner}", e.message)));
+        }
+        if self.errors.len() > before {
+            return None;
         }
         let r = &mut self.reads;
         r.body |= refs.reads(Variable::Body);
         r.claims |= refs.reads(Variable::Claims) || refs.reads(Variable::Token);
         let named = |v| {
-            refs.members_of(v).map(|name| NamedRead {
-                name: name.to_string(),
-                at: start,
-                what: what.to_string(),
+            refs.members_of(v).map(|(name, id)| {
+                let (off, inner) = at(id);
+                NamedRead {
+                    name: name.to_string(),
+                    at: off,
+                    what: format!("{what}{inner}"),
+                }
             })
         };
         r.attrs.extend(named(Variable::Attr));
         r.sources.extend(named(Variable::Ext));
-        if !self.within_budget(fx, &p, start, what) {
+        if !self.within_budget(fx, &p, w.start, what) {
             return None;
         }
         let memo = refs.per_token_only().then(|| {
@@ -617,7 +696,11 @@ impl Loader<'_> {
                     } else {
                         self.errors.push(fx.err(
                             i.span().start,
-                            format!("unknown issuer `{}` (not in gateway.toml)", i.get_ref()),
+                            format!(
+                                "unknown issuer `{}` (not in {})",
+                                i.get_ref(),
+                                self.ctx.config_name()
+                            ),
                         ));
                     }
                 }
@@ -634,8 +717,9 @@ impl Loader<'_> {
                 self.errors.push(fx.err(
                     at.start,
                     format!(
-                        "route `{}` needs `issuers`: gateway.toml has {} issuers",
+                        "route `{}` needs `issuers`: {} has {} issuers",
                         at.name,
+                        self.ctx.config_name(),
                         known.len()
                     ),
                 ));
@@ -655,7 +739,11 @@ impl Loader<'_> {
             Some(u) => {
                 self.errors.push(fx.err(
                     u.span().start,
-                    format!("unknown upstream `{}` (not in gateway.toml)", u.get_ref()),
+                    format!(
+                        "unknown upstream `{}` (not in {})",
+                        u.get_ref(),
+                        self.ctx.config_name()
+                    ),
                 ));
                 Arc::from("")
             }
@@ -665,8 +753,9 @@ impl Loader<'_> {
                     self.errors.push(fx.err(
                         at.start,
                         format!(
-                            "route `{}` needs `upstream`: gateway.toml has {} upstreams and none is `default = true`",
+                            "route `{}` needs `upstream`: {} has {} upstreams and none is `default = true`",
                             at.name,
+                            self.ctx.config_name(),
                             self.ctx.upstreams.len()
                         ),
                     ));
@@ -798,8 +887,9 @@ impl Loader<'_> {
                 self.errors.push(fx.err(
                     c.upstream.span().start,
                     format!(
-                        "unknown upstream `{}` (not in gateway.toml)",
-                        c.upstream.get_ref()
+                        "unknown upstream `{}` (not in {})",
+                        c.upstream.get_ref(),
+                        self.ctx.config_name()
                     ),
                 ));
             }
@@ -824,8 +914,10 @@ impl Loader<'_> {
                 None => self.errors.push(fx.err(
                     r.at,
                     format!(
-                        "{}: unknown source `ext.{}` (not in gateway.toml `[sources]`)",
-                        r.what, r.name
+                        "{}: unknown source `ext.{}` (not in {} `[sources]`)",
+                        r.what,
+                        r.name,
+                        self.ctx.config_name()
                     ),
                 )),
                 Some(reads_body) => {

@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod analysis;
+pub mod calls;
 pub mod cel;
 pub mod decision;
 pub mod eval;
@@ -10,6 +11,7 @@ pub mod load;
 pub mod native;
 mod raw;
 pub mod references;
+pub mod regexes;
 pub mod route;
 pub mod trace;
 pub mod variable;

@@ -5,7 +5,7 @@
 use super::variable::Variable;
 use cel::common::ast::{EntryExpr, Expr, IdedEntryExpr, LiteralValue};
 use cel::IdedExpr;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The free names an expression reads: identifiers not bound by an enclosing comprehension
 /// (`claims.roles.exists(r, r == 'admin')` reads `claims`, not `r`).
@@ -13,14 +13,15 @@ use std::collections::BTreeSet;
 pub struct References {
     /// The variables read.
     pub variables: BTreeSet<Variable>,
-    /// Free names that are no variable (an error in a condition).
-    pub unknown: BTreeSet<String>,
+    /// Free names that are no variable (an error in a condition), each with the node of its
+    /// first use.
+    pub unknown: BTreeMap<String, u64>,
     /// Members read by name from variables with [`Variable::named_members`]: `attr.total`,
-    /// `has(ext.limits)`, `ext['limits']`.
-    pub members: BTreeSet<(Variable, String)>,
+    /// `has(ext.limits)`, `ext['limits']`, each with the node of its first read.
+    pub members: BTreeMap<(Variable, String), u64>,
     /// Variables with named members that are also read whole (`ext`, `ext[k]`): what is read
-    /// cannot be checked.
-    pub whole: BTreeSet<Variable>,
+    /// cannot be checked. With the node of the first such read.
+    pub whole: BTreeMap<Variable, u64>,
 }
 
 impl References {
@@ -34,12 +35,12 @@ impl References {
         self.variables.contains(&v)
     }
 
-    /// The names read from `v` as `v.NAME`.
-    pub fn members_of(&self, v: Variable) -> impl Iterator<Item = &str> {
+    /// The names read from `v` as `v.NAME`, each with the node of its first read.
+    pub fn members_of(&self, v: Variable) -> impl Iterator<Item = (&str, u64)> {
         self.members
             .iter()
-            .filter(move |(var, _)| *var == v)
-            .map(|(_, n)| n.as_str())
+            .filter(move |((var, _), _)| *var == v)
+            .map(|((_, n), id)| (n.as_str(), *id))
     }
 
     /// Reads something, and only variables that are the same for every request with the same
@@ -50,8 +51,8 @@ impl References {
             && self.variables.iter().all(|v| v.per_token())
     }
 
-    /// `name` as a free variable: known, or recorded as unknown.
-    fn free<'a>(&mut self, name: &'a str, bound: &[&'a str]) -> Option<Variable> {
+    /// `name` (at node `id`) as a free variable: known, or recorded as unknown.
+    fn free<'a>(&mut self, name: &'a str, id: u64, bound: &[&'a str]) -> Option<Variable> {
         if bound.contains(&name) {
             return None;
         }
@@ -61,20 +62,26 @@ impl References {
                 Some(v)
             }
             None => {
-                self.unknown.insert(name.to_string());
+                self.unknown.entry(name.to_string()).or_insert(id);
                 None
             }
         }
     }
 
-    /// `v.NAME` or `v['NAME']` read from a free variable with named members.
-    fn member<'a>(&mut self, operand: &'a IdedExpr, name: &str, bound: &[&'a str]) -> bool {
+    /// `v.NAME` or `v['NAME']` (node `id`) read from a free variable with named members.
+    fn member<'a>(
+        &mut self,
+        operand: &'a IdedExpr,
+        name: &str,
+        id: u64,
+        bound: &[&'a str],
+    ) -> bool {
         let Expr::Ident(var) = &operand.expr else {
             return false;
         };
-        match self.free(var, bound) {
+        match self.free(var, operand.id, bound) {
             Some(v) if v.named_members() => {
-                self.members.insert((v, name.to_string()));
+                self.members.entry((v, name.to_string())).or_insert(id);
                 true
             }
             // Another variable's member, or a bound or unknown name: recorded by `free`.
@@ -85,21 +92,21 @@ impl References {
     fn walk<'a>(&mut self, e: &'a IdedExpr, bound: &mut Vec<&'a str>) {
         match &e.expr {
             Expr::Ident(name) => {
-                if let Some(v) = self.free(name, bound) {
+                if let Some(v) = self.free(name, e.id, bound) {
                     if v.named_members() {
-                        self.whole.insert(v);
+                        self.whole.entry(v).or_insert(e.id);
                     }
                 }
             }
             Expr::Select(s) => {
-                if !self.member(&s.operand, &s.field, bound) {
+                if !self.member(&s.operand, &s.field, e.id, bound) {
                     self.walk(&s.operand, bound);
                 }
             }
             Expr::Call(c) => {
                 if let (true, [operand, key]) = (c.func_name == "_[_]", c.args.as_slice()) {
                     if let Expr::Literal(LiteralValue::String(k)) = &key.expr {
-                        if self.member(operand, k, bound) {
+                        if self.member(operand, k, e.id, bound) {
                             return;
                         }
                     }
@@ -175,11 +182,14 @@ mod tests {
         );
         let r = refs("[1, 2].map(x, x * y)");
         assert!(r.variables.is_empty());
-        assert_eq!(r.unknown, BTreeSet::from(["y".to_string()]));
+        assert_eq!(r.unknown.keys().collect::<Vec<_>>(), ["y"]);
         // A name bound in one loop is free outside it.
         assert_eq!(
-            refs("[1].exists(x, x == 1) && x == 2").unknown,
-            BTreeSet::from(["x".to_string()])
+            refs("[1].exists(x, x == 1) && x == 2")
+                .unknown
+                .keys()
+                .collect::<Vec<_>>(),
+            ["x"]
         );
     }
 
@@ -188,7 +198,7 @@ mod tests {
         let r = refs("ext.balance.amount > 0 && has(ext.limits) && attr['tier'] == 'gold'");
         let members: Vec<_> = r
             .members
-            .iter()
+            .keys()
             .map(|(v, n)| (v.name(), n.as_str()))
             .collect();
         assert_eq!(
@@ -207,8 +217,10 @@ mod tests {
 
     #[test]
     fn reading_a_named_member_variable_whole_is_recorded() {
-        assert!(refs("size(ext) > 0").whole.contains(&Variable::Ext));
-        assert!(refs("attr[claims.k] == 1").whole.contains(&Variable::Attr));
+        assert!(refs("size(ext) > 0").whole.contains_key(&Variable::Ext));
+        assert!(refs("attr[claims.k] == 1")
+            .whole
+            .contains_key(&Variable::Attr));
         assert!(refs("claims.a.b == 1").whole.is_empty());
     }
 

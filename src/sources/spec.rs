@@ -210,7 +210,7 @@ impl Compiler<'_> {
                         .iter()
                         .find(|v| !v.in_templates())
                         .map(|v| v.name().to_string())
-                        .or_else(|| refs.unknown.first().cloned());
+                        .or_else(|| refs.unknown.keys().next().cloned());
                     if let Some(v) = bad {
                         self.err(
                             t,
@@ -220,6 +220,14 @@ impl Compiler<'_> {
                                 Variable::list(Variable::in_templates)
                             ),
                         );
+                        ok = false;
+                    }
+                    // The same call checks as conditions: a misspelt function never loads.
+                    if let Some(e) = crate::policy::calls::check(p.expression(), self.cel)
+                        .into_iter()
+                        .next()
+                    {
+                        self.err(t, *offset, format!("`{field}`: {}", e.message));
                         ok = false;
                     }
                     if refs.reads(Variable::Body) {

@@ -16,9 +16,10 @@ fn every_repository_policy_case_passes_in_process() {
     let mut ran = 0;
     let mut failures = Vec::new();
     for file in &files {
-        let reports = claimgate::cases::run_file(&snapshot, file)
+        let run = claimgate::cases::run_file(&snapshot, file)
             .unwrap_or_else(|e| panic!("{}: {e:?}", file.display()));
-        for r in reports {
+        assert!(run.errors.is_empty(), "{:?}", run.errors);
+        for r in run.reports {
             ran += 1;
             if !r.passed() {
                 failures.push(format!("{} {}: {:?}", r.location, r.name, r.differences));

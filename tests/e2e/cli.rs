@@ -319,3 +319,94 @@ fn completions_and_help() {
     assert!(text(&o).0.contains("expect keys"));
     assert!(Path::new(REPO_CONFIG).exists());
 }
+
+#[test]
+fn a_test_file_reports_every_failing_case_and_every_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("three.toml");
+    let case = |name: &str, expect: &str| {
+        format!("[[case]]\nname = \"{name}\"\npath = \"/api/profile\"\nexpect = {expect}\n\n")
+    };
+    let cases = [
+        case("first wrong", "{ status = 418 }"),
+        case("broken", "{ decision = \"maybe\" }"),
+        case("second wrong", "{ status = 419 }"),
+        case("third wrong", "{ decision = \"allow\" }"),
+    ]
+    .concat();
+    std::fs::write(&file, cases).unwrap();
+    let o = run(&["test", "--config", REPO_CONFIG, file.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    for name in ["first wrong", "second wrong", "third wrong"] {
+        assert!(out.contains(&format!("FAIL  {name}")), "{name}: {out}");
+    }
+    assert!(out.contains("case `broken`: expect.decision"), "{out}");
+    assert!(
+        out.contains("3 case(s), 0 passed, 3 failed, 1 error(s) in test files"),
+        "{out}"
+    );
+}
+
+#[test]
+fn token_claims_win_over_defaults_and_conflicts_are_refused() {
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/keys/es256-private.pem");
+    let base = ["token", "--key", key, "--kid", "k", "--aud", "a"];
+    let payload = |o: &Output| -> Value {
+        let (out, err) = text(o);
+        assert!(o.status.success(), "{err}");
+        let part = out.trim().split('.').nth(1).unwrap().to_string();
+        use base64::Engine as _;
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let mut args = base.to_vec();
+    args.extend([
+        "--claims",
+        r#"{"sub":"x","iss":"https://i","exp":4000000000}"#,
+    ]);
+    let p = payload(&run(&args));
+    assert_eq!(
+        (p["sub"].as_str(), p["iss"].as_str()),
+        (Some("x"), Some("https://i"))
+    );
+    assert_eq!(p["exp"], 4_000_000_000u64);
+    let mut args = base.to_vec();
+    args.extend([
+        "--iss",
+        "https://i",
+        "--sub",
+        "y",
+        "--claims",
+        r#"{"sub":"x"}"#,
+    ]);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o)
+        .1
+        .contains("`sub` is given by --sub and by --claims"));
+    let mut args = base.to_vec();
+    args.extend(["--claims", "{}"]);
+    let o = run(&args);
+    assert!(text(&o).1.contains("give --iss"), "{}", text(&o).1);
+}
+
+#[test]
+fn messages_name_the_configuration_file_given() {
+    let up = Upstream::start();
+    let route = "[[route]]\nname = \"a\"\npath = \"/a\"\nissuers = [\"nobody\"]\n";
+    let (dir, _, _) = write_setup(&standard_config(up.addr), &[("a.toml", route)]);
+    let edge = dir.path().join("edge.toml");
+    std::fs::rename(dir.path().join("gateway.toml"), &edge).unwrap();
+    let o = run(&["check", "--config", edge.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("unknown issuer `nobody` (not in edge.toml)"),
+        "{err}"
+    );
+    assert!(!err.contains("gateway.toml"), "{err}");
+}

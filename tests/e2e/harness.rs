@@ -180,13 +180,25 @@ read_timeout_ms = 5000
 issuer = "https://hs.test"
 audiences = ["api"]
 algorithms = ["HS256", "HS384", "HS512"]
-keys = [{{ secret_env = "CLAIMGATE_TEST_SECRET", kid = "hs1" }}]
+# One algorithm per key entry (RFC 8725 §3.1); the tests sign with each.
+keys = [
+  {{ secret_env = "CLAIMGATE_TEST_SECRET", kid = "hs1", alg = "HS256" }},
+  {{ secret_env = "CLAIMGATE_TEST_SECRET", kid = "hs1", alg = "HS384" }},
+  {{ secret_env = "CLAIMGATE_TEST_SECRET", kid = "hs1", alg = "HS512" }},
+]
 
 [issuers.rsa]
 issuer = "https://rsa.test"
 audiences = ["api", "other-api"]
 algorithms = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
-keys = [{{ pem_file = "{rsa}", kid = "rsa1" }}]
+keys = [
+  {{ pem_file = "{rsa}", kid = "rsa1", alg = "RS256" }},
+  {{ pem_file = "{rsa}", kid = "rsa1", alg = "RS384" }},
+  {{ pem_file = "{rsa}", kid = "rsa1", alg = "RS512" }},
+  {{ pem_file = "{rsa}", kid = "rsa1", alg = "PS256" }},
+  {{ pem_file = "{rsa}", kid = "rsa1", alg = "PS384" }},
+  {{ pem_file = "{rsa}", kid = "rsa1", alg = "PS512" }},
+]
 
 [issuers.ec]
 issuer = "https://ec.test"

@@ -306,9 +306,11 @@ async fn identity_provider_down_at_startup_means_not_ready_until_it_answers() {
         .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("idp"));
+    // Fail closed without keys, as the gateway's problem: 503 `keys_stale`, not a 401 that
+    // would send the client for a new token.
     assert_eq!(
         status_of(&gw, &token("rot-1")).await,
-        401,
+        503,
         "fail closed without keys"
     );
     idp.down.store(false, Ordering::SeqCst);
@@ -410,7 +412,7 @@ async fn keys_older_than_the_staleness_bound_are_not_used() {
     assert_eq!(status_of(&gw, &rot1).await, 200);
     idp.down.store(true, Ordering::SeqCst);
     let start = Instant::now();
-    while status_of(&gw, &rot1).await != 401 {
+    while status_of(&gw, &rot1).await != 503 {
         assert!(
             start.elapsed() < Duration::from_secs(6),
             "stale keys still in use"
@@ -421,7 +423,27 @@ async fn keys_older_than_the_staleness_bound_are_not_used() {
         start.elapsed() >= Duration::from_millis(800),
         "keys dropped before the bound"
     );
+    // The key id is known, the keys are stale: the gateway's problem (503 `keys_stale`, with
+    // when to try again), not the client's token (no `unknown_key`, no WWW-Authenticate).
+    let r = client()
+        .get(gw.url("/api"))
+        .bearer_auth(&rot1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("www-authenticate").is_none());
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "keys_stale", "{body}");
     let s = gw.status().await;
+    let age = s["issuers"][0]["keys_age_seconds"].as_u64().unwrap();
+    assert!(age >= 2, "the keys' age counts from the last fetch: {s}");
     assert_eq!(s["issuers"][0]["fetched"][0]["stale"], true, "{s}");
     assert_eq!(
         client()

@@ -13,6 +13,7 @@ mod jwks;
 mod layers;
 mod logs;
 mod tokens;
+mod verification;
 
 mod admission;
 mod auth;
@@ -29,4 +30,5 @@ mod scenarios;
 mod settle;
 mod sources;
 mod startup;
+mod static_checks;
 mod stop;

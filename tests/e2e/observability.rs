@@ -128,7 +128,11 @@ async fn counters_match_a_known_sequence_exactly() {
     assert_eq!(
         v(
             "claimgate_audit_denials_total",
-            &[("route", "obs"), ("rule", "watch-level-5")]
+            &[
+                ("route", "obs"),
+                ("rule", "watch-level-5"),
+                ("reason", "rule_denied")
+            ]
         ),
         Some(1.0)
     );

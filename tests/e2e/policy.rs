@@ -191,7 +191,11 @@ async fn audit_rules_log_but_do_not_deny() {
         metric_value(
             &m,
             "claimgate_audit_denials_total",
-            &[("route", "reports"), ("rule", rule)],
+            &[
+                ("route", "reports"),
+                ("rule", rule),
+                ("reason", "rule_denied"),
+            ],
         )
     };
     assert_eq!(audit("report-owner"), Some(2.0), "{m}");

@@ -62,7 +62,8 @@ issuers = ["ec"]
         "a.toml:4:12: unknown issuer `nobody`",
         "a.toml:5:12: unknown upstream `nowhere`",
         "a.toml:8:8: route name `a` is already used",
-        "a.toml:13:14: rule `r`: unknown variable `bodyy`",
+        // The column of the name itself, inside the expression.
+        "a.toml:13:15: rule `r`: unknown variable `bodyy`",
         "a.toml:15:21: route `a` may not set the `authorization` header",
         "b.toml:5:1: unknown field `method`",
     ] {
