@@ -89,6 +89,9 @@ impl ServeHttp for AdminApp {
                     "routes": snap.policy.routes.iter().map(|r| &*r.name).collect::<Vec<_>>(),
                     "rules_files": snap.policy.files,
                     "issuers": issuers,
+                    "tls_certificates": snap.tls.iter().flat_map(|t| t.iter()).map(|c| serde_json::json!({
+                        "file": c.file, "names": c.names, "not_after": c.not_after,
+                    })).collect::<Vec<_>>(),
                     "uptime_seconds": self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
                 });
                 reply(

@@ -89,6 +89,28 @@ pub struct Listen {
     pub proxy: Spanned<String>,
     /// Address of the admin listener (`/metrics`, `/healthz`); keep it on loopback.
     pub admin: Spanned<String>,
+    /// A TLS listener beside the plain one.
+    #[serde(default)]
+    pub tls: Option<TlsListen>,
+}
+
+/// `[listen.tls]`: a listener that terminates TLS 1.2 and 1.3 (HTTP/1.1 by ALPN).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListen {
+    /// e.g. `0.0.0.0:8443`.
+    pub address: Spanned<String>,
+    /// Certificate chains with their keys; a client's SNI picks the one whose names match, the
+    /// first is served otherwise.
+    pub certificates: Vec<Spanned<CertificateFiles>>,
+}
+
+/// A PEM certificate chain (leaf first) and its PEM private key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -559,6 +581,8 @@ pub struct Config {
     pub raw: RawConfig,
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The TLS listener's address, when there is one.
+    pub tls_addr: Option<SocketAddr>,
     pub rules_dir: PathBuf,
 }
 
@@ -585,6 +609,16 @@ impl Config {
         };
         let proxy_addr = check.addr(&raw.listen.proxy);
         let admin_addr = check.addr(&raw.listen.admin);
+        let tls_addr = raw.listen.tls.as_ref().map(|t| {
+            if t.certificates.is_empty() {
+                let e = check.at(
+                    t.address.span(),
+                    "a TLS listener needs `certificates`".into(),
+                );
+                check.errors.push(e);
+            }
+            check.addr(&t.address)
+        });
         if raw.limits.max_token_bytes < 16 {
             check.whole("`limits.max_token_bytes` must be at least 16");
         }
@@ -598,6 +632,7 @@ impl Config {
         else {
             return Err(SourceErrors(errors));
         };
+        let tls_addr = tls_addr.flatten();
         let base = path.parent().unwrap_or(Path::new("."));
         let rules_dir = base.join(&raw.rules.dir);
         Ok(Config {
@@ -606,6 +641,7 @@ impl Config {
             raw,
             proxy_addr,
             admin_addr,
+            tls_addr,
             rules_dir,
         })
     }

@@ -16,6 +16,10 @@ impl CryptoError {
 /// (feature unification through a dependency), jsonwebtoken would panic on the first request.
 pub fn self_test() -> Result<(), CryptoError> {
     let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    // One TLS provider for the process, before anything builds a TLS configuration: Pingora's
+    // rustls build links ring too and would install it, and with two linked and none chosen,
+    // rustls panics at the first handshake or fetch.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let secret = b"claimgate-self-test-secret-0123456789";
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     let claims = serde_json::json!({"exp": 4_000_000_000u64});

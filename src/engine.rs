@@ -45,6 +45,8 @@ pub struct Snapshot {
     /// See [`Snapshot::strip_for`].
     strip_trusted: Vec<HeaderName>,
     strip_untrusted: Vec<HeaderName>,
+    /// The TLS listener's certificates, loaded with everything else.
+    pub tls: Option<Arc<crate::tls::Certificates>>,
 }
 
 impl Snapshot {
@@ -133,6 +135,15 @@ impl Snapshot {
             token_cache,
             unmatched_issuers,
             unmatched_upstream,
+            tls: None,
+        }
+    }
+
+    /// With the TLS listener's certificates.
+    pub fn with_tls(self, tls: Option<crate::tls::Certificates>) -> Snapshot {
+        Snapshot {
+            tls: tls.map(Arc::new),
+            ..self
         }
     }
 

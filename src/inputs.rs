@@ -23,7 +23,7 @@ pub struct Inputs {
     pub rules_dir: Option<PathBuf>,
     /// The rules files, in load order.
     pub rules: Vec<PathBuf>,
-    /// Key files: PEM, JWKS and secret files.
+    /// Key files: PEM, JWKS and secret files; the TLS listener's certificates and keys.
     pub keys: Vec<PathBuf>,
     /// The geo database: large, so hashed by identity, not content.
     pub geo_db: Option<PathBuf>,
@@ -71,12 +71,21 @@ impl Inputs {
 
     /// What a snapshot built from `config` reads (identities not taken).
     fn of(config: &Config) -> Inputs {
+        let tls_files = config
+            .raw
+            .listen
+            .tls
+            .iter()
+            .flat_map(|t| t.certificates.iter())
+            .flat_map(|c| [c.get_ref().cert.clone(), c.get_ref().key.clone()]);
         let keys = config
             .raw
             .issuers
             .values()
             .flat_map(|iss| iss.get_ref().keys.iter())
-            .filter_map(|k| k.get_ref().file().map(|p| config.resolve(p)))
+            .filter_map(|k| k.get_ref().file().map(Path::to_path_buf))
+            .chain(tls_files)
+            .map(|p| config.resolve(&p))
             .collect();
         Inputs {
             config: config.path.clone(),

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod sources;
 pub mod strict_json;
 pub mod sync;
+pub mod tls;
 
 // Loading: files -> snapshot, for the shell and the tools alike.
 pub mod crypto;
@@ -36,6 +37,7 @@ pub mod logging;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod tls_listener;
 pub mod upstream;
 
 // The tools: what the CLI runs besides serving.

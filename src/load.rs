@@ -57,18 +57,25 @@ pub fn build(
         .and_then(|_| PolicySet::load_files(&inputs.rules, &ctx));
     let geo = load_geo(&config);
     let strip = strip_headers(&config);
-    match (issuers, policy, geo, sources, strip) {
-        (Ok(i), Ok(p), Ok(g), Ok(s), Ok(_)) => {
+    // Header names and certificates: their errors are reported together.
+    let tls = match (strip, crate::tls::Certificates::load(&config)) {
+        (Ok(_), Ok(tls)) => Ok(tls),
+        (strip, tls) => Err(strip
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(tls.err().unwrap_or_default())
+            .collect::<Vec<_>>()),
+    };
+    match (issuers, policy, geo, sources, tls) {
+        (Ok(i), Ok(p), Ok(g), Ok(s), Ok(tls)) => {
             for w in i.warnings.iter().chain(&p.warnings) {
                 tracing::warn!(warning = %w, "configuration warning");
             }
-            Ok(Snapshot::new(
-                config,
-                Arc::new(i),
-                Arc::new(p),
-                Arc::new(g),
-                Arc::new(s),
-            ))
+            Ok(
+                Snapshot::new(config, Arc::new(i), Arc::new(p), Arc::new(g), Arc::new(s))
+                    .with_tls(tls),
+            )
         }
         (i, p, g, s, strip) => {
             let mut errors = strip.err().unwrap_or_default();

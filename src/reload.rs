@@ -79,6 +79,9 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if running.admin_addr != new.admin_addr {
         v.push("listen.admin".to_string());
     }
+    if running.tls_addr != new.tls_addr {
+        v.push("listen.tls.address".to_string());
+    }
     let (a, b) = (&running.raw.server, &new.raw.server);
     if a.threads != b.threads
         || a.grace_period_seconds != b.grace_period_seconds
@@ -318,6 +321,7 @@ fn count_key_loads(metrics: &Metrics, snapshot: &Snapshot) {
     let sources: Vec<&str> = snapshot.sources.iter().map(|s| &*s.name).collect();
     metrics.declare_sources(&sources);
     metrics.declare_routes(&snapshot.policy);
+    metrics.declare_certificates(snapshot.tls.as_deref());
 }
 
 /// Whether a file-system event can change the set: a content event (create, write, remove,

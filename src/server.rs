@@ -89,6 +89,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
     let settings = snapshot.config.raw.server.clone();
     let proxy_addr = snapshot.config.proxy_addr;
     let admin_addr = snapshot.config.admin_addr;
+    let tls_addr = snapshot.config.tls_addr;
     tracing::info!(
         routes = snapshot.policy.routes.len(),
         issuers = snapshot.issuers.len(),
@@ -134,6 +135,11 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
         },
     );
     proxy.add_tcp(&proxy_addr.to_string());
+    if let Some(addr) = tls_addr {
+        let settings = crate::tls_listener::settings(state.clone())
+            .map_err(|e| StartError::Server(e.to_string()))?;
+        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
     server.add_service(proxy);
 
     let mut admin = Service::new(

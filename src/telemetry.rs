@@ -89,6 +89,8 @@ pub struct Metrics {
     pub source_requests: IntCounterVec,
     pub source_seconds: HistogramVec,
     pub token_cache: IntCounterVec,
+    /// Each TLS certificate's `notAfter` (Unix seconds), by certificate file.
+    pub tls_expiry: prometheus::GaugeVec,
     token_cache_hit: IntCounter,
     token_cache_miss: IntCounter,
     /// Each route's series, resolved once: a labelled lookup hashes its label values and takes
@@ -273,6 +275,14 @@ impl Metrics {
             "Token verifications answered by the verified-token cache (hit) or not (miss).",
             &["result"],
         )?;
+        let tls_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "claimgate_tls_certificate_expiry_seconds",
+                "When each certificate of the TLS listener expires (its notAfter, Unix seconds), by certificate file.",
+            ),
+            &["certificate"],
+        )?;
+        r.register(Box::new(tls_expiry.clone()))?;
         r.register(Box::new(PROXY_EVENTS.clone()))?;
         Ok(Metrics {
             registry: r,
@@ -289,6 +299,7 @@ impl Metrics {
             token_cache_hit: token_cache.with_label_values(&["hit"]),
             token_cache_miss: token_cache.with_label_values(&["miss"]),
             token_cache,
+            tls_expiry,
             routes: ArcSwap::default(),
         })
     }
@@ -314,6 +325,16 @@ impl Metrics {
             map
         });
         self.routes.load().get(&name).cloned().unwrap_or(fresh)
+    }
+
+    /// The expiry of each certificate in force; a certificate no longer served loses its series.
+    pub fn declare_certificates(&self, tls: Option<&crate::tls::Certificates>) {
+        self.tls_expiry.reset();
+        for c in tls.iter().flat_map(|t| t.iter()) {
+            self.tls_expiry
+                .with_label_values(&[&c.file.display().to_string()])
+                .set(c.not_after as f64);
+        }
     }
 
     /// Gives every configured source its series at zero, so dashboards and alerts see a source

@@ -15,6 +15,7 @@ const SHELL: &[&str] = &[
     "src/proxy.rs",
     "src/reload.rs",
     "src/server.rs",
+    "src/tls_listener.rs",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -73,6 +74,7 @@ const CORE: &[&str] = &[
     "src/sources/",
     "src/strict_json.rs",
     "src/sync.rs",
+    "src/tls.rs",
     "src/upstream.rs",
 ];
 

@@ -12,6 +12,7 @@ mod harness;
 mod jwks;
 mod layers;
 mod logs;
+mod tls;
 mod tokens;
 mod verification;
 
