@@ -391,9 +391,18 @@ pub struct UpstreamConfig {
     pub default: bool,
     #[serde(default)]
     pub tls: bool,
-    /// SNI and certificate name for TLS upstreams.
+    /// SNI and the name the upstream's certificate must carry (required with `tls`).
     #[serde(default)]
     pub sni: String,
+    /// PEM CA bundle the upstream's certificate is verified against, instead of the system's
+    /// trust roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key presented to the upstream (upstream mTLS).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_read_timeout_ms")]
@@ -709,14 +718,26 @@ impl Checks<'_> {
             for a in &up.get_ref().addresses {
                 self.addr(a);
             }
-            if up.get_ref().tls {
-                // Pingora panics at run time on a TLS peer without a TLS backend compiled in;
-                // refusing here turns that into a clear startup error.
+            let u = up.get_ref();
+            // Without SNI, Pingora skips certificate verification altogether.
+            if u.tls && u.sni.is_empty() {
                 self.errors.push(self.at(
                     up.span(),
-                    format!(
-                        "upstream `{name}`: TLS to upstreams is not supported by this build yet"
-                    ),
+                    format!("upstream `{name}`: `tls = true` needs `sni`, the name its certificate must carry"),
+                ));
+            }
+            let tls_files =
+                u.ca_file.is_some() || u.client_cert.is_some() || u.client_key.is_some();
+            if tls_files && !u.tls {
+                self.errors.push(self.at(
+                    up.span(),
+                    format!("upstream `{name}`: `ca_file`, `client_cert` and `client_key` need `tls = true`"),
+                ));
+            }
+            if u.client_cert.is_some() != u.client_key.is_some() {
+                self.errors.push(self.at(
+                    up.span(),
+                    format!("upstream `{name}`: `client_cert` and `client_key` go together"),
                 ));
             }
         }

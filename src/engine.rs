@@ -139,6 +139,11 @@ impl Snapshot {
         }
     }
 
+    /// With upstream pools whose TLS files were read ([`Upstreams::load`]).
+    pub fn with_upstreams(self, upstreams: Upstreams) -> Snapshot {
+        Snapshot { upstreams, ..self }
+    }
+
     /// With the TLS listener's certificates.
     pub fn with_tls(self, tls: Option<crate::tls::Certificates>) -> Snapshot {
         Snapshot {

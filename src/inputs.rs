@@ -78,6 +78,14 @@ impl Inputs {
             .iter()
             .flat_map(|t| t.certificates.iter())
             .flat_map(|c| [c.get_ref().cert.clone(), c.get_ref().key.clone()]);
+        let upstream_files = config.raw.upstreams.values().flat_map(|u| {
+            let u = u.get_ref();
+            [&u.ca_file, &u.client_cert, &u.client_key]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+        });
         let keys = config
             .raw
             .issuers
@@ -85,6 +93,7 @@ impl Inputs {
             .flat_map(|iss| iss.get_ref().keys.iter())
             .filter_map(|k| k.get_ref().file().map(Path::to_path_buf))
             .chain(tls_files)
+            .chain(upstream_files)
             .map(|p| config.resolve(&p))
             .collect();
         Inputs {

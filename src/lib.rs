@@ -39,6 +39,7 @@ pub mod reload;
 pub mod server;
 pub mod tls_listener;
 pub mod upstream;
+pub mod upstream_tls;
 
 // The tools: what the CLI runs besides serving.
 pub mod cases;

@@ -56,25 +56,28 @@ pub fn build(
         .map_err(|e| vec![e])
         .and_then(|_| PolicySet::load_files(&inputs.rules, &ctx));
     let geo = load_geo(&config);
+    let upstreams = crate::upstream::Upstreams::load(&config);
     let strip = strip_headers(&config);
     // Header names and certificates: their errors are reported together.
-    let tls = match (strip, crate::tls::Certificates::load(&config)) {
-        (Ok(_), Ok(tls)) => Ok(tls),
-        (strip, tls) => Err(strip
+    let tls = match (strip, crate::tls::Certificates::load(&config), upstreams) {
+        (Ok(_), Ok(tls), Ok(ups)) => Ok((tls, ups)),
+        (strip, tls, ups) => Err(strip
             .err()
             .unwrap_or_default()
             .into_iter()
             .chain(tls.err().unwrap_or_default())
+            .chain(ups.err().unwrap_or_default())
             .collect::<Vec<_>>()),
     };
     match (issuers, policy, geo, sources, tls) {
-        (Ok(i), Ok(p), Ok(g), Ok(s), Ok(tls)) => {
+        (Ok(i), Ok(p), Ok(g), Ok(s), Ok((tls, upstreams))) => {
             for w in i.warnings.iter().chain(&p.warnings) {
                 tracing::warn!(warning = %w, "configuration warning");
             }
             Ok(
                 Snapshot::new(config, Arc::new(i), Arc::new(p), Arc::new(g), Arc::new(s))
-                    .with_tls(tls),
+                    .with_tls(tls)
+                    .with_upstreams(upstreams),
             )
         }
         (i, p, g, s, strip) => {

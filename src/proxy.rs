@@ -394,7 +394,14 @@ impl ProxyHttp for ClaimgateProxy {
             return Error::e_explain(ErrorType::ConnectNoRoute, "unknown upstream");
         };
         ctx.upstream_started = Some(Instant::now());
-        let mut peer = HttpPeer::new(pool.pick(), pool.tls, pool.sni.clone());
+        let tls = pool.tls.as_ref();
+        let sni = tls.map(|t| t.sni.clone()).unwrap_or_default();
+        let mut peer = HttpPeer::new(pool.pick(), tls.is_some(), sni);
+        if let Some(t) = tls {
+            let m = crate::upstream_tls::prepared(t);
+            peer.options.ca = m.ca.clone();
+            peer.client_cert_key = m.client.clone();
+        }
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
         peer.options.write_timeout = Some(pool.read_timeout);

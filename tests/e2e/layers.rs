@@ -16,6 +16,7 @@ const SHELL: &[&str] = &[
     "src/reload.rs",
     "src/server.rs",
     "src/tls_listener.rs",
+    "src/upstream_tls.rs",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -214,3 +214,208 @@ fn check_locates_a_certificate_that_does_not_load() {
     assert!(err.contains("gateway.toml:"), "{err}");
     assert!(err.contains("do not make a usable pair"), "{err}");
 }
+
+/// An HTTPS upstream with a certificate for `name` from `ca`; with `client_ca`, it requires a
+/// client certificate from that CA. Answers 200 `secure upstream` and counts requests.
+struct HttpsUpstream {
+    addr: SocketAddr,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for HttpsUpstream {
+    fn drop(&mut self) {
+        // Dropped inside the test's own runtime, where a blocking shutdown panics.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl HttpsUpstream {
+    fn start(ca: &Ca, name: &str, client_ca: Option<&Ca>) -> HttpsUpstream {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        let chain = vec![CertificateDer::from(cert.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let config = match client_ca {
+            Some(c) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots
+                    .add(CertificateDer::from(c.cert.der().to_vec()))
+                    .unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.into(),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        }
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = requests.clone();
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, count) = (acceptor.clone(), count.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |_req| {
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        async move {
+                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
+                                hyper::body::Bytes::from("secure upstream"),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        HttpsUpstream {
+            addr,
+            requests,
+            rt: Some(rt),
+        }
+    }
+}
+
+/// A gateway whose upstreams `ok`, `wrong-name` and `mtls` reach HTTPS upstreams.
+fn upstream_tls_config(dir: &Path, ok: SocketAddr, mtls: SocketAddr) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+[server]
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+
+[listen]
+proxy = "127.0.0.1:{{proxy}}"
+admin = "127.0.0.1:{{admin}}"
+
+[rules]
+dir = "rules"
+
+[upstreams.ok]
+addresses = ["{ok}"]
+tls = true
+sni = "up.test"
+ca_file = "{d}/ca.pem"
+
+[upstreams.wrong-name]
+addresses = ["{ok}"]
+tls = true
+sni = "other.test"
+ca_file = "{d}/ca.pem"
+
+[upstreams.mtls]
+addresses = ["{mtls}"]
+tls = true
+sni = "up.test"
+ca_file = "{d}/ca.pem"
+client_cert = "{d}/client.pem"
+client_key = "{d}/client-key.pem"
+
+[upstreams.mtls-without-cert]
+addresses = ["{mtls}"]
+tls = true
+sni = "up.test"
+ca_file = "{d}/ca.pem"
+"#
+    )
+}
+
+const UPSTREAM_ROUTES: &str = r#"
+[[route]]
+name = "ok"
+path = "/ok"
+auth = "none"
+upstream = "ok"
+
+[[route]]
+name = "wrong-name"
+path = "/wrong-name"
+auth = "none"
+upstream = "wrong-name"
+
+[[route]]
+name = "mtls"
+path = "/mtls"
+auth = "none"
+upstream = "mtls"
+
+[[route]]
+name = "mtls-without-cert"
+path = "/mtls-without-cert"
+auth = "none"
+upstream = "mtls-without-cert"
+"#;
+
+#[tokio::test]
+async fn upstreams_over_tls_verify_the_name_and_present_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    std::fs::write(certs.path().join("ca.pem"), ca.cert.pem()).unwrap();
+    ca.issue(certs.path(), "client", "gateway.test", "gateway client");
+    let plain = HttpsUpstream::start(&ca, "up.test", None);
+    let mtls = HttpsUpstream::start(&ca, "up.test", Some(&ca));
+    let gw = Gateway::start(
+        &upstream_tls_config(certs.path(), plain.addr, mtls.addr),
+        &[("r.toml", UPSTREAM_ROUTES)],
+    );
+    let get = |path: &str| {
+        let url = gw.url(path);
+        async move { client().get(url).send().await.unwrap() }
+    };
+    let r = get("/ok").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "secure upstream");
+    assert_eq!(plain.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // The upstream's certificate does not carry the configured name: 502, and a log line says
+    // why; the upstream never sees a request.
+    let r = get("/wrong-name").await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(plain.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let line = gw.wait_log("other.test");
+    assert!(
+        line.to_lowercase().contains("certificate") || line.contains("TLS"),
+        "{line}"
+    );
+
+    // Upstream mTLS: with the client certificate the request goes through; without, refused.
+    let r = get("/mtls").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(mtls.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let r = get("/mtls-without-cert").await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(mtls.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
