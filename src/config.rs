@@ -103,6 +103,21 @@ pub struct TlsListen {
     /// Certificate chains with their keys; a client's SNI picks the one whose names match, the
     /// first is served otherwise.
     pub certificates: Vec<Spanned<CertificateFiles>>,
+    /// PEM CA bundle client certificates are verified against; without it, none is asked for.
+    #[serde(default)]
+    pub client_ca: Option<Spanned<PathBuf>>,
+    /// With `client_ca`: `required` (a handshake without a valid client certificate fails) or
+    /// `optional` (a client may present none; one it presents must be valid).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
 }
 
 /// A PEM certificate chain (leaf first) and its PEM private key.
@@ -433,6 +448,10 @@ pub struct IssuerConfig {
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
+    /// Certificate-bound tokens (RFC 8705 §3): a token of this issuer is accepted only on a TLS
+    /// connection whose client certificate's SHA-256 thumbprint equals its `cnf["x5t#S256"]`.
+    #[serde(default)]
+    pub certificate_bound: bool,
     /// Accepted values of the token's `typ` header, e.g. `["at+jwt"]` to accept only RFC 9068
     /// access tokens (an ID token, `JWT`, is then refused). Empty (the default): any `typ`, or
     /// none.

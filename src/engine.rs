@@ -370,17 +370,20 @@ impl Snapshot {
         };
         let now = now.timestamp();
         let Some(cache) = &self.token_cache else {
-            return self
-                .verify_within_limits(raw, issuers, now)
-                .map(|t| (Some(Arc::new(t)), None));
+            let t = self.verify_within_limits(raw, issuers, now)?;
+            bound_to_connection(&t, issuers, req)?;
+            return Ok((Some(Arc::new(t)), None));
         };
         if let Some(t) = cache.get(raw, issuers, now) {
+            // Per request, never cached: the same token may come on another connection.
+            bound_to_connection(&t, issuers, req)?;
             return Ok((Some(t), Some(true)));
         }
         let t = Arc::new(self.verify_within_limits(raw, issuers, now)?);
         if let Some(issuer) = issuers.iter().find(|i| i.name == t.issuer) {
             cache.insert(raw, t.clone(), issuer);
         }
+        bound_to_connection(&t, issuers, req)?;
         Ok((Some(t), Some(false)))
     }
 
@@ -571,6 +574,38 @@ fn unreachable_unmatched() -> Decision {
         DenyReason::PolicyError,
         "the unmatched action could not be decided".into(),
     )
+}
+
+/// RFC 8705 §3: for an issuer with `certificate_bound`, the token's `cnf["x5t#S256"]` must be
+/// the thumbprint of the client certificate of this request's TLS connection.
+fn bound_to_connection(
+    t: &VerifiedToken,
+    issuers: &[Arc<Issuer>],
+    req: &RequestFacts<'_>,
+) -> Result<(), Rejection> {
+    let bound = issuers
+        .iter()
+        .any(|i| i.name == t.issuer && i.certificate_bound);
+    if !bound {
+        return Ok(());
+    }
+    let want = t
+        .claims
+        .get("cnf")
+        .and_then(|c| c.get("x5t#S256"))
+        .and_then(serde_json::Value::as_str);
+    let have = req
+        .tls
+        .and_then(|tls| tls.client.as_ref())
+        .map(|c| c.thumbprint.as_str());
+    match (want, have) {
+        (Some(w), Some(h)) if w == h => Ok(()),
+        _ => Err(Rejection {
+            error: TokenError::CertificateBinding,
+            issuer: Some(t.issuer.clone()),
+            retry_after: None,
+        }),
+    }
 }
 
 /// The step after a token was rejected: a refetch of keys for an unknown key id, else the

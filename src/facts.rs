@@ -21,6 +21,29 @@ pub struct RequestFacts<'a> {
     /// The client's location when the caller already knows it (`claimgate eval --country`);
     /// otherwise `geo` is resolved from the edge header or the database.
     pub location: Option<&'a Location>,
+    /// The TLS connection the request came on; `None` on a plain one.
+    pub tls: Option<&'a TlsFacts>,
+}
+
+/// What the TLS listener knows of a connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// `TLSv1_3`, ...
+    pub version: String,
+    pub cipher: String,
+    /// The client certificate, when one was presented; the listener verified it against its
+    /// `client_ca` before the request could arrive.
+    pub client: Option<ClientCertificate>,
+}
+
+/// A verified client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// base64url (no padding) of the SHA-256 of the certificate's DER: RFC 8705's
+    /// `x5t#S256`.
+    pub thumbprint: String,
+    pub organization: Option<String>,
+    pub serial: Option<String>,
 }
 
 /// A host without port, lower-cased, without a trailing dot (`example.com.` is `example.com`).

@@ -306,7 +306,20 @@ impl UniqueID for HeadTimedStream {
     }
 }
 
-impl Ssl for HeadTimedStream {}
+// The TLS facts of the connection (version, cipher, the client certificate's digest, the ALPN
+// protocol) are the wrapped stream's: a wrapper that hid them would make every request look
+// like plain HTTP/1.1.
+impl Ssl for HeadTimedStream {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl GetTimingDigest for HeadTimedStream {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {

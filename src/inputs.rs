@@ -71,13 +71,13 @@ impl Inputs {
 
     /// What a snapshot built from `config` reads (identities not taken).
     fn of(config: &Config) -> Inputs {
-        let tls_files = config
-            .raw
-            .listen
-            .tls
-            .iter()
-            .flat_map(|t| t.certificates.iter())
-            .flat_map(|c| [c.get_ref().cert.clone(), c.get_ref().key.clone()]);
+        let tls_files = config.raw.listen.tls.iter().flat_map(|t| {
+            t.certificates
+                .iter()
+                .flat_map(|c| [c.get_ref().cert.clone(), c.get_ref().key.clone()])
+                .chain(t.client_ca.as_ref().map(|c| c.get_ref().clone()))
+                .collect::<Vec<_>>()
+        });
         let upstream_files = config.raw.upstreams.values().flat_map(|u| {
             let u = u.get_ref();
             [&u.ca_file, &u.client_cert, &u.client_key]

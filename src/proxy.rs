@@ -91,6 +91,23 @@ fn head_of(req: &RequestHeader) -> RequestHead<'_> {
     }
 }
 
+/// What the TLS listener learnt of the connection: version, cipher and the client certificate
+/// it verified (its SHA-256 thumbprint, RFC 8705's `x5t#S256`).
+fn tls_facts(session: &Session) -> Option<crate::facts::TlsFacts> {
+    use base64::Engine as _;
+    let ssl = session.digest()?.ssl_digest.as_ref()?;
+    let client = (!ssl.cert_digest.is_empty()).then(|| crate::facts::ClientCertificate {
+        thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&ssl.cert_digest),
+        organization: ssl.organization.clone(),
+        serial: ssl.serial_number.clone(),
+    });
+    Some(crate::facts::TlsFacts {
+        version: ssl.version.to_string(),
+        cipher: ssl.cipher.to_string(),
+        client,
+    })
+}
+
 async fn respond_json(
     session: &mut Session,
     status: u16,
@@ -365,8 +382,12 @@ impl ProxyHttp for ClaimgateProxy {
             BodyRead::TooLarge => Body::TooLarge,
             _ => admitted.body(&buf),
         };
+        let tls = tls_facts(session);
         let head = head_of(session.req_header());
-        let facts = admitted.facts(&head, client_ip, body);
+        let facts = RequestFacts {
+            tls: tls.as_ref(),
+            ..admitted.facts(&head, client_ip, body)
+        };
         let m = admitted.route.as_ref();
         let decision = self.decide(&snapshot, &facts, m).await;
         let log = LogFacts {

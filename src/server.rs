@@ -136,8 +136,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
     );
     proxy.add_tcp(&proxy_addr.to_string());
     if let Some(addr) = tls_addr {
-        let settings = crate::tls_listener::settings(state.clone())
-            .map_err(|e| StartError::Server(e.to_string()))?;
+        let settings = crate::tls_listener::settings(state.clone()).map_err(StartError::Server)?;
         proxy.add_tls_with_settings(&addr.to_string(), None, settings);
     }
     server.add_service(proxy);

@@ -46,6 +46,11 @@ impl Certificates {
                 Err(msg) => errors.push(config.error_at(entry.span(), msg)),
             }
         }
+        if let Some(ca) = &tls.client_ca {
+            if let Err(msg) = read_ca(&config.resolve(ca.get_ref())) {
+                errors.push(config.error_at(ca.span(), msg));
+            }
+        }
         if errors.is_empty() {
             Ok(Some(Certificates { certs }))
         } else {
@@ -107,6 +112,21 @@ impl Certificate {
             key: Arc::new(key),
         })
     }
+}
+
+/// Checks a PEM CA bundle: at least one certificate, each parsing as X.509.
+fn read_ca(path: &Path) -> Result<(), String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("`{}`: not PEM certificates ({e})", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("`{}` holds no certificate", path.display()));
+    }
+    for c in &certs {
+        leaf_facts(c)
+            .map_err(|e| format!("`{}`: a certificate does not parse ({e})", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The leaf's DNS names and `notAfter`.

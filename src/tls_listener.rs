@@ -23,11 +23,49 @@ impl ResolvesServerCert for SnapshotCertificates {
     }
 }
 
-/// Settings for a TLS listener served from `state`'s certificates, HTTP/1.1 by ALPN.
-pub fn settings(state: Arc<ArcSwap<Snapshot>>) -> pingora::Result<TlsSettings> {
+/// Settings for a TLS listener served from `state`'s certificates, HTTP/1.1 by ALPN; with a
+/// client CA, client certificates are verified against it (required or optional). The client CA
+/// is read once, at start (a change is reported as needing a restart).
+pub fn settings(state: Arc<ArcSwap<Snapshot>>) -> Result<TlsSettings, String> {
+    let snapshot = state.load_full();
     // Paths are ignored once a resolver is set (see `TlsSettings::build`).
-    let mut s = TlsSettings::intermediate("", "")?;
+    let mut s = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
     s.set_cert_resolver(Arc::new(SnapshotCertificates { state }));
     s.set_alpn(ALPN::H1);
+    if let Some(v) = client_verifier(&snapshot)? {
+        s.set_client_cert_verifier(v);
+    }
     Ok(s)
+}
+
+fn client_verifier(
+    snapshot: &Snapshot,
+) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, String> {
+    use crate::config::ClientAuth;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let Some(tls) = &snapshot.config.raw.listen.tls else {
+        return Ok(None);
+    };
+    let Some(ca) = &tls.client_ca else {
+        return Ok(None);
+    };
+    let path = snapshot.config.resolve(ca.get_ref());
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("`{}`: not PEM certificates ({e})", path.display()))?;
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| format!("`{}`: {e}", path.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match tls.client_auth {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    builder.build().map(Some).map_err(|e| e.to_string())
 }

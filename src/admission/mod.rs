@@ -82,6 +82,7 @@ impl Admitted {
             client_ip,
             body,
             location: None,
+            tls: None,
         }
     }
 

@@ -134,6 +134,7 @@ mod tests {
             algorithms: vec![Algorithm::HS256],
             leeway_seconds: 0,
             types: Vec::new(),
+            certificate_bound: false,
             keys: KeySet::new(vec![
                 from_secret(SECRET, None, None, &[Algorithm::HS256])
                     .unwrap()

@@ -49,6 +49,10 @@ pub enum TokenError {
     /// is another, or missing.
     #[error("the token's type (`typ`) is not accepted here")]
     WrongType,
+    /// RFC 8705 §3: the issuer's tokens are bound to the client certificate that presents them,
+    /// and this one's `cnf["x5t#S256"]` is missing or names another certificate.
+    #[error("the token is not bound to the client certificate of this connection")]
+    CertificateBinding,
 }
 
 impl TokenError {
@@ -75,6 +79,7 @@ impl TokenError {
             TokenError::IssuedInFuture => "issued_in_future",
             TokenError::KeysStale => "keys_stale",
             TokenError::WrongType => "wrong_token_type",
+            TokenError::CertificateBinding => "certificate_binding",
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Issuer {
     pub leeway_seconds: u64,
     /// Accepted `typ` header values, lower-case without `application/` (empty: any, or none).
     pub types: Vec<String>,
+    /// Tokens must be bound to the connection's client certificate (RFC 8705 §3).
+    pub certificate_bound: bool,
     /// Keys from files and secrets, loaded with the configuration.
     pub keys: KeySet,
     /// Keys fetched from the identity provider, refreshed in the background.
@@ -211,6 +213,7 @@ impl IssuerSet {
                 algorithms,
                 leeway_seconds: ic.leeway_seconds,
                 types: ic.types.iter().map(|t| media_type(t)).collect(),
+                certificate_bound: ic.certificate_bound,
                 keys: KeySet::new(all),
                 remote,
             });

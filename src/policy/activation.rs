@@ -405,7 +405,7 @@ impl<'a> Indexer for LazyMap<'a> {
 }
 
 /// The fields of `request`.
-const REQUEST_FIELDS: [&str; 7] = [
+const REQUEST_FIELDS: [&str; 8] = [
     "method",
     "host",
     "path",
@@ -413,6 +413,7 @@ const REQUEST_FIELDS: [&str; 7] = [
     "headers",
     "params",
     "client_ip",
+    "tls",
 ];
 
 fn request_field(
@@ -431,9 +432,32 @@ fn request_field(
         "client_ip" => Value::String(Arc::new(
             client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         )),
+        "tls" => tls_value(req.tls),
         _ => Value::Null,
     };
     to_val(v)
+}
+
+/// `request.tls`: `null` on a plain connection; otherwise `version`, `cipher` and
+/// `client_certificate` (`null`, or `thumbprint` (RFC 8705 `x5t#S256`), `organization`,
+/// `serial`).
+fn tls_value(tls: Option<&crate::facts::TlsFacts>) -> Value {
+    let Some(t) = tls else {
+        return Value::Null;
+    };
+    let text = |s: Option<&String>| s.map_or(Value::Null, |s| Value::from(s.as_str()));
+    let client = t.client.as_ref().map_or(Value::Null, |c| {
+        string_map([
+            ("thumbprint", Value::from(c.thumbprint.as_str())),
+            ("organization", text(c.organization.as_ref())),
+            ("serial", text(c.serial.as_ref())),
+        ])
+    });
+    string_map([
+        ("version", Value::from(t.version.as_str())),
+        ("cipher", Value::from(t.cipher.as_str())),
+        ("client_certificate", client),
+    ])
 }
 
 fn headers_value(h: &HeaderMap) -> Box<dyn Val> {
@@ -518,6 +542,7 @@ mod tests {
             client_ip: Some("192.0.2.7".parse().unwrap()),
             body: Body::NotRead,
             location: None,
+            tls: None,
         };
         let act = Activation::new(Inputs {
             req: &req,

@@ -515,6 +515,7 @@ mod tests {
             client_ip: None,
             body: Body::NotRead,
             location: None,
+            tls: None,
         };
         let cel = CelRuntime::new();
         let geo = GeoResolver::default();

@@ -419,3 +419,152 @@ async fn upstreams_over_tls_verify_the_name_and_present_a_client_certificate() {
     assert_eq!(r.status(), 502);
     assert_eq!(mtls.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// curl with a client certificate (or none) to `path` with a token: the HTTP status, or `fail`
+/// when the handshake did not complete.
+fn curl_client(
+    dir: &Path,
+    tls: SocketAddr,
+    client: Option<&str>,
+    path: &str,
+    token: Option<&str>,
+) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--cacert")
+        .arg(dir.join("ca.pem"))
+        .arg("--resolve")
+        .arg(format!("a.test:{}:127.0.0.1", tls.port()));
+    if let Some(c) = client {
+        cmd.arg("--cert")
+            .arg(dir.join(format!("{c}.pem")))
+            .arg("--key")
+            .arg(dir.join(format!("{c}-key.pem")));
+    }
+    if let Some(t) = token {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    let out = cmd
+        .arg(format!("https://a.test:{}{path}", tls.port()))
+        .output()
+        .expect("curl");
+    if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    } else {
+        "fail".into()
+    }
+}
+
+/// RFC 8705's `x5t#S256` of a PEM certificate file.
+fn thumbprint(pem: &Path) -> String {
+    use base64::Engine as _;
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(pem).unwrap();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+fn mtls_config(up: SocketAddr, tls_port: u16, dir: &Path, auth: &str) -> String {
+    format!(
+        "{}\n[issuers.bound]\nissuer = \"https://bound.test\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\ncertificate_bound = true\nkeys = [{{ pem_file = \"{ec}\", kid = \"b-ec\" }}]\n\n[listen.tls]\naddress = \"127.0.0.1:{tls_port}\"\nclient_ca = \"{d}/client-ca.pem\"\nclient_auth = \"{auth}\"\ncertificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a-key.pem\" }}]\n",
+        standard_config(up),
+        ec = fixture("ec256-public.pem").display(),
+        d = dir.display()
+    )
+}
+
+const MTLS_ROUTES: &str = r#"
+[[route]]
+name = "who"
+path = "/who"
+auth = "none"
+  [[route.rule]]
+  name = "has-a-client-certificate"
+  allow_if = "request.tls != null && request.tls.client_certificate != null"
+  [route.forward]
+  "x-client-thumbprint" = "request.tls.client_certificate.thumbprint"
+
+[[route]]
+name = "bound"
+path = "/bound"
+issuers = ["bound"]
+"#;
+
+#[test]
+fn client_certificates_are_verified_and_bind_tokens() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let clients = Ca::new();
+    let strangers = Ca::new();
+    std::fs::write(certs.path().join("ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(certs.path().join("client-ca.pem"), clients.cert.pem()).unwrap();
+    ca.issue(certs.path(), "a", "a.test", "a.test");
+    clients.issue(certs.path(), "alice", "alice.client", "alice");
+    clients.issue(certs.path(), "bob", "bob.client", "bob");
+    strangers.issue(certs.path(), "mallory", "mallory.client", "mallory");
+    let d = certs.path();
+
+    // Required: a certificate from the client CA is admitted, none or another CA's is not.
+    let up = Upstream::start();
+    let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gw = Gateway::start(
+        &mtls_config(up.addr, tls.port(), d, "required"),
+        &[("m.toml", MTLS_ROUTES)],
+    );
+    wait_listening(tls);
+    assert_eq!(curl_client(d, tls, Some("alice"), "/who", None), "200");
+    assert_eq!(
+        up.last()
+            .headers
+            .get("x-client-thumbprint")
+            .map(|v| v.to_str().unwrap().to_string())
+            .as_deref(),
+        Some(thumbprint(&d.join("alice.pem")).as_str()),
+        "the rule and the upstream see the certificate's thumbprint"
+    );
+    assert_eq!(curl_client(d, tls, None, "/who", None), "fail");
+    assert_eq!(curl_client(d, tls, Some("mallory"), "/who", None), "fail");
+    drop(gw);
+
+    // Optional: no certificate is admitted (and the rule sees none); a token bound to alice's
+    // certificate (RFC 8705 §3) passes only with alice's certificate.
+    let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _gw = Gateway::start(
+        &mtls_config(up.addr, tls.port(), d, "optional"),
+        &[("m.toml", MTLS_ROUTES)],
+    );
+    wait_listening(tls);
+    assert_eq!(curl_client(d, tls, None, "/who", None), "403");
+    assert_eq!(curl_client(d, tls, Some("mallory"), "/who", None), "fail");
+    let bound = |x5t: &str| {
+        super::tokens::sign(
+            jsonwebtoken::Algorithm::ES256,
+            Some("b-ec"),
+            &super::tokens::claims(
+                "https://bound.test",
+                serde_json::json!({"cnf": {"x5t#S256": x5t}}),
+            ),
+            &super::tokens::encoding_key(jsonwebtoken::Algorithm::ES256),
+        )
+    };
+    let alices = bound(&thumbprint(&d.join("alice.pem")));
+    assert_eq!(
+        curl_client(d, tls, Some("alice"), "/bound", Some(&alices)),
+        "200"
+    );
+    assert_eq!(
+        curl_client(d, tls, Some("bob"), "/bound", Some(&alices)),
+        "401"
+    );
+    assert_eq!(curl_client(d, tls, None, "/bound", Some(&alices)), "401");
+    let unbound = super::tokens::sign(
+        jsonwebtoken::Algorithm::ES256,
+        Some("b-ec"),
+        &super::tokens::claims("https://bound.test", serde_json::json!({})),
+        &super::tokens::encoding_key(jsonwebtoken::Algorithm::ES256),
+    );
+    assert_eq!(
+        curl_client(d, tls, Some("alice"), "/bound", Some(&unbound)),
+        "401"
+    );
+}
