@@ -376,6 +376,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeadTimeoutApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // HTTP/2 (negotiated by ALPN on the TLS listener) has its own framing: Pingora's h2
+        // server takes the connection; the head deadline below reads HTTP/1 heads only.
+        if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
         let ms = self.state.load().config.raw.limits.request_head_timeout_ms;
         let wrapped = HeadTimedStream::new(
             stream,

@@ -82,13 +82,27 @@ fn request_id(req: &RequestHeader) -> String {
 }
 
 /// The request head as the decision core reads it.
-fn head_of(req: &RequestHeader) -> RequestHead<'_> {
+fn head_of<'a>(req: &'a RequestHeader, h2_target: Option<&'a [u8]>) -> RequestHead<'a> {
     RequestHead {
         method: req.method.as_str(),
-        target: req.raw_path(),
+        target: h2_target.unwrap_or_else(|| req.raw_path()),
         http10: req.version < http::Version::HTTP_11,
         headers: &req.headers,
     }
+}
+
+/// An HTTP/2 request's target as admission reads it: `:authority` is the host (RFC 9113
+/// §8.3.1), so the request is presented in absolute form, `scheme://authority/path`; a `Host`
+/// header beside it must then say the same. `None` for HTTP/1.x.
+fn h2_target(req: &RequestHeader) -> Option<Vec<u8>> {
+    if req.version != http::Version::HTTP_2 {
+        return None;
+    }
+    let authority = req.uri.authority()?;
+    let scheme = req.uri.scheme_str().unwrap_or("https");
+    let mut t = format!("{scheme}://{authority}").into_bytes();
+    t.extend_from_slice(req.raw_path());
+    Some(t)
 }
 
 /// What the TLS listener learnt of the connection: version, cipher and the client certificate
@@ -357,7 +371,8 @@ impl ProxyHttp for ClaimgateProxy {
         // it stalls, not left for the upstream's read timeout to turn into a 502.
         let timeout = Duration::from_millis(snapshot.config.raw.limits.client_body_timeout_ms);
         session.as_mut().set_read_timeout(Some(timeout));
-        let admitted = match snapshot.admit(&head_of(session.req_header())) {
+        let h2 = h2_target(session.req_header());
+        let admitted = match snapshot.admit(&head_of(session.req_header(), h2.as_deref())) {
             Ok(a) => a,
             Err(decision) => {
                 let decision = *decision;
@@ -383,7 +398,7 @@ impl ProxyHttp for ClaimgateProxy {
             _ => admitted.body(&buf),
         };
         let tls = tls_facts(session);
-        let head = head_of(session.req_header());
+        let head = head_of(session.req_header(), h2.as_deref());
         let facts = RequestFacts {
             tls: tls.as_ref(),
             ..admitted.facts(&head, client_ip, body)

@@ -23,7 +23,7 @@ impl ResolvesServerCert for SnapshotCertificates {
     }
 }
 
-/// Settings for a TLS listener served from `state`'s certificates, HTTP/1.1 by ALPN; with a
+/// Settings for a TLS listener served from `state`'s certificates, `h2` or `http/1.1` by ALPN; with a
 /// client CA, client certificates are verified against it (required or optional). The client CA
 /// is read once, at start (a change is reported as needing a restart).
 pub fn settings(state: Arc<ArcSwap<Snapshot>>) -> Result<TlsSettings, String> {
@@ -31,7 +31,7 @@ pub fn settings(state: Arc<ArcSwap<Snapshot>>) -> Result<TlsSettings, String> {
     // Paths are ignored once a resolver is set (see `TlsSettings::build`).
     let mut s = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
     s.set_cert_resolver(Arc::new(SnapshotCertificates { state }));
-    s.set_alpn(ALPN::H1);
+    s.set_alpn(ALPN::H2H1);
     if let Some(v) = client_verifier(&snapshot)? {
         s.set_client_cert_verifier(v);
     }

@@ -568,3 +568,56 @@ fn client_certificates_are_verified_and_bind_tokens() {
         "401"
     );
 }
+
+#[test]
+fn http2_by_alpn_is_decided_on_the_authority() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    std::fs::write(certs.path().join("ca.pem"), ca.cert.pem()).unwrap();
+    ca.issue(certs.path(), "a", "a.test", "a.test");
+    ca.issue(certs.path(), "b", "b.test", "b.test");
+    let rules = format!(
+        "{OPEN}\n[[route]]\nname = \"only-b\"\nhost = \"b.test\"\npath = \"/open\"\nauth = \"none\"\n  [route.forward]\n  \"x-route\" = \"'only-b'\"\n"
+    );
+    let up = Upstream::start();
+    let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _gw = Gateway::start(
+        &tls_config(up.addr, tls.port(), certs.path()),
+        &[("open.toml", &rules)],
+    );
+    wait_listening(tls);
+    let h2 = |name: &str, token: Option<&str>| {
+        let mut cmd = Command::new("curl");
+        if let Some(t) = token {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        let out = cmd
+            .args([
+                "-sS",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(certs.path().join("ca.pem"))
+            .arg("--resolve")
+            .arg(format!("{name}:{}:127.0.0.1", tls.port()))
+            .arg(format!("https://{name}:{}/open", tls.port()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // HTTP/2 end to end from the client's side; the host-specific route decides `b.test`
+    // (RFC 9113 §8.3.1: `:authority` is the host), and the upstream gets it as `Host`.
+    assert_eq!(h2("a.test", None), "2 200");
+    assert!(up.last().headers.get("x-route").is_none());
+    assert_eq!(h2("b.test", None), "2 200");
+    let seen = up.last();
+    assert_eq!(seen.headers.get("x-route").unwrap(), "only-b");
+    assert_eq!(
+        seen.headers.get("host").unwrap().to_str().unwrap(),
+        format!("b.test:{}", tls.port())
+    );
+}
