@@ -28,9 +28,9 @@ pub struct RequestFacts<'a> {
 /// What the TLS listener knows of a connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsFacts {
-    /// `TLSv1_3`, ...
-    pub version: String,
-    pub cipher: String,
+    /// `TLSv1_3`, ... (static names: no copy per request)
+    pub version: std::borrow::Cow<'static, str>,
+    pub cipher: std::borrow::Cow<'static, str>,
     /// The client certificate, when one was presented; the listener verified it against its
     /// `client_ca` before the request could arrive.
     pub client: Option<ClientCertificate>,

@@ -23,6 +23,9 @@ pub struct Inputs {
     pub rules_dir: Option<PathBuf>,
     /// The rules files, in load order.
     pub rules: Vec<PathBuf>,
+    /// Why the rules directory could not be listed (then `rules` is empty and the set does not
+    /// load).
+    pub rules_unreadable: Option<String>,
     /// Key files: PEM, JWKS and secret files; the TLS listener's certificates and keys.
     pub keys: Vec<PathBuf>,
     /// The geo database: large, so hashed by identity, not content.
@@ -50,6 +53,7 @@ impl Inputs {
                 config: path.to_path_buf(),
                 rules_dir: None,
                 rules: Vec::new(),
+                rules_unreadable: None,
                 keys: Vec::new(),
                 geo_db: None,
                 identities: Vec::new(),
@@ -96,11 +100,15 @@ impl Inputs {
             .chain(upstream_files)
             .map(|p| config.resolve(&p))
             .collect();
+        let (rules, rules_unreadable) = match PolicySet::files_in(&config.rules_dir) {
+            Ok(files) => (files, None),
+            Err(e) => (Vec::new(), Some(e.message)),
+        };
         Inputs {
             config: config.path.clone(),
             rules_dir: Some(config.rules_dir.clone()),
-            // An unreadable directory is the loader's error to report; as inputs it is empty.
-            rules: PolicySet::files_in(&config.rules_dir).unwrap_or_default(),
+            rules,
+            rules_unreadable,
             keys,
             geo_db: config
                 .raw

@@ -50,11 +50,11 @@ pub fn build(
     let issuers = IssuerSet::load(&config, remote);
     let sources = SourceSet::compile(&config);
     let ctx = load_context(&config, sources.as_ref().unwrap_or(&SourceSet::default()));
-    // The listing is taken again only to report an unreadable directory; the files read are
-    // the ones `inputs` lists.
-    let policy = PolicySet::files_in(&config.rules_dir)
-        .map_err(|e| vec![e])
-        .and_then(|_| PolicySet::load_files(&inputs.rules, &ctx));
+    // The files read are the ones `inputs` listed, once.
+    let policy = match &inputs.rules_unreadable {
+        Some(e) => Err(vec![SourceError::whole_file(&config.rules_dir, e.clone())]),
+        None => PolicySet::load_files(&inputs.rules, &ctx),
+    };
     let geo = load_geo(&config);
     let upstreams = crate::upstream::Upstreams::load(&config);
     let strip = strip_headers(&config);

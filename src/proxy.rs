@@ -116,8 +116,8 @@ fn tls_facts(session: &Session) -> Option<crate::facts::TlsFacts> {
         serial: ssl.serial_number.clone(),
     });
     Some(crate::facts::TlsFacts {
-        version: ssl.version.to_string(),
-        cipher: ssl.cipher.to_string(),
+        version: ssl.version.clone(),
+        cipher: ssl.cipher.clone(),
         client,
     })
 }
@@ -434,7 +434,12 @@ impl ProxyHttp for ClaimgateProxy {
         let sni = tls.map(|t| t.sni.clone()).unwrap_or_default();
         let mut peer = HttpPeer::new(pool.pick(), tls.is_some(), sni);
         if let Some(t) = tls {
-            let m = crate::upstream_tls::prepared(t);
+            let Some(m) = crate::upstream_tls::prepared(t) else {
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "the upstream's TLS settings are not usable",
+                );
+            };
             peer.options.ca = m.ca.clone();
             peer.client_cert_key = m.client.clone();
         }
@@ -625,6 +630,112 @@ impl ProxyHttp for ClaimgateProxy {
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{h2_target, head_of};
+    use crate::admission::host::parse_authority;
+    use crate::engine::Snapshot;
+    use crate::testing::Workspace;
+    use pingora::http::RequestHeader;
+    use proptest::prelude::*;
+    use std::sync::LazyLock;
+
+    const RULES: &str = "[[route]]\nname = \"admin\"\nhost = \"admin.test\"\npath = \"/*\"\nauth = \"none\"\n  [[route.rule]]\n  name = \"never\"\n  deny_if = \"request.path != ''\"\n\n[[route]]\nname = \"open\"\npath = \"/*\"\nauth = \"none\"\n";
+
+    static SET: LazyLock<(Workspace, Snapshot)> = LazyLock::new(|| {
+        let ws = Workspace::new(&[("r.toml", RULES)]);
+        let s = ws.snapshot();
+        (ws, s)
+    });
+
+    fn authority() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("admin.test"),
+            Just("ADMIN.test"),
+            Just("admin.test."),
+            Just("other.test"),
+            Just("user@"),
+            Just(":443"),
+            Just(":"),
+            Just("[::1]"),
+            Just("%61"),
+            Just("127.0.0.1"),
+            Just("_"),
+        ];
+        prop::collection::vec(piece, 1..4).prop_map(|v| v.concat())
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/"),
+            Just("x"),
+            Just(".."),
+            Just("%2e"),
+            Just("%2F"),
+            Just("?q=1"),
+            Just("//"),
+        ];
+        prop::collection::vec(piece, 1..5).prop_map(|v| format!("/{}", v.concat()))
+    }
+
+    fn admit_h2(authority: &str, path: &str) -> Option<crate::admission::Admitted> {
+        let mut req = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        req.set_uri(format!("https://{authority}{path}").parse().unwrap());
+        req.set_version(http::Version::HTTP_2);
+        let target = h2_target(&req);
+        SET.1.admit(&head_of(&req, target.as_deref())).ok()
+    }
+
+    #[test]
+    fn h2_authorities_decide_the_host() {
+        let a = admit_h2("ADMIN.test:8443", "/x").unwrap();
+        assert_eq!(a.host.as_deref(), Some("admin.test"));
+        assert_eq!(a.route_name.as_deref(), Some("admin"));
+        assert_eq!(a.set_host.as_deref(), Some("admin.test:8443"));
+        assert_eq!(a.upstream_target(), "/x");
+        assert!(admit_h2("user@admin.test", "/x").is_none());
+        assert_eq!(
+            admit_h2("other.test", "/x").unwrap().route_name.as_deref(),
+            Some("open")
+        );
+    }
+
+    proptest! {
+        /// HTTP/2: whatever `:authority` a client sends, a request is admitted only when the
+        /// authority is a plain `host[:port]`, it is decided on that host (so `admin.test` in
+        /// any spelling reaches the admin route and its rule), and the upstream is sent that
+        /// authority as `Host` with an origin-form target.
+        #[test]
+        fn an_h2_request_is_decided_on_its_authority(a in authority(), p in path()) {
+            let Ok(uri) = format!("https://{a}{p}").parse::<http::Uri>() else {
+                return Ok(());
+            };
+            let mut req = RequestHeader::build("GET", p.as_bytes(), None).unwrap();
+            req.set_uri(uri.clone());
+            req.set_version(http::Version::HTTP_2);
+            let target = h2_target(&req);
+            prop_assert!(target.is_some());
+            let admitted = SET.1.admit(&head_of(&req, target.as_deref()));
+            let Ok(admitted) = admitted else {
+                return Ok(());
+            };
+            let raw = uri.authority().unwrap().as_str();
+            let parsed = parse_authority(raw);
+            prop_assert!(parsed.is_ok(), "admitted {raw}");
+            let parsed = parsed.unwrap();
+            prop_assert_eq!(admitted.host.as_deref(), Some(parsed.host.as_str()));
+            prop_assert_eq!(admitted.set_host.as_deref(), Some(parsed.value.as_str()));
+            prop_assert!(admitted.upstream_target().starts_with('/'));
+            let route = admitted.route_name.as_deref();
+            if parsed.host == "admin.test" {
+                prop_assert_eq!(route, Some("admin"));
+            } else {
+                prop_assert_ne!(route, Some("admin"));
+            }
         }
     }
 }

@@ -15,8 +15,10 @@ pub struct Prepared {
 }
 
 /// The material of `tls`, built on first use. The loader checked every certificate parses and
-/// the client key belongs to its chain, so the conversions here cannot fail.
-pub fn prepared(tls: &UpstreamTls) -> Arc<Prepared> {
+/// the client key belongs to its chain, so the conversions here cannot fail. `None` only if the
+/// slot held something else: the caller then refuses to connect rather than connect without the
+/// configured CA or client certificate.
+pub fn prepared(tls: &UpstreamTls) -> Option<Arc<Prepared>> {
     let any = tls.prepared.get_or_init(|| {
         let ca = tls.ca.as_ref().map(|ders| {
             let certs: Vec<WrappedX509> = ders
@@ -31,12 +33,5 @@ pub fn prepared(tls: &UpstreamTls) -> Arc<Prepared> {
             .map(|(chain, key)| Arc::new(CertKey::new(chain.clone(), key.clone())));
         Arc::new(Prepared { ca, client })
     });
-    match any.clone().downcast::<Prepared>() {
-        Ok(p) => p,
-        // Only this module fills the slot.
-        Err(_) => Arc::new(Prepared {
-            ca: None,
-            client: None,
-        }),
-    }
+    any.clone().downcast::<Prepared>().ok()
 }

@@ -454,8 +454,8 @@ fn tls_value(tls: Option<&crate::facts::TlsFacts>) -> Value {
         ])
     });
     string_map([
-        ("version", Value::from(t.version.as_str())),
-        ("cipher", Value::from(t.cipher.as_str())),
+        ("version", Value::from(t.version.as_ref())),
+        ("cipher", Value::from(t.cipher.as_ref())),
         ("client_certificate", client),
     ])
 }

@@ -99,7 +99,8 @@ const MACROS: &[(&str, &str)] = &[
 ];
 
 /// Functions of the CEL standard library, offered as suggestions for a misspelt name (only
-/// those the registry knows are offered). Acceptance never depends on this list.
+/// those the registry knows are offered), with the [`TIME_ZONE_ACCESSORS`]. Acceptance never
+/// depends on these lists.
 const STANDARD: &[&str] = &[
     "bool",
     "bytes",
@@ -108,16 +109,6 @@ const STANDARD: &[&str] = &[
     "duration",
     "dyn",
     "endsWith",
-    "getDate",
-    "getDayOfMonth",
-    "getDayOfWeek",
-    "getDayOfYear",
-    "getFullYear",
-    "getHours",
-    "getMilliseconds",
-    "getMinutes",
-    "getMonth",
-    "getSeconds",
     "int",
     "matches",
     "size",
@@ -263,6 +254,7 @@ fn unknown(form: Form, name: &str) -> String {
     }
     let known = STANDARD
         .iter()
+        .chain(TIME_ZONE_ACCESSORS)
         .copied()
         .chain(CUSTOM.iter().map(|c| c.name))
         .filter(|k| PROBE.known(Form::Global, k) || PROBE.known(Form::Member, k));

@@ -30,29 +30,40 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-#[test]
-fn core_modules_do_not_use_pingora() {
+/// Every line of code in `src/` (comments cut), as (path relative to the crate, line number,
+/// code, whole line), for the files `keep` selects; unit-test modules at the end of a file are
+/// left out (they may use test support from anywhere).
+fn code_lines(keep: impl Fn(&str) -> bool) -> Vec<(String, usize, String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     rust_files(&root.join("src"), &mut files);
-    let mut offenders = Vec::new();
+    let mut out = Vec::new();
     for f in files {
         let rel = f
             .strip_prefix(root)
             .unwrap()
             .to_string_lossy()
             .replace('\\', "/");
-        if SHELL.contains(&rel.as_str()) {
+        if !keep(&rel) {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap();
-        for (n, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
-            if code.contains("pingora::") || code.contains("use pingora") {
-                offenders.push(format!("{rel}:{}: {}", n + 1, line.trim()));
-            }
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+        for (n, line) in code.lines().enumerate() {
+            let c = line.split("//").next().unwrap_or("").to_string();
+            out.push((rel.clone(), n + 1, c, line.trim().to_string()));
         }
     }
+    out
+}
+
+#[test]
+fn core_modules_do_not_use_pingora() {
+    let offenders: Vec<String> = code_lines(|rel| !SHELL.contains(&rel))
+        .into_iter()
+        .filter(|(_, _, code, _)| code.contains("pingora::") || code.contains("use pingora"))
+        .map(|(rel, n, _, line)| format!("{rel}:{n}: {line}"))
+        .collect();
     assert!(
         offenders.is_empty(),
         "core modules use Pingora:\n{}",
@@ -106,31 +117,14 @@ const ALLOWED: &[(&str, &str)] = &[
 
 #[test]
 fn core_modules_import_nothing_from_the_layers_above() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
     let mut offenders = Vec::new();
-    for f in files {
-        let rel = f
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
-        if !CORE.iter().any(|c| rel.starts_with(c)) {
-            continue;
-        }
-        let text = std::fs::read_to_string(&f).unwrap();
-        // Unit tests at the end of a file may use test support from anywhere.
-        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
-        for (n, line) in code.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
-            for m in ABOVE_CORE {
-                let used = code.contains(&format!("crate::{m}::"))
-                    || code.contains(&format!("crate::{m};"))
-                    || code.contains(&format!("crate::{{{m}"));
-                if used && !ALLOWED.contains(&(rel.as_str(), m)) {
-                    offenders.push(format!("{rel}:{}: {}", n + 1, line.trim()));
-                }
+    for (rel, n, code, line) in code_lines(|rel| CORE.iter().any(|c| rel.starts_with(c))) {
+        for m in ABOVE_CORE {
+            let used = code.contains(&format!("crate::{m}::"))
+                || code.contains(&format!("crate::{m};"))
+                || code.contains(&format!("crate::{{{m}"));
+            if used && !ALLOWED.contains(&(rel.as_str(), m)) {
+                offenders.push(format!("{rel}:{n}: {line}"));
             }
         }
     }
