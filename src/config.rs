@@ -92,6 +92,10 @@ pub struct Listen {
     /// A TLS listener beside the plain one.
     #[serde(default)]
     pub tls: Option<TlsListen>,
+    /// HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3) on the plain listener, told apart from
+    /// HTTP/1 by the connection preface. On by default; `false` serves HTTP/1 only there.
+    #[serde(default = "yes")]
+    pub h2c: bool,
 }
 
 /// `[listen.tls]`: a listener that terminates TLS 1.2 and 1.3 (HTTP/1.1 by ALPN).
@@ -155,6 +159,17 @@ pub struct Limits {
     /// sending a byte at a time never trips (slowloris).
     #[serde(default = "default_request_head_timeout_ms")]
     pub request_head_timeout_ms: u64,
+    /// A WebSocket (any upgraded connection) with no data either way for this long is closed;
+    /// 0: never.
+    #[serde(default = "default_websocket_idle_timeout_ms")]
+    pub websocket_idle_timeout_ms: u64,
+    /// The longest a WebSocket may stay open; 0: no limit of its own.
+    #[serde(default)]
+    pub websocket_max_lifetime_ms: u64,
+    /// Close a WebSocket when the token that opened it expires: the decision was made on that
+    /// token, and holds no longer than it does.
+    #[serde(default = "yes")]
+    pub websocket_ends_with_token: bool,
     /// The most evaluation steps any one expression may take on inputs within these limits,
     /// judged when the rules load (an expression over it does not load).
     #[serde(default = "default_max_eval_steps")]
@@ -171,6 +186,9 @@ impl Default for Limits {
             max_claims_bytes: default_max_claims_bytes(),
             client_body_timeout_ms: default_client_body_timeout_ms(),
             request_head_timeout_ms: default_request_head_timeout_ms(),
+            websocket_idle_timeout_ms: default_websocket_idle_timeout_ms(),
+            websocket_max_lifetime_ms: 0,
+            websocket_ends_with_token: true,
             max_eval_steps: default_max_eval_steps(),
         }
     }
@@ -187,6 +205,9 @@ fn default_max_headers() -> usize {
 }
 fn default_client_body_timeout_ms() -> u64 {
     10_000
+}
+fn default_websocket_idle_timeout_ms() -> u64 {
+    300_000
 }
 fn default_request_head_timeout_ms() -> u64 {
     10_000
@@ -406,6 +427,11 @@ pub struct UpstreamConfig {
     pub default: bool,
     #[serde(default)]
     pub tls: bool,
+    /// The HTTP version spoken to the upstream: `http1` (the default), `h2` (HTTP/2 only:
+    /// prior knowledge on plain connections, ALPN `h2` over TLS; what gRPC services need), or
+    /// `auto` (TLS only: ALPN offers `h2` then `http/1.1` and the upstream picks).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// SNI and the name the upstream's certificate must carry (required with `tls`).
     #[serde(default)]
     pub sni: String,
@@ -424,6 +450,15 @@ pub struct UpstreamConfig {
     pub read_timeout_ms: u64,
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    H2,
+    Auto,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -743,6 +778,12 @@ impl Checks<'_> {
                 self.errors.push(self.at(
                     up.span(),
                     format!("upstream `{name}`: `tls = true` needs `sni`, the name its certificate must carry"),
+                ));
+            }
+            if u.protocol == UpstreamProtocol::Auto && !u.tls {
+                self.errors.push(self.at(
+                    up.span(),
+                    format!("upstream `{name}`: `protocol = \"auto\"` is negotiated by TLS (ALPN) and needs `tls = true`; a plain upstream is `http1` or `h2`"),
                 ));
             }
             let tls_files =

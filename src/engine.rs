@@ -434,6 +434,7 @@ impl Snapshot {
                         forward: Vec::new(),
                     }),
                 )
+                .with_expiry(token.as_deref().map(|t| t.expires_at))
                 .with_token(
                     subject(token.as_deref()),
                     token.map(|t| t.issuer.clone()),
@@ -667,6 +668,7 @@ fn verdict_decision(
 ) -> Decision {
     Decision::new(Some(route.name.clone()), verdict.outcome)
         .with_token(subject(token), token.map(|t| t.issuer.clone()), token_cache)
+        .with_expiry(token.map(|t| t.expires_at))
         .with_audits(verdict.audits)
 }
 

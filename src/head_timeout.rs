@@ -10,6 +10,24 @@
 //! Waiting for the next request on a kept-alive connection is not counted: that is Pingora's
 //! keepalive timeout.
 //!
+//! HTTP/2 has its own framing: requests are multiplexed, and Pingora's h2 server reads them.
+//! On an h2 connection the deadline covers the connection preface (the client's first 24 bytes);
+//! after it, Pingora's h2 idle timeout closes a connection on which no request completes its
+//! head (its timer is reset by accepted streams, not by frames), and the h2 limits bound what
+//! one connection holds: 100 concurrent streams, 64 KiB of decoded headers per request, and the
+//! h2 crate's caps on reset streams (rapid reset, CVE-2023-44487).
+//! On the plain listener an h2c client (prior knowledge, RFC 9113 §3.3) is told apart from an
+//! HTTP/1 one by its first bytes, read here under the same deadline and replayed to the server
+//! that takes the connection: a mismatch with the preface shows within two bytes for any
+//! HTTP/1 method, so a short HTTP/1 request is never held waiting for 24 bytes (Pingora's own
+//! h2c peek reads exactly 24).
+//!
+//! Once an upgrade is answered 101 the connection is a tunnel (a WebSocket): the proxy marks it,
+//! and the wrapper closes it when no data moved either way for the idle limit, or at the end of
+//! its lifetime (a configured maximum, or the expiry of the token it was opened with): the
+//! wrapper sees both directions of the client's side, and its timer wakes a read that would
+//! otherwise wait forever.
+//!
 //! The same wrapper sees what Pingora writes before any hook ran: its empty 400 for a head it
 //! cannot parse and its 405 for CONNECT are replaced by claimgate's JSON answers (counted like
 //! every denial), so a client gets a reason whichever layer refused it.
@@ -29,7 +47,7 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -39,6 +57,20 @@ use tokio::time::{Instant, Sleep};
 const IDLE: u8 = 0;
 const HEAD: u8 = 1;
 const IN_REQUEST: u8 = 2;
+/// An upgraded connection: bytes pass both ways until the tunnel's limits end it.
+const TUNNEL: u8 = 3;
+
+/// Why a tunnel's lifetime ends, as stored in [`HeadTimedStream::tunnel_end_kind`].
+const END_LIFETIME: u8 = 1;
+const END_TOKEN: u8 = 2;
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long a new connection may stay silent before its first byte: Pingora's own first-read
+/// timeout, kept for connections whose protocol is sniffed here.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most of an HTTP/1 head arrives in the sniffing read.
+const SNIFF_BUFFER: usize = 4096;
 
 /// A downstream connection whose request heads must arrive within a deadline.
 pub struct HeadTimedStream {
@@ -54,6 +86,21 @@ pub struct HeadTimedStream {
     /// empty body; claimgate's JSON answer was written instead and the rest of Pingora's is
     /// dropped.
     replaced: bool,
+    /// Bytes read from the connection to tell its protocol, returned before any new read.
+    replay: Option<(Box<[u8]>, usize)>,
+    /// An HTTP/2 connection: how much of the preface is still to come (the deadline's part);
+    /// no HTTP/1 answer is ever written on it.
+    h2_preface_left: Option<usize>,
+    /// A tunnel's limits, set by the proxy through a shared reference: the idle limit and the
+    /// end of its lifetime in ms after `opened` (0: none), and why it ends then.
+    tunnel_idle_ms: AtomicU64,
+    tunnel_end_ms: AtomicU64,
+    tunnel_end_kind: AtomicU8,
+    opened: Instant,
+    /// The last time tunnel data moved either way.
+    tunnel_activity: Option<Instant>,
+    /// When the armed timer fires (a tunnel's deadline moves with its traffic).
+    timer_at: Option<Instant>,
     metrics: Arc<Metrics>,
 }
 
@@ -76,8 +123,161 @@ impl HeadTimedStream {
             timer: None,
             expired: None,
             replaced: false,
+            replay: None,
+            h2_preface_left: None,
+            tunnel_idle_ms: AtomicU64::new(0),
+            tunnel_end_ms: AtomicU64::new(0),
+            tunnel_end_kind: AtomicU8::new(0),
+            opened: Instant::now(),
+            tunnel_activity: None,
+            timer_at: None,
             metrics,
         }
+    }
+
+    /// The connection became a tunnel (an upgrade answered 101): it closes after `idle` without
+    /// data either way, and at `ends` (with why: the lifetime or the token's expiry).
+    pub fn tunnel(&self, idle: Option<Duration>, ends: Option<(Instant, TunnelEnd)>) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.tunnel_idle_ms
+            .store(idle.map_or(0, ms), Ordering::Relaxed);
+        if let Some((at, why)) = ends {
+            self.tunnel_end_ms.store(
+                ms(at.saturating_duration_since(self.opened)),
+                Ordering::Relaxed,
+            );
+            let kind = match why {
+                TunnelEnd::Lifetime => END_LIFETIME,
+                TunnelEnd::TokenExpired => END_TOKEN,
+            };
+            self.tunnel_end_kind.store(kind, Ordering::Relaxed);
+        }
+        self.phase.store(TUNNEL, Ordering::Relaxed);
+    }
+
+    /// When the tunnel closes as things stand, and the metric kind that names why.
+    fn tunnel_deadline(&self, now: Instant) -> Option<(Instant, &'static str)> {
+        let last = self.tunnel_activity.unwrap_or(now);
+        let idle = match self.tunnel_idle_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some((last + Duration::from_millis(ms), "tunnel_idle")),
+        };
+        let end = match self.tunnel_end_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => {
+                let why = if self.tunnel_end_kind.load(Ordering::Relaxed) == END_TOKEN {
+                    "tunnel_token_expired"
+                } else {
+                    "tunnel_lifetime"
+                };
+                Some((self.opened + Duration::from_millis(ms), why))
+            }
+        };
+        match (idle, end) {
+            (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A read on a tunnel: fails once its deadline passed; otherwise reads, and while it waits,
+    /// a timer wakes it at the deadline.
+    fn poll_tunnel_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let now = Instant::now();
+        let last = *self.tunnel_activity.get_or_insert(now);
+        if let Some((deadline, why)) = self.tunnel_deadline(now) {
+            if now >= deadline {
+                crate::telemetry::PROXY_EVENTS
+                    .with_label_values(&[why])
+                    .inc();
+                tracing::info!(
+                    reason = why,
+                    open_ms = now.duration_since(self.opened).as_millis() as u64,
+                    idle_ms = now.duration_since(last).as_millis() as u64,
+                    "closing a WebSocket tunnel"
+                );
+                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+            }
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &res {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.tunnel_activity = Some(Instant::now());
+            }
+            Poll::Pending => {
+                if let Some((deadline, _)) = self.tunnel_deadline(now) {
+                    self.arm(deadline, cx);
+                }
+            }
+            _ => {}
+        }
+        res
+    }
+
+    /// Makes sure this task is woken at `deadline`.
+    fn arm(&mut self, deadline: Instant, cx: &mut Context<'_>) {
+        if self.timer_at != Some(deadline) {
+            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+            self.timer_at = Some(deadline);
+        }
+        if let Some(timer) = self.timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+    }
+
+    /// An HTTP/1 connection whose first bytes (`read`, received at `first_byte`) were read to
+    /// tell its protocol: its head's deadline already runs.
+    fn http1_sniffed(
+        inner: Stream,
+        read: Vec<u8>,
+        first_byte: Instant,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut s = Self::new(inner, timeout, metrics);
+        s.phase.store(HEAD, Ordering::Relaxed);
+        s.deadline = Some(first_byte + timeout);
+        s.replay = Some((read.into_boxed_slice(), 0));
+        s
+    }
+
+    /// An HTTP/2 connection; `read` holds what was read of it to tell its protocol (the whole
+    /// preface for h2c, nothing for h2 negotiated by ALPN, whose preface must then arrive
+    /// within the deadline).
+    fn http2(inner: Stream, read: Vec<u8>, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        let mut s = Self::new(inner, timeout, metrics);
+        let left = H2_PREFACE.len().saturating_sub(read.len());
+        if left > 0 {
+            s.phase.store(HEAD, Ordering::Relaxed);
+            s.deadline = Some(Instant::now() + timeout);
+        } else {
+            s.phase.store(IN_REQUEST, Ordering::Relaxed);
+        }
+        s.h2_preface_left = Some(left);
+        if !read.is_empty() {
+            s.replay = Some((read.into_boxed_slice(), 0));
+        }
+        s
+    }
+
+    /// Serves bytes read while sniffing the protocol, if any are left.
+    fn poll_replay(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        let Some((bytes, at)) = &mut self.replay else {
+            return false;
+        };
+        let n = (bytes.len() - *at).min(buf.remaining());
+        buf.put_slice(&bytes[*at..*at + n]);
+        *at += n;
+        if *at >= bytes.len() {
+            self.replay = None;
+        }
+        true
     }
 
     /// Pingora's own error answer to a head no hook saw: replaced by claimgate's JSON, counted
@@ -157,6 +357,11 @@ impl HeadTimedStream {
             timeout_ms = self.timeout.as_millis() as u64,
             "closing a connection whose request head did not arrive in time"
         );
+        if self.h2_preface_left.is_some() {
+            // An HTTP/1 answer means nothing to an h2 client: the connection just closes.
+            self.expired = Some((Vec::new(), 0));
+            return;
+        }
         let body = denial.body(None);
         let mut response = format!(
             "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
@@ -202,9 +407,16 @@ impl AsyncRead for HeadTimedStream {
         if this.expired.is_some() {
             return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
         }
+        if this.poll_replay(buf) {
+            return Poll::Ready(Ok(()));
+        }
         let phase = this.phase.load(Ordering::Relaxed);
+        if phase == TUNNEL {
+            return this.poll_tunnel_read(cx, buf);
+        }
         if phase != HEAD {
             this.timer = None;
+            this.timer_at = None;
         } else if this.deadline.is_some_and(|d| Instant::now() >= d) {
             this.timer = None;
             this.expire();
@@ -218,18 +430,22 @@ impl AsyncRead for HeadTimedStream {
                 this.phase.store(HEAD, Ordering::Relaxed);
                 this.deadline = Some(Instant::now() + this.timeout);
             }
+            (Poll::Ready(Ok(())), HEAD) if this.h2_preface_left.is_some() => {
+                let read = buf.filled().len() - before;
+                let left = this.h2_preface_left.unwrap_or(0).saturating_sub(read);
+                this.h2_preface_left = Some(left);
+                // The preface is in (or the connection ended): from here on Pingora's h2
+                // server and its idle timeout govern the connection.
+                if left == 0 || read == 0 {
+                    this.phase.store(IN_REQUEST, Ordering::Relaxed);
+                    this.timer = None;
+                }
+            }
             (Poll::Pending, HEAD) => {
                 // The head is unfinished and the client is silent: wake this task at the
                 // deadline, so a client that sends nothing more is still cut off.
                 if let Some(deadline) = this.deadline {
-                    // Dropped whenever the stream leaves the head phase, so a timer found here
-                    // was armed for this head's deadline.
-                    let timer = this
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if timer.as_mut().poll(cx).is_ready() {
-                        cx.waker().wake_by_ref();
-                    }
+                    this.arm(deadline, cx);
                 }
             }
             _ => {}
@@ -248,8 +464,16 @@ impl AsyncWrite for HeadTimedStream {
         if this.replaced {
             return Poll::Ready(Ok(buf.len()));
         }
+        if this.phase.load(Ordering::Relaxed) == TUNNEL {
+            let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+            if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+                this.tunnel_activity = Some(Instant::now());
+            }
+            return res;
+        }
         if this.phase.load(Ordering::Relaxed) != IN_REQUEST
             && this.expired.is_none()
+            && this.h2_preface_left.is_none()
             && this.replace_pingora_answer(buf, cx)
         {
             return Poll::Ready(Ok(buf.len()));
@@ -278,7 +502,8 @@ impl AsyncWrite for HeadTimedStream {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         // Once the head is in (every answer the proxy writes), straight through; before it,
-        // through `poll_write`, where Pingora's own error answers are replaced.
+        // through `poll_write`, where Pingora's own error answers are replaced; in a tunnel,
+        // through `poll_write`, which notes the activity.
         if self.phase.load(Ordering::Relaxed) == IN_REQUEST && !self.replaced {
             return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         }
@@ -354,15 +579,85 @@ impl GetSocketDigest for HeadTimedStream {
 #[async_trait]
 impl Peek for HeadTimedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        // Pingora peeks for the h2c preface on a connection handed to it as h2c: it was read
+        // here already.
+        if let Some((bytes, at)) = &self.replay {
+            return match bytes.get(*at..*at + buf.len()) {
+                Some(seen) => {
+                    buf.copy_from_slice(seen);
+                    Ok(true)
+                }
+                None => Ok(false),
+            };
+        }
         self.inner.try_peek(buf).await
     }
 }
 
-/// Serves HTTP/1 connections for an HTTP app (the proxy), each in a [`HeadTimedStream`] with
-/// the deadline of the configuration current when the connection is accepted. The keepalive loop
-/// is Pingora's own (a new session per request on the same stream); it is here so the stream
-/// can be marked idle between requests, after Pingora drained the previous body. The gateway
-/// serves neither TLS nor h2c downstream, so HTTP/1 is all this needs to handle.
+/// Why a tunnel's lifetime ends when it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// `limits.websocket_max_lifetime_ms`.
+    Lifetime,
+    /// The token the upgrade was decided on expires.
+    TokenExpired,
+}
+
+/// What the first bytes of a plain connection showed.
+enum Sniffed {
+    Http1 {
+        read: Vec<u8>,
+        first_byte: Instant,
+    },
+    Http2 {
+        read: Vec<u8>,
+    },
+    /// Closed, failed or silent before its first byte: nothing to serve.
+    Gone,
+}
+
+/// Reads a plain connection's first bytes until they match the h2 preface whole or depart from
+/// it. The first byte may take [`FIRST_BYTE_TIMEOUT`]; the rest counts against the head's
+/// deadline, which a client that stalls inside something looking like the preface runs out on
+/// the HTTP/1 path (a 408), as any other stalled head does.
+async fn sniff(stream: &mut Stream, head_timeout: Duration) -> Sniffed {
+    use tokio::io::AsyncReadExt;
+    let mut read = vec![0u8; SNIFF_BUFFER];
+    let first = match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.read(&mut read)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        _ => return Sniffed::Gone,
+    };
+    let first_byte = Instant::now();
+    let deadline = first_byte + head_timeout;
+    let mut len = first;
+    loop {
+        let seen = &read[..len];
+        let compared = seen.len().min(H2_PREFACE.len());
+        if seen[..compared] != H2_PREFACE[..compared] {
+            read.truncate(len);
+            return Sniffed::Http1 { read, first_byte };
+        }
+        if compared == H2_PREFACE.len() {
+            read.truncate(len);
+            return Sniffed::Http2 { read };
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut read[len..])).await {
+            Ok(Ok(n)) if n > 0 => len += n,
+            Ok(_) => return Sniffed::Gone,
+            Err(_) => {
+                read.truncate(len);
+                return Sniffed::Http1 { read, first_byte };
+            }
+        }
+    }
+}
+
+/// Serves connections for an HTTP app (the proxy), each in a [`HeadTimedStream`] with the
+/// deadline of the configuration current when the connection is accepted. HTTP/2 connections
+/// (ALPN `h2`, or the h2c preface on the plain listener) go to the app's own h2 server; for
+/// HTTP/1 the keepalive loop is Pingora's own (a new session per request on the same stream),
+/// here so the stream can be marked idle between requests, after Pingora drained the previous
+/// body.
 pub struct HeadTimeoutApp<A> {
     pub inner: Arc<A>,
     pub state: Arc<ArcSwap<Snapshot>>,
@@ -376,17 +671,33 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeadTimeoutApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // HTTP/2 (negotiated by ALPN on the TLS listener) has its own framing: Pingora's h2
-        // server takes the connection; the head deadline below reads HTTP/1 heads only.
-        if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
-            return self.inner.process_new(stream, shutdown).await;
-        }
-        let ms = self.state.load().config.raw.limits.request_head_timeout_ms;
-        let wrapped = HeadTimedStream::new(
-            stream,
-            Duration::from_millis(ms.max(1)),
-            self.metrics.clone(),
-        );
+        let (timeout, h2c) = {
+            let snapshot = self.state.load();
+            let ms = snapshot.config.raw.limits.request_head_timeout_ms;
+            (
+                Duration::from_millis(ms.max(1)),
+                snapshot.config.raw.listen.h2c,
+            )
+        };
+        let metrics = self.metrics.clone();
+        let wrapped = if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
+            let h2 = HeadTimedStream::http2(stream, Vec::new(), timeout, metrics);
+            return self.inner.process_new(Box::new(h2), shutdown).await;
+        } else if h2c && stream.get_ssl_digest().is_none() {
+            let mut stream = stream;
+            match sniff(&mut stream, timeout).await {
+                Sniffed::Http2 { read } => {
+                    let h2 = HeadTimedStream::http2(stream, read, timeout, metrics);
+                    return self.inner.process_new(Box::new(h2), shutdown).await;
+                }
+                Sniffed::Http1 { read, first_byte } => {
+                    HeadTimedStream::http1_sniffed(stream, read, first_byte, timeout, metrics)
+                }
+                Sniffed::Gone => return None,
+            }
+        } else {
+            HeadTimedStream::new(stream, timeout, metrics)
+        };
         let mut session = ServerSession::new_http1(Box::new(wrapped));
         // Pingora's defaults for a new connection: keepalive 60 s unless shutting down.
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });

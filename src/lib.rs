@@ -14,6 +14,7 @@ pub mod engine;
 pub mod explain;
 pub mod facts;
 pub mod geo;
+pub mod grpc;
 pub mod location;
 pub mod path;
 pub mod policy;

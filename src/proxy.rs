@@ -4,12 +4,13 @@
 use crate::admission::{Admitted, RequestHead};
 use crate::engine::{Snapshot, Step};
 use crate::facts::{Body, RequestFacts};
-use crate::head_timeout::HeadTimedStream;
+use crate::head_timeout::{HeadTimedStream, TunnelEnd};
 use crate::policy::decision::Allow;
 use crate::policy::route::RouteMatch;
 use crate::policy::{Decision, Outcome};
 use crate::sources::SourceFetcher;
 use crate::telemetry::{log_decision, LogFacts, Metrics, RouteMetrics};
+use crate::upstream::UpstreamProtocol;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -62,9 +63,17 @@ pub struct RequestCtx {
     route_metrics: Option<Arc<RouteMetrics>>,
     /// What admission decided the upstream receives: the upstream head is built from it.
     admitted: Option<Admitted>,
+    /// The `exp` of the token the request was allowed with.
+    token_expires_at: Option<i64>,
+    /// The upstream answered an upgrade with 101: the connection is a tunnel now, and no
+    /// HTTP answer may be written on it.
+    tunnel: bool,
 }
 
 const REQUEST_ID: &str = "x-request-id";
+/// Concurrent streams per HTTP/2 connection to an upstream (Pingora's default is one, which
+/// turns h2 multiplexing into one connection per request).
+const UPSTREAM_H2_STREAMS: usize = 100;
 
 /// The client's request id when it is a sane token, else a new one.
 fn request_id(req: &RequestHeader) -> String {
@@ -122,13 +131,26 @@ fn tls_facts(session: &Session) -> Option<crate::facts::TlsFacts> {
     })
 }
 
-async fn respond_json(
+/// Answers a refused request: the JSON denial, or for a gRPC client the same refusal as a
+/// trailers-only gRPC response carrying `message`.
+async fn respond_refusal(
     session: &mut Session,
     status: u16,
     body: Vec<u8>,
     headers: &[(http::HeaderName, String)],
     request_id: &str,
+    message: &str,
 ) -> Result<()> {
+    let grpc = crate::grpc::is_grpc(
+        session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+    );
+    if grpc {
+        return respond_grpc(session, status, headers, request_id, message).await;
+    }
     let mut resp = ResponseHeader::build(status, Some(5))?;
     if !request_id.is_empty() {
         resp.insert_header(REQUEST_ID, request_id)?;
@@ -143,6 +165,28 @@ async fn respond_json(
     session
         .write_response_body(Some(Bytes::from(body)), true)
         .await
+}
+
+/// A trailers-only gRPC response: HTTP 200 and one header block that ends the stream.
+async fn respond_grpc(
+    session: &mut Session,
+    status: u16,
+    headers: &[(http::HeaderName, String)],
+    request_id: &str,
+    message: &str,
+) -> Result<()> {
+    let answer = crate::grpc::GrpcAnswer::new(status, message);
+    let mut resp = ResponseHeader::build(200, Some(5 + headers.len()))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+    resp.insert_header("grpc-status", answer.status.to_string())?;
+    resp.insert_header("grpc-message", answer.message)?;
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, request_id)?;
+    }
+    for (name, value) in headers {
+        resp.insert_header(name.clone(), value.as_str())?;
+    }
+    session.write_response_header(Box::new(resp), true).await
 }
 
 impl ClaimgateProxy {
@@ -209,6 +253,40 @@ impl ClaimgateProxy {
         refreshed
     }
 
+    /// The upgrade was accepted: the connection's limits as a tunnel, from the configuration
+    /// the request was decided with and the token it was allowed on.
+    fn open_tunnel(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        ctx.tunnel = true;
+        let Some(snapshot) = &ctx.snapshot else {
+            return;
+        };
+        let limits = &snapshot.config.raw.limits;
+        let now = tokio::time::Instant::now();
+        let idle = (limits.websocket_idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(limits.websocket_idle_timeout_ms));
+        let lifetime = (limits.websocket_max_lifetime_ms > 0).then(|| {
+            (
+                now + Duration::from_millis(limits.websocket_max_lifetime_ms),
+                TunnelEnd::Lifetime,
+            )
+        });
+        let token = ctx
+            .token_expires_at
+            .filter(|_| limits.websocket_ends_with_token)
+            .map(|exp| {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_secs(exp.max(0).unsigned_abs());
+                let left = at.duration_since(self.clock.now()).unwrap_or_default();
+                (now + left, TunnelEnd::TokenExpired)
+            });
+        let ends = match (lifetime, token) {
+            (Some(l), Some(t)) => Some(if t.0 <= l.0 { t } else { l }),
+            (l, t) => l.or(t),
+        };
+        if let Some(s) = HeadTimedStream::of(session.as_downstream().stream()) {
+            s.tunnel(idle, ends);
+        }
+    }
+
     /// Answers a request refused before its rules ran (ambiguous target, host, path, framing,
     /// size, a body that stopped arriving).
     async fn refuse(
@@ -248,18 +326,20 @@ impl ClaimgateProxy {
         ctx.route = decision.route.clone();
         match decision.outcome {
             Outcome::Allow(allow) => {
+                ctx.token_expires_at = decision.token_expires_at;
                 ctx.allow = Some(allow);
                 ctx.snapshot = Some(snapshot);
                 Ok(false)
             }
             Outcome::Deny(denial) => {
                 let body = denial.body(decision.route.as_deref());
-                respond_json(
+                respond_refusal(
                     session,
                     denial.status,
                     body,
                     &denial.headers(),
                     &ctx.request_id,
+                    &denial.message,
                 )
                 .await?;
                 Ok(true)
@@ -443,6 +523,16 @@ impl ProxyHttp for ClaimgateProxy {
             peer.options.ca = m.ca.clone();
             peer.client_cert_key = m.client.clone();
         }
+        match pool.protocol {
+            UpstreamProtocol::Http1 => {}
+            // Plain: prior knowledge (h2c); TLS: ALPN `h2` only.
+            UpstreamProtocol::H2 => peer.options.set_http_version(2, 2),
+            UpstreamProtocol::Auto => peer.options.set_http_version(2, 1),
+        }
+        if pool.protocol != UpstreamProtocol::Http1 {
+            // Pingora opens one stream per h2 connection unless told otherwise.
+            peer.options.max_h2_streams = UPSTREAM_H2_STREAMS;
+        }
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
         peer.options.write_timeout = Some(pool.read_timeout);
@@ -527,10 +617,13 @@ impl ProxyHttp for ClaimgateProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            self.open_tunnel(session, ctx);
+        }
         if let Some(series) = &ctx.route_metrics {
             if let Some(t) = ctx.upstream_started {
                 series.upstream_time(&self.metrics, t.elapsed());
@@ -580,11 +673,19 @@ impl ProxyHttp for ClaimgateProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy
     where
         Self::CTX: Send + Sync,
     {
+        // A tunnel that ended (closed by either side or by its limits) has no HTTP left to
+        // answer in.
+        if ctx.tunnel {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let (code, reason, message) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "http_error", "the request could not be served"),
             _ if client_body_stalled(session, e) => (
@@ -623,7 +724,7 @@ impl ProxyHttp for ClaimgateProxy {
                 "message": message,
             });
             let body = serde_json::to_vec(&body).unwrap_or_default();
-            if let Err(err) = respond_json(session, code, body, &[], "").await {
+            if let Err(err) = respond_refusal(session, code, body, &[], "", message).await {
                 tracing::debug!(error = %err, "could not send the error response");
             }
         }

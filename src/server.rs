@@ -117,7 +117,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy_app = pingora::proxy::http_proxy(
+    let mut proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
         ClaimgateProxy {
             state: state.clone(),
@@ -126,6 +126,13 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             sources: crate::sources::SourceFetcher::new(Some(metrics.clone())),
         },
     );
+    // h2c is decided per connection by the head wrapper (and `listen.h2c`); Pingora only has to
+    // accept the connections it is handed as h2c. An h2 connection on which no request is in
+    // flight closes after the same minute an idle HTTP/1 keepalive connection gets.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = true;
+    options.h2_idle_timeout = Some(std::time::Duration::from_secs(60));
+    proxy_app.server_options = Some(options);
     let mut proxy = Service::new(
         "claimgate proxy".to_string(),
         crate::head_timeout::HeadTimeoutApp {

@@ -62,12 +62,19 @@ pub static PROXY_EVENTS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLoc
     let c = IntCounterVec::new(
         Opts::new(
             "claimgate_proxy_events_total",
-            "Conditions normal for a proxy, counted instead of logged as errors: pool_race (a pooled upstream connection was taken; a new one served the request), accept_error, client_closed (the client went away before its answer).",
+            "Conditions normal for a proxy, counted instead of logged as errors: pool_race (a pooled upstream connection was taken; a new one served the request), accept_error, client_closed (the client went away before its answer), and tunnels (WebSockets) closed by the gateway: tunnel_idle, tunnel_lifetime, tunnel_token_expired.",
         ),
         &["kind"],
     )
     .expect("a valid metric definition");
-    for k in ["pool_race", "accept_error", "client_closed"] {
+    for k in [
+        "pool_race",
+        "accept_error",
+        "client_closed",
+        "tunnel_idle",
+        "tunnel_lifetime",
+        "tunnel_token_expired",
+    ] {
         c.with_label_values(&[k]);
     }
     c

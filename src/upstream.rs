@@ -2,6 +2,7 @@
 //! material. Plain data; the proxy turns a pick into a connection.
 
 use crate::config::Config;
+pub use crate::config::UpstreamProtocol;
 use crate::location::SourceError;
 use std::any::Any;
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ pub struct Pool {
     pub addresses: Vec<SocketAddr>,
     /// `None`: plain HTTP.
     pub tls: Option<UpstreamTls>,
+    pub protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -60,6 +62,7 @@ impl Upstreams {
                         client: None,
                         prepared: OnceLock::new(),
                     }),
+                    protocol: up.protocol,
                     connect_timeout: Duration::from_millis(up.connect_timeout_ms),
                     read_timeout: Duration::from_millis(up.read_timeout_ms),
                     idle_timeout: Duration::from_millis(up.idle_timeout_ms),

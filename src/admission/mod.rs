@@ -350,12 +350,16 @@ impl Snapshot {
         let found = self.policy.index.lookup(host, method, path);
         // Many upstreams match paths without regard to case (`/ADMIN/x` is `/admin/x` to
         // them): a path that a more protected route would serve in lower case is refused.
+        // A lower-case form no route serves protects nothing: routes with capitals of their
+        // own (gRPC's `/pkg.Service/Method`) are served as written.
         if path.bytes().any(|b| b.is_ascii_uppercase()) {
             let folded = self
                 .policy
                 .index
                 .lookup(host, method, &path.to_ascii_lowercase());
-            if self.protection(&found) < self.protection(&folded) {
+            if !matches!(folded, Lookup::NoRoute)
+                && self.protection(&found) < self.protection(&folded)
+            {
                 return Err(deny(
                     400,
                     DenyReason::BadPath,

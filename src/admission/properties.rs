@@ -147,3 +147,75 @@ proptest! {
         }
     }
 }
+
+/// Letter case: a capitalised path is refused only when its lower-case form would reach a more
+/// protected route; a lower-case form that no route serves protects nothing.
+#[test]
+fn capitals_are_refused_only_for_a_more_protected_lower_case_route() {
+    let rules = r#"
+[[route]]
+name = "grpc"
+path = "/pkg.Orders/{*method}"
+methods = ["POST"]
+auth = "none"
+  [[route.rule]]
+  name = "any"
+  allow_if = "true"
+
+[[route]]
+name = "public"
+path = "/{section}/x"
+auth = "none"
+
+[[route]]
+name = "admin"
+path = "/admin/*"
+auth = "none"
+  [[route.rule]]
+  name = "internal"
+  allow_if = "request.ip == '10.0.0.1'"
+"#;
+    let config = "[listen]\nproxy = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n[rules]\ndir = \"rules\"\n[upstreams.main]\naddresses = [\"127.0.0.1:3\"]\n";
+    let config = Arc::new(Config::from_str(Path::new("g.toml"), config.into()).expect("config"));
+    let policy = PolicySet::from_sources(
+        &[("r.toml".into(), rules.to_string())],
+        &load_context(&config, &Default::default()),
+    )
+    .expect("policy");
+    let snap = Snapshot::new(
+        config,
+        Arc::new(Default::default()),
+        Arc::new(policy),
+        Arc::new(Default::default()),
+        Arc::new(Default::default()),
+    );
+    let headers = {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, HeaderValue::from_static("a"));
+        h
+    };
+    let admit = |method: &str, target: &str| {
+        let head = RequestHead {
+            method,
+            target: target.as_bytes(),
+            http10: false,
+            headers: &headers,
+        };
+        snap.admit(&head)
+            .map(|a| a.route_name.as_deref().map(str::to_string))
+            .map_err(|d| d.denial().map(|d| d.reason))
+    };
+    // Served as written: its lower-case form reaches no route.
+    assert_eq!(
+        admit("POST", "/pkg.Orders/Get"),
+        Ok(Some("grpc".to_string()))
+    );
+    // `/Admin/x` is the public route as written, the admin route to a case-insensitive
+    // upstream.
+    assert_eq!(admit("GET", "/docs/x"), Ok(Some("public".to_string())));
+    assert_eq!(admit("GET", "/admin/x"), Ok(Some("admin".to_string())));
+    assert_eq!(
+        admit("GET", "/Admin/x"),
+        Err(Some(crate::policy::DenyReason::BadPath))
+    );
+}

@@ -221,6 +221,9 @@ pub struct Decision {
     pub issuer: Option<Arc<str>>,
     /// Whether the verified-token cache answered (`None`: no cache, or no token checked).
     pub token_cache: Option<bool>,
+    /// The verified token's `exp` (seconds since the epoch): what was decided holds until
+    /// then, which bounds a tunnel (WebSocket) opened with it.
+    pub token_expires_at: Option<i64>,
 }
 
 impl Decision {
@@ -243,6 +246,7 @@ impl Decision {
             subject: None,
             issuer: None,
             token_cache: None,
+            token_expires_at: None,
         }
     }
 
@@ -258,6 +262,14 @@ impl Decision {
             subject,
             issuer,
             token_cache,
+            ..self
+        }
+    }
+
+    /// With the verified token's expiry.
+    pub fn with_expiry(self, token_expires_at: Option<i64>) -> Decision {
+        Decision {
+            token_expires_at,
             ..self
         }
     }

@@ -15,13 +15,16 @@ mod logs;
 mod tls;
 mod tokens;
 mod verification;
+mod websocket;
 
 mod admission;
 mod auth;
 mod cases;
 mod cli;
+mod grpc;
 mod guarantee;
 mod hostile;
+mod http2;
 mod observability;
 mod paths;
 mod policy;

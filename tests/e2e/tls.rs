@@ -621,3 +621,55 @@ fn http2_by_alpn_is_decided_on_the_authority() {
         format!("b.test:{}", tls.port())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2_client_that_never_sends_its_preface_is_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    std::fs::write(certs.path().join("ca.pem"), ca.cert.pem()).unwrap();
+    ca.issue(certs.path(), "a", "a.test", "a.test");
+    ca.issue(certs.path(), "b", "b.test", "b.test");
+    let up = Upstream::start();
+    let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = tls_config(up.addr, tls.port(), certs.path()).replace(
+        "[reload]",
+        "[limits]\nrequest_head_timeout_ms = 600\n\n[reload]",
+    );
+    let _gw = Gateway::start(&config, &[("open.toml", OPEN)]);
+    wait_listening(tls);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let mut conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("a.test".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(conn.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // HTTP/2 negotiated, then silence: the server's SETTINGS arrive, then the connection ends
+    // at the head deadline.
+    let started = Instant::now();
+    let mut buf = vec![0u8; 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(ended.is_ok(), "the silent h2 connection was kept open");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(3000),
+        "cut off after {took:?}"
+    );
+}

@@ -1,0 +1,224 @@
+//! gRPC through the gateway with a real client and server (tonic's health service: a unary
+//! `Check` and a server-streaming `Watch`): h2c prior knowledge from the client, HTTP/2 to the
+//! upstream, trailers carried through; denials answered as trailers-only gRPC responses with the
+//! status and the rule's message.
+
+use super::harness::*;
+use super::tokens::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tonic::{Code, Request};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+use tonic_health::server::HealthReporter;
+
+/// A tonic server with the health service on its own runtime; records the `x-user-id` each call
+/// arrived with.
+struct GrpcUpstream {
+    addr: SocketAddr,
+    reporter: HealthReporter,
+    users: Arc<Mutex<Vec<Option<String>>>>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for GrpcUpstream {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl GrpcUpstream {
+    async fn start() -> GrpcUpstream {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let users: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let seen = users.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let service = tonic::service::interceptor::InterceptedService::new(
+                service,
+                move |req: Request<()>| {
+                    let user = req
+                        .metadata()
+                        .get("x-user-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    seen.lock().unwrap().push(user);
+                    Ok(req)
+                },
+            );
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        reporter
+            .set_service_status("orders", tonic_health::ServingStatus::Serving)
+            .await;
+        GrpcUpstream {
+            addr,
+            reporter,
+            users,
+            rt: Some(rt),
+        }
+    }
+}
+
+const RULES: &str = r#"
+[[route]]
+name = "health"
+path = "/grpc.health.v1.Health/{*method}"
+methods = ["POST"]
+issuers = ["hs"]
+upstream = "grpc"
+
+  [route.forward]
+  "x-user-id" = "claims.sub"
+
+  [[route.rule]]
+  name = "ops-only"
+  allow_if = "has(claims.role) && claims.role == 'ops'"
+  message = "health is for the ops role (100% of the time)"
+"#;
+
+fn config(http: SocketAddr, grpc: SocketAddr) -> String {
+    format!(
+        "{}\n[upstreams.grpc]\naddresses = [\"{grpc}\"]\nprotocol = \"h2\"\n",
+        standard_config(http)
+    )
+}
+
+fn with_token(service: &str, token: Option<&str>) -> Request<HealthCheckRequest> {
+    let mut req = Request::new(HealthCheckRequest {
+        service: service.into(),
+    });
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    req
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_calls_are_decided_and_denials_speak_grpc() {
+    let up = Upstream::start();
+    let grpc = GrpcUpstream::start().await;
+    let gw = Gateway::start(&config(up.addr, grpc.addr), &[("grpc.toml", RULES)]);
+    // Plain http:// in tonic is HTTP/2 with prior knowledge: the gateway's h2c.
+    let channel = tonic::transport::Channel::from_shared(gw.url(""))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let ops = token(
+        jsonwebtoken::Algorithm::HS256,
+        json!({"sub": "olga", "role": "ops"}),
+    );
+    let dev = token(
+        jsonwebtoken::Algorithm::HS256,
+        json!({"sub": "dan", "role": "dev"}),
+    );
+
+    // Allowed unary call: the answer and its status (a trailer) came through the gateway.
+    let ok = client
+        .check(with_token("orders", Some(&ops)))
+        .await
+        .unwrap();
+    assert_eq!(ok.get_ref().status, ServingStatus::Serving as i32);
+    assert_eq!(
+        grpc.users.lock().unwrap().last().unwrap().as_deref(),
+        Some("olga")
+    );
+    // An error status from the upstream is a trailer too, and arrives as the upstream sent it.
+    let unknown = client
+        .check(with_token("no-such-service", Some(&ops)))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    // Denials: no token, the rule's refusal (its message, percent-encoded on the wire), and a
+    // method no route serves.
+    let calls = grpc.users.lock().unwrap().len();
+    let none = client.check(with_token("orders", None)).await.unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+    let denied = client
+        .check(with_token("orders", Some(&dev)))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert_eq!(
+        denied.message(),
+        "health is for the ops role (100% of the time)"
+    );
+    assert!(denied.metadata().get("x-request-id").is_some());
+    assert_eq!(
+        grpc.users.lock().unwrap().len(),
+        calls,
+        "a denied call reached the upstream"
+    );
+
+    // A server-streaming call: allowed, it streams updates as the upstream sends them.
+    let mut watch = client
+        .watch(with_token("orders", Some(&ops)))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    grpc.reporter
+        .set_service_status("orders", tonic_health::ServingStatus::NotServing)
+        .await;
+    let second = watch.message().await.unwrap().unwrap();
+    assert_eq!(second.status, ServingStatus::NotServing as i32);
+    drop(watch);
+    // Denied before it starts: the stream ends with the status at once.
+    let refused = client
+        .watch(with_token("orders", Some(&dev)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // A service no route serves: UNIMPLEMENTED, as from a server without it.
+    let mut other = tonic::client::Grpc::new(
+        tonic::transport::Channel::from_shared(gw.url(""))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    other.ready().await.unwrap();
+    let missing = other
+        .unary::<_, tonic_health::pb::HealthCheckResponse, _>(
+            with_token("orders", Some(&ops)),
+            "/other.v1.Orders/Get".parse().unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unimplemented, "{missing:?}");
+
+    let metrics = gw.metrics().await;
+    let denied = metric_value(
+        &metrics,
+        "claimgate_denials_total",
+        &[
+            ("route", "health"),
+            ("rule", "ops-only"),
+            ("reason", "rule_denied"),
+        ],
+    );
+    assert_eq!(denied, Some(2.0), "{metrics}");
+    assert!(!gw.logs().contains(&ops), "a token in the log");
+}

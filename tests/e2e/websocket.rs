@@ -1,0 +1,261 @@
+//! WebSockets through the gateway with a real client and server (tokio-tungstenite): the
+//! upgrade is decided like any request (token, rules, forwarded headers), a denied upgrade gets
+//! the JSON denial, and the tunnel closes when idle, at its lifetime, and when the token that
+//! opened it expires.
+
+// tungstenite's handshake callback returns a whole HTTP response as its error.
+#![allow(clippy::result_large_err)]
+
+use super::harness::*;
+use super::tokens::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Notes an upgrade the server accepts.
+fn record_upgrade(
+    req: &http::Request<()>,
+    resp: http::Response<()>,
+    path: &mut String,
+    seen: &Mutex<Vec<Option<String>>>,
+) -> Result<http::Response<()>, http::Response<Option<String>>> {
+    *path = req.uri().path().to_string();
+    let user = req
+        .headers()
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    seen.lock().unwrap().push(user);
+    Ok(resp)
+}
+
+/// A WebSocket server on its own runtime: `/echo` echoes text; `/push` sends a message every
+/// 200 ms. Records the `x-user-id` of each upgrade.
+struct WsUpstream {
+    addr: SocketAddr,
+    users: Arc<Mutex<Vec<Option<String>>>>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for WsUpstream {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl WsUpstream {
+    fn start() -> WsUpstream {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let users: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let seen = users.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut path = String::new();
+                    let ws = tokio_tungstenite::accept_hdr_async(
+                        tcp,
+                        |req: &http::Request<()>, resp| record_upgrade(req, resp, &mut path, &seen),
+                    )
+                    .await;
+                    let Ok(mut ws) = ws else { return };
+                    if path.ends_with("/push") {
+                        for i in 0.. {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            if ws.send(Message::text(format!("tick {i}"))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    while let Some(Ok(m)) = ws.next().await {
+                        if m.is_text() && ws.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        WsUpstream {
+            addr,
+            users,
+            rt: Some(rt),
+        }
+    }
+}
+
+const RULES: &str = r#"
+[[route]]
+name = "ws"
+path = "/ws/{*rest}"
+issuers = ["hs"]
+upstream = "ws"
+  [route.forward]
+  "x-user-id" = "claims.sub"
+
+  [[route.rule]]
+  name = "chat-members"
+  allow_if = "has(claims.chat) && claims.chat"
+  message = "chat is for members"
+"#;
+
+fn config(http: SocketAddr, ws: SocketAddr, limits: &str) -> String {
+    format!(
+        "{}\n[upstreams.ws]\naddresses = [\"{ws}\"]\n\n[limits]\n{limits}\n",
+        standard_config(http)
+    )
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(gw: &Gateway, path: &str, token: Option<&str>) -> Result<Ws, (u16, String)> {
+    let mut req = format!("ws://{}{path}", gw.proxy)
+        .into_client_request()
+        .unwrap();
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(e) => panic!("the upgrade failed: {e}"),
+    }
+}
+
+/// Reads until the tunnel ends; how long that took and how many messages came.
+async fn until_closed(ws: &mut Ws) -> (Duration, usize) {
+    let started = Instant::now();
+    let mut messages = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_text() {
+                messages += 1;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the tunnel was not closed");
+    (started.elapsed(), messages)
+}
+
+fn member(extra: serde_json::Value) -> String {
+    let mut claims = json!({"sub": "wendy", "chat": true});
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    token(jsonwebtoken::Algorithm::HS256, claims)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_are_decided_and_tunnels_end_on_their_limits() {
+    let up = Upstream::start();
+    let ws_up = WsUpstream::start();
+    let gw = Gateway::start(
+        &config(up.addr, ws_up.addr, "websocket_idle_timeout_ms = 700"),
+        &[("ws.toml", RULES)],
+    );
+
+    // Allowed: the tunnel carries messages both ways; the upstream saw the forwarded claim.
+    let mut ws = open(&gw, "/ws/echo", Some(&member(json!({}))))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+    assert_eq!(
+        ws_up.users.lock().unwrap().last().unwrap().as_deref(),
+        Some("wendy")
+    );
+    // Then silence both ways: closed at the idle limit.
+    let (took, _) = until_closed(&mut ws).await;
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_millis(3000),
+        "closed after {took:?}"
+    );
+
+    // Denied upgrades: the usual JSON denial, and nothing reaches the upstream.
+    let upgrades = ws_up.users.lock().unwrap().len();
+    let (status, body) = open(&gw, "/ws/echo", None).await.unwrap_err();
+    assert_eq!(status, 401);
+    assert!(body.contains("\"reason\":\"missing_token\""), "{body}");
+    let outsider = token(
+        jsonwebtoken::Algorithm::HS256,
+        json!({"sub": "eve", "chat": false}),
+    );
+    let (status, body) = open(&gw, "/ws/echo", Some(&outsider)).await.unwrap_err();
+    assert_eq!(status, 403);
+    assert!(body.contains("chat is for members"), "{body}");
+    assert_eq!(ws_up.users.lock().unwrap().len(), upgrades);
+
+    // Traffic in one direction keeps a tunnel open past the idle limit; the token's expiry
+    // ends it even so.
+    let exp = now() + 3;
+    let mut ws = open(&gw, "/ws/push", Some(&member(json!({"exp": exp}))))
+        .await
+        .unwrap();
+    let (took, messages) = until_closed(&mut ws).await;
+    assert!(messages >= 6, "{messages} messages before the close");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(4500),
+        "closed after {took:?}"
+    );
+    assert!(now() >= exp - 1, "closed before the token expired");
+
+    let metrics = gw.metrics().await;
+    for kind in ["tunnel_idle", "tunnel_token_expired"] {
+        assert_eq!(
+            metric_value(&metrics, "claimgate_proxy_events_total", &[("kind", kind)]),
+            Some(1.0),
+            "{kind}: {metrics}"
+        );
+    }
+    let logs = gw.logs();
+    assert!(!logs.contains(" ERROR "), "{logs}");
+
+    // A configured lifetime ends a busy tunnel.
+    let gw = Gateway::start(
+        &config(
+            up.addr,
+            ws_up.addr,
+            "websocket_idle_timeout_ms = 0\nwebsocket_max_lifetime_ms = 1000",
+        ),
+        &[("ws.toml", RULES)],
+    );
+    let mut ws = open(&gw, "/ws/push", Some(&member(json!({}))))
+        .await
+        .unwrap();
+    let (took, messages) = until_closed(&mut ws).await;
+    assert!(messages >= 2, "{messages}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(3000),
+        "closed after {took:?}"
+    );
+    assert_eq!(
+        metric_value(
+            &gw.metrics().await,
+            "claimgate_proxy_events_total",
+            &[("kind", "tunnel_lifetime")]
+        ),
+        Some(1.0)
+    );
+}
