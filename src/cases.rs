@@ -68,7 +68,18 @@ struct Case {
     /// Sources that are down (also every source without a mock).
     #[serde(default)]
     unavailable: Vec<String>,
+    /// The request came over TLS (`request.tls`), with a client certificate if given.
+    #[serde(default)]
+    tls: Option<CaseTls>,
     expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseTls {
+    /// A PEM client certificate, relative to the test file.
+    #[serde(default)]
+    client_certificate: Option<PathBuf>,
 }
 
 fn get() -> String {
@@ -166,7 +177,7 @@ pub fn run_file(snapshot: &Snapshot, file: &Path) -> Result<FileRun, Vec<SourceE
     for spanned in &parsed.case {
         let at = |msg: String| SourceError::at_offset(file, &src, spanned.span().start, msg);
         let case = spanned.get_ref();
-        match prepare(snapshot, case) {
+        match prepare(snapshot, case, file) {
             Ok((req, token, mocks, now)) => {
                 let explanation = explain(snapshot, &req, &token, &mocks, now);
                 let loc = at(String::new());
@@ -191,8 +202,17 @@ type Prepared = (
     std::time::SystemTime,
 );
 
-fn prepare(snapshot: &Snapshot, case: &Case) -> Result<Prepared, String> {
+fn prepare(snapshot: &Snapshot, case: &Case, file: &Path) -> Result<Prepared, String> {
+    let tls = match &case.tls {
+        None => None,
+        Some(t) => {
+            let dir = file.parent().unwrap_or(Path::new("."));
+            let pem = t.client_certificate.as_ref().map(|p| dir.join(p));
+            Some(crate::tls::described_connection(pem.as_deref())?)
+        }
+    };
     let mut req = EvalRequest {
+        tls,
         method: case.method.clone(),
         host: case.host.clone(),
         target: case.path.clone(),

@@ -29,6 +29,8 @@ pub struct EvalRequest {
     pub client_ip: Option<IpAddr>,
     /// Decide as if the client were in this country (ISO code), whatever the address says.
     pub country: Option<String>,
+    /// The TLS connection the request came on (`None`: the plain listener).
+    pub tls: Option<crate::facts::TlsFacts>,
 }
 
 /// Where the token comes from.
@@ -196,6 +198,7 @@ pub fn explain(
     let body = admitted.body(req.body.as_deref().unwrap_or_default());
     let facts = RequestFacts {
         location: location.as_ref(),
+        tls: req.tls.as_ref(),
         ..admitted.facts(&head, req.client_ip, body)
     };
     let Some(m) = admitted.route.clone() else {

@@ -4,6 +4,7 @@
 use crate::geo::Location;
 use http::HeaderMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A request as the decision core sees it; no proxy types.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +45,21 @@ pub struct ClientCertificate {
     pub thumbprint: String,
     pub organization: Option<String>,
     pub serial: Option<String>,
+    /// Its subject and alternative names, read once per connection.
+    pub names: Arc<CertificateNames>,
+}
+
+/// What a certificate names: its subject and its subject alternative names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateNames {
+    /// The subject's distinguished name as text, e.g. `CN=alice, O=Example`.
+    pub subject: String,
+    pub common_name: Option<String>,
+    pub dns_names: Vec<String>,
+    /// URI names, e.g. SPIFFE IDs (`spiffe://example.org/ns/prod/sa/payments`).
+    pub uris: Vec<String>,
+    pub emails: Vec<String>,
+    pub ips: Vec<String>,
 }
 
 /// A host without port, lower-cased, without a trailing dot (`example.com.` is `example.com`).

@@ -123,6 +123,11 @@ fn tls_facts(session: &Session) -> Option<crate::facts::TlsFacts> {
         thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&ssl.cert_digest),
         organization: ssl.organization.clone(),
         serial: ssl.serial_number.clone(),
+        names: ssl
+            .extension
+            .get::<Arc<crate::facts::CertificateNames>>()
+            .cloned()
+            .unwrap_or_default(),
     });
     Some(crate::facts::TlsFacts {
         version: ssl.version.clone(),

@@ -82,17 +82,6 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if running.tls_addr != new.tls_addr {
         v.push("listen.tls.address".to_string());
     }
-    let client_ca = |c: &Config| {
-        c.raw.listen.tls.as_ref().map(|t| {
-            (
-                t.client_ca.as_ref().map(|p| p.get_ref().clone()),
-                t.client_auth,
-            )
-        })
-    };
-    if client_ca(running) != client_ca(new) {
-        v.push("listen.tls.client_ca".to_string());
-    }
     let (a, b) = (&running.raw.server, &new.raw.server);
     if a.threads != b.threads
         || a.grace_period_seconds != b.grace_period_seconds

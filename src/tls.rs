@@ -1,12 +1,15 @@
 //! The TLS listener's server certificates: read and checked when a snapshot loads (a bad file is a
 //! located error and the certificates in force stay, never a panic in the listener), and chosen
 //! by SNI at each handshake. Reloaded with everything else: a certificate replaced on disk is
-//! served from the next handshake on.
+//! served from the next handshake on. The client CA bundle likewise: its verifier is built with
+//! the snapshot, and each handshake asks the snapshot in force.
 
-use crate::config::Config;
+use crate::config::{ClientAuth, Config};
+use crate::facts::CertificateNames;
 use crate::location::SourceError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +31,8 @@ pub struct Certificate {
 #[derive(Debug)]
 pub struct Certificates {
     certs: Vec<Certificate>,
+    /// Verifies client certificates against `client_ca` (`None`: none is asked for).
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl Certificates {
@@ -46,13 +51,20 @@ impl Certificates {
                 Err(msg) => errors.push(config.error_at(entry.span(), msg)),
             }
         }
+        let mut client_verifier = None;
         if let Some(ca) = &tls.client_ca {
-            if let Err(msg) = read_ca(&config.resolve(ca.get_ref())) {
-                errors.push(config.error_at(ca.span(), msg));
+            match read_ca(&config.resolve(ca.get_ref()))
+                .and_then(|roots| client_verifier_for(roots, tls.client_auth))
+            {
+                Ok(v) => client_verifier = Some(v),
+                Err(msg) => errors.push(config.error_at(ca.span(), msg)),
             }
         }
         if errors.is_empty() {
-            Ok(Some(Certificates { certs }))
+            Ok(Some(Certificates {
+                certs,
+                client_verifier,
+            }))
         } else {
             Err(errors)
         }
@@ -114,19 +126,118 @@ impl Certificate {
     }
 }
 
-/// Checks a PEM CA bundle: at least one certificate, each parsing as X.509.
-fn read_ca(path: &Path) -> Result<(), String> {
+/// A PEM CA bundle as trust roots: at least one certificate, each parsing as X.509 and usable
+/// as a trust anchor.
+fn read_ca(path: &Path) -> Result<rustls::RootCertStore, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| format!("`{}`: not PEM certificates ({e})", path.display()))?;
     if certs.is_empty() {
         return Err(format!("`{}` holds no certificate", path.display()));
     }
-    for c in &certs {
-        leaf_facts(c)
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        leaf_facts(&c)
             .map_err(|e| format!("`{}`: a certificate does not parse ({e})", path.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("`{}`: not a usable CA certificate ({e})", path.display()))?;
     }
-    Ok(())
+    Ok(roots)
+}
+
+/// The verifier of client certificates: chains to `roots`, with or without a certificate
+/// required.
+fn client_verifier_for(
+    roots: rustls::RootCertStore,
+    auth: ClientAuth,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match auth {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// A connection as the offline tools describe it (`eval --tls`, a test case's `tls`): TLS 1.3,
+/// and the client certificate of a PEM file when one is given, with the facts the listener
+/// would report for it.
+pub fn described_connection(client_pem: Option<&Path>) -> Result<crate::facts::TlsFacts, String> {
+    let client =
+        match client_pem {
+            None => None,
+            Some(path) => {
+                let der = CertificateDer::from_pem_file(path)
+                    .map_err(|e| format!("`{}`: not a PEM certificate ({e})", path.display()))?;
+                Some(client_certificate(der.as_ref()).ok_or_else(|| {
+                    format!("`{}`: the certificate does not parse", path.display())
+                })?)
+            }
+        };
+    Ok(crate::facts::TlsFacts {
+        version: "TLSv1.3".into(),
+        cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        client,
+    })
+}
+
+/// The facts of a client certificate (DER), as the listener reports them: the RFC 8705
+/// thumbprint, the organization and serial as Pingora's digest writes them, and the names.
+pub fn client_certificate(der: &[u8]) -> Option<crate::facts::ClientCertificate> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let organization = cert
+        .subject()
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok())
+        .map(str::to_string)
+        .reduce(|a, b| a + &b);
+    Some(crate::facts::ClientCertificate {
+        thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(der)),
+        organization,
+        serial: Some(cert.raw_serial_as_string()),
+        names: Arc::new(certificate_names(der)?),
+    })
+}
+
+/// The subject and alternative names of a certificate (DER); `None` if it does not parse.
+pub fn certificate_names(der: &[u8]) -> Option<CertificateNames> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut names = CertificateNames {
+        subject: cert.subject().to_string(),
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string),
+        ..CertificateNames::default()
+    };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.dns_names.push(d.to_string()),
+                GeneralName::URI(u) => names.uris.push(u.to_string()),
+                GeneralName::RFC822Name(e) => names.emails.push(e.to_string()),
+                GeneralName::IPAddress(ip) => {
+                    let ip = match ip.len() {
+                        4 => <[u8; 4]>::try_from(*ip).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*ip).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.ips.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(names)
 }
 
 /// The leaf's DNS names and `notAfter`.

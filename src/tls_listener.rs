@@ -1,14 +1,21 @@
-//! The TLS listener: Pingora's rustls acceptor with claimgate's own certificate resolver, which
-//! reads the certificates of the snapshot in force at each handshake (Pingora's rustls build
-//! never calls its certificate callback, and panics on an unreadable file: certificates are read
-//! and checked by the loader, never by Pingora).
+//! The TLS listener: Pingora's rustls acceptor with claimgate's own certificate resolver and
+//! client-certificate verifier, both reading the snapshot in force at each handshake (Pingora's
+//! rustls build never calls its certificate callback, and panics on an unreadable file:
+//! certificates are read and checked by the loader, never by Pingora). After the handshake, the
+//! client certificate's names are read once and travel with the connection's TLS digest.
 
 use crate::engine::Snapshot;
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::TlsAccept;
+use pingora::protocols::tls::TlsRef;
 use pingora::protocols::ALPN;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::sync::Arc;
 
 /// Picks the certificate for each handshake by SNI from the snapshot in force.
@@ -23,49 +30,101 @@ impl ResolvesServerCert for SnapshotCertificates {
     }
 }
 
-/// Settings for a TLS listener served from `state`'s certificates, `h2` or `http/1.1` by ALPN; with a
-/// client CA, client certificates are verified against it (required or optional). The client CA
-/// is read once, at start (a change is reported as needing a restart).
+/// Settings for a TLS listener served from `state`'s certificates, `h2` or `http/1.1` by ALPN.
+/// Client certificates are asked for and verified by the snapshot in force: adding, replacing or
+/// removing `client_ca` (or changing `client_auth`) takes effect at the next handshake.
 pub fn settings(state: Arc<ArcSwap<Snapshot>>) -> Result<TlsSettings, String> {
-    let snapshot = state.load_full();
-    // Paths are ignored once a resolver is set (see `TlsSettings::build`).
-    let mut s = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
-    s.set_cert_resolver(Arc::new(SnapshotCertificates { state }));
+    let mut s = TlsSettings::with_callbacks(Box::new(ClientNames)).map_err(|e| e.to_string())?;
+    s.set_cert_resolver(Arc::new(SnapshotCertificates {
+        state: state.clone(),
+    }));
     s.set_alpn(ALPN::H2H1);
-    if let Some(v) = client_verifier(&snapshot)? {
-        s.set_client_cert_verifier(v);
-    }
+    s.set_client_cert_verifier(Arc::new(SnapshotClientVerifier { state }));
     Ok(s)
 }
 
-fn client_verifier(
-    snapshot: &Snapshot,
-) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, String> {
-    use crate::config::ClientAuth;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let Some(tls) = &snapshot.config.raw.listen.tls else {
-        return Ok(None);
-    };
-    let Some(ca) = &tls.client_ca else {
-        return Ok(None);
-    };
-    let path = snapshot.config.resolve(ca.get_ref());
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("`{}`: not PEM certificates ({e})", path.display()))?;
-    for c in certs {
-        roots
-            .add(c)
-            .map_err(|e| format!("`{}`: {e}", path.display()))?;
+/// Verifies client certificates with the verifier of the snapshot in force; without one, none is
+/// asked for and any offered is refused. No CA names are hinted to clients (the hints would
+/// borrow from a snapshot that may be replaced mid-handshake); a client with several
+/// certificates picks one itself.
+#[derive(Debug)]
+struct SnapshotClientVerifier {
+    state: Arc<ArcSwap<Snapshot>>,
+}
+
+impl SnapshotClientVerifier {
+    fn current(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        self.state.load().tls.as_ref()?.client_verifier.clone()
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-    let builder = match tls.client_auth {
-        ClientAuth::Required => builder,
-        ClientAuth::Optional => builder.allow_unauthenticated(),
-    };
-    builder.build().map(Some).map_err(|e| e.to_string())
+}
+
+impl ClientCertVerifier for SnapshotClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.current().is_some_and(|v| v.offer_client_auth())
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.current().is_some_and(|v| v.client_auth_mandatory())
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.current() {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::General(
+                "no client certificates are accepted".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &schemes())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &schemes())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes().supported_schemes()
+    }
+}
+
+/// The signature algorithms of the process's one crypto provider.
+fn schemes() -> rustls::crypto::WebPkiSupportedAlgorithms {
+    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
+}
+
+/// After each handshake: the client certificate's subject and alternative names, parsed once
+/// for the connection and carried in its TLS digest (every request on it, h2 streams included,
+/// reads the same `Arc`).
+struct ClientNames;
+
+#[async_trait::async_trait]
+impl TlsAccept for ClientNames {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let names = crate::tls::certificate_names(tls.peer_certificate_der()?)?;
+        Some(Arc::new(Arc::new(names)))
+    }
 }

@@ -6,6 +6,14 @@
 #   bash benches/load/run.sh              # 3 rounds of 8 s per target, 32 connections
 #   ROUNDS=5 DURATION=10 CONNS=64 bash benches/load/run.sh
 #   TARGETS="pingora-passthrough claimgate-es256-cache" bash benches/load/run.sh
+#   TARGETS=tls bash benches/load/run.sh   # the TLS and HTTP/2 targets only (see below)
+#
+# TLS: claimgate and HAProxy terminate TLS with the same ECDSA P-256 certificate (made here with
+# openssl). `*-tls-handshake` sends `Connection: close`, so every request is a new connection and
+# a full TLS 1.3 handshake (wrk resumes no sessions): its req/s is handshakes/s. `*-tls-open` is
+# keep-alive over TLS. HTTP/2: h2load drives claimgate's plain listener with h2c (prior
+# knowledge, H2_STREAMS requests in flight per connection) and, for the comparison, with
+# HTTP/1.1 keep-alive from the same tool.
 #
 # Pinning (2 cores): the load generator (wrk) and the upstream (nginx) share core 0; the proxy
 # under test runs on core 1, one worker thread each (claimgate, the Pingora passthrough, HAProxy).
@@ -20,8 +28,12 @@ CONNS=${CONNS:-32}
 OUT=${OUT:-$ROOT/benches/load/results.md}
 ALL_TARGETS="nginx-direct pingora-passthrough pingora-passthrough-mimalloc haproxy-passthrough haproxy-jwt-rs256 haproxy-jwt-es256 \
 claimgate-open claimgate-es256-cache claimgate-rs256-cache claimgate-es256-nocache claimgate-rs256-nocache \
-claimgate-body-1k claimgate-es256-cache-reloading"
+claimgate-body-1k claimgate-es256-cache-reloading \
+claimgate-tls-open haproxy-tls-passthrough claimgate-tls-handshake haproxy-tls-handshake claimgate-h1-open claimgate-h2-open"
+TLS_TARGETS="claimgate-open claimgate-tls-open haproxy-tls-passthrough claimgate-tls-handshake haproxy-tls-handshake claimgate-h1-open claimgate-h2-open"
 TARGETS=${TARGETS:-$ALL_TARGETS}
+[ "$TARGETS" = tls ] && TARGETS=$TLS_TARGETS
+H2_STREAMS=${H2_STREAMS:-10}
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
@@ -29,6 +41,8 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -115,7 +129,13 @@ name = "open"
 path = "/open"
 auth = "none"
 EOF
-gateway_config() { # proxy-port admin-port cache
+# The benchmark's TLS certificate: ECDSA P-256, for claimgate and HAProxy alike.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
+  -keyout "$W/tls-key.pem" -out "$W/tls-cert.pem" 2>/dev/null
+cat "$W/tls-cert.pem" "$W/tls-key.pem" > "$W/tls-haproxy.pem"
+
+gateway_config() { # proxy-port admin-port cache [tls-port]
   cat <<EOF
 [server]
 threads = 1
@@ -144,8 +164,12 @@ audiences = ["api"]
 algorithms = ["ES256"]
 keys = [{ pem_file = "$KEYS/ec256-public.pem", kid = "ec1" }]
 EOF
+  if [ -n "${4:-}" ]; then
+    printf '[listen.tls]\naddress = "127.0.0.1:%s"\ncertificates = [{ cert = "%s", key = "%s" }]\n' \
+      "$4" "$W/tls-cert.pem" "$W/tls-key.pem"
+  fi
 }
-gateway_config 18082 18092 true > "$W/cache-on.toml"
+gateway_config 18082 18092 true 18089 > "$W/cache-on.toml"
 gateway_config 18083 18093 false > "$W/cache-off.toml"
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-on.toml" 2>"$W/cg-on.log" & PIDS+=($!); CG_ON=$!
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-off.toml" 2>"$W/cg-off.log" & PIDS+=($!); CG_OFF=$!
@@ -194,6 +218,9 @@ backend up
 frontend plain
   bind 127.0.0.1:18086
   default_backend up
+frontend tls
+  bind 127.0.0.1:18088 ssl crt $W/tls-haproxy.pem alpn h2,http/1.1
+  default_backend up
 $(haproxy_jwt jwt_rs 18084 RS256 "$KEYS/rsa-public.pem" https://rs.bench)
 $(haproxy_jwt jwt_es 18085 ES256 "$KEYS/ec256-public.pem" https://ec.bench)
 EOF
@@ -215,6 +242,7 @@ proxy_pid() {
     pingora-passthrough-mimalloc) echo "$PTMI_PID" ;;
     haproxy-*) echo "$HA_PID" ;;
     claimgate-*nocache) echo "$CG_OFF" ;;
+    claimgate-tls-*) echo "$CG_ON" ;;
     claimgate-*) echo "$CG_ON" ;;
   esac
 }
@@ -224,8 +252,16 @@ cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
 TICK=$(getconf CLK_TCK)
 
 PATH_T=/api/accounts/acc-1/transfer
-target() { # name -> "url|token|script"
+# name -> "url|token|script|tool": tool is wrk (keep-alive, the default), close (wrk, a new
+# connection per request), h2 or h1 (h2load).
+target() {
   case $1 in
+    claimgate-tls-open) echo "https://127.0.0.1:18089/open|||wrk" ;;
+    haproxy-tls-passthrough) echo "https://127.0.0.1:18088$PATH_T|||wrk" ;;
+    claimgate-tls-handshake) echo "https://127.0.0.1:18089/open|||close" ;;
+    haproxy-tls-handshake) echo "https://127.0.0.1:18088$PATH_T|||close" ;;
+    claimgate-h1-open) echo "http://127.0.0.1:18082/open|||h1" ;;
+    claimgate-h2-open) echo "http://127.0.0.1:18082/open|||h2" ;;
     nginx-direct) echo "http://$UP$PATH_T||" ;;
     pingora-passthrough) echo "http://127.0.0.1:18081$PATH_T||" ;;
     pingora-passthrough-mimalloc) echo "http://127.0.0.1:18087$PATH_T||" ;;
@@ -243,15 +279,16 @@ target() { # name -> "url|token|script"
 }
 
 # Wait for every listener, then check that each target answers 200 (a 401 would measure denials).
-for port in 18080 18081 18082 18083 18084 18085 18086 18087; do
+for port in 18080 18081 18082 18083 18084 18085 18086 18087 18088 18089; do
   for _ in $(seq 1 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.1
   done
 done
 for t in $TARGETS; do
-  IFS='|' read -r url tok script <<<"$(target "$t")"
-  args=(-s -o /dev/null -w '%{http_code}')
+  IFS='|' read -r url tok script tool <<<"$(target "$t")"
+  args=(-s -k -o /dev/null -w '%{http_code}')
+  [ "$tool" = h2 ] && args+=(--http2-prior-knowledge)
   [ -n "$tok" ] && args+=(-H "Authorization: Bearer $tok")
   [ -n "$script" ] && args+=(-X POST -H 'Content-Type: application/json' --data "$BODY")
   code=$(curl "${args[@]}" "$url" || true)
@@ -265,8 +302,18 @@ RESULTS=$W/results.tsv
 echo "rounds=$ROUNDS duration=${DURATION}s connections=$CONNS targets: $TARGETS"
 for round in $(seq 1 "$ROUNDS"); do
   for t in $TARGETS; do
-    IFS='|' read -r url tok script <<<"$(target "$t")"
-    args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
+    IFS='|' read -r url tok script tool <<<"$(target "$t")"
+    case ${tool:-wrk} in
+      h1|h2)
+        # h2load: the same connection count; h2 keeps H2_STREAMS requests in flight on each.
+        args=(-t1 -c"$CONNS" -D"$DURATION")
+        if [ "$tool" = h1 ]; then args+=(--h1 -m1); else args+=(-m"$H2_STREAMS"); fi
+        gen=(h2load) ;;
+      *)
+        args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
+        [ "$tool" = close ] && args+=(-H "Connection: close")
+        gen=(wrk) ;;
+    esac
     [ -n "$tok" ] && args+=(-H "Authorization: Bearer $tok")
     [ -n "$script" ] && args+=(-s "$script")
     reloader=""
@@ -276,7 +323,7 @@ for round in $(seq 1 "$ROUNDS"); do
     before=$(accepts)
     pid=$(proxy_pid "$t")
     cpu0=$(cpu_ticks "$pid")
-    out=$(taskset -c 0 wrk "${args[@]}" "$url")
+    out=$(taskset -c 0 "${gen[@]}" "${args[@]}" "$url")
     cpu1=$(cpu_ticks "$pid")
     after=$(accepts)
     [ -n "$reloader" ] && kill "$reloader" 2>/dev/null || true
@@ -288,14 +335,23 @@ text = sys.stdin.read()
 def ms(v):
     n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-errs = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-sock = re.search(r"Socket errors: (.*)", text)
-nerr = errs.group(1) if errs else "0"
-nsock = sock.group(1) if sock else ""
-n = int(re.search(r"(\d+) requests in", text).group(1))
+if "req/s" in text and "Requests/sec" not in text:
+    # h2load: no percentiles; the mean time per request stands in for p50, p99 is not given.
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text).group(1))
+    n = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", text).group(1))
+    ok = int(re.search(r"status codes: (\d+) 2xx", text).group(1))
+    p50 = ms(re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text).group(1))
+    p99 = float("nan")
+    nerr, nsock = str(n - ok), ""
+else:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    sock = re.search(r"Socket errors: (.*)", text)
+    nerr = errs.group(1) if errs else "0"
+    nsock = sock.group(1) if sock else ""
+    n = int(re.search(r"(\d+) requests in", text).group(1))
 user = (int(u1) - int(u0)) / tick / n * 1e6
 system = (int(s1) - int(s0)) / tick / n * 1e6
 print("\t".join([t, rnd, f"{rps:.0f}", f"{p50:.3f}", f"{p99:.3f}", conns, nerr, f"{user:.1f}", f"{system:.1f}", nsock]))
@@ -360,6 +416,12 @@ lines += [
     f"| Pingora passthrough / HAProxy passthrough | {ratio('pingora-passthrough', 'haproxy-passthrough')} |",
     f"| Pingora passthrough with mimalloc / plain Pingora passthrough | {ratio('pingora-passthrough-mimalloc', 'pingora-passthrough')} |",
 ]
+lines += [
+    f"| claimgate TLS handshakes/s / HAProxy TLS handshakes/s (goal >= 1.2) | {ratio('claimgate-tls-handshake', 'haproxy-tls-handshake')} |",
+    f"| claimgate TLS keep-alive / claimgate plain keep-alive (goal >= 0.85) | {ratio('claimgate-tls-open', 'claimgate-open')} |",
+    f"| claimgate TLS keep-alive / HAProxy TLS keep-alive | {ratio('claimgate-tls-open', 'haproxy-tls-passthrough')} |",
+    f"| claimgate h2 multiplexed / claimgate h1 keep-alive (both h2load) | {ratio('claimgate-h2-open', 'claimgate-h1-open')} |",
+]
 if "claimgate-es256-cache" in med and "claimgate-es256-cache-reloading" in med:
     lines.append(f"| p99 with a reload every second / p99 without | "
                  f"{med['claimgate-es256-cache-reloading'][2] / med['claimgate-es256-cache'][2]:.2f}x |")
@@ -378,6 +440,9 @@ lines += [
     f"| claimgate RS256 no cache / HAProxy jwt_verify RS256 | {cpu_ratio('claimgate-rs256-nocache', 'haproxy-jwt-rs256')} |",
     f"| claimgate ES256 no cache / HAProxy jwt_verify ES256 | {cpu_ratio('claimgate-es256-nocache', 'haproxy-jwt-es256')} |",
     f"| Pingora passthrough / HAProxy passthrough | {cpu_ratio('pingora-passthrough', 'haproxy-passthrough')} |",
+    f"| claimgate TLS handshake / HAProxy TLS handshake | {cpu_ratio('claimgate-tls-handshake', 'haproxy-tls-handshake')} |",
+    f"| claimgate TLS keep-alive / claimgate plain keep-alive | {cpu_ratio('claimgate-tls-open', 'claimgate-open')} |",
+    f"| claimgate h2 multiplexed / claimgate h1 keep-alive | {cpu_ratio('claimgate-h2-open', 'claimgate-h1-open')} |",
 ]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -63,6 +63,12 @@ pub struct EvalArgs {
     /// Decide as if the client were in this country (ISO 3166 code, e.g. DE).
     #[arg(long, value_name = "CC")]
     country: Option<String>,
+    /// Decide as if the request came over TLS (the TLS listener), TLS 1.3.
+    #[arg(long)]
+    tls: bool,
+    /// ... with this client certificate (PEM file); implies --tls.
+    #[arg(long, value_name = "PEM")]
+    client_cert: Option<std::path::PathBuf>,
     /// Mocked answer of an external source: NAME=JSON, NAME=@FILE, NAME=not-found or
     /// NAME=unavailable; repeatable. Sources without a mock are unavailable.
     #[arg(long = "source", value_name = "NAME=VALUE")]
@@ -116,6 +122,12 @@ pub fn run(a: EvalArgs) -> ExitCode {
         country: a.country,
         ..Default::default()
     };
+    if a.tls || a.client_cert.is_some() {
+        match claimgate::tls::described_connection(a.client_cert.as_deref()) {
+            Ok(t) => req.tls = Some(t),
+            Err(e) => return fail(e),
+        }
+    }
     for h in &a.headers {
         match parse_header(h) {
             Ok((n, v)) => {

@@ -440,17 +440,30 @@ fn request_field(
 
 /// `request.tls`: `null` on a plain connection; otherwise `version`, `cipher` and
 /// `client_certificate` (`null`, or `thumbprint` (RFC 8705 `x5t#S256`), `organization`,
-/// `serial`).
+/// `serial`, `subject`, `common_name`, and the alternative names `dns_names`, `uris`, `emails`,
+/// `ips`). A certificate is there only once verified against `client_ca`.
 fn tls_value(tls: Option<&crate::facts::TlsFacts>) -> Value {
     let Some(t) = tls else {
         return Value::Null;
     };
     let text = |s: Option<&String>| s.map_or(Value::Null, |s| Value::from(s.as_str()));
+    let list = |v: &[String]| {
+        Value::List(Arc::new(
+            v.iter().map(|s| Value::from(s.as_str())).collect(),
+        ))
+    };
     let client = t.client.as_ref().map_or(Value::Null, |c| {
+        let n = &c.names;
         string_map([
             ("thumbprint", Value::from(c.thumbprint.as_str())),
             ("organization", text(c.organization.as_ref())),
             ("serial", text(c.serial.as_ref())),
+            ("subject", Value::from(n.subject.as_str())),
+            ("common_name", text(n.common_name.as_ref())),
+            ("dns_names", list(&n.dns_names)),
+            ("uris", list(&n.uris)),
+            ("emails", list(&n.emails)),
+            ("ips", list(&n.ips)),
         ])
     });
     string_map([

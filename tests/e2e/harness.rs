@@ -294,6 +294,8 @@ pub fn repo_config(upstream: SocketAddr) -> String {
             &format!("dir = \"{}\"", root.join("rules").display()),
         )
         .replace("dev/keys/", &format!("{}/dev/keys/", root.display()))
+        .replace("dev/tls/", &format!("{}/dev/tls/", root.display()))
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{}", free_port()))
         .replace(
             "dev/geo-demo.mmdb",
             &format!("{}/dev/geo-demo.mmdb", root.display()),

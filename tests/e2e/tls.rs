@@ -28,7 +28,13 @@ impl Ca {
 
     /// A leaf for `name` with common name `cn`, written as `<file>.pem` and `<file>-key.pem`.
     fn issue(&self, dir: &Path, file: &str, name: &str, cn: &str) {
+        self.issue_with(dir, file, name, cn, Vec::new());
+    }
+
+    /// [`Ca::issue`] with more subject alternative names.
+    fn issue_with(&self, dir: &Path, file: &str, name: &str, cn: &str, more: Vec<rcgen::SanType>) {
         let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.subject_alt_names.extend(more);
         p.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -466,7 +472,7 @@ fn thumbprint(pem: &Path) -> String {
 
 fn mtls_config(up: SocketAddr, tls_port: u16, dir: &Path, auth: &str) -> String {
     format!(
-        "{}\n[issuers.bound]\nissuer = \"https://bound.test\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\ncertificate_bound = true\nkeys = [{{ pem_file = \"{ec}\", kid = \"b-ec\" }}]\n\n[listen.tls]\naddress = \"127.0.0.1:{tls_port}\"\nclient_ca = \"{d}/client-ca.pem\"\nclient_auth = \"{auth}\"\ncertificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a-key.pem\" }}]\n",
+        "{}\n[issuers.bound]\nissuer = \"https://bound.test\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\ncertificate_bound = true\nkeys = [{{ pem_file = \"{ec}\", kid = \"b-ec\" }}]\n\n[listen.tls]\naddress = \"127.0.0.1:{tls_port}\"\nclient_ca = \"{d}/client-ca.pem\"\nclient_auth = \"{auth}\"\ncertificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a-key.pem\" }}]\n\n[reload]\ndebounce_ms = 50\npoll_seconds = 1\n",
         standard_config(up),
         ec = fixture("ec256-public.pem").display(),
         d = dir.display()
@@ -483,6 +489,16 @@ auth = "none"
   allow_if = "request.tls != null && request.tls.client_certificate != null"
   [route.forward]
   "x-client-thumbprint" = "request.tls.client_certificate.thumbprint"
+  "x-client-subject" = "request.tls.client_certificate.subject"
+  "x-client-dns" = "request.tls.client_certificate.dns_names[0]"
+
+[[route]]
+name = "workload"
+path = "/workload"
+auth = "none"
+  [[route.rule]]
+  name = "spiffe-payments"
+  allow_if = "request.tls.client_certificate != null && 'spiffe://claimgate.test/payments' in request.tls.client_certificate.uris && request.tls.client_certificate.emails == ['ops@claimgate.test']"
 
 [[route]]
 name = "bound"
@@ -499,7 +515,16 @@ fn client_certificates_are_verified_and_bind_tokens() {
     std::fs::write(certs.path().join("ca.pem"), ca.cert.pem()).unwrap();
     std::fs::write(certs.path().join("client-ca.pem"), clients.cert.pem()).unwrap();
     ca.issue(certs.path(), "a", "a.test", "a.test");
-    clients.issue(certs.path(), "alice", "alice.client", "alice");
+    clients.issue_with(
+        certs.path(),
+        "alice",
+        "alice.client",
+        "alice",
+        vec![
+            rcgen::SanType::URI("spiffe://claimgate.test/payments".try_into().unwrap()),
+            rcgen::SanType::Rfc822Name("ops@claimgate.test".try_into().unwrap()),
+        ],
+    );
     clients.issue(certs.path(), "bob", "bob.client", "bob");
     strangers.issue(certs.path(), "mallory", "mallory.client", "mallory");
     let d = certs.path();
@@ -522,8 +547,48 @@ fn client_certificates_are_verified_and_bind_tokens() {
         Some(thumbprint(&d.join("alice.pem")).as_str()),
         "the rule and the upstream see the certificate's thumbprint"
     );
+    let seen = up.last();
+    assert_eq!(seen.headers.get("x-client-subject").unwrap(), "CN=alice");
+    assert_eq!(seen.headers.get("x-client-dns").unwrap(), "alice.client");
+    // Rules read the alternative names: alice's certificate carries the SPIFFE ID, bob's not.
+    assert_eq!(curl_client(d, tls, Some("alice"), "/workload", None), "200");
+    assert_eq!(curl_client(d, tls, Some("bob"), "/workload", None), "403");
     assert_eq!(curl_client(d, tls, None, "/who", None), "fail");
     assert_eq!(curl_client(d, tls, Some("mallory"), "/who", None), "fail");
+
+    // The client CA replaced on disk: the next handshakes verify against the new bundle, with
+    // no restart (and none asked for).
+    write_atomically(&d.join("client-ca.pem"), &strangers.cert.pem());
+    let started = Instant::now();
+    while curl_client(d, tls, Some("mallory"), "/who", None) != "200" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new client CA was not used"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(curl_client(d, tls, Some("alice"), "/who", None), "fail");
+    let status = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(gw.status());
+    assert_eq!(
+        status["rules"]["restart_needed"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    // A broken bundle is refused; the one in force stays.
+    write_atomically(&d.join("client-ca.pem"), "not a certificate");
+    gw.wait_log("client-ca.pem");
+    assert_eq!(curl_client(d, tls, Some("mallory"), "/who", None), "200");
+    write_atomically(&d.join("client-ca.pem"), &clients.cert.pem());
+    let started = Instant::now();
+    while curl_client(d, tls, Some("alice"), "/who", None) != "200" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the client CA was not restored"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(gw);
 
     // Optional: no certificate is admitted (and the rule sees none); a token bound to alice's
