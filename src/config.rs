@@ -57,6 +57,16 @@ pub struct ServerSettings {
     /// (`benches/load/run.sh`).
     #[serde(default)]
     pub work_stealing: bool,
+    /// Idle upstream connections kept for reuse, across all upstreams (Pingora's default is
+    /// 128). HTTP/2 clients multiplex: 32 h2 connections with 10 requests each in flight need
+    /// 320 HTTP/1 upstream connections, and a pool smaller than the concurrency closes and
+    /// reopens connections on every request.
+    #[serde(default = "default_upstream_pool_size")]
+    pub upstream_pool_size: usize,
+}
+
+fn default_upstream_pool_size() -> usize {
+    1024
 }
 
 impl Default for ServerSettings {
@@ -66,6 +76,7 @@ impl Default for ServerSettings {
             grace_period_seconds: default_grace(),
             graceful_shutdown_timeout_seconds: default_shutdown_timeout(),
             work_stealing: false,
+            upstream_pool_size: default_upstream_pool_size(),
         }
     }
 }

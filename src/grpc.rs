@@ -39,6 +39,18 @@ pub fn is_grpc(content_type: Option<&[u8]>) -> bool {
         .is_some_and(|ct| ct.len() >= 16 && ct[..16].eq_ignore_ascii_case(b"application/grpc"))
 }
 
+/// Whether a `content-type` is binary gRPC-Web's (`application/grpc-web`, `+proto`), which the
+/// proxy bridges to gRPC for the upstream. The base64 form (`application/grpc-web-text`) is not
+/// bridged: it passes as it came.
+pub fn is_grpc_web(content_type: &[u8]) -> bool {
+    const WEB: &[u8] = b"application/grpc-web";
+    content_type.len() >= WEB.len()
+        && content_type[..WEB.len()].eq_ignore_ascii_case(WEB)
+        && !content_type[WEB.len()..]
+            .get(..5)
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"-text"))
+}
+
 /// The gRPC status for an HTTP status the gateway answers.
 pub fn status_of(http: u16) -> u8 {
     use code::*;
@@ -100,6 +112,9 @@ mod tests {
             assert!(!is_grpc(Some(ct.as_bytes())), "{ct}");
         }
         assert!(!is_grpc(None));
+        assert!(is_grpc_web(b"application/grpc-web+proto"));
+        assert!(!is_grpc_web(b"application/grpc+proto"));
+        assert!(!is_grpc_web(b"application/grpc-web-text+proto"));
     }
 
     #[test]

@@ -15,6 +15,9 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::compression::ResponseCompressionBuilder;
+use pingora::modules::http::grpc_web::{GrpcWeb, GrpcWebBridge};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -431,6 +434,14 @@ impl ProxyHttp for ClaimgateProxy {
         RequestCtx::default()
     }
 
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        // Pingora's default (compression, disabled), and its gRPC-Web bridge: a gRPC-Web call
+        // over HTTP/1.1 reaches an h2 upstream as gRPC, and its trailers come back in the body
+        // as gRPC-Web wants. Enabled per request below.
+        modules.add_module(ResponseCompressionBuilder::enable(0));
+        modules.add_module(Box::new(GrpcWeb));
+    }
+
     async fn early_request_filter(
         &self,
         session: &mut Session,
@@ -439,6 +450,16 @@ impl ProxyHttp for ClaimgateProxy {
         // The head is in: stop its deadline before anything (a body read) can wait.
         if let Some(s) = HeadTimedStream::of(session.as_downstream().stream()) {
             s.head_complete();
+        }
+        let grpc_web = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| crate::grpc::is_grpc_web(v.as_bytes()));
+        if grpc_web {
+            if let Some(bridge) = session.downstream_modules_ctx.get_mut::<GrpcWebBridge>() {
+                bridge.init();
+            }
         }
         Ok(())
     }

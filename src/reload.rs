@@ -87,6 +87,7 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
         || a.grace_period_seconds != b.grace_period_seconds
         || a.graceful_shutdown_timeout_seconds != b.graceful_shutdown_timeout_seconds
         || a.work_stealing != b.work_stealing
+        || a.upstream_pool_size != b.upstream_pool_size
     {
         v.push("server".to_string());
     }

@@ -4,6 +4,11 @@
 //!   by another request; this one opens a new connection and succeeds.
 //! - `accept_error`: "Accept() failed": the listener failing to accept, which Pingora repeats
 //!   in a tight loop while a runtime shuts down (rate-limited like every line).
+//! - `h2_handshake_error`: "H2 handshake error": a client that negotiated HTTP/2 and then did
+//!   not complete its connection preface (gone, silent past the head deadline, or not h2).
+//! - `tls_handshake_error`: "Downstream handshake error": a client whose TLS handshake failed
+//!   (closed early, no common version, a client certificate that does not verify). A client's
+//!   failure; a rise is a metric to alert on, not an ERROR line per connection.
 
 use tracing::level_filters::LevelFilter;
 use tracing::Level;
@@ -17,6 +22,12 @@ pub fn classify(level: log::Level, message: &str) -> (Level, Option<&'static str
     }
     if message.starts_with("Accept() failed") {
         return (Level::WARN, Some("accept_error"));
+    }
+    if message.starts_with("H2 handshake error") {
+        return (Level::INFO, Some("h2_handshake_error"));
+    }
+    if message.starts_with("Downstream handshake error") {
+        return (Level::INFO, Some("tls_handshake_error"));
     }
     let level = match level {
         log::Level::Error => Level::ERROR,
@@ -88,6 +99,20 @@ mod tests {
                 "Accept() failed Socket is being shutdown"
             ),
             (Level::WARN, Some("accept_error"))
+        );
+        assert_eq!(
+            classify(
+                log::Level::Error,
+                "H2 handshake error  HandshakeError context: while h2 handshaking"
+            ),
+            (Level::INFO, Some("h2_handshake_error"))
+        );
+        assert_eq!(
+            classify(
+                log::Level::Error,
+                "Downstream handshake error from 127.0.0.1:4646: TLSHandshakeFailure"
+            ),
+            (Level::INFO, Some("tls_handshake_error"))
         );
         assert_eq!(
             classify(log::Level::Error, "something else"),

@@ -148,6 +148,42 @@ async fn grpc_calls_are_decided_and_denials_speak_grpc() {
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
 
+    // gRPC-Web over HTTP/1.1: bridged to gRPC for the h2 upstream; the answer's status comes
+    // back as a trailer frame in the body, as gRPC-Web clients read it.
+    let grpc_web = |token: Option<String>| {
+        // One length-prefixed message: HealthCheckRequest { service: "orders" }.
+        let mut body = vec![0u8, 0, 0, 0, 8, 0x0a, 6];
+        body.extend_from_slice(b"orders");
+        let mut req = super::harness::client()
+            .post(gw.url("/grpc.health.v1.Health/Check"))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(body);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.send()
+    };
+    let r = grpc_web(Some(ops.clone())).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), http::Version::HTTP_11);
+    assert!(r
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("application/grpc-web"));
+    let body = r.bytes().await.unwrap();
+    // HealthCheckResponse { status: SERVING (1) }, then the trailers frame (flag 0x80).
+    assert_eq!(&body[..7], &[0, 0, 0, 0, 2, 0x08, 0x01], "{body:?}");
+    assert_eq!(body[7], 0x80, "{body:?}");
+    let trailers = String::from_utf8_lossy(&body[12..]).to_lowercase();
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    let r = grpc_web(None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("grpc-status").unwrap(), "16");
+
     // Denials: no token, the rule's refusal (its message, percent-encoded on the wire), and a
     // method no route serves.
     let calls = grpc.users.lock().unwrap().len();

@@ -269,6 +269,8 @@ impl HttpsUpstream {
         }
         .with_single_cert(chain, key)
         .unwrap();
+        let mut config = config;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -291,17 +293,28 @@ impl HttpsUpstream {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = hyper::service::service_fn(move |_req| {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                         count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let body = format!("secure upstream over {:?}", req.version());
                         async move {
                             Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
-                                hyper::body::Bytes::from("secure upstream"),
+                                hyper::body::Bytes::from(body),
                             )))
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(io, svc)
                         .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    }
                 });
             }
         });
@@ -336,6 +349,13 @@ tls = true
 sni = "up.test"
 ca_file = "{d}/ca.pem"
 
+[upstreams.ok-h2]
+addresses = ["{ok}"]
+tls = true
+sni = "up.test"
+ca_file = "{d}/ca.pem"
+protocol = "auto"
+
 [upstreams.wrong-name]
 addresses = ["{ok}"]
 tls = true
@@ -365,6 +385,12 @@ name = "ok"
 path = "/ok"
 auth = "none"
 upstream = "ok"
+
+[[route]]
+name = "ok-h2"
+path = "/ok-h2"
+auth = "none"
+upstream = "ok-h2"
 
 [[route]]
 name = "wrong-name"
@@ -403,14 +429,19 @@ async fn upstreams_over_tls_verify_the_name_and_present_a_client_certificate() {
     };
     let r = get("/ok").await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "secure upstream");
+    assert_eq!(r.text().await.unwrap(), "secure upstream over HTTP/1.1");
     assert_eq!(plain.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // `protocol = "auto"`: the upstream offers h2 by ALPN and gets the request over HTTP/2.
+    let r = get("/ok-h2").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "secure upstream over HTTP/2.0");
+    assert_eq!(plain.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
 
     // The upstream's certificate does not carry the configured name: 502, and a log line says
     // why; the upstream never sees a request.
     let r = get("/wrong-name").await;
     assert_eq!(r.status(), 502);
-    assert_eq!(plain.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(plain.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
     let line = gw.wait_log("other.test");
     assert!(
         line.to_lowercase().contains("certificate") || line.contains("TLS"),
@@ -701,7 +732,7 @@ async fn an_h2_client_that_never_sends_its_preface_is_cut_off() {
         "[reload]",
         "[limits]\nrequest_head_timeout_ms = 600\n\n[reload]",
     );
-    let _gw = Gateway::start(&config, &[("open.toml", OPEN)]);
+    let gw = Gateway::start(&config, &[("open.toml", OPEN)]);
     wait_listening(tls);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert.der().clone()).unwrap();
@@ -737,4 +768,16 @@ async fn an_h2_client_that_never_sends_its_preface_is_cut_off() {
         took >= Duration::from_millis(500) && took < Duration::from_millis(3000),
         "cut off after {took:?}"
     );
+    // A client's failure, counted; not an ERROR line.
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "claimgate_proxy_events_total",
+            &[("kind", "h2_handshake_error")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(!gw.logs().contains("\"ERROR\""), "{}", gw.logs());
 }
