@@ -71,6 +71,8 @@ pub struct RequestCtx {
     /// The upstream answered an upgrade with 101: the connection is a tunnel now, and no
     /// HTTP answer may be written on it.
     tunnel: bool,
+    /// The request came over the TLS listener.
+    over_tls: bool,
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -504,6 +506,7 @@ impl ProxyHttp for ClaimgateProxy {
             _ => admitted.body(&buf),
         };
         let tls = tls_facts(session);
+        ctx.over_tls = tls.is_some();
         let head = head_of(session.req_header(), h2.as_deref());
         let facts = RequestFacts {
             tls: tls.as_ref(),
@@ -637,6 +640,13 @@ impl ProxyHttp for ClaimgateProxy {
                 _ => ip.to_string(),
             };
             upstream_request.insert_header(xff, value)?;
+        }
+        // The scheme the client used, for upstreams that build absolute URLs: a trusted
+        // proxy's value stays (an untrusted client's was removed above).
+        let proto = http::header::HeaderName::from_static("x-forwarded-proto");
+        if !upstream_request.headers.contains_key(&proto) {
+            let scheme = if ctx.over_tls { "https" } else { "http" };
+            upstream_request.insert_header(proto, scheme)?;
         }
         Ok(())
     }

@@ -73,6 +73,21 @@ fn h2c_with_prior_knowledge_is_decided_like_http1() {
     let seen = up.last();
     assert_eq!(seen.headers.get("x-user-id").unwrap(), "h2-user");
     assert_eq!(seen.uri, "/api/x");
+    // A client's own scheme claim is not believed (it is not a trusted proxy).
+    let (status, _) = curl(
+        gw.proxy,
+        "a.test",
+        "/api/x",
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            &auth,
+            "-H",
+            "X-Forwarded-Proto: https",
+        ],
+    );
+    assert_eq!(status, "2 200");
+    assert_eq!(up.last().headers.get("x-forwarded-proto").unwrap(), "http");
     // HTTP/1.1 on the same port is unchanged.
     assert_eq!(curl(gw.proxy, "a.test", "/open", &[]).0, "1.1 200");
 

@@ -716,6 +716,7 @@ fn http2_by_alpn_is_decided_on_the_authority() {
         seen.headers.get("host").unwrap().to_str().unwrap(),
         format!("b.test:{}", tls.port())
     );
+    assert_eq!(seen.headers.get("x-forwarded-proto").unwrap(), "https");
 }
 
 #[tokio::test(flavor = "multi_thread")]
