@@ -5,7 +5,8 @@
 //!
 //! In order: header limits (431), the method (a standard method in another case such as `get`:
 //! 400 `bad_method`), the request target (400 `bad_target`; CONNECT 405), the host
-//! (400 `bad_host`), `Content-Length` (400 `bad_request`), the path (400 `bad_path`), the route
+//! (400 `bad_host`), `Connection` and `Upgrade` (400 `bad_framing`: only hop-by-hop options,
+//! only WebSocket), `Content-Length` (400 `bad_request`), the path (400 `bad_path`), the route
 //! (405 with `Allow` when the path is served for other methods only), and the declared body
 //! size against the route's limit (413). What comes out names the exact method, host, path and
 //! query that the rules see and that the upstream is sent.
@@ -129,6 +130,28 @@ fn connection_tokens(headers: &HeaderMap) -> Result<(), String> {
     Ok(())
 }
 
+/// An upgrade turns the connection into a tunnel the gateway no longer reads. WebSocket is the
+/// one protocol offered: after an `Upgrade: h2c` the client could send any number of HTTP/2
+/// requests inside the tunnel, none of them decided (h2c smuggling); other protocols would be
+/// opaque the same way.
+fn upgrade_protocols(headers: &HeaderMap) -> Result<(), String> {
+    for v in headers.get_all(http::header::UPGRADE) {
+        let text = v
+            .to_str()
+            .map_err(|_| "the Upgrade header is not text".to_string())?;
+        for token in text.split(',').map(|t| t.trim()).filter(|t| !t.is_empty()) {
+            let name = token.split('/').next().unwrap_or(token);
+            if !name.eq_ignore_ascii_case("websocket") {
+                return Err(format!(
+                    "upgrading to `{}` is not served (only WebSocket; HTTP/2 is spoken with prior knowledge or by TLS ALPN)",
+                    token.chars().take(40).collect::<String>()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// [`refused`], boxed: admission's error path.
 /// Where a request goes, as its target and Host header say.
 struct Place<'h> {
@@ -195,6 +218,7 @@ impl Snapshot {
             .map_err(|e| deny(400, DenyReason::BadTarget, e.to_string()))?;
         let place = self.place(head, &target)?;
         connection_tokens(head.headers).map_err(|m| deny(400, DenyReason::BadFraming, m))?;
+        upgrade_protocols(head.headers).map_err(|m| deny(400, DenyReason::BadFraming, m))?;
         let declared = framing::declared_length(head.headers)
             .map_err(|e| deny(400, DenyReason::BadFraming, e.to_string()))?;
         let host = place.authority.map(|a| a.host);

@@ -198,6 +198,19 @@ fn targets_that_are_not_origin_form_are_refused() {
     assert_eq!(status, 405);
     assert!(head.contains("content-type: application/json"), "{head}");
     assert_eq!(reason(&body), "method_not_allowed");
+    // An upgrade to h2c would carry undecided HTTP/2 requests inside the tunnel (h2c
+    // smuggling): refused on every route, open ones included, token or not.
+    for upgrade in ["h2c", "H2C", "websocket, h2c", "TLS/1.2"] {
+        let req = format!(
+            "GET /open/x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        );
+        let (status, _, body) = exchange(gw.proxy, req.as_bytes());
+        assert_eq!(
+            (status, reason(&body).as_str()),
+            (400, "bad_framing"),
+            "{upgrade}: {body}"
+        );
+    }
     assert_eq!(up.count(), 0);
 }
 
