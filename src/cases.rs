@@ -71,6 +71,9 @@ struct Case {
     /// The request came over TLS (`request.tls`), with a client certificate if given.
     #[serde(default)]
     tls: Option<CaseTls>,
+    /// Units of each limit (by name) already used in its window.
+    #[serde(default)]
+    limits_used: BTreeMap<String, f64>,
     expect: Expect,
 }
 
@@ -213,6 +216,7 @@ fn prepare(snapshot: &Snapshot, case: &Case, file: &Path) -> Result<Prepared, St
     };
     let mut req = EvalRequest {
         tls,
+        limits_used: case.limits_used.clone(),
         method: case.method.clone(),
         host: case.host.clone(),
         target: case.path.clone(),

@@ -432,6 +432,7 @@ impl Snapshot {
                     Outcome::Allow(Allow {
                         upstream: upstream.clone(),
                         forward: Vec::new(),
+                        limits: Vec::new(),
                     }),
                 )
                 .with_expiry(token.as_deref().map(|t| t.expires_at))

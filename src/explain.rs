@@ -31,6 +31,9 @@ pub struct EvalRequest {
     pub country: Option<String>,
     /// The TLS connection the request came on (`None`: the plain listener).
     pub tls: Option<crate::facts::TlsFacts>,
+    /// Units of each `[[route.limit]]` (by name) already used in its window; a limit not
+    /// named has its whole budget.
+    pub limits_used: BTreeMap<String, f64>,
 }
 
 /// Where the token comes from.
@@ -222,7 +225,33 @@ pub fn explain(
     };
     let values = mocked(&pending, mocks);
     let d = snapshot.finish_traced(&facts, &m, pending, &values, Some(&mut trace));
-    finish(d, trace, unverified)
+    finish(
+        with_mocked_limits(d, &req.limits_used, now),
+        trace,
+        unverified,
+    )
+}
+
+/// Charges an allowed request's limits against a described state (`used` units per limit
+/// name), as the proxy charges its store: the same arithmetic, the same 429.
+fn with_mocked_limits(d: Decision, used: &BTreeMap<String, f64>, now: SystemTime) -> Decision {
+    let crate::policy::Outcome::Allow(allow) = &d.outcome else {
+        return d;
+    };
+    if allow.limits.is_empty() {
+        return d;
+    }
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0;
+    let outcomes = crate::ratelimit::memory::decide(&allow.limits, now_ms, |key| {
+        let c = allow.limits.iter().find(|c| c.key == key)?;
+        let u = used.get(&*c.name)?;
+        (c.limit > 0.0).then(|| now_ms + u * c.window_ms as f64 / c.limit)
+    });
+    d.limited(&outcomes)
 }
 
 /// Claims taken as given (`eval --claims`, policy tests), as a token of `issuer` (by default

@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod location;
 pub mod path;
 pub mod policy;
+pub mod ratelimit;
 pub mod sources;
 pub mod strict_json;
 pub mod sync;

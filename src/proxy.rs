@@ -31,6 +31,8 @@ pub struct ClaimgateProxy {
     pub clock: Clock,
     /// External source caches; they outlive reloads.
     pub sources: SourceFetcher,
+    /// The counters of `[[route.limit]]`s.
+    pub limits: Arc<crate::ratelimit::memory::MemoryStore>,
 }
 
 /// Where the decision time comes from. Always the system clock in production; a fixed instant
@@ -73,6 +75,8 @@ pub struct RequestCtx {
     tunnel: bool,
     /// The request came over the TLS listener.
     over_tls: bool,
+    /// The `RateLimit-Policy` and `RateLimit` fields of the limits the request was charged.
+    limit_headers: Option<[(http::HeaderName, String); 2]>,
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -513,7 +517,21 @@ impl ProxyHttp for ClaimgateProxy {
             ..admitted.facts(&head, client_ip, body)
         };
         let m = admitted.route.as_ref();
-        let decision = self.decide(&snapshot, &facts, m).await;
+        let mut decision = self.decide(&snapshot, &facts, m).await;
+        if let Outcome::Allow(allow) = &decision.outcome {
+            if !allow.limits.is_empty() {
+                let now_ms = self
+                    .clock
+                    .now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1000.0;
+                let outcomes = self.limits.charge(&allow.limits, now_ms);
+                ctx.limit_headers = Some(crate::ratelimit::Outcome::headers(&outcomes));
+                decision = decision.limited(&outcomes);
+            }
+        }
         let log = LogFacts {
             request_id: &ctx.request_id,
             method: facts.method,
@@ -659,6 +677,11 @@ impl ProxyHttp for ClaimgateProxy {
     ) -> Result<()> {
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             self.open_tunnel(session, ctx);
+        }
+        if let Some(fields) = ctx.limit_headers.take() {
+            for (name, value) in fields {
+                upstream_response.insert_header(name, value)?;
+            }
         }
         if let Some(series) = &ctx.route_metrics {
             if let Some(t) = ctx.upstream_started {

@@ -125,6 +125,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             metrics: metrics.clone(),
             clock,
             sources: crate::sources::SourceFetcher::new(Some(metrics.clone())),
+            limits: Arc::default(),
         },
     );
     // h2c is decided per connection by the head wrapper (and `listen.h2c`); Pingora only has to

@@ -63,6 +63,9 @@ pub struct EvalArgs {
     /// Decide as if the client were in this country (ISO 3166 code, e.g. DE).
     #[arg(long, value_name = "CC")]
     country: Option<String>,
+    /// Units of a limit already used in its window: NAME=N; repeatable.
+    #[arg(long = "limit-used", value_name = "NAME=N")]
+    limits_used: Vec<String>,
     /// Decide as if the request came over TLS (the TLS listener), TLS 1.3.
     #[arg(long)]
     tls: bool,
@@ -122,6 +125,17 @@ pub fn run(a: EvalArgs) -> ExitCode {
         country: a.country,
         ..Default::default()
     };
+    for u in &a.limits_used {
+        match u
+            .split_once('=')
+            .and_then(|(n, v)| Some((n.trim().to_string(), v.trim().parse::<f64>().ok()?)))
+        {
+            Some((name, used)) if used.is_finite() && used >= 0.0 => {
+                req.limits_used.insert(name, used);
+            }
+            _ => return fail(format!("--limit-used `{u}`: write NAME=N")),
+        }
+    }
     if a.tls || a.client_cert.is_some() {
         match claimgate::tls::described_connection(a.client_cert.as_deref()) {
             Ok(t) => req.tls = Some(t),

@@ -45,6 +45,8 @@ pub enum DenyReason {
     HeadersTooLarge,
     /// The request head did not arrive within `limits.request_head_timeout_ms`.
     HeadTimeout,
+    /// A `[[route.limit]]` budget is spent (429).
+    RateLimited,
 }
 
 impl DenyReason {
@@ -69,6 +71,7 @@ impl DenyReason {
             DenyReason::IncompleteBody => "incomplete_body",
             DenyReason::HeadersTooLarge => "headers_too_large",
             DenyReason::HeadTimeout => "request_head_timeout",
+            DenyReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -85,6 +88,8 @@ pub struct Denial {
     pub allow: Option<String>,
     /// The `Retry-After` header value in seconds, for 503s the gateway expects to clear.
     pub retry_after: Option<u64>,
+    /// More header fields of the answer (the `RateLimit` fields of a 429).
+    pub extra_headers: Vec<(http::HeaderName, String)>,
 }
 
 impl Denial {
@@ -98,7 +103,27 @@ impl Denial {
             www_authenticate: None,
             allow: None,
             retry_after: None,
+            extra_headers: Vec::new(),
         }
+    }
+
+    /// A spent budget: 429 naming the limit, `Retry-After` when waiting helps, and the
+    /// `RateLimit-Policy`/`RateLimit` fields of every limit the request was charged.
+    pub fn rate_limited(outcomes: &[crate::ratelimit::Outcome]) -> Option<Denial> {
+        let spent = crate::ratelimit::refused(outcomes)?;
+        let denial = Denial {
+            extra_headers: crate::ratelimit::Outcome::headers(outcomes).into(),
+            ..Denial::by_rule(
+                spent.name.clone(),
+                429,
+                DenyReason::RateLimited,
+                crate::ratelimit::message(spent),
+            )
+        };
+        Some(match spent.step.retry_after_ms {
+            Some(ms) => denial.with_retry_after((ms / 1000.0).ceil().max(1.0) as u64),
+            None => denial,
+        })
     }
 
     /// A denial by the rule `rule`.
@@ -150,6 +175,7 @@ impl Denial {
         if let Some(r) = self.retry_after {
             h.push((http::header::RETRY_AFTER, r.to_string()));
         }
+        h.extend(self.extra_headers.iter().cloned());
         h
     }
 
@@ -163,6 +189,10 @@ impl Denial {
             "rule": self.rule.as_deref(),
             "message": self.message,
         });
+        let mut body = body;
+        if self.reason == DenyReason::RateLimited {
+            body["limit"] = serde_json::json!(self.rule.as_deref());
+        }
         serde_json::to_vec(&body).unwrap_or_default()
     }
 }
@@ -192,6 +222,8 @@ pub struct Allow {
     pub upstream: Arc<str>,
     /// Headers to set on the upstream request, computed from the route's `forward` table.
     pub forward: Vec<(HeaderName, HeaderValue)>,
+    /// The route's limits for this request, to be charged before it is forwarded.
+    pub limits: Vec<crate::ratelimit::Charge>,
 }
 
 #[derive(Debug, Clone)]
@@ -271,6 +303,18 @@ impl Decision {
         Decision {
             token_expires_at,
             ..self
+        }
+    }
+
+    /// The same decision after its limits were charged: a spent budget turns an allow into
+    /// the 429 of [`Denial::rate_limited`] (route, token and audits kept for the log).
+    pub fn limited(self, outcomes: &[crate::ratelimit::Outcome]) -> Decision {
+        match Denial::rate_limited(outcomes) {
+            Some(d) => Decision {
+                outcome: Outcome::Deny(d),
+                ..self
+            },
+            None => self,
         }
     }
 

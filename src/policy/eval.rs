@@ -163,10 +163,86 @@ fn run(route: &Route, activation: &Activation<'_>, mut trace: Option<&mut Trace>
             }
         }
     }
+    let limits = match charges(route, ctx) {
+        Ok(l) => l,
+        Err(denial) => {
+            return RouteVerdict {
+                outcome: Outcome::Deny(*denial),
+                audits,
+            }
+        }
+    };
     RouteVerdict {
-        outcome: Outcome::Allow(Allow { upstream, forward }),
+        outcome: Outcome::Allow(Allow {
+            upstream,
+            forward,
+            limits,
+        }),
         audits,
     }
+}
+
+/// The charges of the route's limits; one that cannot be evaluated denies (fail closed).
+fn charges(
+    route: &Route,
+    ctx: &Activation<'_>,
+) -> Result<Vec<crate::ratelimit::Charge>, Box<Denial>> {
+    route
+        .limits
+        .iter()
+        .map(|l| {
+            charge(route, l, ctx).map_err(|e| {
+                tracing::debug!(route = %route.name, limit = %l.name, error = %e, "limit evaluation failed");
+                Box::new(Denial::by_rule(
+                    l.name.clone(),
+                    403,
+                    DenyReason::PolicyError,
+                    format!("limit `{}` could not be evaluated", l.name),
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A limit's charge for this request: its key (a string or a number), its limit and cost
+/// (finite numbers; a cost not negative).
+fn charge(
+    route: &Route,
+    l: &crate::policy::Limit,
+    ctx: &Activation<'_>,
+) -> Result<crate::ratelimit::Charge, String> {
+    let key = match ctx.execute(&l.key).map_err(|e| e.to_string())? {
+        Value::String(s) => s.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        other => return Err(format!("the key is {other:?}, not a string or a number")),
+    };
+    let limit = number(ctx.execute(&l.limit).map_err(|e| e.to_string())?)
+        .ok_or("the limit is not a number")?;
+    let cost = match &l.cost {
+        Some(c) => number(ctx.execute(c).map_err(|e| e.to_string())?)
+            .filter(|c| *c >= 0.0)
+            .ok_or("the cost is not a number of zero or more")?,
+        None => 1.0,
+    };
+    Ok(crate::ratelimit::Charge {
+        name: l.name.clone(),
+        key: crate::ratelimit::Charge::key_for(&route.name, &l.name, &key),
+        limit,
+        window_ms: l.window_ms,
+        cost,
+    })
+}
+
+/// A finite number from a CEL value.
+fn number(v: Value) -> Option<f64> {
+    let n = match v {
+        Value::Int(i) => i as f64,
+        Value::UInt(u) => u as f64,
+        Value::Float(f) => f,
+        _ => return None,
+    };
+    n.is_finite().then_some(n)
 }
 
 fn rule_trace(

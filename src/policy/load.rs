@@ -9,7 +9,7 @@ use super::references::References;
 use super::route::RouteIndex;
 use super::variable::Variable;
 use super::{
-    Attr, AttrKind, Condition, Expr, Forward, Message, Mode, Route, Rule, UpstreamCase,
+    Attr, AttrKind, Condition, Expr, Forward, Limit, Message, Mode, Route, Rule, UpstreamCase,
     MAX_BODY_LIMIT,
 };
 use crate::config::AuthMode;
@@ -621,6 +621,7 @@ impl Loader<'_> {
         let upstream = self.upstream(fx, &at, raw.upstream.as_ref());
         let rules = self.rules(fx, &at, raw.rule);
         let forward = self.forward(fx, &at, &raw.forward);
+        let limits = self.limits(fx, raw.limit);
         let upstream_select = self.upstream_select(fx, &raw.upstream_select);
         // Attributes and sources last: everything above has recorded what it reads.
         let attrs = self.attrs(fx, &at.name, &raw.attr);
@@ -648,7 +649,53 @@ impl Loader<'_> {
             body_limit,
             forward,
             sources,
+            limits,
         })
+    }
+
+    /// The route's `[[route.limit]]`s: unique names, a valid window, and three expressions
+    /// compiled like rules.
+    fn limits(&mut self, fx: &FileCx<'_>, raw: Vec<Spanned<super::raw::RawLimit>>) -> Vec<Limit> {
+        let mut names = HashSet::new();
+        let mut limits = Vec::new();
+        for l in raw {
+            let l = l.into_inner();
+            let name = l.name.get_ref();
+            let named = |what: &str| format!("limit `{name}` {what}");
+            if name.is_empty() || !names.insert(name.clone()) {
+                self.errors.push(fx.err(
+                    l.name.span().start,
+                    format!("limit name `{name}` is empty or already used on this route"),
+                ));
+                continue;
+            }
+            let window_ms = match crate::ratelimit::parse_window(l.window.get_ref()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    self.errors
+                        .push(fx.err(l.window.span().start, named(&format!("window: {e}"))));
+                    None
+                }
+            };
+            let key = self.compile(fx, &l.key, &named("key"));
+            let limit = self.compile(fx, &l.limit, &named("limit"));
+            let cost = match &l.cost {
+                Some(c) => self.compile(fx, c, &named("cost")).map(Some),
+                None => Some(None),
+            };
+            if let (Some(window_ms), Some(key), Some(limit), Some(cost)) =
+                (window_ms, key, limit, cost)
+            {
+                limits.push(Limit {
+                    name: Arc::from(name.as_str()),
+                    key,
+                    limit,
+                    cost,
+                    window_ms,
+                });
+            }
+        }
+        limits
     }
 
     fn route_name(&mut self, fx: &FileCx<'_>, name: &Spanned<String>) {

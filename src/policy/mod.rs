@@ -72,6 +72,17 @@ pub struct Rule {
     pub mode: Mode,
 }
 
+/// A compiled `[[route.limit]]`.
+#[derive(Debug)]
+pub struct Limit {
+    pub name: Arc<str>,
+    pub key: Expr,
+    pub limit: Expr,
+    /// `None`: each request costs 1.
+    pub cost: Option<Expr>,
+    pub window_ms: u64,
+}
+
 #[derive(Debug)]
 pub struct Forward {
     pub header: HeaderName,
@@ -132,6 +143,8 @@ pub struct Route {
     /// External sources any expression of the route reads (`ext.NAME`), fetched before its
     /// rules run.
     pub sources: Vec<Arc<str>>,
+    /// Budgets charged for each request the rules allow.
+    pub limits: Vec<Limit>,
 }
 
 impl Route {

@@ -39,6 +39,24 @@ pub(super) struct RawRoute {
     pub(super) body_limit: Option<Spanned<usize>>,
     #[serde(default)]
     pub(super) upstream_select: Vec<Spanned<RawUpstreamCase>>,
+    #[serde(default)]
+    pub(super) limit: Vec<Spanned<RawLimit>>,
+}
+
+/// `[[route.limit]]`: a budget counted across requests, after the rules allowed one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimit {
+    pub(super) name: Spanned<String>,
+    /// CEL: whose budget (e.g. `claims.sub`).
+    pub(super) key: Spanned<String>,
+    /// CEL: how many units per window (e.g. `claims.apiRateLimit`).
+    pub(super) limit: Spanned<String>,
+    /// `30s`, `5m`, `1h`, `1d`.
+    pub(super) window: Spanned<String>,
+    /// CEL: what this request costs (default 1).
+    #[serde(default)]
+    pub(super) cost: Option<Spanned<String>>,
 }
 
 /// `name = "cel"` (dynamic), or a table: `{ value = ... }` (static),

@@ -29,6 +29,7 @@ mod observability;
 mod paths;
 mod policy;
 mod proxying;
+mod ratelimit;
 mod reload;
 mod scenarios;
 mod settle;
