@@ -38,6 +38,53 @@ pub struct RawConfig {
     /// External data sources, read by policies as `ext.NAME`.
     #[serde(default)]
     pub sources: BTreeMap<String, Spanned<crate::sources::SourceConfig>>,
+    #[serde(default)]
+    pub rate_limits: RateLimitSettings,
+}
+
+/// `[rate_limits]`: where the counters of `[[route.limit]]`s live.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// `memory` (this process; the default) or `redis` (shared by every replica).
+    #[serde(default)]
+    pub store: LimitStoreKind,
+    /// With `store = "redis"`: e.g. `redis://10.0.0.9:6379/0` (`rediss://` for TLS).
+    #[serde(default)]
+    pub redis_url: Option<Spanned<String>>,
+    /// The most one call to the store may take; then the limit's `on_store_error` applies.
+    #[serde(default = "default_store_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How many replicas share the limits: while the store cannot be asked, a limit in
+    /// `local` mode counts in each process at its limit divided by this.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            store: LimitStoreKind::Memory,
+            redis_url: None,
+            timeout_ms: default_store_timeout_ms(),
+            replicas: default_replicas(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitStoreKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+fn default_store_timeout_ms() -> u64 {
+    50
+}
+fn default_replicas() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -814,6 +861,32 @@ impl Checks<'_> {
         }
     }
 
+    fn rate_limits(&mut self, r: &RateLimitSettings) {
+        match (&r.store, &r.redis_url) {
+            (LimitStoreKind::Redis, None) => {
+                self.whole("`rate_limits.store = \"redis\"` needs `rate_limits.redis_url`")
+            }
+            (LimitStoreKind::Redis, Some(url)) => {
+                if let Err(e) = redis::Client::open(url.get_ref().as_str()) {
+                    self.errors.push(self.at(
+                        url.span(),
+                        format!("`rate_limits.redis_url` is not a Redis URL ({e})"),
+                    ));
+                }
+            }
+            (LimitStoreKind::Memory, Some(url)) => self.errors.push(self.at(
+                url.span(),
+                "`rate_limits.redis_url` is set but `rate_limits.store` is not `redis`".to_string(),
+            )),
+            (LimitStoreKind::Memory, None) => {}
+        }
+        if r.replicas == 0 || !(1..=10_000).contains(&r.timeout_ms) {
+            self.whole(
+                "`rate_limits.replicas` must be at least 1 and `rate_limits.timeout_ms` 1..10000",
+            );
+        }
+    }
+
     fn sources(&mut self, raw: &RawConfig) {
         for (name, src) in &raw.sources {
             let ident = name
@@ -832,6 +905,7 @@ impl Checks<'_> {
 
     /// Trusted proxies, the default upstream, the unmatched action, logging.
     fn settings(&mut self, raw: &RawConfig) {
+        self.rate_limits(&raw.rate_limits);
         for t in &raw.network.trusted_proxies {
             if let Err(e) = crate::geo::parse_network(t.get_ref()) {
                 self.errors.push(self.at(t.span(), e.to_string()));

@@ -35,6 +35,7 @@ pub mod admin;
 pub mod echo;
 pub mod head_timeout;
 pub mod key_refresh;
+pub mod limit_store;
 pub mod logging;
 pub mod proxy;
 pub mod reload;

@@ -5,6 +5,7 @@ use crate::admission::{Admitted, RequestHead};
 use crate::engine::{Snapshot, Step};
 use crate::facts::{Body, RequestFacts};
 use crate::head_timeout::{HeadTimedStream, TunnelEnd};
+use crate::limit_store::Charged;
 use crate::policy::decision::Allow;
 use crate::policy::route::RouteMatch;
 use crate::policy::{Decision, Outcome};
@@ -32,7 +33,7 @@ pub struct ClaimgateProxy {
     /// External source caches; they outlive reloads.
     pub sources: SourceFetcher,
     /// The counters of `[[route.limit]]`s.
-    pub limits: Arc<crate::ratelimit::memory::MemoryStore>,
+    pub limits: Arc<crate::limit_store::LimitStore>,
 }
 
 /// Where the decision time comes from. Always the system clock in production; a fixed instant
@@ -527,9 +528,13 @@ impl ProxyHttp for ClaimgateProxy {
                     .unwrap_or_default()
                     .as_secs_f64()
                     * 1000.0;
-                let outcomes = self.limits.charge(&allow.limits, now_ms);
-                ctx.limit_headers = Some(crate::ratelimit::Outcome::headers(&outcomes));
-                decision = decision.limited(&outcomes);
+                decision = match self.limits.charge(&allow.limits, now_ms).await {
+                    Charged::Outcomes(outcomes) => {
+                        ctx.limit_headers = Some(crate::ratelimit::Outcome::headers(&outcomes));
+                        decision.limited(&outcomes)
+                    }
+                    Charged::Unavailable(limit) => decision.limit_store_unavailable(limit),
+                };
             }
         }
         let log = LogFacts {

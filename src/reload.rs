@@ -94,6 +94,9 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if running.raw.reload != new.raw.reload {
         v.push("reload".to_string());
     }
+    if running.raw.rate_limits != new.raw.rate_limits {
+        v.push("rate_limits".to_string());
+    }
     v
 }
 

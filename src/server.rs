@@ -90,6 +90,9 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
     let proxy_addr = snapshot.config.proxy_addr;
     let admin_addr = snapshot.config.admin_addr;
     let tls_addr = snapshot.config.tls_addr;
+    let limits = Arc::new(crate::limit_store::LimitStore::new(
+        &snapshot.config.raw.rate_limits,
+    ));
     tracing::info!(
         routes = snapshot.policy.routes.len(),
         issuers = snapshot.issuers.len(),
@@ -125,7 +128,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             metrics: metrics.clone(),
             clock,
             sources: crate::sources::SourceFetcher::new(Some(metrics.clone())),
-            limits: Arc::default(),
+            limits,
         },
     );
     // h2c is decided per connection by the head wrapper (and `listen.h2c`); Pingora only has to

@@ -82,6 +82,53 @@ pub static PROXY_EVENTS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLoc
     c
 });
 
+/// Time of each call to the shared limit store (Redis), successful or not.
+// Constant definitions: `new` fails only for an invalid name or buckets.
+#[allow(clippy::expect_used)]
+pub static LIMIT_STORE_SECONDS: std::sync::LazyLock<prometheus::Histogram> =
+    std::sync::LazyLock::new(|| {
+        prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "claimgate_limit_store_seconds",
+                "Time of each call to the shared rate limit store (Redis), including failed ones.",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+        )
+        .expect("a valid metric definition")
+    });
+
+/// Calls to the shared limit store that failed or timed out.
+#[allow(clippy::expect_used)]
+pub static LIMIT_STORE_ERRORS: std::sync::LazyLock<prometheus::IntCounter> =
+    std::sync::LazyLock::new(|| {
+        prometheus::IntCounter::new(
+            "claimgate_limit_store_errors_total",
+            "Calls to the shared rate limit store that failed, timed out or found no connection.",
+        )
+        .expect("a valid metric definition")
+    });
+
+/// Limits decided by their `on_store_error` mode because the store could not be asked.
+#[allow(clippy::expect_used)]
+pub static LIMIT_STORE_FALLBACKS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLock::new(
+    || {
+        let c = IntCounterVec::new(
+            Opts::new(
+                "claimgate_limit_store_fallbacks_total",
+                "Limits decided by their on_store_error mode (local, open, closed) while the shared store could not be asked.",
+            ),
+            &["mode"],
+        )
+        .expect("a valid metric definition");
+        for m in ["local", "open", "closed"] {
+            c.with_label_values(&[m]);
+        }
+        c
+    },
+);
+
 /// Route label for requests that matched no route.
 pub const UNMATCHED: &str = "_unmatched";
 
@@ -293,6 +340,9 @@ impl Metrics {
         )?;
         r.register(Box::new(tls_expiry.clone()))?;
         r.register(Box::new(PROXY_EVENTS.clone()))?;
+        r.register(Box::new(LIMIT_STORE_SECONDS.clone()))?;
+        r.register(Box::new(LIMIT_STORE_ERRORS.clone()))?;
+        r.register(Box::new(LIMIT_STORE_FALLBACKS.clone()))?;
         Ok(Metrics {
             registry: r,
             requests,

@@ -47,6 +47,8 @@ pub enum DenyReason {
     HeadTimeout,
     /// A `[[route.limit]]` budget is spent (429).
     RateLimited,
+    /// A limit's shared store could not be asked, and the limit fails closed (503).
+    LimitStoreUnavailable,
 }
 
 impl DenyReason {
@@ -72,6 +74,7 @@ impl DenyReason {
             DenyReason::HeadersTooLarge => "headers_too_large",
             DenyReason::HeadTimeout => "request_head_timeout",
             DenyReason::RateLimited => "rate_limited",
+            DenyReason::LimitStoreUnavailable => "limit_store_unavailable",
         }
     }
 }
@@ -315,6 +318,22 @@ impl Decision {
                 ..self
             },
             None => self,
+        }
+    }
+
+    /// The same decision when a limit that fails closed could not be charged: 503 naming the
+    /// limit, with a short `Retry-After`.
+    pub fn limit_store_unavailable(self, limit: Arc<str>) -> Decision {
+        let denial = Denial::by_rule(
+            limit.clone(),
+            503,
+            DenyReason::LimitStoreUnavailable,
+            format!("limit `{limit}` cannot be counted right now; try again shortly"),
+        )
+        .with_retry_after(1);
+        Decision {
+            outcome: Outcome::Deny(denial),
+            ..self
         }
     }
 

@@ -231,6 +231,7 @@ fn charge(
         limit,
         window_ms: l.window_ms,
         cost,
+        on_store_error: l.on_store_error,
     })
 }
 

@@ -692,6 +692,7 @@ impl Loader<'_> {
                     limit,
                     cost,
                     window_ms,
+                    on_store_error: l.on_store_error,
                 });
             }
         }

@@ -81,6 +81,7 @@ pub struct Limit {
     /// `None`: each request costs 1.
     pub cost: Option<Expr>,
     pub window_ms: u64,
+    pub on_store_error: crate::ratelimit::StoreFailMode,
 }
 
 #[derive(Debug)]

@@ -57,6 +57,9 @@ pub(super) struct RawLimit {
     /// CEL: what this request costs (default 1).
     #[serde(default)]
     pub(super) cost: Option<Spanned<String>>,
+    /// When the shared store cannot be asked: `local` (default), `open` or `closed`.
+    #[serde(default)]
+    pub(super) on_store_error: crate::ratelimit::StoreFailMode,
 }
 
 /// `name = "cel"` (dynamic), or a table: `{ value = ... }` (static),

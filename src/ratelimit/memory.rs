@@ -99,6 +99,7 @@ mod tests {
             limit,
             window_ms: 3_600_000,
             cost,
+            on_store_error: crate::ratelimit::StoreFailMode::Local,
         }
     }
 

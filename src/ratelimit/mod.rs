@@ -8,6 +8,29 @@ pub mod memory;
 use sha2::Digest as _;
 use std::sync::Arc;
 
+/// What a limit does when its shared store cannot be asked (slow or down).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreFailMode {
+    /// Count in this process at the limit divided by `rate_limits.replicas`.
+    #[default]
+    Local,
+    /// Allow the request uncounted.
+    Open,
+    /// Refuse the request: 503 `limit_store_unavailable`.
+    Closed,
+}
+
+impl StoreFailMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            StoreFailMode::Local => "local",
+            StoreFailMode::Open => "open",
+            StoreFailMode::Closed => "closed",
+        }
+    }
+}
+
 /// One limit applied to one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Charge {
@@ -19,6 +42,7 @@ pub struct Charge {
     pub limit: f64,
     pub window_ms: u64,
     pub cost: f64,
+    pub on_store_error: StoreFailMode,
 }
 
 impl Charge {

@@ -46,7 +46,22 @@ fn user(sub: &str, extra: Value) -> String {
 
 #[tokio::test]
 async fn budgets_follow_the_token_and_the_body() {
-    let (up, gw) = start_standard("", &[("limits.toml", RULES)]);
+    budgets("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budgets_follow_the_token_and_the_body_on_redis() {
+    let redis = RedisServer::start(free_port());
+    budgets(&format!(
+        "[rate_limits]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/\"\n",
+        redis.port
+    ))
+    .await;
+}
+
+/// Tier budgets and a daily total, on the store `extra` configures.
+async fn budgets(extra: &str) {
+    let (up, gw) = start_standard(extra, &[("limits.toml", RULES)]);
     let get = |t: String| {
         let url = gw.url("/api/x");
         async move { client().get(url).bearer_auth(t).send().await.unwrap() }
@@ -160,4 +175,206 @@ fn check_locates_a_limit_that_cannot_work() {
         err.contains("bad.toml:9:") && err.contains("window"),
         "{err}"
     );
+}
+
+/// A real `redis-server` on a loopback port, with no persistence; killed when dropped.
+struct RedisServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start(port: u16) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server)");
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() {
+                    break;
+                }
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "redis did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        RedisServer {
+            child: Some(child),
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const SHARED: &str = r#"
+[[route]]
+name = "shared"
+path = "/api/{*rest}"
+issuers = ["hs"]
+  [[route.limit]]
+  name = "per-user"
+  key = "claims.sub"
+  limit = "50"
+  window = "1h"
+
+[[route]]
+name = "local"
+path = "/local"
+issuers = ["hs"]
+  [[route.limit]]
+  name = "local-mode"
+  key = "claims.sub"
+  limit = "4"
+  window = "1h"
+  on_store_error = "local"
+
+[[route]]
+name = "open"
+path = "/open-mode"
+issuers = ["hs"]
+  [[route.limit]]
+  name = "open-mode"
+  key = "claims.sub"
+  limit = "1"
+  window = "1h"
+  on_store_error = "open"
+
+[[route]]
+name = "closed"
+path = "/closed"
+issuers = ["hs"]
+  [[route.limit]]
+  name = "closed-mode"
+  key = "claims.sub"
+  limit = "1000"
+  window = "1h"
+  on_store_error = "closed"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_one_budget_on_redis_and_each_mode_holds_when_it_is_down() {
+    let mut redis = RedisServer::start(free_port());
+    let up = Upstream::start();
+    let config = format!(
+        "{}\n[rate_limits]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/\"\ntimeout_ms = 200\nreplicas = 2\n",
+        standard_config(up.addr),
+        redis.port
+    );
+    let a = Gateway::start(&config, &[("limits.toml", SHARED)]);
+    let b = Gateway::start(&config, &[("limits.toml", SHARED)]);
+    let t = user("sam", json!({}));
+
+    // 300 requests from 6 concurrent clients over both replicas: exactly 50 pass.
+    let mut tasks = Vec::new();
+    for client_no in 0..6 {
+        let urls = [a.url("/api/x"), b.url("/api/x")];
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut codes = Vec::new();
+            for i in 0..50 {
+                let url = &urls[(i + client_no) % 2];
+                codes.push(
+                    c.get(url)
+                        .bearer_auth(&t)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16(),
+                );
+            }
+            codes
+        }));
+    }
+    let mut codes = Vec::new();
+    for task in tasks {
+        codes.extend(task.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 50, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 250);
+    assert_eq!(up.count(), 50);
+
+    // Redis gone: each mode as documented, and no 5xx but `closed`'s 503.
+    redis.stop();
+    let get = |gw: &Gateway, path: &str| {
+        let (url, t) = (gw.url(path), t.clone());
+        async move { client().get(url).bearer_auth(t).send().await.unwrap() }
+    };
+    let r = get(&a, "/closed").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "limit_store_unavailable");
+    for _ in 0..3 {
+        assert_eq!(get(&a, "/open-mode").await.status(), 200);
+    }
+    // `local`: the limit of 4 over 2 replicas is 2 in each.
+    for gw in [&a, &b] {
+        let codes = [
+            get(gw, "/local").await.status().as_u16(),
+            get(gw, "/local").await.status().as_u16(),
+            get(gw, "/local").await.status().as_u16(),
+        ];
+        assert_eq!(codes, [200, 200, 429]);
+    }
+    let metrics = a.metrics().await;
+    for mode in ["local", "open", "closed"] {
+        assert!(
+            metric_value(
+                &metrics,
+                "claimgate_limit_store_fallbacks_total",
+                &[("mode", mode)]
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+            "{mode}: {metrics}"
+        );
+    }
+    assert!(
+        metric_value(&metrics, "claimgate_limit_store_errors_total", &[]).unwrap_or(0.0) >= 1.0
+    );
+    a.wait_log("rate limit store unavailable");
+
+    // Redis back (empty, on the same port): shared counting resumes.
+    let _redis = RedisServer::start(redis.port);
+    let started = std::time::Instant::now();
+    while get(&a, "/closed").await.status() != 200 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "shared counting did not resume"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The open-mode limit of 1 is counted again, across replicas.
+    let second = get(&b, "/open-mode").await.status();
+    let third = get(&a, "/open-mode").await.status();
+    assert_eq!((second.as_u16(), third.as_u16()), (200, 429));
+    a.wait_log("shared counting resumed");
+    let logs = a.logs() + &b.logs();
+    assert!(!logs.contains("\"ERROR\""), "{logs}");
 }
