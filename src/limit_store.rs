@@ -4,6 +4,12 @@
 //! Redis cannot be asked within `rate_limits.timeout_ms`, each limit does what its
 //! `on_store_error` says: count in this process at its limit divided by the replicas, allow
 //! uncounted, or refuse with 503.
+//!
+//! Repeat offenders cost no round trip: a key Redis refused is remembered here as "over until
+//! T" (T: when the refused cost fits again, from Redis's answer); until then a request with the
+//! same limit and at least that cost is refused in process. Budgets only refill with time, so
+//! this refuses nothing Redis would have allowed; a smaller cost, or a changed limit, asks
+//! Redis. Entries live at most a minute (a limit raised meanwhile is seen within it).
 
 use crate::config::{LimitStoreKind, RateLimitSettings};
 use crate::ratelimit::memory::MemoryStore;
@@ -89,8 +95,22 @@ pub struct LimitStore {
     timeout: Duration,
 }
 
+/// A key Redis refused: until when the refused cost cannot fit, and what was known then.
+#[derive(Debug, Clone, Copy)]
+struct Over {
+    until: Instant,
+    limit: f64,
+    cost: f64,
+    remaining: f64,
+}
+
+/// How long an "over the limit" memory lives at most, and how many keys it holds.
+const OVER_TTL: Duration = Duration::from_secs(60);
+const OVER_KEYS: u64 = 100_000;
+
 struct Redis {
     client: redis::Client,
+    over: moka::sync::Cache<String, Over>,
     conn: ArcSwapOption<ConnectionManager>,
     /// Held while a connection is being made: requests arriving meanwhile wait for it rather
     /// than count on their own (which would let a burst at start past the shared limit).
@@ -113,6 +133,10 @@ impl LimitStore {
             {
                 Ok(client) => Some(Redis {
                     client,
+                    over: moka::sync::Cache::builder()
+                        .max_capacity(OVER_KEYS)
+                        .time_to_live(OVER_TTL)
+                        .build(),
                     conn: ArcSwapOption::empty(),
                     connecting: tokio::sync::Mutex::new(()),
                     last_attempt_ms: AtomicU64::new(0),
@@ -146,6 +170,10 @@ impl LimitStore {
         if charges.iter().any(|c| c.limit <= 0.0) {
             return Charged::Outcomes(crate::ratelimit::memory::decide(charges, now_ms, |_| None));
         }
+        if let Some(refused) = redis.known_over(charges) {
+            crate::telemetry::LIMIT_LOCAL_REFUSALS.inc();
+            return Charged::Outcomes(refused);
+        }
         let started = Instant::now();
         let asked = match redis.connection(self.timeout).await {
             Some(mut conn) => {
@@ -162,6 +190,7 @@ impl LimitStore {
                 if redis.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("rate limit store answering again: shared counting resumed");
                 }
+                redis.remember_over(charges, &o);
                 Charged::Outcomes(o)
             }
             Err(e) => {
@@ -226,6 +255,66 @@ fn uncounted(c: &Charge) -> Outcome {
 }
 
 impl Redis {
+    /// The whole request's outcomes when one of its charges is known to be over its limit.
+    fn known_over(&self, charges: &[Charge]) -> Option<Vec<Outcome>> {
+        let now = Instant::now();
+        let over = charges.iter().find_map(|c| {
+            let o = self.over.get(&c.key)?;
+            (o.until > now && o.limit == c.limit && c.cost >= o.cost).then_some((c, o))
+        })?;
+        let (spent, o) = over;
+        Some(
+            charges
+                .iter()
+                .map(|c| {
+                    if c.key == spent.key {
+                        Outcome {
+                            name: c.name.clone(),
+                            limit: c.limit,
+                            window_ms: c.window_ms,
+                            cost: c.cost,
+                            step: gcra::Step {
+                                allowed: false,
+                                remaining: o.remaining,
+                                retry_after_ms: Some(
+                                    o.until.saturating_duration_since(now).as_secs_f64() * 1000.0,
+                                ),
+                                reset_ms: c.window_ms as f64,
+                                store: None,
+                            },
+                        }
+                    } else {
+                        // Not asked: shown whole, and nothing is spent from it.
+                        uncounted(c)
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Remembers the keys Redis refused, until their refused cost fits.
+    fn remember_over(&self, charges: &[Charge], outcomes: &[Outcome]) {
+        let now = Instant::now();
+        for (c, o) in charges.iter().zip(outcomes) {
+            if o.step.allowed {
+                continue;
+            }
+            let wait = o
+                .step
+                .retry_after_ms
+                .map_or(OVER_TTL, |ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+            self.over.insert(
+                c.key.clone(),
+                Over {
+                    until: now + wait.min(OVER_TTL),
+                    limit: c.limit,
+                    cost: c.cost,
+                    remaining: o.step.remaining,
+                },
+            );
+        }
+    }
+
     /// The connection, or `None` while there is none. A missing one is made by the first
     /// request that needs it (at most once per [`RECONNECT_EVERY`] while Redis is down), and
     /// requests arriving meanwhile wait for that attempt. Once connected, the connection

@@ -110,6 +110,17 @@ pub static LIMIT_STORE_ERRORS: std::sync::LazyLock<prometheus::IntCounter> =
         .expect("a valid metric definition")
     });
 
+/// Requests refused in process because their key was known to be over its limit.
+#[allow(clippy::expect_used)]
+pub static LIMIT_LOCAL_REFUSALS: std::sync::LazyLock<prometheus::IntCounter> =
+    std::sync::LazyLock::new(|| {
+        prometheus::IntCounter::new(
+            "claimgate_limit_local_refusals_total",
+            "Requests refused without asking the shared store: their key was known to be over its limit until later.",
+        )
+        .expect("a valid metric definition")
+    });
+
 /// Limits decided by their `on_store_error` mode because the store could not be asked.
 #[allow(clippy::expect_used)]
 pub static LIMIT_STORE_FALLBACKS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLock::new(
@@ -342,6 +353,7 @@ impl Metrics {
         r.register(Box::new(PROXY_EVENTS.clone()))?;
         r.register(Box::new(LIMIT_STORE_SECONDS.clone()))?;
         r.register(Box::new(LIMIT_STORE_ERRORS.clone()))?;
+        r.register(Box::new(LIMIT_LOCAL_REFUSALS.clone()))?;
         r.register(Box::new(LIMIT_STORE_FALLBACKS.clone()))?;
         Ok(Metrics {
             registry: r,

@@ -7,6 +7,12 @@
 #   ROUNDS=5 DURATION=10 CONNS=64 bash benches/load/run.sh
 #   TARGETS="pingora-passthrough claimgate-es256-cache" bash benches/load/run.sh
 #   TARGETS=tls bash benches/load/run.sh   # the TLS and HTTP/2 targets only (see below)
+#   TARGETS=limits bash benches/load/run.sh  # shared rate limits on Redis (see below)
+#
+# Limits: three ES256 routes that differ only in a `[[route.limit]]` on Redis (redis-server on
+# core 0 with the load generator): none (`claimgate-limit-base`), a budget never reached (every
+# request a round trip to Redis: `claimgate-limit-miss`), and a budget spent by the first request
+# (every later one refused in process, 429: `claimgate-limit-hit`).
 #
 # TLS: claimgate and HAProxy terminate TLS with the same ECDSA P-256 certificate (made here with
 # openssl). `*-tls-handshake` sends `Connection: close`, so every request is a new connection and
@@ -30,9 +36,11 @@ ALL_TARGETS="nginx-direct pingora-passthrough pingora-passthrough-mimalloc hapro
 claimgate-open claimgate-es256-cache claimgate-rs256-cache claimgate-es256-nocache claimgate-rs256-nocache \
 claimgate-body-1k claimgate-es256-cache-reloading \
 claimgate-tls-open haproxy-tls-passthrough claimgate-tls-handshake haproxy-tls-handshake claimgate-h1-open claimgate-h2-open"
+LIMIT_TARGETS="claimgate-limit-base claimgate-limit-miss claimgate-limit-hit"
 TLS_TARGETS="claimgate-open claimgate-tls-open haproxy-tls-passthrough claimgate-tls-handshake haproxy-tls-handshake claimgate-h1-open claimgate-h2-open"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 [ "$TARGETS" = tls ] && TARGETS=$TLS_TARGETS
+[ "$TARGETS" = limits ] && TARGETS=$LIMIT_TARGETS
 H2_STREAMS=${H2_STREAMS:-10}
 
 need=()
@@ -43,6 +51,7 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -128,6 +137,31 @@ issuers = ["ec"]
 name = "open"
 path = "/open"
 auth = "none"
+
+[[route]]
+name = "limit-base"
+path = "/lim/base"
+issuers = ["ec"]
+
+[[route]]
+name = "limit-miss"
+path = "/lim/miss"
+issuers = ["ec"]
+  [[route.limit]]
+  name = "never-reached"
+  key = "claims.sub"
+  limit = "1000000000000"
+  window = "1h"
+
+[[route]]
+name = "limit-hit"
+path = "/lim/hit"
+issuers = ["ec"]
+  [[route.limit]]
+  name = "spent"
+  key = "claims.sub"
+  limit = "1"
+  window = "24h"
 EOF
 # The benchmark's TLS certificate: ECDSA P-256, for claimgate and HAProxy alike.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -164,12 +198,18 @@ audiences = ["api"]
 algorithms = ["ES256"]
 keys = [{ pem_file = "$KEYS/ec256-public.pem", kid = "ec1" }]
 EOF
+  if [ -n "${5:-}" ]; then
+    printf '[rate_limits]\nstore = "redis"\nredis_url = "redis://127.0.0.1:%s/"\n' "$5"
+  fi
   if [ -n "${4:-}" ]; then
     printf '[listen.tls]\naddress = "127.0.0.1:%s"\ncertificates = [{ cert = "%s", key = "%s" }]\n' \
       "$4" "$W/tls-cert.pem" "$W/tls-key.pem"
   fi
 }
-gateway_config 18082 18092 true 18089 > "$W/cache-on.toml"
+REDIS_PORT=18179
+taskset -c 0 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --dir "$W" \
+  >"$W/redis.log" 2>&1 & PIDS+=($!)
+gateway_config 18082 18092 true 18089 $REDIS_PORT > "$W/cache-on.toml"
 gateway_config 18083 18093 false > "$W/cache-off.toml"
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-on.toml" 2>"$W/cg-on.log" & PIDS+=($!); CG_ON=$!
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-off.toml" 2>"$W/cg-off.log" & PIDS+=($!); CG_OFF=$!
@@ -262,6 +302,9 @@ target() {
     haproxy-tls-handshake) echo "https://127.0.0.1:18088$PATH_T|||close" ;;
     claimgate-h1-open) echo "http://127.0.0.1:18082/open|||h1" ;;
     claimgate-h2-open) echo "http://127.0.0.1:18082/open|||h2" ;;
+    claimgate-limit-base) echo "http://127.0.0.1:18082/lim/base|$ES_TOKEN|" ;;
+    claimgate-limit-miss) echo "http://127.0.0.1:18082/lim/miss|$ES_TOKEN|" ;;
+    claimgate-limit-hit) echo "http://127.0.0.1:18082/lim/hit|$ES_TOKEN|" ;;
     nginx-direct) echo "http://$UP$PATH_T||" ;;
     pingora-passthrough) echo "http://127.0.0.1:18081$PATH_T||" ;;
     pingora-passthrough-mimalloc) echo "http://127.0.0.1:18087$PATH_T||" ;;
@@ -279,7 +322,7 @@ target() {
 }
 
 # Wait for every listener, then check that each target answers 200 (a 401 would measure denials).
-for port in 18080 18081 18082 18083 18084 18085 18086 18087 18088 18089; do
+for port in 18080 18081 18082 18083 18084 18085 18086 18087 18088 18089 18179; do
   for _ in $(seq 1 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.1
@@ -292,7 +335,9 @@ for t in $TARGETS; do
   [ -n "$tok" ] && args+=(-H "Authorization: Bearer $tok")
   [ -n "$script" ] && args+=(-X POST -H 'Content-Type: application/json' --data "$BODY")
   code=$(curl "${args[@]}" "$url" || true)
-  [ "$code" = 200 ] || { echo "target $t answers $code, not 200" >&2; cat "$W"/*.log >&2; exit 1; }
+  # The spent budget answers 429 from its second request on: that is what it measures.
+  [ "$code" = 200 ] || { [ "$t" = claimgate-limit-hit ] && [ "$code" = 429 ]; } \
+    || { echo "target $t answers $code, not 200" >&2; cat "$W"/*.log >&2; exit 1; }
 done
 
 accepts() { curl -s "http://$UP/nginx_status" | awk 'NR==3 {print $1}'; }
@@ -417,6 +462,8 @@ lines += [
     f"| Pingora passthrough with mimalloc / plain Pingora passthrough | {ratio('pingora-passthrough-mimalloc', 'pingora-passthrough')} |",
 ]
 lines += [
+    f"| limited route, Redis asked every request / same route without a limit | {ratio('claimgate-limit-miss', 'claimgate-limit-base')} |",
+    f"| limited route, over the limit (refused in process) / same route without a limit | {ratio('claimgate-limit-hit', 'claimgate-limit-base')} |",
     f"| claimgate TLS handshakes/s / HAProxy TLS handshakes/s (goal >= 1.2) | {ratio('claimgate-tls-handshake', 'haproxy-tls-handshake')} |",
     f"| claimgate TLS keep-alive / claimgate plain keep-alive (goal >= 0.85) | {ratio('claimgate-tls-open', 'claimgate-open')} |",
     f"| claimgate TLS keep-alive / HAProxy TLS keep-alive | {ratio('claimgate-tls-open', 'haproxy-tls-passthrough')} |",
@@ -440,6 +487,8 @@ lines += [
     f"| claimgate RS256 no cache / HAProxy jwt_verify RS256 | {cpu_ratio('claimgate-rs256-nocache', 'haproxy-jwt-rs256')} |",
     f"| claimgate ES256 no cache / HAProxy jwt_verify ES256 | {cpu_ratio('claimgate-es256-nocache', 'haproxy-jwt-es256')} |",
     f"| Pingora passthrough / HAProxy passthrough | {cpu_ratio('pingora-passthrough', 'haproxy-passthrough')} |",
+    f"| limited route, Redis asked every request / without a limit | {cpu_ratio('claimgate-limit-miss', 'claimgate-limit-base')} |",
+    f"| limited route, refused in process / without a limit | {cpu_ratio('claimgate-limit-hit', 'claimgate-limit-base')} |",
     f"| claimgate TLS handshake / HAProxy TLS handshake | {cpu_ratio('claimgate-tls-handshake', 'haproxy-tls-handshake')} |",
     f"| claimgate TLS keep-alive / claimgate plain keep-alive | {cpu_ratio('claimgate-tls-open', 'claimgate-open')} |",
     f"| claimgate h2 multiplexed / claimgate h1 keep-alive | {cpu_ratio('claimgate-h2-open', 'claimgate-h1-open')} |",

@@ -318,6 +318,20 @@ async fn replicas_share_one_budget_on_redis_and_each_mode_holds_when_it_is_down(
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 50, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 250);
     assert_eq!(up.count(), 50);
+    // Repeat offenders are refused in process, without a round trip to Redis.
+    let mut local = 0.0;
+    for gw in [&a, &b] {
+        local += metric_value(
+            &gw.metrics().await,
+            "claimgate_limit_local_refusals_total",
+            &[],
+        )
+        .unwrap_or(0.0);
+    }
+    assert!(
+        local >= 200.0,
+        "{local} of 250 refusals answered in process"
+    );
 
     // Redis gone: each mode as documented, and no 5xx but `closed`'s 503.
     redis.stop();
