@@ -100,8 +100,11 @@ pub struct LimitStore {
 struct Over {
     until: Instant,
     limit: f64,
+    window_ms: u64,
     cost: f64,
     remaining: f64,
+    /// Whether waiting helps (a cost over the whole limit never fits).
+    retry: bool,
 }
 
 /// How long an "over the limit" memory lives at most, and how many keys it holds.
@@ -190,7 +193,7 @@ impl LimitStore {
                 if redis.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("rate limit store answering again: shared counting resumed");
                 }
-                redis.remember_over(charges, &o);
+                redis.remember_over(charges, &o, started);
                 Charged::Outcomes(o)
             }
             Err(e) => {
@@ -206,16 +209,20 @@ impl LimitStore {
     /// Each limit's `on_store_error`: `closed` refuses the request; `local` counts here at its
     /// share of the limit; `open` passes uncounted.
     fn fallback(&self, charges: &[Charge], now_ms: f64) -> Charged {
-        for c in charges {
+        let count = |mode: StoreFailMode| {
             crate::telemetry::LIMIT_STORE_FALLBACKS
-                .with_label_values(&[c.on_store_error.label()])
+                .with_label_values(&[mode.label()])
                 .inc();
-        }
+        };
         if let Some(c) = charges
             .iter()
             .find(|c| c.on_store_error == StoreFailMode::Closed)
         {
+            count(StoreFailMode::Closed);
             return Charged::Unavailable(c.name.clone());
+        }
+        for c in charges {
+            count(c.on_store_error);
         }
         let local: Vec<Charge> = charges
             .iter()
@@ -260,7 +267,8 @@ impl Redis {
         let now = Instant::now();
         let over = charges.iter().find_map(|c| {
             let o = self.over.get(&c.key)?;
-            (o.until > now && o.limit == c.limit && c.cost >= o.cost).then_some((c, o))
+            (o.until > now && o.limit == c.limit && o.window_ms == c.window_ms && c.cost >= o.cost)
+                .then_some((c, o))
         })?;
         let (spent, o) = over;
         Some(
@@ -276,9 +284,9 @@ impl Redis {
                             step: gcra::Step {
                                 allowed: false,
                                 remaining: o.remaining,
-                                retry_after_ms: Some(
-                                    o.until.saturating_duration_since(now).as_secs_f64() * 1000.0,
-                                ),
+                                retry_after_ms: o.retry.then(|| {
+                                    o.until.saturating_duration_since(now).as_secs_f64() * 1000.0
+                                }),
                                 reset_ms: c.window_ms as f64,
                                 store: None,
                             },
@@ -292,9 +300,10 @@ impl Redis {
         )
     }
 
-    /// Remembers the keys Redis refused, until their refused cost fits.
-    fn remember_over(&self, charges: &[Charge], outcomes: &[Outcome]) {
-        let now = Instant::now();
+    /// Remembers the keys Redis refused, until their refused cost fits. The wait is counted
+    /// from `asked`, before the call: Redis measured it from its clock at the call, so the
+    /// memory never outlasts the refusal.
+    fn remember_over(&self, charges: &[Charge], outcomes: &[Outcome], asked: Instant) {
         for (c, o) in charges.iter().zip(outcomes) {
             if o.step.allowed {
                 continue;
@@ -302,14 +311,17 @@ impl Redis {
             let wait = o
                 .step
                 .retry_after_ms
-                .map_or(OVER_TTL, |ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+                .and_then(|ms| Duration::try_from_secs_f64(ms.max(0.0) / 1000.0).ok())
+                .unwrap_or(OVER_TTL);
             self.over.insert(
                 c.key.clone(),
                 Over {
-                    until: now + wait.min(OVER_TTL),
+                    until: asked + wait.min(OVER_TTL),
                     limit: c.limit,
+                    window_ms: c.window_ms,
                     cost: c.cost,
                     remaining: o.step.remaining,
+                    retry: o.step.retry_after_ms.is_some(),
                 },
             );
         }
@@ -323,7 +335,9 @@ impl Redis {
         if let Some(c) = self.conn.load_full() {
             return Some((*c).clone());
         }
-        let connect_timeout = timeout.max(Duration::from_millis(200));
+        // Waiting for another request's attempt and making one are both bounded by the
+        // timeout: a request never waits more than twice it (connection, then the call).
+        let connect_timeout = timeout;
         let _attempt = tokio::time::timeout(connect_timeout, self.connecting.lock())
             .await
             .ok()?;

@@ -219,6 +219,13 @@ fn charge(
     };
     let limit = number(ctx.execute(&l.limit).map_err(|e| e.to_string())?)
         .ok_or("the limit is not a number")?;
+    // A limit so small that one unit would take forever to come back admits nothing (the
+    // arithmetic would otherwise divide into infinity).
+    let limit = if limit > 0.0 && (l.window_ms as f64 / limit).is_finite() {
+        limit
+    } else {
+        0.0
+    };
     let cost = match &l.cost {
         Some(c) => number(ctx.execute(c).map_err(|e| e.to_string())?)
             .filter(|c| *c >= 0.0)

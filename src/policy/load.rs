@@ -662,10 +662,14 @@ impl Loader<'_> {
             let l = l.into_inner();
             let name = l.name.get_ref();
             let named = |what: &str| format!("limit `{name}` {what}");
-            if name.is_empty() || !names.insert(name.clone()) {
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !token || !names.insert(name.clone()) {
                 self.errors.push(fx.err(
                     l.name.span().start,
-                    format!("limit name `{name}` is empty or already used on this route"),
+                    format!("limit name `{name}` must be letters, digits, `-`, `_` or `.`, once per route (it is sent in the RateLimit header fields)"),
                 ));
                 continue;
             }

@@ -8,34 +8,46 @@ use std::sync::Mutex;
 /// Counters of one process: key -> (TAT in ms, when the entry stops mattering in ms).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    counters: Mutex<HashMap<String, (f64, f64)>>,
+    counters: Mutex<Counters>,
 }
 
-/// Entries past their expiry are swept when the map grows past this many.
+#[derive(Debug, Default)]
+struct Counters {
+    map: HashMap<String, (f64, f64)>,
+    /// When expired entries were last swept (ms).
+    swept_at: f64,
+}
+
+/// Entries past their expiry are swept when the map holds more than this many, at most once a
+/// second (a sweep walks the whole map under the lock).
 const SWEEP_AT: usize = 100_000;
+const SWEEP_EVERY_MS: f64 = 1000.0;
 
 impl MemoryStore {
     /// Applies `charges` at `now_ms`: every outcome, and the state stored only if all were
     /// allowed (a request refused by one limit spends nothing from the others).
     pub fn charge(&self, charges: &[Charge], now_ms: f64) -> Vec<Outcome> {
-        let mut map = match self.counters.lock() {
+        let mut counters = match self.counters.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let c = &mut *counters;
         let outcomes = decide(charges, now_ms, |key| {
-            map.get(key)
+            c.map
+                .get(key)
                 .filter(|(_, until)| *until > now_ms)
                 .map(|(t, _)| *t)
         });
         if outcomes.iter().all(|o| o.step.allowed) {
-            for (c, o) in charges.iter().zip(&outcomes) {
+            for (ch, o) in charges.iter().zip(&outcomes) {
                 if let Some((tat, ttl)) = o.step.store {
-                    map.insert(c.key.clone(), (tat, now_ms + ttl));
+                    c.map.insert(ch.key.clone(), (tat, now_ms + ttl));
                 }
             }
         }
-        if map.len() > SWEEP_AT {
-            map.retain(|_, (_, until)| *until > now_ms);
+        if c.map.len() > SWEEP_AT && now_ms - c.swept_at >= SWEEP_EVERY_MS {
+            c.map.retain(|_, (_, until)| *until > now_ms);
+            c.swept_at = now_ms;
         }
         outcomes
     }

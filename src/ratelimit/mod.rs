@@ -76,7 +76,7 @@ impl Outcome {
                 format!(
                     "\"{}\";q={};w={}",
                     o.name,
-                    number(o.limit),
+                    o.limit.floor().max(0.0) as u64,
                     o.window_ms / 1000
                 )
             })
