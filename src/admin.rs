@@ -15,6 +15,8 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub status: Arc<crate::reload::ReloadStatus>,
     pub started: SystemTime,
+    /// The limit store, for `/readyz` when `rate_limits.ready_requires_store` is set.
+    pub limits: Arc<crate::limit_store::LimitStore>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -33,7 +35,8 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             // Policies and file keys load before the process serves; fetched keys may still be
-            // missing (identity provider down at startup): not ready until every issuer has keys.
+            // missing (identity provider down at startup): not ready until every issuer has keys,
+            // nor, when asked for, while the shared limit store does not answer.
             "/readyz" => {
                 let snap = self.state.load();
                 let waiting: Vec<String> = snap
@@ -43,11 +46,19 @@ impl ServeHttp for AdminApp {
                     .filter(|r| !r.has_keys())
                     .map(|r| r.issuer.to_string())
                     .collect();
-                if waiting.is_empty() {
-                    reply(200, "text/plain", b"ready\n".to_vec())
-                } else {
+                let needs_store = snap.config.raw.rate_limits.ready_requires_store;
+                drop(snap);
+                if !waiting.is_empty() {
                     let msg = format!("waiting for the keys of: {}\n", waiting.join(", "));
                     reply(503, "text/plain", msg.into_bytes())
+                } else if needs_store && !self.limits.reachable().await {
+                    reply(
+                        503,
+                        "text/plain",
+                        b"the rate limit store does not answer\n".to_vec(),
+                    )
+                } else {
+                    reply(200, "text/plain", b"ready\n".to_vec())
                 }
             }
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render()),

@@ -59,6 +59,10 @@ pub struct RateLimitSettings {
     /// `local` mode counts in each process at its limit divided by this.
     #[serde(default = "default_replicas")]
     pub replicas: u32,
+    /// `/readyz` answers 503 while the shared store does not answer (off by default: limits
+    /// have their own `on_store_error`, and a replica that cannot count can still serve).
+    #[serde(default)]
+    pub ready_requires_store: bool,
 }
 
 impl Default for RateLimitSettings {
@@ -68,6 +72,7 @@ impl Default for RateLimitSettings {
             redis_url: None,
             timeout_ms: default_store_timeout_ms(),
             replicas: default_replicas(),
+            ready_requires_store: false,
         }
     }
 }

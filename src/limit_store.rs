@@ -206,6 +206,21 @@ impl LimitStore {
         }
     }
 
+    /// Whether the shared store answers a PING within the timeout (always, without one). A
+    /// missing connection is attempted, so a replica kept out of rotation by this still
+    /// connects.
+    pub async fn reachable(&self) -> bool {
+        let Some(redis) = &self.redis else {
+            return true;
+        };
+        let Some(mut conn) = redis.connection(self.timeout).await else {
+            return false;
+        };
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
+    }
+
     /// Each limit's `on_store_error`: `closed` refuses the request; `local` counts here at its
     /// share of the limit; `open` passes uncounted.
     fn fallback(&self, charges: &[Charge], now_ms: f64) -> Charged {

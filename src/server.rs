@@ -128,7 +128,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             metrics: metrics.clone(),
             clock,
             sources: crate::sources::SourceFetcher::new(Some(metrics.clone())),
-            limits,
+            limits: limits.clone(),
         },
     );
     // h2c is decided per connection by the head wrapper (and `listen.h2c`); Pingora only has to
@@ -160,6 +160,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             metrics,
             status: reloader.status.clone(),
             started: SystemTime::now(),
+            limits: limits.clone(),
         },
     );
     admin.add_tcp(&admin_addr.to_string());

@@ -286,6 +286,17 @@ async fn replicas_share_one_budget_on_redis_and_each_mode_holds_when_it_is_down(
     );
     let a = Gateway::start(&config, &[("limits.toml", SHARED)]);
     let b = Gateway::start(&config, &[("limits.toml", SHARED)]);
+    // A third replica whose readiness follows the store.
+    let c = Gateway::start(
+        &format!("{config}ready_requires_store = true\n"),
+        &[("limits.toml", SHARED)],
+    );
+    let ready = |gw: &Gateway| {
+        let url = format!("http://{}/readyz", gw.admin);
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(&c).await, 200);
+    assert_eq!(ready(&a).await, 200);
     let t = user("sam", json!({}));
 
     // 300 requests from 6 concurrent clients over both replicas: exactly 50 pass.
@@ -339,6 +350,12 @@ async fn replicas_share_one_budget_on_redis_and_each_mode_holds_when_it_is_down(
         let (url, t) = (gw.url(path), t.clone());
         async move { client().get(url).bearer_auth(t).send().await.unwrap() }
     };
+    assert_eq!(ready(&c).await, 503);
+    assert_eq!(
+        ready(&a).await,
+        200,
+        "readiness ignores the store unless asked"
+    );
     let r = get(&a, "/closed").await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
@@ -384,11 +401,19 @@ async fn replicas_share_one_budget_on_redis_and_each_mode_holds_when_it_is_down(
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    let started = std::time::Instant::now();
+    while ready(&c).await != 200 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "not ready again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     // The open-mode limit of 1 is counted again, across replicas.
     let second = get(&b, "/open-mode").await.status();
     let third = get(&a, "/open-mode").await.status();
     assert_eq!((second.as_u16(), third.as_u16()), (200, 429));
     a.wait_log("shared counting resumed");
-    let logs = a.logs() + &b.logs();
+    let logs = a.logs() + &b.logs() + &c.logs();
     assert!(!logs.contains("\"ERROR\""), "{logs}");
 }
