@@ -1159,6 +1159,31 @@ mod tests {
         format!("[[route]]\nname = \"r\"\npath = \"/r\"\n[[route.rule]]\nname = \"x\"\n{rule}\n")
     }
 
+    /// A route with one `[[route.limit]]` named `name`, with `window`.
+    fn limited(name: &str, window: &str) -> Vec<String> {
+        let src = format!(
+            "[[route]]\nname = \"r\"\npath = \"/r\"\nauth = \"none\"\n[[route.limit]]\nname = \"{name}\"\nkey = \"request.client_ip\"\nlimit = \"10\"\nwindow = \"{window}\"\n"
+        );
+        match load(&[("l.toml", &src)]) {
+            Ok(_) => Vec::new(),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn limit_names_are_header_tokens_and_windows_have_units() {
+        assert_eq!(limited("api-rate.v1_2", "1h"), Vec::<String>::new());
+        for bad in ["two words", "quo\\\"te", ""] {
+            let e = limited(bad, "1h");
+            assert!(
+                e.len() == 1 && e[0].starts_with("l.toml:6:"),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = limited("ok", "1 week");
+        assert!(e.len() == 1 && e[0].contains("window"), "{e:?}");
+    }
+
     fn errors(rule: &str) -> Vec<String> {
         match load(&[("a.toml", &route(rule))]) {
             Ok(_) => Vec::new(),
