@@ -19,32 +19,15 @@ struct GrpcUpstream {
     addr: SocketAddr,
     reporter: HealthReporter,
     users: Arc<Mutex<Vec<Option<String>>>>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for GrpcUpstream {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
+    _served: Served,
 }
 
 impl GrpcUpstream {
     async fn start() -> GrpcUpstream {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let (reporter, service) = tonic_health::server::health_reporter();
         let users: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
         let seen = users.clone();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        rt.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let served = Served::start(move |listener| async move {
             let service = tonic::service::interceptor::InterceptedService::new(
                 service,
                 move |req: Request<()>| {
@@ -67,10 +50,10 @@ impl GrpcUpstream {
             .set_service_status("orders", tonic_health::ServingStatus::Serving)
             .await;
         GrpcUpstream {
-            addr,
+            addr: served.addr,
             reporter,
             users,
-            rt: Some(rt),
+            _served: served,
         }
     }
 }

@@ -23,14 +23,14 @@ pub struct Seen {
     pub body: Vec<u8>,
 }
 
-/// An HTTP/1.1 server on an ephemeral loopback port, on its own runtime so it outlives the
-/// test's runtime; stopped when dropped.
-pub struct TestServer {
+/// A server's accept loop on an ephemeral loopback port, on a runtime of its own so it outlives
+/// the test's runtime; stopped when dropped.
+pub struct Served {
     pub addr: SocketAddr,
     rt: Option<tokio::runtime::Runtime>,
 }
 
-impl Drop for TestServer {
+impl Drop for Served {
     fn drop(&mut self) {
         // Tests drop servers inside their own runtime, where a blocking shutdown panics.
         if let Some(rt) = self.rt.take() {
@@ -39,11 +39,12 @@ impl Drop for TestServer {
     }
 }
 
-impl TestServer {
-    pub fn start<F, Fut>(handler: F) -> TestServer
+impl Served {
+    /// Binds a loopback port and runs `serve` with its listener on a runtime of its own.
+    pub fn start<F, Fut>(serve: F) -> Served
     where
-        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+        F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -55,6 +56,26 @@ impl TestServer {
         let addr = std_listener.local_addr().expect("addr");
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+            serve(listener).await;
+        });
+        Served { addr, rt: Some(rt) }
+    }
+}
+
+/// An HTTP/1.1 server on an ephemeral loopback port, on its own runtime so it outlives the
+/// test's runtime; stopped when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    _served: Served,
+}
+
+impl TestServer {
+    pub fn start<F, Fut>(handler: F) -> TestServer
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let served = Served::start(move |listener| async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -71,7 +92,10 @@ impl TestServer {
                 });
             }
         });
-        TestServer { addr, rt: Some(rt) }
+        TestServer {
+            addr: served.addr,
+            _served: served,
+        }
     }
 }
 

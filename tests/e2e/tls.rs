@@ -226,16 +226,7 @@ fn check_locates_a_certificate_that_does_not_load() {
 struct HttpsUpstream {
     addr: SocketAddr,
     requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for HttpsUpstream {
-    fn drop(&mut self) {
-        // Dropped inside the test's own runtime, where a blocking shutdown panics.
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
+    _served: Served,
 }
 
 impl HttpsUpstream {
@@ -272,18 +263,9 @@ impl HttpsUpstream {
         let mut config = config;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        std_listener.set_nonblocking(true).unwrap();
-        let addr = std_listener.local_addr().unwrap();
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = requests.clone();
-        rt.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+        let served = Served::start(move |listener| async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
@@ -319,9 +301,9 @@ impl HttpsUpstream {
             }
         });
         HttpsUpstream {
-            addr,
+            addr: served.addr,
             requests,
-            rt: Some(rt),
+            _served: served,
         }
     }
 }

@@ -38,31 +38,14 @@ fn record_upgrade(
 struct WsUpstream {
     addr: SocketAddr,
     users: Arc<Mutex<Vec<Option<String>>>>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for WsUpstream {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
+    _served: Served,
 }
 
 impl WsUpstream {
     fn start() -> WsUpstream {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let users: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
         let seen = users.clone();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        rt.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let served = Served::start(move |listener| async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let seen = seen.clone();
                 tokio::spawn(async move {
@@ -90,9 +73,9 @@ impl WsUpstream {
             }
         });
         WsUpstream {
-            addr,
+            addr: served.addr,
             users,
-            rt: Some(rt),
+            _served: served,
         }
     }
 }
