@@ -241,11 +241,7 @@ fn with_mocked_limits(d: Decision, used: &BTreeMap<String, f64>, now: SystemTime
     if allow.limits.is_empty() {
         return d;
     }
-    let now_ms = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-        * 1000.0;
+    let now_ms = crate::ratelimit::millis(now);
     let outcomes = crate::ratelimit::memory::decide(&allow.limits, now_ms, |key| {
         let c = allow.limits.iter().find(|c| c.key == key)?;
         let u = used.get(&*c.name)?;

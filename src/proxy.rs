@@ -521,13 +521,7 @@ impl ProxyHttp for ClaimgateProxy {
         let mut decision = self.decide(&snapshot, &facts, m).await;
         if let Outcome::Allow(allow) = &decision.outcome {
             if !allow.limits.is_empty() {
-                let now_ms = self
-                    .clock
-                    .now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64()
-                    * 1000.0;
+                let now_ms = crate::ratelimit::millis(self.clock.now());
                 decision = match self.limits.charge(&allow.limits, now_ms).await {
                     Charged::Outcomes(outcomes) => {
                         ctx.limit_headers = Some(crate::ratelimit::Outcome::headers(&outcomes));

@@ -102,11 +102,15 @@ proptest! {
         target in target(),
         host in host(),
         http10 in any::<bool>(),
+        upgrade in prop::option::of("(websocket|WebSocket|h2c|H2C|TLS/1\\.2|websocket, h2c|h2c, websocket|[a-z0-9/]{1,8})"),
     ) {
         let snap = &*SNAPSHOT;
         let mut headers = HeaderMap::new();
         if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             headers.insert(http::header::HOST, h);
+        }
+        if let Some(u) = upgrade.as_deref().and_then(|u| HeaderValue::from_str(u).ok()) {
+            headers.insert(http::header::UPGRADE, u);
         }
         let head = RequestHead { method, target: &target, http10, headers: &headers };
         match snap.admit(&head) {
@@ -143,6 +147,13 @@ proptest! {
                     prop_assert!(name.is_none() || name == Some("admin"), "{:?}", name);
                 }
                 prop_assert!(method != "get" && method != "CONNECT");
+                // No tunnel the gateway cannot read: an admitted upgrade is WebSocket only.
+                if let Some(u) = upgrade.as_deref() {
+                    prop_assert!(
+                        u.split(',').all(|p| p.trim().eq_ignore_ascii_case("websocket")),
+                        "admitted Upgrade: {}", u
+                    );
+                }
             }
         }
     }

@@ -101,6 +101,14 @@ impl Outcome {
     }
 }
 
+/// An instant as the in-process counters keep time: milliseconds since the Unix epoch.
+pub fn millis(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0
+}
+
 /// A number as a person writes it: `1000`, `12.5`.
 pub fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
