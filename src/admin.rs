@@ -17,6 +17,8 @@ pub struct AdminApp {
     pub started: SystemTime,
     /// The limit store, for `/readyz` when `rate_limits.ready_requires_store` is set.
     pub limits: Arc<crate::limit_store::LimitStore>,
+    /// Stopping: `/readyz` fails from SIGTERM on.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -37,6 +39,13 @@ impl ServeHttp for AdminApp {
             // Policies and file keys load before the process serves; fetched keys may still be
             // missing (identity provider down at startup): not ready until every issuer has keys,
             // nor, when asked for, while the shared limit store does not answer.
+            // A stopping replica first of all: load balancers must stop sending before it stops
+            // accepting (the grace period).
+            "/readyz" if self.drain.draining() => reply(
+                503,
+                "text/plain",
+                b"draining: this replica is stopping\n".to_vec(),
+            ),
             "/readyz" => {
                 let snap = self.state.load();
                 let waiting: Vec<String> = snap
@@ -61,7 +70,12 @@ impl ServeHttp for AdminApp {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 }
             }
-            "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/metrics" => {
+                // Read at scrape time: nothing on the request path touches a metric for this.
+                self.metrics.draining.set(i64::from(self.drain.draining()));
+                self.metrics.connections_busy.set(self.drain.busy() as i64);
+                reply(200, "text/plain; version=0.0.4", self.metrics.render())
+            }
             "/status" => {
                 let snap = self.state.load();
                 let view = self.status.view();

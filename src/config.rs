@@ -98,10 +98,12 @@ pub struct ServerSettings {
     /// Worker threads of the proxy service.
     #[serde(default = "default_threads")]
     pub threads: usize,
-    /// Seconds to keep serving after SIGTERM before shutting down (Pingora's default is 300).
+    /// Seconds to keep accepting after SIGTERM, with `/readyz` failing, so load balancers
+    /// stop sending first (drain.rs).
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
-    /// Seconds allowed for in-flight requests to finish during shutdown.
+    /// Seconds allowed for in-flight requests to finish once the listeners closed; the process
+    /// exits as soon as none is left.
     #[serde(default = "default_shutdown_timeout")]
     pub graceful_shutdown_timeout_seconds: u64,
     /// One work-stealing runtime for all worker threads (Pingora's default), or one runtime

@@ -32,6 +32,7 @@
 //! cannot parse and its 405 for CONNECT are replaced by claimgate's JSON answers (counted like
 //! every denial), so a client gets a reason whichever layer refused it.
 
+use crate::drain::Drain;
 use crate::engine::Snapshot;
 use crate::policy::DenyReason;
 use crate::telemetry::Metrics;
@@ -47,7 +48,7 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -102,6 +103,18 @@ pub struct HeadTimedStream {
     /// When the armed timer fires (a tunnel's deadline moves with its traffic).
     timer_at: Option<Instant>,
     metrics: Arc<Metrics>,
+    /// Whether this connection counts as busy in `drain` (see [`crate::drain::Drain`]): from
+    /// its accept, and from each request's first byte, until the request is answered.
+    busy: AtomicBool,
+    drain: Arc<Drain>,
+}
+
+impl Drop for HeadTimedStream {
+    fn drop(&mut self) {
+        if *self.busy.get_mut() {
+            self.drain.idle();
+        }
+    }
 }
 
 impl std::fmt::Debug for HeadTimedStream {
@@ -114,7 +127,8 @@ impl std::fmt::Debug for HeadTimedStream {
 }
 
 impl HeadTimedStream {
-    fn new(inner: Stream, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    /// A connection that `drain` already counts as busy (from its accept).
+    fn new(inner: Stream, timeout: Duration, metrics: Arc<Metrics>, drain: Arc<Drain>) -> Self {
         HeadTimedStream {
             inner,
             phase: AtomicU8::new(IDLE),
@@ -132,6 +146,8 @@ impl HeadTimedStream {
             tunnel_activity: None,
             timer_at: None,
             metrics,
+            busy: AtomicBool::new(true),
+            drain,
         }
     }
 
@@ -239,8 +255,9 @@ impl HeadTimedStream {
         first_byte: Instant,
         timeout: Duration,
         metrics: Arc<Metrics>,
+        drain: Arc<Drain>,
     ) -> Self {
-        let mut s = Self::new(inner, timeout, metrics);
+        let mut s = Self::new(inner, timeout, metrics, drain);
         s.phase.store(HEAD, Ordering::Relaxed);
         s.deadline = Some(first_byte + timeout);
         s.replay = Some((read.into_boxed_slice(), 0));
@@ -250,8 +267,14 @@ impl HeadTimedStream {
     /// An HTTP/2 connection; `read` holds what was read of it to tell its protocol (the whole
     /// preface for h2c, nothing for h2 negotiated by ALPN, whose preface must then arrive
     /// within the deadline).
-    fn http2(inner: Stream, read: Vec<u8>, timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        let mut s = Self::new(inner, timeout, metrics);
+    fn http2(
+        inner: Stream,
+        read: Vec<u8>,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+        drain: Arc<Drain>,
+    ) -> Self {
+        let mut s = Self::new(inner, timeout, metrics, drain);
         let left = H2_PREFACE.len().saturating_sub(read.len());
         if left > 0 {
             s.phase.store(HEAD, Ordering::Relaxed);
@@ -332,6 +355,9 @@ impl HeadTimedStream {
     /// The request was answered (and its body drained): the next bytes start a new head.
     fn request_done(&self) {
         self.phase.store(IDLE, Ordering::Relaxed);
+        if self.busy.swap(false, Ordering::Relaxed) {
+            self.drain.idle();
+        }
     }
 
     /// The wrapper of a session's downstream stream, when it has one.
@@ -427,6 +453,9 @@ impl AsyncRead for HeadTimedStream {
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         match (&res, phase) {
             (Poll::Ready(Ok(())), IDLE) if buf.filled().len() > before => {
+                if !this.busy.swap(true, Ordering::Relaxed) {
+                    this.drain.busy_one();
+                }
                 this.phase.store(HEAD, Ordering::Relaxed);
                 this.deadline = Some(Instant::now() + this.timeout);
             }
@@ -662,6 +691,7 @@ pub struct HeadTimeoutApp<A> {
     pub inner: Arc<A>,
     pub state: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    pub drain: Arc<Drain>,
 }
 
 #[async_trait]
@@ -680,23 +710,29 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeadTimeoutApp<A> {
             )
         };
         let metrics = self.metrics.clone();
+        let drain = self.drain.clone();
+        // Busy from the accept: the stream wrapper takes this count over.
+        drain.busy_one();
         let wrapped = if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
-            let h2 = HeadTimedStream::http2(stream, Vec::new(), timeout, metrics);
+            let h2 = HeadTimedStream::http2(stream, Vec::new(), timeout, metrics, drain);
             return self.inner.process_new(Box::new(h2), shutdown).await;
         } else if h2c && stream.get_ssl_digest().is_none() {
             let mut stream = stream;
             match sniff(&mut stream, timeout).await {
                 Sniffed::Http2 { read } => {
-                    let h2 = HeadTimedStream::http2(stream, read, timeout, metrics);
+                    let h2 = HeadTimedStream::http2(stream, read, timeout, metrics, drain);
                     return self.inner.process_new(Box::new(h2), shutdown).await;
                 }
-                Sniffed::Http1 { read, first_byte } => {
-                    HeadTimedStream::http1_sniffed(stream, read, first_byte, timeout, metrics)
+                Sniffed::Http1 { read, first_byte } => HeadTimedStream::http1_sniffed(
+                    stream, read, first_byte, timeout, metrics, drain,
+                ),
+                Sniffed::Gone => {
+                    drain.idle();
+                    return None;
                 }
-                Sniffed::Gone => return None,
             }
         } else {
-            HeadTimedStream::new(stream, timeout, metrics)
+            HeadTimedStream::new(stream, timeout, metrics, drain)
         };
         let mut session = ServerSession::new_http1(Box::new(wrapped));
         // Pingora's defaults for a new connection: keepalive 60 s unless shutting down.

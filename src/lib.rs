@@ -32,6 +32,7 @@ pub mod telemetry;
 
 // The shell: Pingora services, listeners, reload, background fetching, logging.
 pub mod admin;
+pub mod drain;
 pub mod echo;
 pub mod head_timeout;
 pub mod key_refresh;

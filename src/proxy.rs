@@ -34,6 +34,8 @@ pub struct ClaimgateProxy {
     pub sources: SourceFetcher,
     /// The counters of `[[route.limit]]`s.
     pub limits: Arc<crate::limit_store::LimitStore>,
+    /// Stopping: HTTP/1 connections are not kept alive once SIGTERM arrived.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 /// Where the decision time comes from. Always the system clock in production; a fixed instant
@@ -473,6 +475,11 @@ impl ProxyHttp for ClaimgateProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let started = Instant::now();
+        if self.drain.draining() {
+            // A client on a persistent connection bypasses the load balancer's readiness
+            // check: closing after this answer sends its next request through the balancer.
+            session.set_keepalive(None);
+        }
         let snapshot = self.state.load_full();
         ctx.request_id = request_id(session.req_header());
         let client_ip = session

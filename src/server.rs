@@ -107,13 +107,17 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
         );
     }
     let reloader = Arc::new(Reloader::new(loaded, metrics.clone(), remote.clone()));
+    let drain = crate::drain::Drain::new();
     let state = reloader.state.clone();
 
-    // Built in code: Pingora only reads thread counts and timeouts given at construction.
+    // Built in code: Pingora only reads thread counts and timeouts given at construction. The
+    // grace period is spent before Pingora hears of the stop (drain.rs); Pingora's own "grace
+    // period" is the time requests in flight get after its listeners close, and its runtimes
+    // then get a second to let go.
     let conf = ServerConf {
         threads: settings.threads.max(1),
-        grace_period_seconds: Some(settings.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_seconds),
+        grace_period_seconds: Some(settings.graceful_shutdown_timeout_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
         work_stealing: settings.work_stealing,
         upstream_keepalive_pool_size: settings.upstream_pool_size.max(1),
         ..ServerConf::default()
@@ -129,6 +133,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             clock,
             sources: crate::sources::SourceFetcher::new(Some(metrics.clone())),
             limits: limits.clone(),
+            drain: drain.clone(),
         },
     );
     // h2c is decided per connection by the head wrapper (and `listen.h2c`); Pingora only has to
@@ -144,6 +149,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             inner: Arc::new(proxy_app),
             state: state.clone(),
             metrics: metrics.clone(),
+            drain: drain.clone(),
         },
     );
     proxy.add_tcp(&proxy_addr.to_string());
@@ -161,6 +167,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             status: reloader.status.clone(),
             started: SystemTime::now(),
             limits: limits.clone(),
+            drain: drain.clone(),
         },
     );
     admin.add_tcp(&admin_addr.to_string());
@@ -184,5 +191,14 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
         server.add_service(svc);
         tracing::info!(echo = %addr, "built-in echo upstream listening");
     }
-    server.run_forever()
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(crate::drain::DrainSignal {
+            drain,
+            settings: crate::drain::DrainSettings {
+                grace: std::time::Duration::from_secs(settings.grace_period_seconds),
+                timeout: std::time::Duration::from_secs(settings.graceful_shutdown_timeout_seconds),
+            },
+        }),
+    });
+    Ok(())
 }

@@ -286,8 +286,17 @@ impl Drop for Gateway {
 
 /// Writes the configuration and rules into a temporary directory.
 pub fn write_setup(config: &str, rules: &[(&str, &str)]) -> (tempfile::TempDir, u16, u16) {
+    write_setup_at(config, rules, free_port(), free_port())
+}
+
+/// [`write_setup`] on given ports: a successor replica listens where its predecessor did.
+pub fn write_setup_at(
+    config: &str,
+    rules: &[(&str, &str)],
+    proxy: u16,
+    admin: u16,
+) -> (tempfile::TempDir, u16, u16) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (proxy, admin) = (free_port(), free_port());
     let config = config
         .replace("{proxy}", &proxy.to_string())
         .replace("{admin}", &admin.to_string());
@@ -438,6 +447,14 @@ impl Gateway {
             .arg(format!("-{signal}"))
             .arg(self.pid().to_string())
             .status();
+        self.wait_exit(bound)
+            .map(|(status, _)| (status, started.elapsed()))
+    }
+
+    /// Waits up to `bound` for the process to end on its own: its exit status and how long
+    /// the wait took, or `None`.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let started = Instant::now();
         while started.elapsed() < bound {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some((status, started.elapsed()));

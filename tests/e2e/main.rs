@@ -21,6 +21,7 @@ mod admission;
 mod auth;
 mod cases;
 mod cli;
+mod drain;
 mod grpc;
 mod guarantee;
 mod hostile;
