@@ -72,8 +72,14 @@ impl ServeHttp for AdminApp {
             }
             "/metrics" => {
                 // Read at scrape time: nothing on the request path touches a metric for this.
-                self.metrics.draining.set(i64::from(self.drain.draining()));
-                self.metrics.connections_busy.set(self.drain.busy() as i64);
+                self.metrics
+                    .drain
+                    .draining
+                    .set(i64::from(self.drain.draining()));
+                self.metrics
+                    .drain
+                    .connections_busy
+                    .set(self.drain.busy() as i64);
                 reply(200, "text/plain; version=0.0.4", self.metrics.render())
             }
             "/status" => {

@@ -146,7 +146,8 @@ impl ShutdownSignalWatch for DrainSignal {
 /// process as soon as nothing is busy. If the timeout passes first, Pingora's runtime shutdown
 /// cuts off what is left and the process still exits 0.
 fn exit_when_drained(drain: Arc<Drain>, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+    // A little before Pingora's own end of the wait, so what is cut off is still logged.
+    let deadline = Instant::now() + timeout.saturating_sub(POLL * 3);
     let spawned = std::thread::Builder::new()
         .name("claimgate drain".into())
         .spawn(move || {

@@ -9,13 +9,13 @@ use crate::proxy::{ClaimgateProxy, Clock};
 use crate::reload::{ReloadService, Reloader};
 use crate::telemetry::Metrics;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -74,6 +74,34 @@ fn stop_watchdog(grace_seconds: u64, timeout_seconds: u64) {
     }
 }
 
+/// Built in code: Pingora only reads thread counts and timeouts given at construction. The
+/// grace period is spent before Pingora hears of the stop (drain.rs); Pingora's own "grace
+/// period" is the time requests in flight get after its listeners close, and its runtimes then
+/// get a second to let go.
+fn server_conf(settings: &crate::config::ServerSettings) -> ServerConf {
+    ServerConf {
+        threads: settings.threads.max(1),
+        grace_period_seconds: Some(settings.graceful_shutdown_timeout_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        work_stealing: settings.work_stealing,
+        upstream_keepalive_pool_size: settings.upstream_pool_size.max(1),
+        ..ServerConf::default()
+    }
+}
+
+/// What stops the server: SIGTERM through the drain, SIGINT at once.
+fn run_args(drain: Arc<crate::drain::Drain>, settings: &crate::config::ServerSettings) -> RunArgs {
+    RunArgs {
+        shutdown_signal: Box::new(crate::drain::DrainSignal {
+            drain,
+            settings: crate::drain::DrainSettings {
+                grace: Duration::from_secs(settings.grace_period_seconds),
+                timeout: Duration::from_secs(settings.graceful_shutdown_timeout_seconds),
+            },
+        }),
+    }
+}
+
 /// The built-in echo upstream: its address and, optionally, its demo data directory.
 pub type EchoOptions = Option<(SocketAddr, Option<std::path::PathBuf>)>;
 
@@ -110,18 +138,7 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
     let drain = crate::drain::Drain::new();
     let state = reloader.state.clone();
 
-    // Built in code: Pingora only reads thread counts and timeouts given at construction. The
-    // grace period is spent before Pingora hears of the stop (drain.rs); Pingora's own "grace
-    // period" is the time requests in flight get after its listeners close, and its runtimes
-    // then get a second to let go.
-    let conf = ServerConf {
-        threads: settings.threads.max(1),
-        grace_period_seconds: Some(settings.graceful_shutdown_timeout_seconds),
-        graceful_shutdown_timeout_seconds: Some(1),
-        work_stealing: settings.work_stealing,
-        upstream_keepalive_pool_size: settings.upstream_pool_size.max(1),
-        ..ServerConf::default()
-    };
+    let conf = server_conf(&settings);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -191,14 +208,6 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
         server.add_service(svc);
         tracing::info!(echo = %addr, "built-in echo upstream listening");
     }
-    server.run(pingora::server::RunArgs {
-        shutdown_signal: Box::new(crate::drain::DrainSignal {
-            drain,
-            settings: crate::drain::DrainSettings {
-                grace: std::time::Duration::from_secs(settings.grace_period_seconds),
-                timeout: std::time::Duration::from_secs(settings.graceful_shutdown_timeout_seconds),
-            },
-        }),
-    });
+    server.run(run_args(drain, &settings));
     Ok(())
 }

@@ -158,15 +158,39 @@ pub struct Metrics {
     pub token_cache: IntCounterVec,
     /// Each TLS certificate's `notAfter` (Unix seconds), by certificate file.
     pub tls_expiry: prometheus::GaugeVec,
-    /// 1 from SIGTERM on (the replica is draining), set at scrape time.
-    pub draining: IntGauge,
-    /// Connections with a request in flight (or not yet through their first), at scrape time.
-    pub connections_busy: IntGauge,
+    pub drain: DrainMetrics,
     token_cache_hit: IntCounter,
     token_cache_miss: IntCounter,
     /// Each route's series, resolved once: a labelled lookup hashes its label values and takes
     /// a lock, several times per request otherwise.
     routes: ArcSwap<HashMap<Arc<str>, Arc<RouteMetrics>, ahash::RandomState>>,
+}
+
+/// The stop's state, set at scrape time (nothing on the request path touches them).
+pub struct DrainMetrics {
+    /// 1 from SIGTERM on (the replica is draining).
+    pub draining: IntGauge,
+    /// Connections with a request in flight (or not yet through their first).
+    pub connections_busy: IntGauge,
+}
+
+impl DrainMetrics {
+    fn new(r: &Registry) -> Result<DrainMetrics, prometheus::Error> {
+        let draining = IntGauge::new(
+            "claimgate_draining",
+            "1 once SIGTERM arrived: /readyz answers 503 and the replica is stopping.",
+        )?;
+        r.register(Box::new(draining.clone()))?;
+        let connections_busy = IntGauge::new(
+            "claimgate_connections_busy",
+            "Client connections with a request in flight, or accepted and not yet through their first request.",
+        )?;
+        r.register(Box::new(connections_busy.clone()))?;
+        Ok(DrainMetrics {
+            draining,
+            connections_busy,
+        })
+    }
 }
 
 /// The series of loading and reloading.
@@ -354,16 +378,7 @@ impl Metrics {
             &["certificate"],
         )?;
         r.register(Box::new(tls_expiry.clone()))?;
-        let draining = IntGauge::new(
-            "claimgate_draining",
-            "1 once SIGTERM arrived: /readyz answers 503 and the replica is stopping.",
-        )?;
-        r.register(Box::new(draining.clone()))?;
-        let connections_busy = IntGauge::new(
-            "claimgate_connections_busy",
-            "Client connections with a request in flight, or accepted and not yet through their first request.",
-        )?;
-        r.register(Box::new(connections_busy.clone()))?;
+        let drain = DrainMetrics::new(&r)?;
         r.register(Box::new(PROXY_EVENTS.clone()))?;
         r.register(Box::new(LIMIT_STORE_SECONDS.clone()))?;
         r.register(Box::new(LIMIT_STORE_ERRORS.clone()))?;
@@ -385,8 +400,7 @@ impl Metrics {
             token_cache_miss: token_cache.with_label_values(&["miss"]),
             token_cache,
             tls_expiry,
-            draining,
-            connections_busy,
+            drain,
             routes: ArcSwap::default(),
         })
     }

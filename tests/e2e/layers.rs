@@ -9,6 +9,7 @@ use std::path::Path;
 /// echo upstream, reload and key-refresh services).
 const SHELL: &[&str] = &[
     "src/admin.rs",
+    "src/drain.rs",
     "src/echo.rs",
     "src/head_timeout.rs",
     "src/key_refresh.rs",

@@ -21,6 +21,7 @@ mod admission;
 mod auth;
 mod cases;
 mod cli;
+mod deploy;
 mod drain;
 mod grpc;
 mod guarantee;
