@@ -1,7 +1,11 @@
 //! Decision-core benchmarks: the same `Snapshot::decide` call the proxy makes.
 //!
-//! - `decide_3_rules`: verification + a route with 3 rules and 2 forwarded headers, HS256 and
-//!   ES256 tokens, with the verified-token cache off and on (warm).
+//! - `verify_primitive`: the bare signature check of one token per algorithm (RS256, ES256,
+//!   EdDSA, HS256) with its key parsed once, as the gateway holds it: the floor under an uncached
+//!   request. `benches/load/run.sh` divides each uncached target's cost above the open route by
+//!   these.
+//! - `decide_3_rules`: verification + a route with 3 rules and 2 forwarded headers, HS256,
+//!   ES256, RS256 and EdDSA tokens, with the verified-token cache off and on (warm).
 //! - `routes`: the same decision among 10, 1 000 and 10 000 routes (cache on).
 //! - `reload`: compiling 10 000 routes into a snapshot, as a reload does.
 //!
@@ -36,7 +40,7 @@ const RULES: &str = r#"
 name = "transfer"
 path = "/api/accounts/{id}/transfer"
 methods = ["POST"]
-issuers = ["hs", "ec"]
+issuers = ["hs", "ec", "rs", "ed"]
 
   [[route.rule]]
   name = "needs-transfer-permission"
@@ -105,10 +109,22 @@ issuer = "https://ec.test"
 audiences = ["api"]
 algorithms = ["ES256"]
 keys = [{{ pem_file = "{ec}", kid = "ec256" }}]
+[issuers.rs]
+issuer = "https://rs.test"
+audiences = ["api"]
+algorithms = ["RS256"]
+keys = [{{ pem_file = "{rs}", kid = "rs1", alg = "RS256" }}]
+[issuers.ed]
+issuer = "https://ed.test"
+audiences = ["api"]
+algorithms = ["EdDSA"]
+keys = [{{ pem_file = "{ed}", kid = "ed1" }}]
 [token_cache]
 enabled = {cache}
 "#,
-        ec = fixture("ec256-public.pem")
+        ec = fixture("ec256-public.pem"),
+        rs = fixture("rsa-public.pem"),
+        ed = fixture("ed25519-public.pem"),
     );
     std::env::set_var("CLAIMGATE_BENCH_SECRET", SECRET);
     let config = Arc::new(Config::from_str(Path::new("bench.toml"), config).expect("config"));
@@ -142,6 +158,47 @@ fn token(alg: Algorithm, iss: &str, kid: Option<&str>, key: &EncodingKey) -> Str
     jsonwebtoken::encode(&h, &claims, key).unwrap()
 }
 
+/// The signature check alone, with the key the gateway builds at load (parsed once): what an
+/// uncached request cannot avoid. Named by algorithm, e.g. `verify_primitive/es256`.
+fn verify_primitive(c: &mut Criterion, tokens: &[(&str, String)]) {
+    use base64::Engine;
+    use claimgate::auth::signature::SignatureKey;
+    use jsonwebtoken::DecodingKey;
+    let read = |name: &str| std::fs::read(fixture(name)).unwrap();
+    let mut group = c.benchmark_group("verify_primitive");
+    for (name, token) in tokens {
+        let (alg, key) = match *name {
+            "hs256" => (
+                Algorithm::HS256,
+                DecodingKey::from_secret(SECRET.as_bytes()),
+            ),
+            "es256" => (
+                Algorithm::ES256,
+                DecodingKey::from_ec_pem(&read("ec256-public.pem")).unwrap(),
+            ),
+            "rs256" => (
+                Algorithm::RS256,
+                DecodingKey::from_rsa_pem(&read("rsa-public.pem")).unwrap(),
+            ),
+            "eddsa" => (
+                Algorithm::EdDSA,
+                DecodingKey::from_ed_pem(&read("ed25519-public.pem")).unwrap(),
+            ),
+            other => panic!("no key for {other}"),
+        };
+        let key = SignatureKey::new(alg, &key).unwrap();
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(signature)
+            .unwrap();
+        assert!(key.verify(message.as_bytes(), &signature), "{name}");
+        group.bench_function(*name, |b| {
+            b.iter(|| black_box(key.verify(black_box(message.as_bytes()), &signature)))
+        });
+    }
+    group.finish();
+}
+
 /// The request as the proxy hands it over: admission (target, host, path, route) is measured
 /// with the decision.
 fn head_for(headers: &HeaderMap) -> RequestHead<'_> {
@@ -165,8 +222,10 @@ fn bearer(t: &str) -> HeaderMap {
 
 fn bench(c: &mut Criterion) {
     claimgate::crypto::self_test().expect("crypto");
-    let ec_key =
-        EncodingKey::from_ec_pem(&std::fs::read(fixture("ec256-private.pem")).unwrap()).unwrap();
+    let read = |name: &str| std::fs::read(fixture(name)).unwrap();
+    let ec_key = EncodingKey::from_ec_pem(&read("ec256-private.pem")).unwrap();
+    let rs_key = EncodingKey::from_rsa_pem(&read("rsa-private.pem")).unwrap();
+    let ed_key = EncodingKey::from_ed_pem(&read("ed25519-private.pem")).unwrap();
     let tokens = [
         (
             "hs256",
@@ -181,7 +240,16 @@ fn bench(c: &mut Criterion) {
             "es256",
             token(Algorithm::ES256, "https://ec.test", Some("ec256"), &ec_key),
         ),
+        (
+            "rs256",
+            token(Algorithm::RS256, "https://rs.test", Some("rs1"), &rs_key),
+        ),
+        (
+            "eddsa",
+            token(Algorithm::EdDSA, "https://ed.test", Some("ed1"), &ed_key),
+        ),
     ];
+    verify_primitive(c, &tokens);
     let mut group = c.benchmark_group("decide_3_rules");
     for cache in [false, true] {
         let snap = snapshot(RULES, cache);

@@ -8,6 +8,9 @@
 #   TARGETS="pingora-passthrough claimgate-es256-cache" bash benches/load/run.sh
 #   TARGETS=tls bash benches/load/run.sh   # the TLS and HTTP/2 targets only (see below)
 #   TARGETS=limits bash benches/load/run.sh  # shared rate limits on Redis (see below)
+#   CG_ALT=/path/to/other/claimgate TARGETS=alt bash benches/load/run.sh
+#                                         # A/B: a second claimgate binary (another build profile,
+#                                         # another commit) beside this one, in the same rounds
 #
 # Limits: three ES256 routes that differ only in a `[[route.limit]]` on Redis (redis-server on
 # core 0 with the load generator): none (`claimgate-limit-base`), a budget never reached (every
@@ -34,13 +37,17 @@ CONNS=${CONNS:-32}
 OUT=${OUT:-$ROOT/benches/load/results.md}
 ALL_TARGETS="nginx-direct pingora-passthrough pingora-passthrough-mimalloc haproxy-passthrough haproxy-jwt-rs256 haproxy-jwt-es256 \
 claimgate-open claimgate-es256-cache claimgate-rs256-cache claimgate-es256-nocache claimgate-rs256-nocache \
-claimgate-body-1k claimgate-es256-cache-reloading \
+claimgate-eddsa-nocache claimgate-hs256-nocache claimgate-body-1k claimgate-es256-cache-reloading \
 claimgate-tls-open haproxy-tls-passthrough claimgate-tls-handshake haproxy-tls-handshake claimgate-h1-open claimgate-h2-open"
 LIMIT_TARGETS="claimgate-limit-base claimgate-limit-miss claimgate-limit-hit"
 TLS_TARGETS="claimgate-open claimgate-tls-open haproxy-tls-passthrough claimgate-tls-handshake haproxy-tls-handshake claimgate-h1-open claimgate-h2-open"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 [ "$TARGETS" = tls ] && TARGETS=$TLS_TARGETS
 [ "$TARGETS" = limits ] && TARGETS=$LIMIT_TARGETS
+ALT_TARGETS="pingora-passthrough claimgate-open claimgate-alt-open claimgate-es256-cache claimgate-alt-es256-cache \
+claimgate-es256-nocache claimgate-alt-es256-nocache"
+[ "$TARGETS" = alt ] && TARGETS=$ALT_TARGETS
+case " $TARGETS " in *" claimgate-alt-"*) [ -x "${CG_ALT:-}" ] || { echo "the alt targets need CG_ALT=<binary>" >&2; exit 2; } ;; esac
 H2_STREAMS=${H2_STREAMS:-10}
 
 need=()
@@ -74,7 +81,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The floor under an uncached request, measured here on the proxy's core before any load: the
+# criterion medians of the bare signature checks (`verify_primitive/<alg>`) and of the policy's
+# own work (`decide_3_rules/<alg>/cache_on`: the whole decision once the token is verified).
+# SKIP_FLOOR=1 skips it (the limit table then says n/a).
+FLOOR=$W/floor.tsv
+: > "$FLOOR"
+if [ "${SKIP_FLOOR:-}" != 1 ]; then
+  taskset -c 1 cargo bench --locked --bench decision -- --warm-up-time 1 --measurement-time 4 \
+    --noplot '^(verify_primitive/|decide_3_rules/[a-z0-9]+/cache_on)' > "$W/criterion.log" 2>&1
+  python3 - "$ROOT/target/criterion" > "$FLOOR" <<'PYFLOOR'
+import json, sys, os
+root = sys.argv[1]
+def median_us(*parts):
+    path = os.path.join(root, *parts, "new", "estimates.json")
+    return json.load(open(path))["median"]["point_estimate"] / 1000.0
+for alg in ("rs256", "es256", "eddsa", "hs256"):
+    print(f"{alg}\t{median_us('verify_primitive', alg):.3f}\t{median_us('decide_3_rules', f'{alg}_cache_on'):.3f}")
+PYFLOOR
+  sed 's/^/floor (alg, verify µs, decision µs): /' "$FLOOR"
+fi
+
 KEYS=$ROOT/tests/fixtures/keys
+# The HS256 issuer's secret (gateway_config reads it from the environment).
+export BENCH_HS_SECRET=bench-secret-for-hmac-keys-0123456789abcdef
 UP=127.0.0.1:18080
 
 # --- upstream: nginx, a tiny fixed answer, keepalive for the proxies' pooled connections
@@ -105,7 +135,7 @@ cat > "$W/rules/bench.toml" <<'EOF'
 [[route]]
 name = "transfer"
 path = "/api/accounts/{id}/transfer"
-issuers = ["rs", "ec"]
+issuers = ["rs", "ec", "ed", "hs"]
 
   [[route.rule]]
   name = "needs-transfer-permission"
@@ -197,6 +227,16 @@ issuer = "https://ec.bench"
 audiences = ["api"]
 algorithms = ["ES256"]
 keys = [{ pem_file = "$KEYS/ec256-public.pem", kid = "ec1" }]
+[issuers.ed]
+issuer = "https://ed.bench"
+audiences = ["api"]
+algorithms = ["EdDSA"]
+keys = [{ pem_file = "$KEYS/ed25519-public.pem", kid = "ed1" }]
+[issuers.hs]
+issuer = "https://hs.bench"
+audiences = ["api"]
+algorithms = ["HS256"]
+keys = [{ secret_env = "BENCH_HS_SECRET", kid = "hs1", alg = "HS256" }]
 EOF
   if [ -n "${5:-}" ]; then
     printf '[rate_limits]\nstore = "redis"\nredis_url = "redis://127.0.0.1:%s/"\n' "$5"
@@ -213,11 +253,19 @@ gateway_config 18082 18092 true 18089 $REDIS_PORT > "$W/cache-on.toml"
 gateway_config 18083 18093 false > "$W/cache-off.toml"
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-on.toml" 2>"$W/cg-on.log" & PIDS+=($!); CG_ON=$!
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-off.toml" 2>"$W/cg-off.log" & PIDS+=($!); CG_OFF=$!
+if [ -n "${CG_ALT:-}" ]; then
+  gateway_config 18094 18096 true > "$W/alt-on.toml"
+  gateway_config 18095 18097 false > "$W/alt-off.toml"
+  RUST_LOG=warn taskset -c 1 "$CG_ALT" run --config "$W/alt-on.toml" 2>"$W/alt-on.log" & PIDS+=($!); ALT_ON=$!
+  RUST_LOG=warn taskset -c 1 "$CG_ALT" run --config "$W/alt-off.toml" 2>"$W/alt-off.log" & PIDS+=($!); ALT_OFF=$!
+fi
 taskset -c 1 "$PT" 127.0.0.1:18081 "$UP" 1 2>"$W/pt.log" & PIDS+=($!); PT_PID=$!
 taskset -c 1 "$PTMI" 127.0.0.1:18087 "$UP" 1 2>"$W/ptmi.log" & PIDS+=($!); PTMI_PID=$!
 
 CLAIMS='{"account":"acc-1","permissions":["read","transfer"],"scope":"read transfer","features":{"maxTransactionAmount":5000},"max":5000}'
 RS_TOKEN=$("$CG" token --alg RS256 --key "$KEYS/rsa-private.pem" --kid rs1 --iss https://rs.bench --aud api --sub user-1 --ttl 86400 --claims "$CLAIMS")
+ED_TOKEN=$("$CG" token --alg EdDSA --key "$KEYS/ed25519-private.pem" --kid ed1 --iss https://ed.bench --aud api --sub user-1 --ttl 86400 --claims "$CLAIMS")
+HS_TOKEN=$("$CG" token --alg HS256 --secret-env BENCH_HS_SECRET --kid hs1 --iss https://hs.bench --aud api --sub user-1 --ttl 86400 --claims "$CLAIMS")
 ES_TOKEN=$("$CG" token --alg ES256 --key "$KEYS/ec256-private.pem" --kid ec1 --iss https://ec.bench --aud api --sub user-1 --ttl 86400 --claims "$CLAIMS")
 
 # --- HAProxy: passthrough, and jwt_verify with checks equivalent to the claimgate route:
@@ -281,6 +329,8 @@ proxy_pid() {
     pingora-passthrough) echo "$PT_PID" ;;
     pingora-passthrough-mimalloc) echo "$PTMI_PID" ;;
     haproxy-*) echo "$HA_PID" ;;
+    claimgate-alt-*nocache) echo "$ALT_OFF" ;;
+    claimgate-alt-*) echo "$ALT_ON" ;;
     claimgate-*nocache) echo "$CG_OFF" ;;
     claimgate-tls-*) echo "$CG_ON" ;;
     claimgate-*) echo "$CG_ON" ;;
@@ -312,17 +362,24 @@ target() {
     haproxy-jwt-rs256) echo "http://127.0.0.1:18084$PATH_T|$RS_TOKEN|" ;;
     haproxy-jwt-es256) echo "http://127.0.0.1:18085$PATH_T|$ES_TOKEN|" ;;
     claimgate-open) echo "http://127.0.0.1:18082/open||" ;;
+    claimgate-alt-open) echo "http://127.0.0.1:18094/open||" ;;
+    claimgate-alt-es256-cache) echo "http://127.0.0.1:18094$PATH_T|$ES_TOKEN|" ;;
+    claimgate-alt-es256-nocache) echo "http://127.0.0.1:18095$PATH_T|$ES_TOKEN|" ;;
     claimgate-es256-cache|claimgate-es256-cache-reloading) echo "http://127.0.0.1:18082$PATH_T|$ES_TOKEN|" ;;
     claimgate-rs256-cache) echo "http://127.0.0.1:18082$PATH_T|$RS_TOKEN|" ;;
     claimgate-es256-nocache) echo "http://127.0.0.1:18083$PATH_T|$ES_TOKEN|" ;;
     claimgate-rs256-nocache) echo "http://127.0.0.1:18083$PATH_T|$RS_TOKEN|" ;;
+    claimgate-eddsa-nocache) echo "http://127.0.0.1:18083$PATH_T|$ED_TOKEN|" ;;
+    claimgate-hs256-nocache) echo "http://127.0.0.1:18083$PATH_T|$HS_TOKEN|" ;;
     claimgate-body-1k) echo "http://127.0.0.1:18082/api/body|$ES_TOKEN|$W/post.lua" ;;
     *) echo "unknown target $1" >&2; exit 2 ;;
   esac
 }
 
 # Wait for every listener, then check that each target answers 200 (a 401 would measure denials).
-for port in 18080 18081 18082 18083 18084 18085 18086 18087 18088 18089 18179; do
+ports="18080 18081 18082 18083 18084 18085 18086 18087 18088 18089 18179"
+[ -n "${CG_ALT:-}" ] && ports="$ports 18094 18095"
+for port in $ports; do
   for _ in $(seq 1 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.1
@@ -404,10 +461,14 @@ print("\t".join([t, rnd, f"{rps:.0f}", f"{p50:.3f}", f"{p99:.3f}", conns, nerr, 
   done
 done
 
-python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" <<'EOF'
+python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$FLOOR" <<'EOF'
 import statistics, sys, datetime, platform, os
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 out, rounds, duration, conns = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+floor = {}
+for line in open(sys.argv[6]):
+    alg, verify, decide = line.split()
+    floor[alg] = (float(verify), float(decide))
 by = {}
 for name, rnd, rps, p50, p99, upc, errs, user, system, *sock in rows:
     by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(upc), int(errs),
@@ -493,6 +554,52 @@ lines += [
     f"| claimgate TLS keep-alive / claimgate plain keep-alive | {cpu_ratio('claimgate-tls-open', 'claimgate-open')} |",
     f"| claimgate h2 multiplexed / claimgate h1 keep-alive | {cpu_ratio('claimgate-h2-open', 'claimgate-h1-open')} |",
 ]
+# The limit: what a request costs beyond the open route, against the work it cannot avoid.
+cpu_round = {}
+for name, rnd, rps, p50, p99, upc, errs, user, system, *sock in rows:
+    cpu_round.setdefault(name, {})[rnd] = float(user) + float(system)
+def spread(values, fmt):
+    values = sorted(values)
+    return f"{fmt(statistics.median(values))} ({fmt(values[0])}–{fmt(values[-1])})"
+lines += [
+    "",
+    "The limit ratios. Uncached: CPU per request above the open route's (paired by round), against",
+    "the criterion medians measured on the proxy's core in this run: the bare signature check with",
+    "the key parsed once (`verify_primitive`), and that plus the policy's own decision",
+    "(`decide_3_rules/<alg>/cache_on`). Goal: the last column ≤ 1.15. Cached: CPU per request and",
+    "req/s against the plain Pingora passthrough (goals ≤ 1.05 and ≥ 0.95). Medians, with the",
+    "range over the rounds.",
+    "",
+    "| target | CPU µs/req above open | verify µs | decision µs | / verify | / (verify + decision) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: |",
+]
+for alg in ("rs256", "es256", "eddsa", "hs256"):
+    t = f"claimgate-{alg}-nocache"
+    if t not in cpu_round or "claimgate-open" not in cpu_round or alg not in floor:
+        continue
+    over = [cpu_round[t][r] - cpu_round["claimgate-open"][r] for r in cpu_round[t] if r in cpu_round["claimgate-open"]]
+    verify, decide = floor[alg]
+    f1 = lambda v: f"{v:.1f}"
+    f2 = lambda v: f"{v:.2f}"
+    lines.append(f"| {t} | {spread(over, f1)} | {verify:.2f} | {decide:.2f} | "
+                 f"{spread([o / verify for o in over], f2)} | {spread([o / (verify + decide) for o in over], f2)} |")
+for t in ("claimgate-es256-cache", "claimgate-open"):
+    base = "pingora-passthrough"
+    if t in cpu_round and base in cpu_round:
+        cpu = [cpu_round[t][r] / cpu_round[base][r] for r in cpu_round[t] if r in cpu_round[base]]
+        rps = [per_round[t][r] / per_round[base][r] for r in per_round[t] if r in per_round[base]]
+        f2 = lambda v: f"{v:.2f}x"
+        lines.append(f"| {t} / {base}: CPU per request {spread(cpu, f2)}, req/s {spread(rps, f2)} | | | | | |")
+if any(k.startswith("claimgate-alt-") for k in cpu_round):
+    lines += ["", "A/B: the CG_ALT binary against this one, same rounds (CPU per request, req/s):", "",
+              "| target | CPU alt / this | req/s alt / this |", "| --- | ---: | ---: |"]
+    for t in ("open", "es256-cache", "es256-nocache"):
+        a_, b_ = f"claimgate-alt-{t}", f"claimgate-{t}"
+        if a_ in cpu_round and b_ in cpu_round:
+            cpu = [cpu_round[a_][r] / cpu_round[b_][r] for r in cpu_round[a_] if r in cpu_round[b_]]
+            rps = [per_round[a_][r] / per_round[b_][r] for r in per_round[a_] if r in per_round[b_]]
+            f2 = lambda v: f"{v:.3f}x"
+            lines.append(f"| {t} | {spread(cpu, f2)} | {spread(rps, f2)} |")
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 print(f"\nwritten to {out}")

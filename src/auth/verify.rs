@@ -139,12 +139,6 @@ struct RawHeader {
     crit: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct IssOnly {
-    #[serde(default)]
-    iss: Option<Value>,
-}
-
 const MAX_HEADER_BYTES: usize = 2048;
 
 /// A failed verification: why, and which issuer the token was judged against (so the caller can
@@ -198,7 +192,13 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
         .parse()
         .map_err(|_| TokenError::AlgorithmNotAllowed)?;
 
-    let issuer = pick_issuer(payload, accepted)?;
+    // With several accepted issuers the claims are read first, to pick the issuer whose keys
+    // check the signature; they are read once, and kept.
+    let early_claims = match accepted {
+        [_, _, ..] => Some(parse_claims(payload)?),
+        _ => None,
+    };
+    let issuer = pick_issuer(early_claims.as_ref(), accepted)?;
     let reject = |error| Rejection {
         error,
         issuer: Some(issuer.name.clone()),
@@ -234,11 +234,10 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
     if !valid {
         return Err(reject(TokenError::BadSignature));
     }
-    let claims: Map<String, Value> = URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()
-        .and_then(|json| serde_json::from_slice(&json).ok())
-        .ok_or_else(|| reject(TokenError::Malformed))?;
+    let claims = match early_claims {
+        Some(claims) => claims,
+        None => parse_claims(payload).map_err(reject)?,
+    };
     check_claims(&claims, issuer, now)
         .map_err(reject)
         .map(|expires_at| {
@@ -255,30 +254,32 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
 
 /// The issuer a token claims to be from, among those a route accepts; its signature is checked
 /// next, with that issuer's keys.
+///
+/// `claims` are the token's, read already when the route accepts several issuers.
 fn pick_issuer<'a>(
-    payload: &str,
+    claims: Option<&Map<String, Value>>,
     accepted: &'a [Arc<Issuer>],
 ) -> Result<&'a Arc<Issuer>, TokenError> {
-    match accepted {
-        [] => Err(TokenError::WrongIssuer),
-        // The common case: one issuer per route, and no need to read the payload twice.
-        [only] => Ok(only),
-        many => {
-            let json = URL_SAFE_NO_PAD
-                .decode(payload)
-                .map_err(|_| TokenError::Malformed)?;
-            // RFC 7519 §7.2: the claims set is a JSON object (serde would read an array's
-            // first element as `iss`).
-            if json.trim_ascii_start().first() != Some(&b'{') {
-                return Err(TokenError::Malformed);
-            }
-            let peek: IssOnly = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
-            let iss = peek.iss.as_ref().and_then(Value::as_str);
+    match (accepted, claims) {
+        ([], _) => Err(TokenError::WrongIssuer),
+        // The common case: one issuer per route, its claims read after the signature check.
+        ([only], _) => Ok(only),
+        (many, Some(claims)) => {
+            let iss = claims.get("iss").and_then(Value::as_str);
             many.iter()
                 .find(|i| Some(i.iss.as_str()) == iss)
                 .ok_or(TokenError::WrongIssuer)
         }
+        (_, None) => Err(TokenError::Malformed),
     }
+}
+
+/// The claims set of a payload segment: a JSON object (RFC 7519 §7.2).
+fn parse_claims(payload: &str) -> Result<Map<String, Value>, TokenError> {
+    let json = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
 }
 
 /// A NumericDate claim (RFC 7519 §2): a JSON number of seconds, fractions allowed. Absent is

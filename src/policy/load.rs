@@ -243,11 +243,13 @@ fn unreachable_path(pattern: &str) -> Option<String> {
 struct FileCx<'a> {
     path: &'a Path,
     src: &'a str,
+    lines: crate::location::LineIndex,
 }
 
 impl FileCx<'_> {
     fn err(&self, offset: usize, msg: impl Into<String>) -> SourceError {
-        SourceError::at_offset(self.path, self.src, offset, msg)
+        let (line, column) = self.lines.line_col(self.src, offset);
+        SourceError::at(self.path, line, column, msg)
     }
 }
 
@@ -307,7 +309,11 @@ impl Written<'_> {
 
 impl Loader<'_> {
     fn file(&mut self, path: &Path, src: &str) {
-        let fx = FileCx { path, src };
+        let fx = FileCx {
+            path,
+            src,
+            lines: crate::location::LineIndex::new(src),
+        };
         let file: RulesFile = match toml::from_str(src) {
             Ok(f) => f,
             Err(e) => {
