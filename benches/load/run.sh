@@ -80,6 +80,11 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
+# Private copies of the binaries under test: the criterion floor below builds with the bench
+# profile into the same target/release, which replaces the release binaries there (a run once
+# measured that build instead of the LTO one).
+cp "$CG" "$W/claimgate"; cp "$PT" "$W/passthrough"; cp "$PTMI" "$W/passthrough_mimalloc"
+CG=$W/claimgate; PT=$W/passthrough; PTMI=$W/passthrough_mimalloc
 
 # The floor under an uncached request, measured here on the proxy's core before any load: the
 # criterion medians of the bare signature checks (`verify_primitive/<alg>`) and of the policy's
