@@ -117,6 +117,7 @@ impl Snapshot {
             .chain(EDGE_HEADERS.iter().map(|h| HeaderName::from_static(h)))
             .chain(geo.country_header().cloned())
             .collect();
+        // Sorted by name: the proxy looks each request header up by binary search.
         for list in [&mut strip_trusted, &mut strip_untrusted] {
             list.sort_by(|a, b| a.as_str().cmp(b.as_str()));
             list.dedup();
@@ -156,7 +157,8 @@ impl Snapshot {
     /// open and unmatched included: each header any route sets from claims (an upstream trusts
     /// them everywhere), `network.strip_headers`, method-override and URL-rewriting headers,
     /// and, unless the peer is a trusted proxy, the edge headers (`Forwarded`,
-    /// `X-Forwarded-Host`, `-Proto`, `-Prefix`, `X-Real-IP`, the country header).
+    /// `X-Forwarded-Host`, `-Proto`, `-Prefix`, `X-Real-IP`, the country header). Sorted by
+    /// name, without duplicates.
     pub fn strip_for(&self, peer: Option<IpAddr>) -> &[HeaderName] {
         match peer {
             Some(ip) if self.geo.is_trusted(ip) => &self.strip_trusted,

@@ -83,6 +83,39 @@ pub struct RequestCtx {
 }
 
 const REQUEST_ID: &str = "x-request-id";
+// Names as static strings: Pingora keeps each inserted name's spelling, and a `&'static str`
+// is kept without the copy a `HeaderName` argument costs.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// Whether a request header named `name` (lowercase, as parsed) must not reach the upstream:
+/// it is in `strip` (sorted by name, see [`Snapshot::strip_for`]), or it is such a name
+/// spelled with underscores, which some servers read as the dashed one (CGI naming).
+fn is_stripped(name: &str, strip: &[http::HeaderName]) -> bool {
+    let listed = |n: &str| strip.binary_search_by(|s| s.as_str().cmp(n)).is_ok();
+    listed(name) || (name.contains('_') && listed(&name.replace('_', "-")))
+}
+
+/// `X-Forwarded-For` for a client at `ip`. A client sends its requests one after another on a
+/// kept-alive connection, so the last address's value is kept per thread: formatting an
+/// address and building a header value from it was a visible share of a cached request.
+fn forwarded_for(ip: IpAddr) -> Option<http::HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, http::HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((at, value)) if *at == ip => Some(value.clone()),
+            _ => {
+                let value = http::HeaderValue::try_from(ip.to_string()).ok()?;
+                *last = Some((ip, value.clone()));
+                Some(value)
+            }
+        }
+    })
+}
 /// Concurrent streams per HTTP/2 connection to an upstream (Pingora's default is one, which
 /// turns h2 multiplexing into one connection per request).
 const UPSTREAM_H2_STREAMS: usize = 100;
@@ -608,26 +641,16 @@ impl ProxyHttp for ClaimgateProxy {
         // `x-user-id` on one path trusts it on all of them. Removed before the computed ones
         // are added, so a client never supplies one, even when the gateway's value is absent.
         let strip = snapshot.strip_for(ctx.client_ip);
-        // A lookup first: removing from Pingora's case-preserving map costs far more than
-        // finding nothing, and most requests carry none of these headers.
-        for h in strip {
-            if upstream_request.headers.contains_key(h) {
-                upstream_request.remove_header(h);
-            }
-        }
-        // Some servers read `x_user_id` as `X-User-Id` (CGI naming): a stripped name spelled
-        // with underscores goes too.
-        let underscored: Vec<http::HeaderName> = upstream_request
+        // One pass over the names the request carries (a handful), each looked up in the
+        // sorted list; a lookup per listed name would hash every one of them on every request,
+        // and removing from Pingora's case-preserving map costs far more than finding nothing.
+        let doomed: Vec<http::HeaderName> = upstream_request
             .headers
             .keys()
-            .filter(|n| n.as_str().contains('_'))
-            .filter(|n| {
-                let dashed = n.as_str().replace('_', "-");
-                strip.iter().any(|s| s.as_str() == dashed)
-            })
+            .filter(|n| is_stripped(n.as_str(), strip))
             .cloned()
             .collect();
-        for h in &underscored {
+        for h in &doomed {
             upstream_request.remove_header(h);
         }
         for (name, value) in &allow.forward {
@@ -656,21 +679,24 @@ impl ProxyHttp for ClaimgateProxy {
         if let Some(ip) = ctx.client_ip {
             // A trusted proxy's chain is extended; an untrusted client's own entries are
             // dropped, so an upstream reading the left-most address never sees a forged one.
-            let xff = http::header::HeaderName::from_static("x-forwarded-for");
-            let value = match upstream_request.headers.get(&xff) {
-                Some(prev) if snapshot.geo.is_trusted(ip) => {
-                    format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes()))
-                }
-                _ => ip.to_string(),
+            let value = match upstream_request.headers.get(X_FORWARDED_FOR) {
+                Some(prev) if snapshot.geo.is_trusted(ip) => http::HeaderValue::try_from(format!(
+                    "{}, {ip}",
+                    String::from_utf8_lossy(prev.as_bytes())
+                ))
+                .ok(),
+                _ => forwarded_for(ip),
             };
-            upstream_request.insert_header(xff, value)?;
+            if let Some(value) = value {
+                upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+            }
         }
         // The scheme the client used, for upstreams that build absolute URLs: a trusted
         // proxy's value stays (an untrusted client's was removed above).
-        let proto = http::header::HeaderName::from_static("x-forwarded-proto");
-        if !upstream_request.headers.contains_key(&proto) {
+        if !upstream_request.headers.contains_key(X_FORWARDED_PROTO) {
             let scheme = if ctx.over_tls { "https" } else { "http" };
-            upstream_request.insert_header(proto, scheme)?;
+            upstream_request
+                .insert_header(X_FORWARDED_PROTO, http::HeaderValue::from_static(scheme))?;
         }
         Ok(())
     }
@@ -817,6 +843,36 @@ mod tests {
         let s = ws.snapshot();
         (ws, s)
     });
+
+    proptest! {
+        /// The one-pass strip check answers as the per-name lookups it replaced: a name goes
+        /// when it is listed, or when its underscores read as dashes make a listed name.
+        #[test]
+        fn a_header_is_stripped_exactly_when_listed(
+            name in "[a-z_-]{1,12}",
+            listed in proptest::collection::vec("[a-z-]{1,12}", 0..8),
+        ) {
+            let mut strip: Vec<http::HeaderName> = listed
+                .iter()
+                .filter_map(|n| http::HeaderName::try_from(n.as_str()).ok())
+                .collect();
+            strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            strip.dedup();
+            let dashed = name.replace('_', "-");
+            let expected = strip.iter().any(|s| s.as_str() == name || s.as_str() == dashed);
+            prop_assert_eq!(super::is_stripped(&name, &strip), expected);
+        }
+    }
+
+    #[test]
+    fn forwarded_for_follows_the_client_address() {
+        let a: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        for ip in [a, a, b, a, b, b] {
+            let v = super::forwarded_for(ip).unwrap();
+            assert_eq!(v.to_str().unwrap(), ip.to_string());
+        }
+    }
 
     fn authority() -> impl Strategy<Value = String> {
         let piece = prop_oneof![

@@ -3,7 +3,7 @@
 
 use super::issuer::KeyMiss;
 use super::{Issuer, TokenError};
-use crate::policy::cel::{json_object_to_value, to_val};
+use crate::policy::cel::json_object_to_val;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use cel::common::value::Val;
@@ -121,7 +121,7 @@ impl VerifiedToken {
     /// `claims` as a CEL value.
     pub fn cel_claims(&self) -> &dyn Val {
         self.cel_claims
-            .get_or_init(|| to_val(json_object_to_value(&self.claims)))
+            .get_or_init(|| json_object_to_val(&self.claims))
             .as_ref()
     }
 }

@@ -3,7 +3,7 @@
 //! whose rules read only `claims` never pays for converting headers; expressions that read only
 //! the token are remembered with the (cached) token.
 
-use super::cel::{json_to_value, string_map, string_val_map, to_forward_text, to_val, CelRuntime};
+use super::cel::{json_to_val, string_map, string_val_map, to_forward_text, to_val, CelRuntime};
 use super::variable::Variable;
 use super::{native, AttrKind, Expr, Route};
 use crate::auth::VerifiedToken;
@@ -216,7 +216,10 @@ impl<'a> Activation<'a> {
 
     fn body(&self) -> &dyn Val {
         self.body_val
-            .get_or_init(|| to_val(self.body.map(json_to_value).unwrap_or(Value::Null)))
+            .get_or_init(|| match self.body {
+                Some(b) => json_to_val(b),
+                None => to_val(Value::Null),
+            })
             .as_ref()
     }
 

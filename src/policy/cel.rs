@@ -85,6 +85,47 @@ pub fn json_object_to_value(o: &serde_json::Map<String, serde_json::Value>) -> V
     Value::Map(Map { map: Arc::new(map) })
 }
 
+/// A JSON value built straight as the interpreter stores variables: the same values as
+/// `to_val(json_to_value(v))`, without the intermediate [`Value`] tree that conversion builds
+/// and then copies (once for the tree, again for every map). Claims of an uncached token and
+/// request bodies are converted once per request, so the copies were on the request path.
+pub fn json_to_val(v: &serde_json::Value) -> Box<dyn Val> {
+    use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelNull, CelString, CelUInt};
+    match v {
+        serde_json::Value::Null => Box::new(CelNull),
+        serde_json::Value::Bool(b) => Box::new(CelBool::from(*b)),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Box::new(CelInt::from(i))
+            } else if let Some(u) = n.as_u64() {
+                Box::new(CelUInt::from(u))
+            } else {
+                Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
+            }
+        }
+        serde_json::Value::String(s) => Box::new(CelString::from(s.clone())),
+        serde_json::Value::Array(a) => {
+            Box::new(CelList::from(a.iter().map(json_to_val).collect::<Vec<_>>()))
+        }
+        serde_json::Value::Object(o) => json_object_to_val(o),
+    }
+}
+
+/// [`json_to_val`] of a JSON object.
+pub fn json_object_to_val(o: &serde_json::Map<String, serde_json::Value>) -> Box<dyn Val> {
+    use cel::common::types::{CelMap, CelMapKey, CelString};
+    let map: HashMap<CelMapKey<'static>, Box<dyn Val>> = o
+        .iter()
+        .map(|(k, v)| {
+            (
+                CelMapKey::String(CelString::from(k.clone())),
+                json_to_val(v),
+            )
+        })
+        .collect();
+    Box::new(CelMap::from(map))
+}
+
 /// Boxes a value as the interpreter stores variables.
 pub fn to_val(v: Value) -> Box<dyn Val> {
     // Only `Function` values fail to convert, and none is ever built here.
@@ -198,6 +239,32 @@ mod tests {
             .compile("claims.a == 3 && claims.b > 2.0 && claims.c > 0u")
             .unwrap();
         assert_eq!(p.execute(&ctx), Ok(Value::Bool(true)));
+    }
+
+    #[test]
+    fn json_converts_straight_to_what_the_two_step_conversion_gives() {
+        let cases = [
+            serde_json::json!(null),
+            serde_json::json!(true),
+            serde_json::json!(-7),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(2.5),
+            serde_json::json!(""),
+            serde_json::json!("é"),
+            serde_json::json!([]),
+            serde_json::json!({}),
+            serde_json::json!({
+                "sub": "u", "n": [1, 2.5, u64::MAX, null, [true]],
+                "m": {"a": {"b": []}, "": "empty key"}
+            }),
+        ];
+        for v in &cases {
+            let two_step = to_val(json_to_value(v));
+            let direct = json_to_val(v);
+            let a = Value::try_from(two_step.as_ref()).unwrap();
+            let b = Value::try_from(direct.as_ref()).unwrap();
+            assert_eq!(a, b, "{v}");
+        }
     }
 
     #[test]

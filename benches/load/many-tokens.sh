@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Many distinct tokens: TOKENS users (1 000 000 by default) arrive at a steady rate, each sends
+# USES requests (10) with its own ES256 token spread over WINDOW seconds (60), at RATE requests
+# per second (12 000) over 32 kept-alive connections. The gateway (release build, one worker
+# thread on core 1, [token_cache] max_entries = ENTRIES) forwards to nginx; the load generator
+# shares core 0 with nginx. First a baseline of one token repeated at the same rate for
+# BASELINE seconds, then the population. Reports per 10 s: latency (from when each request was
+# due), the cache's hit ratio (from the gateway's metrics), the gateway's resident memory; then
+# the steady state and the peak resident memory. Writes benches/load/results-many-tokens.md.
+#
+#   bash benches/load/many-tokens.sh
+#   TOKENS=200000 RATE=8000 ENTRIES=10000 bash benches/load/many-tokens.sh
+#
+# Needs nginx (nginx-light) and cmake (for the build); installs them when missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+TOKENS=${TOKENS:-1000000}
+USES=${USES:-10}
+WINDOW=${WINDOW:-60}
+RATE=${RATE:-12000}
+ENTRIES=${ENTRIES:-100000}
+BASELINE=${BASELINE:-60}
+OUT=${OUT:-$ROOT/benches/load/results-many-tokens.md}
+
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || {
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
+}
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build --release --locked --bin claimgate --example token_churn
+W=$(mktemp -d)
+cp target/release/claimgate "$W/claimgate"; cp target/release/examples/token_churn "$W/token_churn"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+KEYS=$ROOT/tests/fixtures/keys
+UP=127.0.0.1:18280
+
+mkdir -p "$W/nginx" "$W/rules"
+cat > "$W/nginx.conf" <<NGX
+worker_processes 1;
+pid $W/nginx.pid;
+error_log $W/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $W/nginx;
+  proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx; uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  server { listen $UP; location / { return 200 "ok\n"; } }
+}
+NGX
+taskset -c 0 "$NGINX" -c "$W/nginx.conf" -p "$W/nginx"
+
+# The load bench's route: three rules on claims, two forwarded headers.
+cat > "$W/rules/bench.toml" <<'RULES'
+[[route]]
+name = "transfer"
+path = "/api/accounts/{id}/transfer"
+issuers = ["ec"]
+
+  [[route.rule]]
+  name = "needs-transfer-permission"
+  allow_if = "'transfer' in claims.permissions"
+
+  [[route.rule]]
+  name = "account-owner"
+  allow_if = "request.params.id == claims.account"
+
+  [[route.rule]]
+  name = "limit-present"
+  allow_if = "has(claims.features.maxTransactionAmount) && claims.features.maxTransactionAmount > 0"
+
+  [route.forward]
+  "x-user-id" = "claims.sub"
+  "x-max-amount" = "claims.features.maxTransactionAmount"
+RULES
+cat > "$W/gateway.toml" <<CFG
+[server]
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+[listen]
+proxy = "127.0.0.1:18282"
+admin = "127.0.0.1:18292"
+[rules]
+dir = "rules"
+[reload]
+watch = false
+poll_seconds = 0
+[token_cache]
+enabled = true
+max_entries = $ENTRIES
+[upstreams.main]
+addresses = ["$UP"]
+[issuers.ec]
+issuer = "https://ec.bench"
+audiences = ["api"]
+algorithms = ["ES256"]
+keys = [{ pem_file = "$KEYS/ec256-public.pem", kid = "ec1" }]
+CFG
+(cd "$W" && RUST_LOG=warn taskset -c 1 "$W/claimgate" run --config "$W/gateway.toml" 2>"$W/gateway.log") &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/18282) 2>/dev/null && break
+  sleep 0.1
+done
+GW=$(pgrep -f "$W/claimgate run" | head -1)
+CLAIMS='{"account":"acc-1","permissions":["read","transfer"],"scope":"read transfer","features":{"maxTransactionAmount":5000}}'
+churn() {
+  taskset -c 0 "$W/token_churn" --gateway 127.0.0.1:18282 --path /api/accounts/acc-1/transfer \
+    --admin 127.0.0.1:18292 --pid "$GW" --rate "$RATE" --alg ES256 --key "$KEYS/ec256-private.pem" \
+    --kid ec1 --iss https://ec.bench --claims "$CLAIMS" "$@"
+}
+{
+  echo "# Many distinct tokens ($(date -u +%Y-%m-%d), $(uname -m), $(nproc) CPUs)"
+  echo
+  echo "\`bash benches/load/many-tokens.sh\`: ES256 tokens, route with 3 rules and 2 forwarded headers,"
+  echo "gateway release build with one worker thread on core 1, \`[token_cache] max_entries = $ENTRIES\`;"
+  echo "load generator and nginx on core 0. Latency is measured from when each request was due."
+  echo
+  echo "## Baseline: one token repeated, $RATE req/s for $BASELINE s"
+  echo
+  churn --single --seconds "$BASELINE" | tee "$W/single.txt"
+  echo
+  echo "## $TOKENS tokens × $USES uses over $WINDOW s, $RATE req/s"
+  echo
+  churn --tokens "$TOKENS" --uses "$USES" --window "$WINDOW" | tee "$W/many.txt"
+  echo
+  python3 - "$W/single.txt" "$W/many.txt" "$ENTRIES" <<'PY'
+import re, sys
+def result(path):
+    line = [l for l in open(path) if l.startswith("RESULT")][-1]
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
+single, many, entries = result(sys.argv[1]), result(sys.argv[2]), int(sys.argv[3])
+print(f"p99 at steady state, many tokens / one token: {many['p99_ms']:.3f} / {single['p99_ms']:.3f} ms "
+      f"= {many['p99_ms'] / single['p99_ms']:.2f}x (goal <= 1.5)")
+grown = many['hwm_mib'] - single['rss0_mib']
+print(f"peak resident memory {many['hwm_mib']:.1f} MiB: {grown:.1f} MiB above the idle gateway, "
+      f"{grown * 1024 * 1024 / entries:.0f} bytes per cache entry at max_entries = {entries}")
+PY
+} | tee "$OUT"

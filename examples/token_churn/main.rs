@@ -1,0 +1,421 @@
+//! Load with many distinct tokens: a steady stream of users, each sending a few requests with
+//! its own token over a minute, at a fixed request rate, against a running gateway. Reports
+//! per interval the latency (from when each request was due), the token cache's hit ratio
+//! (from the gateway's metrics) and the gateway's resident memory; then the steady state.
+//!
+//! `benches/load/many-tokens.sh` starts the gateway and an upstream and runs this twice: with
+//! one token repeated (the baseline) and with the token population.
+
+// A command-line report: its output is the point.
+#![allow(clippy::print_stdout)]
+
+mod schedule;
+mod stats;
+mod tokens;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use schedule::Pattern;
+use stats::{rss_mib, Latencies};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokens::{Live, Minter};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Gateway address, host:port.
+    #[arg(long)]
+    gateway: String,
+    /// Request path.
+    #[arg(long)]
+    path: String,
+    /// The gateway's admin address (its /metrics is read for the cache's hit ratio).
+    #[arg(long)]
+    admin: String,
+    /// The gateway's process id (its resident memory is read from /proc).
+    #[arg(long)]
+    pid: u32,
+    /// Distinct tokens, each used `uses` times: the run sends tokens × uses requests.
+    #[arg(long, default_value_t = 1_000_000)]
+    tokens: u64,
+    #[arg(long, default_value_t = 10)]
+    uses: u64,
+    /// Seconds over which one token's uses are spread.
+    #[arg(long, default_value_t = 60)]
+    window: u64,
+    /// Requests per second.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Connections (kept alive).
+    #[arg(long, default_value_t = 32)]
+    conns: usize,
+    /// One token for every request, for `seconds` (the baseline).
+    #[arg(long)]
+    single: bool,
+    /// Length of a `--single` run.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Seconds between report lines.
+    #[arg(long, default_value_t = 10)]
+    report: u64,
+    /// Seconds left out of the steady state at the start (default: one window).
+    #[arg(long)]
+    warmup: Option<u64>,
+    #[arg(long, default_value = "ES256")]
+    alg: String,
+    /// Signing key (PEM; the secret itself for HS256).
+    #[arg(long)]
+    key: std::path::PathBuf,
+    #[arg(long)]
+    kid: Option<String>,
+    #[arg(long)]
+    iss: String,
+    #[arg(long, default_value = "api")]
+    aud: String,
+    /// Further claims, a JSON object.
+    #[arg(long, default_value = "{}")]
+    claims: String,
+}
+
+/// What the connections share (one thread: no locks).
+struct Shared {
+    pattern: Pattern,
+    single: bool,
+    total: u64,
+    offset: u64,
+    next: Cell<u64>,
+    started: Instant,
+    live: RefCell<Live>,
+    interval: RefCell<Latencies>,
+    failures: Cell<u64>,
+    /// When the last answer came.
+    finished: Cell<Instant>,
+    errors: RefCell<Vec<String>>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fail(&format!("runtime: {e}")),
+    };
+    let local = tokio::task::LocalSet::new();
+    if let Err(e) = local.block_on(&rt, run(args)) {
+        fail(&e);
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("token_churn: {msg}");
+    std::process::exit(1)
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let alg: jsonwebtoken::Algorithm = args.alg.parse().map_err(|_| "unknown --alg")?;
+    let key = std::fs::read(&args.key).map_err(|e| format!("{}: {e}", args.key.display()))?;
+    let claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&args.claims).map_err(|e| format!("--claims: {e}"))?;
+    let minter = Minter::new(
+        alg,
+        &key,
+        args.kid.clone(),
+        args.iss.clone(),
+        args.aud.clone(),
+        claims,
+    )?;
+    let pattern = Pattern {
+        rate: args.rate,
+        uses: args.uses,
+        window: args.window,
+    };
+    let total = if args.single {
+        args.rate * args.seconds
+    } else {
+        args.tokens * args.uses
+    };
+    let warmup = Duration::from_secs(args.warmup.unwrap_or(if args.single {
+        args.report
+    } else {
+        args.window
+    }));
+    let shared = Rc::new(Shared {
+        pattern,
+        single: args.single,
+        total,
+        offset: args.tokens,
+        next: Cell::new(0),
+        started: Instant::now() + Duration::from_millis(200),
+        live: RefCell::new(Live::new(minter)),
+        interval: RefCell::new(Latencies::default()),
+        failures: Cell::new(0),
+        finished: Cell::new(Instant::now()),
+        errors: RefCell::new(Vec::new()),
+    });
+    let (rss0, _) = rss_mib(args.pid).ok_or("the gateway's /proc status is unreadable")?;
+    let hits0 = cache_counts(&args.admin).await?;
+    print_heading(&args, &pattern, total, rss0);
+
+    let mut conns = Vec::new();
+    for _ in 0..args.conns {
+        let s = shared.clone();
+        let gw = args.gateway.clone();
+        let path = args.path.clone();
+        conns.push(tokio::task::spawn_local(async move {
+            connection(s, gw, path).await
+        }));
+    }
+    let steady = report(&args, &shared, &conns, warmup, hits0, rss0).await?;
+    for c in conns {
+        c.await.map_err(|e| e.to_string())??;
+    }
+    print_summary(&args, &shared, steady, warmup, rss0);
+    for e in shared.errors.borrow().iter().take(5) {
+        eprintln!("error: {e}");
+    }
+    if shared.failures.get() > 0 {
+        return Err(format!(
+            "{} requests were not answered 200",
+            shared.failures.get()
+        ));
+    }
+    Ok(())
+}
+
+/// What the run is, before its table.
+fn print_heading(args: &Args, pattern: &Pattern, total: u64, rss0: f64) {
+    println!(
+        "{} requests at {} req/s over {} connections; {}",
+        total,
+        args.rate,
+        args.conns,
+        if args.single {
+            "one token".to_string()
+        } else {
+            format!(
+                "{} tokens × {} uses over {} s (working set {} tokens)",
+                args.tokens,
+                args.uses,
+                args.window,
+                pattern.working_set()
+            )
+        }
+    );
+    println!("gateway resident memory before: {rss0:.1} MiB\n");
+    println!(
+        "| s | req/s | p50 ms | p99 ms | p99.9 ms | cache hit ratio | live tokens | RSS MiB |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+}
+
+/// The totals and the steady state, after the table.
+fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration, rss0: f64) {
+    let total = shared.total;
+    let (rss, hwm) = rss_mib(args.pid).unwrap_or((0.0, 0.0));
+    let elapsed = shared
+        .finished
+        .get()
+        .duration_since(shared.started)
+        .as_secs_f64();
+    let Steady {
+        latencies: mut steady,
+        cache,
+        peak_rss,
+    } = steady;
+    println!();
+    println!(
+        "sent {} requests in {:.1} s ({:.0} req/s); not 200: {}; tokens minted: {}",
+        total,
+        elapsed,
+        total as f64 / elapsed,
+        shared.failures.get(),
+        shared.live.borrow().minted
+    );
+    println!(
+        "steady state (after {} s): {} requests, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, cache hit ratio {}",
+        warmup.as_secs(),
+        steady.len(),
+        steady.quantile_ms(0.5),
+        steady.quantile_ms(0.99),
+        steady.quantile_ms(0.999),
+        ratio(cache.0, cache.1)
+    );
+    println!(
+        "gateway resident memory: before {rss0:.1} MiB, largest sampled {peak_rss:.1} MiB, now {rss:.1} MiB, peak (VmHWM) {hwm:.1} MiB"
+    );
+    println!(
+        "RESULT p99_ms={:.3} hwm_mib={:.1} rss0_mib={:.1}",
+        steady.quantile_ms(0.99),
+        hwm,
+        rss0
+    );
+}
+
+/// What the steady state measured.
+struct Steady {
+    latencies: Latencies,
+    /// Cache (hits, misses) in the steady state.
+    cache: (u64, u64),
+    peak_rss: f64,
+}
+
+/// Prints a line per interval until every connection is done; returns the steady state.
+async fn report(
+    args: &Args,
+    shared: &Shared,
+    conns: &[tokio::task::JoinHandle<Result<(), String>>],
+    warmup: Duration,
+    hits0: (u64, u64),
+    rss0: f64,
+) -> Result<Steady, String> {
+    let total = shared.total;
+    let mut steady = Latencies::default();
+    let mut last = (Instant::now(), 0u64, hits0);
+    let mut peak_rss = rss0;
+    let mut steady_counts = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(args.report)).await;
+        let done = conns.iter().all(|c| c.is_finished());
+        let mut lat = std::mem::take(&mut *shared.interval.borrow_mut());
+        let now = Instant::now();
+        let sent = shared.next.get().min(total);
+        let counts = cache_counts(&args.admin).await?;
+        let (hit, miss) = (counts.0 - last.2 .0, counts.1 - last.2 .1);
+        let (rss, _) = rss_mib(args.pid).unwrap_or((0.0, 0.0));
+        peak_rss = peak_rss.max(rss);
+        let elapsed = now.duration_since(shared.started).as_secs_f64();
+        println!(
+            "| {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} |",
+            elapsed,
+            (sent - last.1) as f64 / now.duration_since(last.0).as_secs_f64(),
+            lat.quantile_ms(0.5),
+            lat.quantile_ms(0.99),
+            lat.quantile_ms(0.999),
+            ratio(hit, miss),
+            shared.live.borrow().len(),
+            rss
+        );
+        // Only whole intervals after the warm-up count as the steady state.
+        if last.0 >= shared.started + warmup {
+            if steady_counts.is_none() {
+                steady_counts = Some(last.2);
+            }
+            steady.extend(&lat);
+        }
+        last = (now, sent, counts);
+        if done {
+            break;
+        }
+    }
+    let (h0, m0) = steady_counts.unwrap_or(hits0);
+    Ok(Steady {
+        latencies: steady,
+        cache: (last.2 .0 - h0, last.2 .1 - m0),
+        peak_rss,
+    })
+}
+
+fn ratio(hit: u64, miss: u64) -> String {
+    if hit + miss == 0 {
+        return "n/a".into();
+    }
+    format!("{:.3}", hit as f64 / (hit + miss) as f64)
+}
+
+/// One kept-alive connection sending the requests it takes from the shared schedule.
+async fn connection(s: Rc<Shared>, gateway: String, path: String) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(&gateway)
+        .await
+        .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::task::spawn_local(conn);
+    let step = Duration::from_nanos(1_000_000_000 / s.pattern.rate.max(1));
+    loop {
+        let i = s.next.get();
+        if i >= s.total {
+            return Ok(());
+        }
+        s.next.set(i + 1);
+        let due = s.started + step * (i as u32);
+        // Measured from when the request was due, unless this connection was idle and the
+        // timer woke it late (its millisecond tick is the client's delay, not the gateway's).
+        let from = if Instant::now() < due {
+            tokio::time::sleep_until(due.into()).await;
+            Instant::now()
+        } else {
+            due
+        };
+        let token = if s.single {
+            s.live.borrow_mut().get(0, 0, u64::MAX, true)?
+        } else {
+            let (n, round) = s.pattern.token_of(i, s.offset);
+            s.live
+                .borrow_mut()
+                .get(n, round, s.pattern.uses, n < s.offset)?
+        };
+        let req = http::Request::get(path.as_str())
+            .header(http::header::HOST, gateway.as_str())
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        s.interval
+            .borrow_mut()
+            .record(from.elapsed().as_micros() as u64);
+        s.finished.set(Instant::now());
+        if status != http::StatusCode::OK {
+            s.failures.set(s.failures.get() + 1);
+            let mut errors = s.errors.borrow_mut();
+            if errors.len() < 5 {
+                errors.push(format!("{status}: {}", String::from_utf8_lossy(&body)));
+            }
+        }
+    }
+}
+
+/// The token cache's (hits, misses) so far, from the gateway's metrics.
+async fn cache_counts(admin: &str) -> Result<(u64, u64), String> {
+    let tcp = tokio::net::TcpStream::connect(admin)
+        .await
+        .map_err(|e| format!("admin: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::task::spawn_local(conn);
+    let req = http::Request::get("/metrics")
+        .header(http::header::HOST, admin)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let read = |result: &str| {
+        let prefix = format!("claimgate_token_cache_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    Ok((read("hit"), read("miss")))
+}
