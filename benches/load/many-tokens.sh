@@ -105,13 +105,24 @@ audiences = ["api"]
 algorithms = ["ES256"]
 keys = [{ pem_file = "$KEYS/ec256-public.pem", kid = "ec1" }]
 CFG
-(cd "$W" && RUST_LOG=warn taskset -c 1 "$W/claimgate" run --config "$W/gateway.toml" 2>"$W/gateway.log") &
-PIDS+=($!)
+# The listeners use SO_REUSEPORT: a gateway left over from another run would silently share the
+# ports (and the load). Refuse to start beside one.
+for port in 18280 18282 18292; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    [ $port = 18280 ] && [ -f "$W/nginx.pid" ] && continue
+    echo "port $port is in use: stop what listens there first" >&2; exit 1
+  fi
+done
+cd "$W"
+# taskset execs the gateway: $! is the gateway's own pid (its memory is read from /proc).
+RUST_LOG=warn taskset -c 1 "$W/claimgate" run --config "$W/gateway.toml" 2>"$W/gateway.log" &
+GW=$!
+PIDS+=($GW)
 for _ in $(seq 1 100); do
   (exec 3<>/dev/tcp/127.0.0.1/18282) 2>/dev/null && break
   sleep 0.1
 done
-GW=$(pgrep -f "$W/claimgate run" | head -1)
+cd "$ROOT"
 CLAIMS='{"account":"acc-1","permissions":["read","transfer"],"scope":"read transfer","features":{"maxTransactionAmount":5000}}'
 churn() {
   taskset -c 0 "$W/token_churn" --gateway 127.0.0.1:18282 --path /api/accounts/acc-1/transfer \
@@ -127,11 +138,11 @@ churn() {
   echo
   echo "## Baseline: one token repeated, $RATE req/s for $BASELINE s"
   echo
-  churn --single --seconds "$BASELINE" | tee "$W/single.txt"
+  churn --single --seconds "$BASELINE" | tee "$W/single.txt" | grep -v '^RESULT' 
   echo
   echo "## $TOKENS tokens × $USES uses over $WINDOW s, $RATE req/s"
   echo
-  churn --tokens "$TOKENS" --uses "$USES" --window "$WINDOW" | tee "$W/many.txt"
+  churn --tokens "$TOKENS" --uses "$USES" --window "$WINDOW" | tee "$W/many.txt" | grep -v '^RESULT' 
   echo
   python3 - "$W/single.txt" "$W/many.txt" "$ENTRIES" <<'PY'
 import re, sys
@@ -142,7 +153,8 @@ single, many, entries = result(sys.argv[1]), result(sys.argv[2]), int(sys.argv[3
 print(f"p99 at steady state, many tokens / one token: {many['p99_ms']:.3f} / {single['p99_ms']:.3f} ms "
       f"= {many['p99_ms'] / single['p99_ms']:.2f}x (goal <= 1.5)")
 grown = many['hwm_mib'] - single['rss0_mib']
+# With more distinct tokens than max_entries the cache ends full: the growth is per entry.
 print(f"peak resident memory {many['hwm_mib']:.1f} MiB: {grown:.1f} MiB above the idle gateway, "
-      f"{grown * 1024 * 1024 / entries:.0f} bytes per cache entry at max_entries = {entries}")
+      f"{grown * 1024 * 1024 / entries:.0f} bytes per entry of a full cache (max_entries = {entries})")
 PY
 } | tee "$OUT"

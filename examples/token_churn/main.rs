@@ -85,7 +85,6 @@ struct Shared {
     pattern: Pattern,
     single: bool,
     total: u64,
-    offset: u64,
     next: Cell<u64>,
     started: Instant,
     live: RefCell<Live>,
@@ -148,7 +147,6 @@ async fn run(args: Args) -> Result<(), String> {
         pattern,
         single: args.single,
         total,
-        offset: args.tokens,
         next: Cell::new(0),
         started: Instant::now() + Duration::from_millis(200),
         live: RefCell::new(Live::new(minter)),
@@ -276,6 +274,8 @@ async fn report(
     let total = shared.total;
     let mut steady = Latencies::default();
     let mut last = (Instant::now(), 0u64, hits0);
+    // Intervals are counted from the first report's start; `warmup` is a whole number of them.
+    let mut interval = 0u64;
     let mut peak_rss = rss0;
     let mut steady_counts = None;
     loop {
@@ -301,13 +301,14 @@ async fn report(
             rss
         );
         // Only whole intervals after the warm-up count as the steady state.
-        if last.0 >= shared.started + warmup {
+        if interval * args.report >= warmup.as_secs() {
             if steady_counts.is_none() {
                 steady_counts = Some(last.2);
             }
             steady.extend(&lat);
         }
         last = (now, sent, counts);
+        interval += 1;
         if done {
             break;
         }
@@ -354,12 +355,10 @@ async fn connection(s: Rc<Shared>, gateway: String, path: String) -> Result<(), 
             due
         };
         let token = if s.single {
-            s.live.borrow_mut().get(0, 0, u64::MAX, true)?
+            s.live.borrow_mut().get(0, 0, u64::MAX)?
         } else {
-            let (n, round) = s.pattern.token_of(i, s.offset);
-            s.live
-                .borrow_mut()
-                .get(n, round, s.pattern.uses, n < s.offset)?
+            let (n, round) = s.pattern.token_of(i);
+            s.live.borrow_mut().get(n, round, s.pattern.uses)?
         };
         let req = http::Request::get(path.as_str())
             .header(http::header::HOST, gateway.as_str())

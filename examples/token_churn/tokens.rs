@@ -76,15 +76,14 @@ impl Live {
         }
     }
 
-    /// The token with index `n` for its use `round` of `uses`; `keep` false for a token used
-    /// once only.
-    pub fn get(&mut self, n: u64, round: u64, uses: u64, keep: bool) -> Result<Rc<str>, String> {
+    /// The token with index `n` for its use `round` of `uses`.
+    pub fn get(&mut self, n: u64, round: u64, uses: u64) -> Result<Rc<str>, String> {
         let t = match self.live.get(&n) {
             Some(t) => t.clone(),
             None => {
                 self.minted += 1;
                 let t: Rc<str> = Rc::from(self.minter.mint(n)?);
-                if keep && round + 1 < uses {
+                if round + 1 < uses {
                     self.live.insert(n, t.clone());
                 }
                 t
