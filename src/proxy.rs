@@ -687,9 +687,12 @@ impl ProxyHttp for ClaimgateProxy {
                 .ok(),
                 _ => forwarded_for(ip),
             };
-            if let Some(value) = value {
-                upstream_request.insert_header(X_FORWARDED_FOR, value)?;
-            }
+            // Never forwarded without this hop: a chain that cannot be extended fails the
+            // request (as the insert did before), rather than reach the upstream unchanged.
+            let Some(value) = value else {
+                return Error::e_explain(ErrorType::InvalidHTTPHeader, "X-Forwarded-For");
+            };
+            upstream_request.insert_header(X_FORWARDED_FOR, value)?;
         }
         // The scheme the client used, for upstreams that build absolute URLs: a trusted
         // proxy's value stays (an untrusted client's was removed above).

@@ -15,6 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
+# shellcheck source=common.sh
+. "$ROOT/benches/load/common.sh"
 TOKENS=${TOKENS:-1000000}
 USES=${USES:-10}
 WINDOW=${WINDOW:-60}
@@ -41,46 +43,9 @@ trap cleanup EXIT
 KEYS=$ROOT/tests/fixtures/keys
 UP=127.0.0.1:18280
 
-mkdir -p "$W/nginx" "$W/rules"
-cat > "$W/nginx.conf" <<NGX
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $W/nginx;
-  proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx; uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
-  keepalive_requests 100000000;
-  keepalive_timeout 300s;
-  server { listen $UP; location / { return 200 "ok\n"; } }
-}
-NGX
-taskset -c 0 "$NGINX" -c "$W/nginx.conf" -p "$W/nginx"
-
-# The load bench's route: three rules on claims, two forwarded headers.
-cat > "$W/rules/bench.toml" <<'RULES'
-[[route]]
-name = "transfer"
-path = "/api/accounts/{id}/transfer"
-issuers = ["ec"]
-
-  [[route.rule]]
-  name = "needs-transfer-permission"
-  allow_if = "'transfer' in claims.permissions"
-
-  [[route.rule]]
-  name = "account-owner"
-  allow_if = "request.params.id == claims.account"
-
-  [[route.rule]]
-  name = "limit-present"
-  allow_if = "has(claims.features.maxTransactionAmount) && claims.features.maxTransactionAmount > 0"
-
-  [route.forward]
-  "x-user-id" = "claims.sub"
-  "x-max-amount" = "claims.features.maxTransactionAmount"
-RULES
+mkdir -p "$W/rules"
+bench_nginx "$NGINX" "$W" "$UP"
+bench_transfer_route '"ec"' > "$W/rules/bench.toml"
 cat > "$W/gateway.toml" <<CFG
 [server]
 threads = 1

@@ -31,6 +31,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
+# shellcheck source=common.sh
+. "$ROOT/benches/load/common.sh"
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-32}
@@ -113,51 +115,11 @@ export BENCH_HS_SECRET=bench-secret-for-hmac-keys-0123456789abcdef
 UP=127.0.0.1:18080
 
 # --- upstream: nginx, a tiny fixed answer, keepalive for the proxies' pooled connections
-mkdir -p "$W/nginx"
-cat > "$W/nginx.conf" <<EOF
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $W/nginx;
-  proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx; uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
-  keepalive_requests 1000000;
-  keepalive_timeout 120s;
-  server {
-    listen $UP;
-    location = /nginx_status { stub_status; }
-    location / { return 200 "ok\n"; }
-  }
-}
-EOF
-taskset -c 0 "$NGINX" -c "$W/nginx.conf" -p "$W/nginx"
+bench_nginx "$NGINX" "$W" "$UP"
 
 # --- claimgate: one process with the token cache, one without
 mkdir -p "$W/rules"
-cat > "$W/rules/bench.toml" <<'EOF'
-[[route]]
-name = "transfer"
-path = "/api/accounts/{id}/transfer"
-issuers = ["rs", "ec", "ed", "hs"]
-
-  [[route.rule]]
-  name = "needs-transfer-permission"
-  allow_if = "'transfer' in claims.permissions"
-
-  [[route.rule]]
-  name = "account-owner"
-  allow_if = "request.params.id == claims.account"
-
-  [[route.rule]]
-  name = "limit-present"
-  allow_if = "has(claims.features.maxTransactionAmount) && claims.features.maxTransactionAmount > 0"
-
-  [route.forward]
-  "x-user-id" = "claims.sub"
-  "x-max-amount" = "claims.features.maxTransactionAmount"
-
+{ bench_transfer_route '"rs", "ec", "ed", "hs"'; cat <<'EOF'; } > "$W/rules/bench.toml"
 [[route]]
 name = "body"
 path = "/api/body"
