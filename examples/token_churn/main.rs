@@ -22,7 +22,7 @@ use stats::{rss_mib, Latencies};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokens::{Live, Minter};
+use tokens::{Minter, Tokens};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -87,7 +87,7 @@ struct Shared {
     total: u64,
     next: Cell<u64>,
     started: Instant,
-    live: RefCell<Live>,
+    tokens: RefCell<Tokens>,
     interval: RefCell<Latencies>,
     failures: Cell<u64>,
     /// When the last answer came.
@@ -143,13 +143,15 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         args.window
     }));
+    // Every token is signed before the clock starts (see tokens.rs).
+    let tokens = Tokens::mint(&minter, if args.single { 1 } else { args.tokens })?;
     let shared = Rc::new(Shared {
         pattern,
         single: args.single,
         total,
         next: Cell::new(0),
         started: Instant::now() + Duration::from_millis(200),
-        live: RefCell::new(Live::new(minter)),
+        tokens: RefCell::new(tokens),
         interval: RefCell::new(Latencies::default()),
         failures: Cell::new(0),
         finished: Cell::new(Instant::now()),
@@ -227,12 +229,12 @@ fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration,
     } = steady;
     println!();
     println!(
-        "sent {} requests in {:.1} s ({:.0} req/s); not 200: {}; tokens minted: {}",
+        "sent {} requests in {:.1} s ({:.0} req/s); not 200: {}; tokens used: {}",
         total,
         elapsed,
         total as f64 / elapsed,
         shared.failures.get(),
-        shared.live.borrow().minted
+        shared.tokens.borrow().used()
     );
     println!(
         "steady state (after {} s): {} requests, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, cache hit ratio {}",
@@ -297,7 +299,7 @@ async fn report(
             lat.quantile_ms(0.99),
             lat.quantile_ms(0.999),
             ratio(hit, miss),
-            shared.live.borrow().len(),
+            shared.tokens.borrow().live(),
             rss
         );
         // Only whole intervals after the warm-up count as the steady state.
@@ -354,15 +356,15 @@ async fn connection(s: Rc<Shared>, gateway: String, path: String) -> Result<(), 
         } else {
             due
         };
-        let token = if s.single {
-            s.live.borrow_mut().get(0, 0, u64::MAX)?
+        let bearer = if s.single {
+            s.tokens.borrow_mut().take(0, 0, u64::MAX)?
         } else {
             let (n, round) = s.pattern.token_of(i);
-            s.live.borrow_mut().get(n, round, s.pattern.uses)?
+            s.tokens.borrow_mut().take(n, round, s.pattern.uses)?
         };
         let req = http::Request::get(path.as_str())
             .header(http::header::HOST, gateway.as_str())
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::AUTHORIZATION, bearer)
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
         sender.ready().await.map_err(|e| e.to_string())?;

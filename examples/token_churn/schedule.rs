@@ -28,8 +28,8 @@ impl Pattern {
     ///
     /// In the first window a later round has no token old enough yet: it repeats the token
     /// being born (as round 0). Those extra uses fall in the warm-up, which is not measured; a
-    /// fresh token for each of them would make the client mint tokens at the full request
-    /// rate, which it cannot keep up with (a signature each).
+    /// fresh token for each of them would mean signing `uses` times as many tokens for the
+    /// first window as for any other.
     pub fn token_of(&self, i: u64) -> (u64, u64) {
         let round = i % self.uses;
         let born = i / self.uses;

@@ -1,9 +1,12 @@
-//! The tokens of the run: minted when first used, kept while they have uses left, then
-//! dropped, so the client holds the working set, not the whole population.
+//! The tokens of the run, all signed before it starts. Signing on the fly (an ECDSA signature
+//! per new user, in the request loop, on the core the client shares with the upstream) put the
+//! client's own work into the latency the run measures: sent straight to the upstream with no
+//! gateway, 80 000 users minted on the fly raised the p99 1.36x over one repeated token. The
+//! cost is the client's memory (about half a kilobyte per token).
 
+use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use std::collections::HashMap;
-use std::rc::Rc;
+use std::time::Instant;
 
 /// What every token says besides its subject and id.
 pub struct Minter {
@@ -60,42 +63,94 @@ impl Minter {
     }
 }
 
-/// Live tokens by index.
-pub struct Live {
-    minter: Minter,
-    live: HashMap<u64, Rc<str>>,
-    pub minted: u64,
+/// Every token of the run as its `Authorization` value, and which are in use.
+pub struct Tokens {
+    bearer: Vec<HeaderValue>,
+    /// Per token: 0 not used yet, 1 in use, 2 done (its last use sent).
+    state: Vec<u8>,
+    live: usize,
 }
 
-impl Live {
-    pub fn new(minter: Minter) -> Live {
-        Live {
-            minter,
-            live: HashMap::new(),
-            minted: 0,
-        }
-    }
-
-    /// The token with index `n` for its use `round` of `uses`.
-    pub fn get(&mut self, n: u64, round: u64, uses: u64) -> Result<Rc<str>, String> {
-        let t = match self.live.get(&n) {
-            Some(t) => t.clone(),
-            None => {
-                self.minted += 1;
-                let t: Rc<str> = Rc::from(self.minter.mint(n)?);
-                if round + 1 < uses {
-                    self.live.insert(n, t.clone());
-                }
-                t
+impl Tokens {
+    /// Signs `count` tokens, reporting progress on stderr (a million take a while).
+    pub fn mint(minter: &Minter, count: u64) -> Result<Tokens, String> {
+        let started = Instant::now();
+        let mut bearer = Vec::with_capacity(count as usize);
+        for n in 0..count {
+            let value = format!("Bearer {}", minter.mint(n)?);
+            bearer.push(
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+                    .map_err(|e| e.to_string())?,
+            );
+            if n > 0 && n % 100_000 == 0 {
+                eprintln!(
+                    "token_churn: {n} tokens signed in {:.0?}",
+                    started.elapsed()
+                );
             }
-        };
-        if round + 1 >= uses {
-            self.live.remove(&n);
         }
-        Ok(t)
+        Ok(Tokens {
+            state: vec![0; bearer.len()],
+            bearer,
+            live: 0,
+        })
     }
 
-    pub fn len(&self) -> usize {
-        self.live.len()
+    /// The `Authorization` value of token `n` for its use `round` of `uses`.
+    pub fn take(&mut self, n: u64, round: u64, uses: u64) -> Result<HeaderValue, String> {
+        let i = n as usize;
+        let value = self
+            .bearer
+            .get(i)
+            .ok_or_else(|| format!("token {n} was not minted"))?
+            .clone();
+        if self.state[i] == 0 {
+            self.state[i] = 1;
+            self.live += 1;
+        }
+        if round + 1 >= uses && self.state[i] == 1 {
+            self.state[i] = 2;
+            self.live -= 1;
+        }
+        Ok(value)
+    }
+
+    /// Tokens used at least once and not yet for the last time.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Tokens used at least once.
+    pub fn used(&self) -> usize {
+        self.state.iter().filter(|s| **s != 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_live_from_its_first_use_to_its_last() {
+        let secret = b"churn-test-secret";
+        let minter = Minter::new(
+            Algorithm::HS256,
+            secret,
+            None,
+            "https://iss".into(),
+            "api".into(),
+            serde_json::Map::new(),
+        )
+        .unwrap();
+        let mut tokens = Tokens::mint(&minter, 3).unwrap();
+        let a = tokens.take(0, 0, 3).unwrap();
+        assert!(a.to_str().unwrap().starts_with("Bearer ey"));
+        tokens.take(1, 0, 3).unwrap();
+        assert_eq!(tokens.live(), 2);
+        assert_eq!(tokens.take(0, 1, 3).unwrap(), a);
+        tokens.take(0, 2, 3).unwrap();
+        assert_eq!((tokens.live(), tokens.used()), (1, 2));
+        assert_ne!(tokens.take(2, 0, 3).unwrap(), a, "each token is distinct");
+        assert!(tokens.take(3, 0, 3).is_err(), "only what was minted");
     }
 }

@@ -29,6 +29,7 @@ pub struct RunArgs {
 /// Exit status: 0 after a clean stop, 1 when the stop watchdog ended it, 2 when it cannot start.
 pub fn run(a: RunArgs) -> ExitCode {
     claimgate::logging::init(a.log_format);
+    small_pages_only();
     let clock = match a.fixed_clock {
         Some(t) => claimgate::proxy::Clock::Fixed(t.into()),
         None => claimgate::proxy::Clock::System,
@@ -40,5 +41,21 @@ pub fn run(a: RunArgs) -> ExitCode {
             eprintln!("claimgate: cannot start:\n{e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process, before the gateway's threads start.
+///
+/// The allocator asks the kernel for huge pages on its arenas, and the first touch of one then
+/// zeroes 2 MiB inside the page fault, on whichever thread allocated: with many distinct tokens
+/// the token cache grows on the request thread, and a profile showed single faults holding the
+/// one worker for 5-7 ms (`clear_page_erms` under `do_huge_pmd_anonymous_page`), the
+/// latency tail of `benches/load/many-tokens.sh`. With 4 KiB pages the same zeroing is spread
+/// over many short faults. Redis and most databases recommend the same for the same reason.
+fn small_pages_only() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        // An old kernel or a seccomp profile without prctl: the system's setting stays.
+        tracing::info!("transparent huge pages stay as the system sets them: {e}");
     }
 }

@@ -157,3 +157,16 @@ fn the_repository_configuration_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The gateway turns transparent huge pages off for itself: a 2 MiB page zeroed inside one
+/// page fault held the one worker for milliseconds while the token cache grew (src/cli/run.rs).
+#[test]
+fn the_gateway_runs_without_transparent_huge_pages() {
+    let (_up, gw) = start_standard("", &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled line in /proc/PID/status:\n{status}"));
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
