@@ -63,11 +63,18 @@ impl Minter {
     }
 }
 
+/// Where a token is in its life.
+#[derive(Clone, Copy, PartialEq)]
+enum Use {
+    NotYet,
+    Live,
+    Done,
+}
+
 /// Every token of the run as its `Authorization` value, and which are in use.
 pub struct Tokens {
     bearer: Vec<HeaderValue>,
-    /// Per token: 0 not used yet, 1 in use, 2 done (its last use sent).
-    state: Vec<u8>,
+    state: Vec<Use>,
     live: usize,
 }
 
@@ -90,7 +97,7 @@ impl Tokens {
             }
         }
         Ok(Tokens {
-            state: vec![0; bearer.len()],
+            state: vec![Use::NotYet; bearer.len()],
             bearer,
             live: 0,
         })
@@ -104,12 +111,12 @@ impl Tokens {
             .get(i)
             .ok_or_else(|| format!("token {n} was not minted"))?
             .clone();
-        if self.state[i] == 0 {
-            self.state[i] = 1;
+        if self.state[i] == Use::NotYet {
+            self.state[i] = Use::Live;
             self.live += 1;
         }
-        if round + 1 >= uses && self.state[i] == 1 {
-            self.state[i] = 2;
+        if round + 1 >= uses && self.state[i] == Use::Live {
+            self.state[i] = Use::Done;
             self.live -= 1;
         }
         Ok(value)
@@ -122,7 +129,7 @@ impl Tokens {
 
     /// Tokens used at least once.
     pub fn used(&self) -> usize {
-        self.state.iter().filter(|s| **s != 0).count()
+        self.state.iter().filter(|s| **s != Use::NotYet).count()
     }
 }
 
