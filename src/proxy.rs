@@ -63,7 +63,7 @@ pub struct RequestCtx {
     allow: Option<Allow>,
     /// The TCP peer, appended to X-Forwarded-For.
     client_ip: Option<IpAddr>,
-    request_id: String,
+    request_id: RequestId,
     route: Option<Arc<str>>,
     upstream_started: Option<Instant>,
     upstream_observed: bool,
@@ -87,6 +87,11 @@ const REQUEST_ID: &str = "x-request-id";
 // is kept without the copy a `HeaderName` argument costs.
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+// The same names for lookups: a `&str` key is parsed into a name on every lookup, a
+// `HeaderName` is only hashed.
+const X_FORWARDED_FOR_NAME: http::HeaderName = http::HeaderName::from_static(X_FORWARDED_FOR);
+const X_FORWARDED_PROTO_NAME: http::HeaderName = http::HeaderName::from_static(X_FORWARDED_PROTO);
+const REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID);
 
 /// Whether a request header named `name` (lowercase, as parsed) must not reach the upstream:
 /// it is in `strip` (sorted by name, see [`Snapshot::strip_for`]), or it is such a name
@@ -121,18 +126,40 @@ fn forwarded_for(ip: IpAddr) -> Option<http::HeaderValue> {
 const UPSTREAM_H2_STREAMS: usize = 100;
 
 /// The client's request id when it is a sane token, else a new one.
-fn request_id(req: &RequestHeader) -> String {
-    req.headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+/// A client's value is kept as it came (a shared slice of the request, no copy); a new one is
+/// 32 hex digits of a random UUID, made into a header value once.
+fn request_id(req: &RequestHeader) -> RequestId {
+    let sane = |v: &&http::HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    };
+    if let Some(v) = req.headers.get(REQUEST_ID_NAME).filter(sane) {
+        return RequestId(v.clone());
+    }
+    let mut hex = [0u8; uuid::fmt::Simple::LENGTH];
+    let id = uuid::Uuid::new_v4().simple().encode_lower(&mut hex);
+    // Hex digits are always a valid value; the fallback is never taken.
+    RequestId(http::HeaderValue::from_str(id).unwrap_or(http::HeaderValue::from_static("-")))
+}
+
+/// A request's id, built once as a header value: it is sent upstream and in refusals, and
+/// logged as text. Empty until the request head is read.
+struct RequestId(http::HeaderValue);
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId(http::HeaderValue::from_static(""))
+    }
+}
+
+impl RequestId {
+    /// As text (ASCII by construction: a sane client value or hex digits).
+    fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
 }
 
 /// The request head as the decision core reads it.
@@ -354,7 +381,7 @@ impl ClaimgateProxy {
             .map(|a| a.ip());
         let path = String::from_utf8_lossy(req.raw_path());
         let log = LogFacts {
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id.as_str(),
             method: req.method.as_str(),
             path: &path,
             peer,
@@ -388,7 +415,7 @@ impl ClaimgateProxy {
                     denial.status,
                     body,
                     &denial.headers(),
-                    &ctx.request_id,
+                    ctx.request_id.as_str(),
                     &denial.message,
                 )
                 .await?;
@@ -572,7 +599,7 @@ impl ProxyHttp for ClaimgateProxy {
             }
         }
         let log = LogFacts {
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id.as_str(),
             method: facts.method,
             path: facts.path,
             peer: client_ip,
@@ -644,13 +671,14 @@ impl ProxyHttp for ClaimgateProxy {
         // One pass over the names the request carries (a handful), each looked up in the
         // sorted list; a lookup per listed name would hash every one of them on every request,
         // and removing from Pingora's case-preserving map costs far more than finding nothing.
-        let doomed: Vec<http::HeaderName> = upstream_request
-            .headers
-            .keys()
-            .filter(|n| is_stripped(n.as_str(), strip))
-            .cloned()
-            .collect();
-        for h in &doomed {
+        // Usually none is present: no list is allocated for nothing.
+        let mut doomed: Option<Vec<http::HeaderName>> = None;
+        for n in upstream_request.headers.keys() {
+            if is_stripped(n.as_str(), strip) {
+                doomed.get_or_insert_with(Vec::new).push(n.clone());
+            }
+        }
+        for h in doomed.iter().flatten() {
             upstream_request.remove_header(h);
         }
         for (name, value) in &allow.forward {
@@ -675,17 +703,21 @@ impl ProxyHttp for ClaimgateProxy {
         if let (true, Some(n)) = (admitted.collapse_content_length, admitted.content_length) {
             upstream_request.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
         }
-        upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_request.insert_header(REQUEST_ID, ctx.request_id.0.clone())?;
         if let Some(ip) = ctx.client_ip {
             // A trusted proxy's chain is extended; an untrusted client's own entries are
             // dropped, so an upstream reading the left-most address never sees a forged one.
-            let value = match upstream_request.headers.get(X_FORWARDED_FOR) {
-                Some(prev) if snapshot.geo.is_trusted(ip) => http::HeaderValue::try_from(format!(
+            let trusted = snapshot.geo.is_trusted(ip);
+            let prev = trusted
+                .then(|| upstream_request.headers.get(X_FORWARDED_FOR_NAME))
+                .flatten();
+            let value = match prev {
+                Some(prev) => http::HeaderValue::try_from(format!(
                     "{}, {ip}",
                     String::from_utf8_lossy(prev.as_bytes())
                 ))
                 .ok(),
-                _ => forwarded_for(ip),
+                None => forwarded_for(ip),
             };
             // Never forwarded without this hop: a chain that cannot be extended fails the
             // request (as the insert did before), rather than reach the upstream unchanged.
@@ -696,7 +728,10 @@ impl ProxyHttp for ClaimgateProxy {
         }
         // The scheme the client used, for upstreams that build absolute URLs: a trusted
         // proxy's value stays (an untrusted client's was removed above).
-        if !upstream_request.headers.contains_key(X_FORWARDED_PROTO) {
+        if !upstream_request
+            .headers
+            .contains_key(X_FORWARDED_PROTO_NAME)
+        {
             let scheme = if ctx.over_tls { "https" } else { "http" };
             upstream_request
                 .insert_header(X_FORWARDED_PROTO, http::HeaderValue::from_static(scheme))?;
@@ -831,13 +866,41 @@ impl ProxyHttp for ClaimgateProxy {
 
 #[cfg(test)]
 mod tests {
-    use super::{h2_target, head_of};
+    use super::{h2_target, head_of, request_id};
     use crate::admission::host::parse_authority;
     use crate::engine::Snapshot;
     use crate::testing::Workspace;
     use pingora::http::RequestHeader;
     use proptest::prelude::*;
     use std::sync::LazyLock;
+
+    #[test]
+    fn a_request_keeps_a_sane_id_and_gets_a_fresh_one_otherwise() {
+        let with = |id: Option<&str>| {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            if let Some(id) = id {
+                req.insert_header("X-Request-Id", id).unwrap();
+            }
+            request_id(&req)
+        };
+        assert_eq!(with(Some("req-123_a.b:c")).as_str(), "req-123_a.b:c");
+        let mut seen = std::collections::HashSet::new();
+        let long = "a".repeat(129);
+        for id in [
+            None,
+            Some(""),
+            Some("bad id"),
+            Some("x/y"),
+            Some(long.as_str()),
+        ] {
+            let fresh = with(id);
+            let text = fresh.as_str().to_string();
+            assert_eq!(text.len(), 32, "{text}");
+            assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
+            assert!(seen.insert(text), "ids repeat");
+        }
+        assert_eq!(with(Some(&"a".repeat(128))).as_str().len(), 128);
+    }
 
     const RULES: &str = "[[route]]\nname = \"admin\"\nhost = \"admin.test\"\npath = \"/*\"\nauth = \"none\"\n  [[route.rule]]\n  name = \"never\"\n  deny_if = \"request.path != ''\"\n\n[[route]]\nname = \"open\"\npath = \"/*\"\nauth = \"none\"\n";
 

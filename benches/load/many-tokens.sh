@@ -8,7 +8,8 @@
 # put the client's own work into the tail). First a baseline of one token repeated at the same
 # rate for BASELINE seconds, then the population. Reports per 10 s: latency (from when each
 # request was due), the cache's hit ratio (from the gateway's metrics), the gateway's resident
-# memory; then the steady state and the peak resident memory. Writes
+# memory and CPU, and the CPU time the hypervisor stole from this VM; then the steady state and
+# the peak resident memory. Writes
 # benches/load/results-many-tokens.md.
 #
 #   bash benches/load/many-tokens.sh
@@ -125,5 +126,28 @@ grown = many['hwm_mib'] - single['rss0_mib']
 # With more distinct tokens than max_entries the cache ends full: the growth is per entry.
 print(f"peak resident memory {many['hwm_mib']:.1f} MiB: {grown:.1f} MiB above the idle gateway, "
       f"{grown * 1024 * 1024 / entries:.0f} bytes per entry of a full cache (max_entries = {entries})")
+# Steal is CPU time the hypervisor gave to another guest: the gateway stalls without being busy.
+# A run with much of it measured the host, not the gateway.
+steal = max(single.get('steal_max', 0), many.get('steal_max', 0))
+print(f"most CPU time stolen in one steady-state interval: {steal:.1f} %"
+      + (" (over 2 %: the host interfered; the latency ratio is not a clean measurement)" if steal > 2 else ""))
+# A diagnostic beside the verdict above, never instead of it: the median of the per-interval p99s
+# over whole steady-state intervals (the first, warm-up, and the last, partial, are left out),
+# all of them and only those in which the hypervisor stole at most 1 % of the CPU time.
+def intervals(path):
+    rows = []
+    for line in open(path):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[0].isdigit():
+            rows.append((float(cells[3]), float(cells[9])))
+    return rows[1:-1]
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if values else float("nan")
+for label, quiet in (("all intervals", 100.0), ("intervals with steal <= 1 %", 1.0)):
+    a = [p99 for p99, st in intervals(sys.argv[1]) if st <= quiet]
+    b = [p99 for p99, st in intervals(sys.argv[2]) if st <= quiet]
+    print(f"median interval p99, {label}: many tokens {median(b):.3f} ms ({len(b)} intervals), "
+          f"one token {median(a):.3f} ms ({len(a)}): {median(b) / median(a):.2f}x")
 PY
 } | tee "$OUT"

@@ -306,6 +306,23 @@ proxy_pid() {
 # utime + stime of a process and its threads, in clock ticks ("user sys"); the fields are
 # counted after the command name, which may contain spaces.
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
+# The gateway's own account of its decisions on the measured route: the sum and count of
+# `claimgate_decision_duration_seconds` (token verification + policy, timed inside the proxy
+# under this load). Per round, sum/count is the mean decision time there, beside criterion's.
+admin_of() {
+  case $1 in
+    claimgate-alt-*nocache) echo 18097 ;;
+    claimgate-alt-*) echo 18096 ;;
+    claimgate-*nocache) echo 18093 ;;
+    claimgate-*) echo 18092 ;;
+  esac
+}
+decision_totals() { # target -> "sum count" for the transfer route, or nothing
+  local port; port=$(admin_of "$1")
+  [ -n "$port" ] || return 0
+  curl -s "http://127.0.0.1:$port/metrics" \
+    | awk '/^claimgate_decision_duration_seconds_(sum|count)\{route="transfer"\}/ {printf "%s ", $2}'
+}
 TICK=$(getconf CLK_TCK)
 
 PATH_T=/api/accounts/acc-1/transfer
@@ -391,15 +408,21 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     before=$(accepts)
     pid=$(proxy_pid "$t")
+    dec0=$(decision_totals "$t")
     cpu0=$(cpu_ticks "$pid")
     out=$(taskset -c 0 "${gen[@]}" "${args[@]}" "$url")
     cpu1=$(cpu_ticks "$pid")
+    dec1=$(decision_totals "$t")
     after=$(accepts)
     [ -n "$reloader" ] && kill "$reloader" 2>/dev/null || true
     echo "$out" | python3 -c '
 import re, sys
 t, rnd, conns = sys.argv[1], sys.argv[2], sys.argv[3]
 (u0, s0), (u1, s1), tick = sys.argv[4].split(), sys.argv[5].split(), float(sys.argv[6])
+d0, d1 = sys.argv[7].split(), sys.argv[8].split()
+decision = ""
+if len(d0) == 2 and len(d1) == 2 and float(d1[1]) > float(d0[1]):
+    decision = f"{(float(d1[0]) - float(d0[0])) / (float(d1[1]) - float(d0[1])) * 1e6:.2f}"
 text = sys.stdin.read()
 def ms(v):
     n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
@@ -423,8 +446,8 @@ else:
     n = int(re.search(r"(\d+) requests in", text).group(1))
 user = (int(u1) - int(u0)) / tick / n * 1e6
 system = (int(s1) - int(s0)) / tick / n * 1e6
-print("\t".join([t, rnd, f"{rps:.0f}", f"{p50:.3f}", f"{p99:.3f}", conns, nerr, f"{user:.1f}", f"{system:.1f}", nsock]))
-' "$t" "$round" "$((after - before - 1))" "$cpu0" "$cpu1" "$TICK" | tee -a "$RESULTS"
+print("\t".join([t, rnd, f"{rps:.0f}", f"{p50:.3f}", f"{p99:.3f}", conns, nerr, f"{user:.1f}", f"{system:.1f}", decision, nsock]))
+' "$t" "$round" "$((after - before - 1))" "$cpu0" "$cpu1" "$TICK" "$dec0" "$dec1" | tee -a "$RESULTS"
   done
 done
 
@@ -437,7 +460,7 @@ for line in open(sys.argv[6]):
     alg, verify, decide = line.split()
     floor[alg] = (float(verify), float(decide))
 by = {}
-for name, rnd, rps, p50, p99, upc, errs, user, system, *sock in rows:
+for name, rnd, rps, p50, p99, upc, errs, user, system, _decision, *sock in rows:
     by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(upc), int(errs),
                                     "".join(sock), float(user), float(system)))
 med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
@@ -523,8 +546,11 @@ lines += [
 ]
 # The limit: what a request costs beyond the open route, against the work it cannot avoid.
 cpu_round = {}
-for name, rnd, rps, p50, p99, upc, errs, user, system, *sock in rows:
+decision_round = {}
+for name, rnd, rps, p50, p99, upc, errs, user, system, decision, *sock in rows:
     cpu_round.setdefault(name, {})[rnd] = float(user) + float(system)
+    if decision:
+        decision_round.setdefault(name, {})[rnd] = float(decision)
 def spread(values, fmt):
     values = sorted(values)
     return f"{fmt(statistics.median(values))} ({fmt(values[0])}–{fmt(values[-1])})"
@@ -557,6 +583,35 @@ for t in ("claimgate-es256-cache", "claimgate-open"):
         rps = [per_round[t][r] / per_round[base][r] for r in per_round[t] if r in per_round[base]]
         f2 = lambda v: f"{v:.2f}x"
         lines.append(f"| {t} / {base}: CPU per request {spread(cpu, f2)}, req/s {spread(rps, f2)} | | | | | |")
+# Where an uncached request's extra CPU goes: inside the decision, as the gateway times it under
+# this load, or outside it. The decision timer is wall time on the one pinned worker: CPU time
+# unless the thread was interrupted or the hypervisor stole the core.
+inside = [t for t in (f"claimgate-{a}-nocache" for a in ("rs256", "es256", "eddsa", "hs256"))
+          if t in decision_round and t in cpu_round and "claimgate-open" in cpu_round]
+if inside:
+    lines += [
+        "",
+        "Inside and outside the decision: the gateway's own mean decision time on the measured route",
+        "(`claimgate_decision_duration_seconds`, sum / count per round) against criterion's verify +",
+        "decision, and the CPU above the open route that is not inside the decision.",
+        "",
+        "| target | CPU µs/req above open | decision in the gateway µs | criterion verify + decision µs | in the gateway / criterion | above open, outside the decision µs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    f1 = lambda v: f"{v:.1f}"
+    f2 = lambda v: f"{v:.2f}"
+    for t in inside:
+        alg = t.split("-")[1]
+        rounds_ = [r for r in decision_round[t] if r in cpu_round[t] and r in cpu_round["claimgate-open"]]
+        over = [cpu_round[t][r] - cpu_round["claimgate-open"][r] for r in rounds_]
+        dec = [decision_round[t][r] for r in rounds_]
+        crit = sum(floor[alg]) if alg in floor else float("nan")
+        lines.append(f"| {t} | {spread(over, f1)} | {spread(dec, f1)} | {crit:.2f} | "
+                     f"{spread([d / crit for d in dec], f2)} | "
+                     f"{spread([cpu_round[t][r] - cpu_round['claimgate-open'][r] - decision_round[t][r] for r in rounds_], f1)} |")
+    if "claimgate-es256-cache" in decision_round:
+        lines.append(f"| claimgate-es256-cache | | {spread(list(decision_round['claimgate-es256-cache'].values()), f1)} | "
+                     f"{floor['es256'][1] if 'es256' in floor else float('nan'):.2f} (decision only) | | |")
 if any(k.startswith("claimgate-alt-") for k in cpu_round):
     lines += ["", "A/B: the CG_ALT binary against this one, same rounds (CPU per request, req/s):", "",
               "| target | CPU alt / this | req/s alt / this |", "| --- | ---: | ---: |"]

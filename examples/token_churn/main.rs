@@ -18,7 +18,7 @@ use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use schedule::Pattern;
-use stats::{rss_mib, Latencies};
+use stats::{rss_mib, CpuTicks, Latencies};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -208,9 +208,9 @@ fn print_heading(args: &Args, pattern: &Pattern, total: u64, rss0: f64) {
     );
     println!("gateway resident memory before: {rss0:.1} MiB\n");
     println!(
-        "| s | req/s | p50 ms | p99 ms | p99.9 ms | cache hit ratio | live tokens | RSS MiB |"
+        "| s | req/s | p50 ms | p99 ms | p99.9 ms | cache hit ratio | live tokens | RSS MiB | gateway CPU % | steal % |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
 }
 
 /// The totals and the steady state, after the table.
@@ -226,6 +226,7 @@ fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration,
         latencies: mut steady,
         cache,
         peak_rss,
+        steal_max,
     } = steady;
     println!();
     println!(
@@ -249,10 +250,14 @@ fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration,
         "gateway resident memory: before {rss0:.1} MiB, largest sampled {peak_rss:.1} MiB, now {rss:.1} MiB, peak (VmHWM) {hwm:.1} MiB"
     );
     println!(
-        "RESULT p99_ms={:.3} hwm_mib={:.1} rss0_mib={:.1}",
+        "most CPU time stolen by the hypervisor in one steady-state interval: {steal_max:.1} %"
+    );
+    println!(
+        "RESULT p99_ms={:.3} hwm_mib={:.1} rss0_mib={:.1} steal_max={:.1}",
         steady.quantile_ms(0.99),
         hwm,
-        rss0
+        rss0,
+        steal_max
     );
 }
 
@@ -262,6 +267,8 @@ struct Steady {
     /// Cache (hits, misses) in the steady state.
     cache: (u64, u64),
     peak_rss: f64,
+    /// The largest share of CPU time stolen by the hypervisor in one steady-state interval.
+    steal_max: f64,
 }
 
 /// Prints a line per interval until every connection is done; returns the steady state.
@@ -280,6 +287,9 @@ async fn report(
     let mut interval = 0u64;
     let mut peak_rss = rss0;
     let mut steady_counts = None;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mut ticks = CpuTicks::read(args.pid).unwrap_or_default();
+    let mut steal_max = 0f64;
     loop {
         tokio::time::sleep(Duration::from_secs(args.report)).await;
         let done = conns.iter().all(|c| c.is_finished());
@@ -290,9 +300,12 @@ async fn report(
         let (hit, miss) = (counts.0 - last.2 .0, counts.1 - last.2 .1);
         let (rss, _) = rss_mib(args.pid).unwrap_or((0.0, 0.0));
         peak_rss = peak_rss.max(rss);
+        let now_ticks = CpuTicks::read(args.pid).unwrap_or_default();
+        let (busy, steal) = now_ticks.since(&ticks, cpus);
+        ticks = now_ticks;
         let elapsed = now.duration_since(shared.started).as_secs_f64();
         println!(
-            "| {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} |",
+            "| {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} | {:.0} | {:.1} |",
             elapsed,
             (sent - last.1) as f64 / now.duration_since(last.0).as_secs_f64(),
             lat.quantile_ms(0.5),
@@ -300,7 +313,9 @@ async fn report(
             lat.quantile_ms(0.999),
             ratio(hit, miss),
             shared.tokens.borrow().live(),
-            rss
+            rss,
+            busy,
+            steal
         );
         // Only whole intervals after the warm-up count as the steady state.
         if interval * args.report >= warmup.as_secs() {
@@ -308,6 +323,7 @@ async fn report(
                 steady_counts = Some(last.2);
             }
             steady.extend(&lat);
+            steal_max = steal_max.max(steal);
         }
         last = (now, sent, counts);
         interval += 1;
@@ -320,6 +336,7 @@ async fn report(
         latencies: steady,
         cache: (last.2 .0 - h0, last.2 .1 - m0),
         peak_rss,
+        steal_max,
     })
 }
 

@@ -31,6 +31,52 @@ impl Latencies {
     }
 }
 
+/// CPU time counters from /proc, in clock ticks: the gateway's own (user + system), and the
+/// machine's total and stolen (time the hypervisor gave this VM's CPUs to someone else: a stall
+/// with steal in its interval is the host's, not the gateway's).
+#[derive(Clone, Copy, Default)]
+pub struct CpuTicks {
+    pub process: u64,
+    pub total: u64,
+    pub steal: u64,
+}
+
+impl CpuTicks {
+    pub fn read(pid: u32) -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces: fields are counted after its closing parenthesis.
+        let after = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+        let process = f.get(11)? + f.get(12)?;
+        let machine = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = machine
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        Some(CpuTicks {
+            process,
+            total: cpu.iter().sum(),
+            steal: *cpu.get(7)?,
+        })
+    }
+
+    /// (the process's share of one CPU, the machine's steal share), in percent, since `before`.
+    pub fn since(&self, before: &CpuTicks, cpus: u64) -> (f64, f64) {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let process = self.process.saturating_sub(before.process) as f64;
+        let steal = self.steal.saturating_sub(before.steal) as f64;
+        (100.0 * process * cpus as f64 / total, 100.0 * steal / total)
+    }
+}
+
 /// One process's memory from /proc: (resident now, peak resident), in MiB.
 pub fn rss_mib(pid: u32) -> Option<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
