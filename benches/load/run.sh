@@ -306,6 +306,9 @@ proxy_pid() {
 # utime + stime of a process and its threads, in clock ticks ("user sys"); the fields are
 # counted after the command name, which may contain spaces.
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
+# All CPU time of the machine and the part the hypervisor stole (given to another guest): a
+# round with much steal measured the host as well as the proxy.
+machine_ticks() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $9; exit}' /proc/stat; }
 # The gateway's own account of its decisions on the measured route: the sum and count of
 # `claimgate_decision_duration_seconds` (token verification + policy, timed inside the proxy
 # under this load). Per round, sum/count is the mean decision time there, beside criterion's.
@@ -409,9 +412,11 @@ for round in $(seq 1 "$ROUNDS"); do
     before=$(accepts)
     pid=$(proxy_pid "$t")
     dec0=$(decision_totals "$t")
+    st0=$(machine_ticks)
     cpu0=$(cpu_ticks "$pid")
     out=$(taskset -c 0 "${gen[@]}" "${args[@]}" "$url")
     cpu1=$(cpu_ticks "$pid")
+    st1=$(machine_ticks)
     dec1=$(decision_totals "$t")
     after=$(accepts)
     [ -n "$reloader" ] && kill "$reloader" 2>/dev/null || true
@@ -420,6 +425,8 @@ import re, sys
 t, rnd, conns = sys.argv[1], sys.argv[2], sys.argv[3]
 (u0, s0), (u1, s1), tick = sys.argv[4].split(), sys.argv[5].split(), float(sys.argv[6])
 d0, d1 = sys.argv[7].split(), sys.argv[8].split()
+(m0, t0), (m1, t1) = sys.argv[9].split(), sys.argv[10].split()
+steal = f"{100 * (int(t1) - int(t0)) / max(1, int(m1) - int(m0)):.1f}"
 decision = ""
 if len(d0) == 2 and len(d1) == 2 and float(d1[1]) > float(d0[1]):
     decision = f"{(float(d1[0]) - float(d0[0])) / (float(d1[1]) - float(d0[1])) * 1e6:.2f}"
@@ -446,8 +453,8 @@ else:
     n = int(re.search(r"(\d+) requests in", text).group(1))
 user = (int(u1) - int(u0)) / tick / n * 1e6
 system = (int(s1) - int(s0)) / tick / n * 1e6
-print("\t".join([t, rnd, f"{rps:.0f}", f"{p50:.3f}", f"{p99:.3f}", conns, nerr, f"{user:.1f}", f"{system:.1f}", decision, nsock]))
-' "$t" "$round" "$((after - before - 1))" "$cpu0" "$cpu1" "$TICK" "$dec0" "$dec1" | tee -a "$RESULTS"
+print("\t".join([t, rnd, f"{rps:.0f}", f"{p50:.3f}", f"{p99:.3f}", conns, nerr, f"{user:.1f}", f"{system:.1f}", decision, steal, nsock]))
+' "$t" "$round" "$((after - before - 1))" "$cpu0" "$cpu1" "$TICK" "$dec0" "$dec1" "$st0" "$st1" | tee -a "$RESULTS"
   done
 done
 
@@ -460,7 +467,7 @@ for line in open(sys.argv[6]):
     alg, verify, decide = line.split()
     floor[alg] = (float(verify), float(decide))
 by = {}
-for name, rnd, rps, p50, p99, upc, errs, user, system, _decision, *sock in rows:
+for name, rnd, rps, p50, p99, upc, errs, user, system, _decision, _steal, *sock in rows:
     by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(upc), int(errs),
                                     "".join(sock), float(user), float(system)))
 med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
@@ -547,8 +554,10 @@ lines += [
 # The limit: what a request costs beyond the open route, against the work it cannot avoid.
 cpu_round = {}
 decision_round = {}
-for name, rnd, rps, p50, p99, upc, errs, user, system, decision, *sock in rows:
+steals = []
+for name, rnd, rps, p50, p99, upc, errs, user, system, decision, steal, *sock in rows:
     cpu_round.setdefault(name, {})[rnd] = float(user) + float(system)
+    steals.append(float(steal))
     if decision:
         decision_round.setdefault(name, {})[rnd] = float(decision)
 def spread(values, fmt):
@@ -612,6 +621,10 @@ if inside:
     if "claimgate-es256-cache" in decision_round:
         lines.append(f"| claimgate-es256-cache | | {spread(list(decision_round['claimgate-es256-cache'].values()), f1)} | "
                      f"{floor['es256'][1] if 'es256' in floor else float('nan'):.2f} (decision only) | | |")
+if steals:
+    steals.sort()
+    lines += ["", f"CPU time stolen by the hypervisor per target and round: median {steals[len(steals) // 2]:.1f} %, "
+              f"largest {steals[-1]:.1f} % ({sum(1 for x in steals if x > 2)} of {len(steals)} over 2 %)."]
 if any(k.startswith("claimgate-alt-") for k in cpu_round):
     lines += ["", "A/B: the CG_ALT binary against this one, same rounds (CPU per request, req/s):", "",
               "| target | CPU alt / this | req/s alt / this |", "| --- | ---: | ---: |"]
