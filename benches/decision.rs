@@ -6,6 +6,9 @@
 //!   these.
 //! - `decide_3_rules`: verification + a route with 3 rules and 2 forwarded headers, HS256,
 //!   ES256, RS256 and EdDSA tokens, with the verified-token cache off and on (warm).
+//!   `<alg>/new_token`: the same decision for a token verified just before but never decided
+//!   on (its rules and headers not yet remembered): the policy's own work on a new token, what
+//!   an uncached request adds to its signature check and token parsing.
 //! - `routes`: the same decision among 10, 1 000 and 10 000 routes (cache on).
 //! - `reload`: compiling 10 000 routes into a snapshot, as a reload does.
 //!
@@ -144,18 +147,39 @@ enabled = {cache}
 }
 
 fn token(alg: Algorithm, iss: &str, kid: Option<&str>, key: &EncodingKey) -> String {
+    sign(alg, kid, key, &claims(iss, None))
+}
+
+/// [`token`] with a `jti` of `n`: as many distinct tokens as needed.
+fn token_with(alg: Algorithm, iss: &str, kid: Option<&str>, key: &EncodingKey, n: usize) -> String {
+    sign(alg, kid, key, &claims(iss, Some(n)))
+}
+
+fn claims(iss: &str, jti: Option<usize>) -> serde_json::Value {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let claims = serde_json::json!({
+    let mut claims = serde_json::json!({
         "iss": iss, "aud": "api", "sub": "user-1", "exp": now + 3600, "iat": now,
         "account": "acc-1", "permissions": ["read", "transfer"],
         "features": {"maxTransactionAmount": 5000},
     });
+    if let Some(n) = jti {
+        claims["jti"] = n.to_string().into();
+    }
+    claims
+}
+
+fn sign(
+    alg: Algorithm,
+    kid: Option<&str>,
+    key: &EncodingKey,
+    claims: &serde_json::Value,
+) -> String {
     let mut h = Header::new(alg);
     h.kid = kid.map(str::to_string);
-    jsonwebtoken::encode(&h, &claims, key).unwrap()
+    jsonwebtoken::encode(&h, claims, key).unwrap()
 }
 
 /// The signature check alone, with the key the gateway builds at load (parsed once): what an
@@ -197,6 +221,57 @@ fn verify_primitive(c: &mut Criterion, tokens: &[(&str, String)]) {
         });
     }
     group.finish();
+}
+
+/// `decide_3_rules/<alg>/new_token`. Each measured decision meets a token verified in the
+/// (unmeasured) setup and put in the cache, never decided on before: admission, the cache hit,
+/// the rules and forwarded headers evaluated for the first time. Distinct tokens (by `jti`), so
+/// a batch of decisions never meets a token an earlier one of the batch remembered.
+fn new_token(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    [ec_key, rs_key, ed_key]: [&EncodingKey; 3],
+) {
+    const DISTINCT: usize = 256;
+    let snap = snapshot(RULES, true);
+    let cache = snap.token_cache.as_ref().unwrap();
+    let hs_key = EncodingKey::from_secret(SECRET.as_bytes());
+    for (name, alg, issuer, kid, key) in [
+        ("hs256", Algorithm::HS256, "hs", None, &hs_key),
+        ("es256", Algorithm::ES256, "ec", Some("ec256"), ec_key),
+        ("rs256", Algorithm::RS256, "rs", Some("rs1"), rs_key),
+        ("eddsa", Algorithm::EdDSA, "ed", Some("ed1"), ed_key),
+    ] {
+        let iss = snap.issuers.get(issuer).unwrap().clone();
+        let tokens: Vec<String> = (0..DISTINCT)
+            .map(|i| token_with(alg, &iss.iss, kid, key, i))
+            .collect();
+        let headers: Vec<HeaderMap> = tokens.iter().map(|t| bearer(t)).collect();
+        let heads: Vec<RequestHead<'_>> = headers.iter().map(head_for).collect();
+        let mut next = 0;
+        group.bench_function(format!("{name}/new_token"), |b| {
+            b.iter_batched(
+                || {
+                    next = (next + 1) % DISTINCT;
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+                    let fresh = claimgate::auth::verify::verify(
+                        &tokens[next],
+                        std::slice::from_ref(&iss),
+                        now.as_secs() as i64,
+                    )
+                    .unwrap();
+                    cache.insert(&tokens[next], Arc::new(fresh), &iss);
+                    next
+                },
+                |i| {
+                    let d = snap.decide_head(black_box(&heads[i]), PEER, b"", SystemTime::now());
+                    debug_assert!(d.is_allow());
+                    d
+                },
+                // Fewer than DISTINCT per batch: every decision meets a token of its own.
+                criterion::BatchSize::NumIterations(DISTINCT as u64 / 2),
+            )
+        });
+    }
 }
 
 /// The request as the proxy hands it over: admission (target, host, path, route) is measured
@@ -251,6 +326,7 @@ fn bench(c: &mut Criterion) {
     ];
     verify_primitive(c, &tokens);
     let mut group = c.benchmark_group("decide_3_rules");
+    new_token(&mut group, [&ec_key, &rs_key, &ed_key]);
     for cache in [false, true] {
         let snap = snapshot(RULES, cache);
         for (name, t) in &tokens {

@@ -91,8 +91,11 @@ cp "$CG" "$W/claimgate"; cp "$PT" "$W/passthrough"; cp "$PTMI" "$W/passthrough_m
 CG=$W/claimgate; PT=$W/passthrough; PTMI=$W/passthrough_mimalloc
 
 # The floor under an uncached request, measured on the proxy's core: the criterion medians of the
-# bare signature checks (`verify_primitive/<alg>`) and of the policy's own work
-# (`decide_3_rules/<alg>/cache_on`: the whole decision once the token is verified). Measured
+# bare signature checks (`verify_primitive/<alg>`) and of the policy's own work: on a token
+# decided before (`decide_3_rules/<alg>/cache_on`: its rules and headers remembered) and on a
+# token verified but never decided on (`<alg>/new_token`: rules and headers evaluated, as an
+# uncached request must). `<alg>/cache_off` (the core's whole uncached decision) is kept beside
+# the gateway's own decision timer. Measured
 # twice, before the rounds and after them, each with the share of CPU time the hypervisor stole
 # meanwhile: interference only ever adds time, so the limit ratios use the lower median of each
 # bench, and both measurements are printed. SKIP_FLOOR=1 skips it (the limit table says n/a).
@@ -106,7 +109,7 @@ measure_floor() { # label
   local s0 s1
   s0=$(machine_ticks)
   taskset -c 1 cargo bench --locked --bench decision -- --warm-up-time 1 --measurement-time 4 \
-    --noplot '^(verify_primitive/|decide_3_rules/[a-z0-9]+/cache_on)' > "$W/criterion-$1.log" 2>&1
+    --noplot '^(verify_primitive/|decide_3_rules/)' > "$W/criterion-$1.log" 2>&1
   s1=$(machine_ticks)
   python3 - "$ROOT/target/criterion" "$1" "$s0" "$s1" >> "$FLOOR" <<'PYFLOOR'
 import json, sys, os
@@ -118,9 +121,11 @@ def median_us(*parts):
     return json.load(open(path))["median"]["point_estimate"] / 1000.0
 for alg in ("rs256", "es256", "eddsa", "hs256"):
     print(f"{label}\t{alg}\t{median_us('verify_primitive', alg):.3f}\t"
-          f"{median_us('decide_3_rules', f'{alg}_cache_on'):.3f}\t{steal:.1f}")
+          f"{median_us('decide_3_rules', f'{alg}_cache_on'):.3f}\t"
+          f"{median_us('decide_3_rules', f'{alg}_new_token'):.3f}\t"
+          f"{median_us('decide_3_rules', f'{alg}_cache_off'):.3f}\t{steal:.1f}")
 PYFLOOR
-  grep "^$1" "$FLOOR" | sed 's/^/floor (when, alg, verify µs, decision µs, steal %): /'
+  grep "^$1" "$FLOOR" | sed 's/^/floor (when, alg, verify µs, decision µs: cached token, new token, uncached; steal %): /'
 }
 [ "${SKIP_FLOOR:-}" = 1 ] || measure_floor before
 
@@ -483,10 +488,12 @@ rows = [r for r in all_rows if float(r[10]) <= steal_max]
 excluded = [f"{r[0]} round {r[1]} ({r[10]} %)" for r in all_rows if float(r[10]) > steal_max]
 floors = {}
 for line in open(sys.argv[6]):
-    when, alg, verify, decide, steal = line.split()
-    floors.setdefault(alg, []).append((when, float(verify), float(decide), float(steal)))
+    when, alg, verify, decide, fresh_, off_, steal = line.split()
+    floors.setdefault(alg, []).append((when, float(verify), float(decide), float(fresh_), float(off_), float(steal)))
 # Interference only adds time: the lower median of each bench is the floor.
 floor = {alg: (min(m[1] for m in ms), min(m[2] for m in ms)) for alg, ms in floors.items()}
+fresh = {alg: min(m[3] for m in ms) for alg, ms in floors.items()}
+uncached = {alg: min(m[4] for m in ms) for alg, ms in floors.items()}
 by = {}
 for name, rnd, rps, p50, p99, upc, errs, user, system, _decision, _steal, *sock in rows:
     by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(upc), int(errs),
@@ -587,13 +594,15 @@ lines += [
     "",
     "The limit ratios. Uncached: CPU per request above the open route's (paired by round), against",
     "the criterion medians measured on the proxy's core in this run: the bare signature check with",
-    "the key parsed once (`verify_primitive`), and that plus the policy's own decision",
-    "(`decide_3_rules/<alg>/cache_on`). Goal: the last column ≤ 1.15. Cached: CPU per request and",
-    "req/s against the plain Pingora passthrough (goals ≤ 1.05 and ≥ 0.95). Medians, with the",
-    "range over the rounds.",
+    "the key parsed once (`verify_primitive`), plus the policy's own decision on a token it has",
+    "decided before (`decide_3_rules/<alg>/cache_on`, rules and headers remembered) or on a new",
+    "token (`<alg>/new_token`, verified but rules and headers evaluated for the first time, as an",
+    "uncached request must). Goal: the last column ≤ 1.15. Cached: CPU per request and req/s",
+    "against the plain Pingora passthrough (goals ≤ 1.05 and ≥ 0.95). Medians, with the range",
+    "over the rounds.",
     "",
-    "| target | CPU µs/req above open | verify µs | decision µs | / verify | / (verify + decision) |",
-    "| --- | ---: | ---: | ---: | ---: | ---: |",
+    "| target | CPU µs/req above open | verify µs | decision µs (cached / new token) | / verify | / (verify + cached decision) | / (verify + new-token decision) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 for alg in ("rs256", "es256", "eddsa", "hs256"):
     t = f"claimgate-{alg}-nocache"
@@ -603,15 +612,16 @@ for alg in ("rs256", "es256", "eddsa", "hs256"):
     verify, decide = floor[alg]
     f1 = lambda v: f"{v:.1f}"
     f2 = lambda v: f"{v:.2f}"
-    lines.append(f"| {t} | {spread(over, f1)} | {verify:.2f} | {decide:.2f} | "
-                 f"{spread([o / verify for o in over], f2)} | {spread([o / (verify + decide) for o in over], f2)} |")
+    lines.append(f"| {t} | {spread(over, f1)} | {verify:.2f} | {decide:.2f} / {fresh[alg]:.2f} | "
+                 f"{spread([o / verify for o in over], f2)} | {spread([o / (verify + decide) for o in over], f2)} | "
+                 f"{spread([o / (verify + fresh[alg]) for o in over], f2)} |")
 for t in ("claimgate-es256-cache", "claimgate-open"):
     base = "pingora-passthrough"
     if t in cpu_round and base in cpu_round:
         cpu = [cpu_round[t][r] / cpu_round[base][r] for r in cpu_round[t] if r in cpu_round[base]]
         rps = [per_round[t][r] / per_round[base][r] for r in per_round[t] if r in per_round[base]]
         f2 = lambda v: f"{v:.2f}x"
-        lines.append(f"| {t} / {base}: CPU per request {spread(cpu, f2)}, req/s {spread(rps, f2)} | | | | | |")
+        lines.append(f"| {t} / {base}: CPU per request {spread(cpu, f2)}, req/s {spread(rps, f2)} | | | | | | |")
 # Where an uncached request's extra CPU goes: inside the decision, as the gateway times it under
 # this load, or outside it. The decision timer is wall time on the one pinned worker: CPU time
 # unless the thread was interrupted or the hypervisor stole the core.
@@ -622,10 +632,11 @@ if inside:
         "",
         "Inside and outside the decision: the gateway's own mean decision time on the measured route",
         "(`claimgate_decision_duration_seconds`, sum / count per round) against criterion's verify +",
-        "decision, and the CPU above the open route that is not inside the decision.",
+        "new-token decision and the core's whole uncached decision (`<alg>/cache_off`), and the CPU",
+        "above the open route that is not inside the decision.",
         "",
-        "| target | CPU µs/req above open | decision in the gateway µs | criterion verify + decision µs | in the gateway / criterion | above open, outside the decision µs |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| target | CPU µs/req above open | decision in the gateway µs | criterion verify + new-token decision µs | criterion uncached decision µs | in the gateway / verify + new-token decision | above open, outside the decision µs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     f1 = lambda v: f"{v:.1f}"
     f2 = lambda v: f"{v:.2f}"
@@ -634,21 +645,21 @@ if inside:
         rounds_ = [r for r in decision_round[t] if r in cpu_round[t] and r in cpu_round["claimgate-open"]]
         over = [cpu_round[t][r] - cpu_round["claimgate-open"][r] for r in rounds_]
         dec = [decision_round[t][r] for r in rounds_]
-        crit = sum(floor[alg]) if alg in floor else float("nan")
-        lines.append(f"| {t} | {spread(over, f1)} | {spread(dec, f1)} | {crit:.2f} | "
+        crit = floor[alg][0] + fresh[alg] if alg in floor else float("nan")
+        lines.append(f"| {t} | {spread(over, f1)} | {spread(dec, f1)} | {crit:.2f} | {uncached.get(alg, float('nan')):.2f} | "
                      f"{spread([d / crit for d in dec], f2)} | "
                      f"{spread([cpu_round[t][r] - cpu_round['claimgate-open'][r] - decision_round[t][r] for r in rounds_], f1)} |")
     if "claimgate-es256-cache" in decision_round:
         lines.append(f"| claimgate-es256-cache | | {spread(list(decision_round['claimgate-es256-cache'].values()), f1)} | "
-                     f"{floor['es256'][1] if 'es256' in floor else float('nan'):.2f} (decision only) | | |")
+                     f"{floor['es256'][1] if 'es256' in floor else float('nan'):.2f} (cached decision only) | | | |")
 if steals:
     steals.sort()
     lines += ["", f"CPU time stolen by the hypervisor per target and round: median {steals[len(steals) // 2]:.1f} %, "
               f"largest {steals[-1]:.1f} %. Left out of every median and ratio above (over {steal_max:g} %): "
               + (", ".join(excluded) if excluded else "none") + "."]
 if floors:
-    lines += ["", "Criterion floor, before and after the rounds (verify µs / decision µs, steal meanwhile); the lower is used: "
-              + "; ".join(f"{alg} " + ", ".join(f"{w} {v:.2f} / {d:.2f} ({st:.1f} %)" for w, v, d, st in ms)
+    lines += ["", "Criterion floor, before and after the rounds (verify µs / decision µs on a cached token, a new token, uncached; steal meanwhile); the lower is used: "
+              + "; ".join(f"{alg} " + ", ".join(f"{w} {v:.2f} / {d:.2f}, {fr:.2f}, {of:.2f} ({st:.1f} %)" for w, v, d, fr, of, st in ms)
                           for alg, ms in floors.items()) + "."]
 if any(k.startswith("claimgate-alt-") for k in cpu_round):
     lines += ["", "A/B: the CG_ALT binary against this one, same rounds (CPU per request, req/s):", "",

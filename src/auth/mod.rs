@@ -12,4 +12,5 @@ pub use error::TokenError;
 pub use issuer::{Issuer, IssuerSet};
 pub use verify::VerifiedToken;
 pub mod remote;
+pub mod segment;
 pub mod signature;

@@ -2,14 +2,15 @@
 //! injected clock (so tests and the CLI can fix the time).
 
 use super::issuer::KeyMiss;
+use super::segment::with_decoded;
 use super::{Issuer, TokenError};
 use crate::policy::cel::json_object_to_val;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use cel::common::value::Val;
 use jsonwebtoken::Algorithm;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 /// What a token-only expression gave. A slot belongs to one expression, so it holds one kind:
@@ -127,19 +128,37 @@ impl VerifiedToken {
 }
 
 /// The parts of the JOSE header this gateway reads. `jku`, `x5u` and `jwk` are deliberately not
-/// read: a key offered by the token itself is never used to verify it.
+/// read: a key offered by the token itself is never used to verify it. `alg` is borrowed from
+/// the decoded header (unless escaped): only what the verified token keeps is copied.
 #[derive(Deserialize)]
-struct RawHeader {
-    alg: String,
+struct RawHeader<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
     #[serde(default)]
     kid: Option<String>,
     #[serde(default)]
     typ: Option<String>,
+    // Only its presence matters (`null` counts as absent, as before).
     #[serde(default)]
-    crit: Option<Value>,
+    crit: Option<IgnoredAny>,
 }
 
+/// What the JOSE header decides.
+struct Header {
+    alg: Algorithm,
+    kid: Option<String>,
+    typ: Option<String>,
+}
+
+/// Longest header segment read, in base64 characters.
 const MAX_HEADER_BYTES: usize = 2048;
+/// Stack room for a decoded header: all of [`MAX_HEADER_BYTES`].
+const HEADER_BUF: usize = MAX_HEADER_BYTES / 4 * 3;
+/// Stack room for a decoded signature: the longest any accepted key makes (RSA, 8192 bits).
+const SIGNATURE_BUF: usize = 1024;
+/// Stack room for decoded claims; larger claims sets (up to `limits.max_claims_bytes`) are
+/// decoded on the heap.
+const CLAIMS_BUF: usize = 4096;
 
 /// A failed verification: why, and which issuer the token was judged against (so the caller can
 /// refetch that issuer's keys when the key id was unknown).
@@ -172,25 +191,9 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
     if h.len() > MAX_HEADER_BYTES {
         return Err(TokenError::Malformed.into());
     }
-    let header_json = URL_SAFE_NO_PAD
-        .decode(h)
-        .map_err(|_| TokenError::Malformed)?;
-    // RFC 7515 §4 and RFC 7519 §7.2: the JOSE header is a JSON object. serde would also fill
-    // the struct from an array, reading its elements by position as `alg`, `kid`, ...
-    if header_json.trim_ascii_start().first() != Some(&b'{') {
-        return Err(TokenError::Malformed.into());
-    }
-    let header: RawHeader =
-        serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
-    if header.crit.is_some() {
-        // RFC 7515 4.1.11: a recipient that does not understand a critical extension must reject.
-        return Err(TokenError::CriticalHeader.into());
-    }
-    // `none` (in any spelling) and anything unknown fail to parse here.
-    let alg: Algorithm = header
-        .alg
-        .parse()
-        .map_err(|_| TokenError::AlgorithmNotAllowed)?;
+    let header =
+        with_decoded::<HEADER_BUF, _>(h, parse_header).map_err(|_| TokenError::Malformed)??;
+    let alg = header.alg;
 
     // With several accepted issuers the claims are read first, to pick the issuer whose keys
     // check the signature; they are read once, and kept.
@@ -215,22 +218,21 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
     {
         return Err(reject(TokenError::WrongType));
     }
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature)
-        .map_err(|_| reject(TokenError::Malformed))?;
     // The JWS signing input: the first two segments as they arrived, dot included.
     let signing_input = &token.as_bytes()[..h.len() + 1 + payload.len()];
-    let valid = issuer
-        .with_key(header.kid.as_deref(), alg, |key| {
-            key.key.verify(signing_input, &signature)
+    let valid = with_decoded::<SIGNATURE_BUF, _>(signature, |signature| {
+        issuer.with_key(header.kid.as_deref(), alg, |key| {
+            key.key.verify(signing_input, signature)
         })
-        .map_err(|miss| match miss {
-            KeyMiss::Unknown => reject(TokenError::UnknownKey),
-            KeyMiss::Stale { retry_after } => Rejection {
-                retry_after: Some(retry_after),
-                ..reject(TokenError::KeysStale)
-            },
-        })?;
+    })
+    .map_err(|_| reject(TokenError::Malformed))?
+    .map_err(|miss| match miss {
+        KeyMiss::Unknown => reject(TokenError::UnknownKey),
+        KeyMiss::Stale { retry_after } => Rejection {
+            retry_after: Some(retry_after),
+            ..reject(TokenError::KeysStale)
+        },
+    })?;
     if !valid {
         return Err(reject(TokenError::BadSignature));
     }
@@ -250,6 +252,29 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
                 expires_at,
             )
         })
+}
+
+/// The JOSE header (decoded): `alg`, `kid`, `typ`, and no critical extension.
+fn parse_header(json: &[u8]) -> Result<Header, TokenError> {
+    // RFC 7515 §4 and RFC 7519 §7.2: the JOSE header is a JSON object. serde would also fill
+    // the struct from an array, reading its elements by position as `alg`, `kid`, ...
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        return Err(TokenError::Malformed);
+    }
+    let raw: RawHeader = serde_json::from_slice(json).map_err(|_| TokenError::Malformed)?;
+    if raw.crit.is_some() {
+        // RFC 7515 4.1.11: a recipient that does not understand a critical extension must reject.
+        return Err(TokenError::CriticalHeader);
+    }
+    Ok(Header {
+        // `none` (in any spelling) and anything unknown fail to parse here.
+        alg: raw
+            .alg
+            .parse()
+            .map_err(|_| TokenError::AlgorithmNotAllowed)?,
+        kid: raw.kid,
+        typ: raw.typ,
+    })
 }
 
 /// The issuer a token claims to be from, among those a route accepts; its signature is checked
@@ -276,10 +301,9 @@ fn pick_issuer<'a>(
 
 /// The claims set of a payload segment: a JSON object (RFC 7519 §7.2).
 fn parse_claims(payload: &str) -> Result<Map<String, Value>, TokenError> {
-    let json = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| TokenError::Malformed)?;
-    serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
+    with_decoded::<CLAIMS_BUF, _>(payload, |json| serde_json::from_slice(json))
+        .map_err(|_| TokenError::Malformed)?
+        .map_err(|_| TokenError::Malformed)
 }
 
 /// A NumericDate claim (RFC 7519 §2): a JSON number of seconds, fractions allowed. Absent is

@@ -273,6 +273,35 @@ async fn bad_tokens_are_rejected_with_401() {
     );
     assert_eq!(get_with(&gw, &t).await.status(), 200, "control for crit");
 
+    // One spelling per token (RFC 8725 §3.1, RFC 4648 §3.5): each segment of the valid token
+    // above, padded, or with its same bytes spelt with non-zero trailing bits, is refused as
+    // malformed. A lenient decoder would pass the signature variants (same bytes) and call the
+    // header and claims variants a bad signature.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let parts: Vec<&str> = t.split('.').collect();
+    let mut with_trailing_bits = 0;
+    for (i, seg) in parts.iter().enumerate() {
+        let mut variants = vec![format!("{seg}{}", "=".repeat(4 - seg.len() % 4))];
+        if seg.len() % 4 != 0 {
+            with_trailing_bits += 1;
+            let last = seg.as_bytes()[seg.len() - 1];
+            let at = ALPHABET.iter().position(|&c| c == last).unwrap();
+            variants.push(format!(
+                "{}{}",
+                &seg[..seg.len() - 1],
+                ALPHABET[at + 1] as char
+            ));
+        }
+        for v in variants {
+            let mut p = parts.clone();
+            p[i] = &v;
+            let what = format!("segment {i} spelt {v}");
+            assert_rejected(get_with(&gw, &p.join(".")).await, "malformed_token", &what).await;
+        }
+    }
+    // The HMAC's 32 bytes take 43 characters: the signature at least has trailing bits.
+    assert!(with_trailing_bits >= 1);
+
     // A key offered by the token itself is never used: jwk / jku / x5u headers with an
     // attacker's HMAC secret.
     for extra in [

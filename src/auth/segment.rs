@@ -1,0 +1,89 @@
+//! The three segments of a compact JWS (RFC 7515 §7.1): base64url without padding.
+//!
+//! Decoding is strict, as a verifier's must be (RFC 8725 §3.1 asks for one accepted form per
+//! token): a padding character, a character outside the URL-safe alphabet, a length that no
+//! byte string encodes, or non-zero bits after the last byte ("non-canonical" encodings, which
+//! would let many strings stand for one signature) are all refused.
+//!
+//! Every new token decodes its header, claims and signature once. A SIMD decoder does it in
+//! a fraction of the time of a scalar one (an RS256 token is ~650 characters), and the bytes go
+//! to a buffer on the stack when they fit, so a typical token costs no allocation here.
+
+use base64_simd::{Out, URL_SAFE_NO_PAD};
+use std::mem::MaybeUninit;
+
+/// A segment that is not strict base64url.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotBase64Url;
+
+/// Decodes `segment` and hands the bytes to `read`: in a stack buffer of `N` bytes when they
+/// fit, on the heap otherwise.
+pub fn with_decoded<const N: usize, R>(
+    segment: &str,
+    read: impl FnOnce(&[u8]) -> R,
+) -> Result<R, NotBase64Url> {
+    let src = segment.as_bytes();
+    let len = URL_SAFE_NO_PAD
+        .decoded_length(src)
+        .map_err(|_| NotBase64Url)?;
+    if len <= N {
+        let mut buf = [MaybeUninit::<u8>::uninit(); N];
+        let bytes = URL_SAFE_NO_PAD
+            .decode(src, Out::from_uninit_slice(&mut buf[..len]))
+            .map_err(|_| NotBase64Url)?;
+        Ok(read(bytes))
+    } else {
+        let bytes = URL_SAFE_NO_PAD
+            .decode_to_vec(src)
+            .map_err(|_| NotBase64Url)?;
+        Ok(read(&bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as REFERENCE;
+    use base64::Engine as _;
+    use proptest::prelude::*;
+
+    fn decode<const N: usize>(s: &str) -> Result<Vec<u8>, NotBase64Url> {
+        with_decoded::<N, _>(s, <[u8]>::to_vec)
+    }
+
+    #[test]
+    fn only_the_canonical_unpadded_url_safe_form_is_read() {
+        assert_eq!(decode::<8>("eyJhIjoxfQ"), Ok(br#"{"a":1}"#.to_vec()));
+        assert_eq!(decode::<8>(""), Ok(Vec::new()));
+        for bad in [
+            "eyJhIjoxfQ==", // padded
+            "eyJhIjoxfR",   // non-zero bits after the last byte (same bytes as ...fQ)
+            "eyJhIjox+Q",   // standard alphabet
+            "eyJhIjox/Q",
+            "eyJhIjoxf",   // 9 characters: no byte string has that length
+            "eyJhI joxfQ", // space
+            "eyJhIjoxfQ\n",
+        ] {
+            assert_eq!(decode::<64>(bad), Err(NotBase64Url), "{bad:?}");
+            assert_eq!(decode::<0>(bad), Err(NotBase64Url), "{bad:?} (heap)");
+        }
+    }
+
+    proptest! {
+        // Stack and heap paths, long enough for the vector loop: the same bytes as the scalar
+        // reference decoder for any input it accepts, and refused where it refuses.
+        #[test]
+        fn agrees_with_the_reference_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..200), junk in any::<u8>(), at in any::<usize>()) {
+            let mut text = REFERENCE.encode(&bytes);
+            prop_assert_eq!(decode::<256>(&text), Ok(bytes.clone()));
+            prop_assert_eq!(decode::<0>(&text), Ok(bytes));
+            if !text.is_empty() && junk.is_ascii() {
+                let at = at % text.len();
+                text.replace_range(at..at + 1, &char::from(junk).to_string());
+                let expected = REFERENCE.decode(&text).map_err(|_| NotBase64Url);
+                prop_assert_eq!(decode::<256>(&text), expected.clone());
+                prop_assert_eq!(decode::<0>(&text), expected);
+            }
+        }
+    }
+}
