@@ -273,7 +273,7 @@ async fn bad_tokens_are_rejected_with_401() {
     );
     assert_eq!(get_with(&gw, &t).await.status(), 200, "control for crit");
 
-    // One spelling per token (RFC 8725 §3.1, RFC 4648 §3.5): each segment of the valid token
+    // One spelling per token (RFC 7515 §2, RFC 4648 §3.5): each segment of the valid token
     // above, padded, or with its same bytes spelt with non-zero trailing bits, is refused as
     // malformed. A lenient decoder would pass the signature variants (same bytes) and call the
     // header and claims variants a bad signature.
