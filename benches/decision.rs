@@ -277,6 +277,51 @@ fn new_token(
     }
 }
 
+/// `decide_3_rules/hs256/idp_token`: an uncached decision on a token shaped like an identity
+/// provider's (Keycloak's default access token: two dozen claims, nested role maps), of which
+/// the rules read three. The gateway decodes only the claims its expressions read;
+/// `idp_token_all_claims` is the same decision with every claim decoded, as before it did.
+fn idp_token(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    use claimgate::auth::claim_names::ClaimNames;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "exp": now + 300, "iat": now, "auth_time": now - 60,
+        "jti": "onrtac:4b8f5e2a-9c1d-4e7f-a3b6-2d8c0f1e5a79",
+        "iss": "https://hs.test", "aud": "api", "sub": "user-1", "typ": "Bearer",
+        "azp": "web-app", "sid": "8f14e45f-ceea-467f-a0e6-1b3b4a1c2d3e", "acr": "1",
+        "allowed-origins": ["https://app.example.com"],
+        "realm_access": {"roles": ["default-roles-demo", "offline_access", "uma_authorization"]},
+        "resource_access": {"account": {"roles": ["manage-account", "manage-account-links", "view-profile"]}},
+        "scope": "openid profile email", "email_verified": true, "name": "Ada Lovelace",
+        "preferred_username": "ada", "given_name": "Ada", "family_name": "Lovelace",
+        "email": "ada@example.com",
+        "account": "acc-1", "permissions": ["read", "transfer"],
+        "features": {"maxTransactionAmount": 5000},
+    });
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        &claims,
+    );
+    let headers = bearer(&token);
+    let head = head_for(&headers);
+    let named = snapshot(RULES, false);
+    assert!(matches!(named.claims_read.names, ClaimNames::Only(_)));
+    let mut every = snapshot(RULES, false);
+    every.claims_read.names = ClaimNames::All;
+    for (id, snap) in [("idp_token", &named), ("idp_token_all_claims", &every)] {
+        let d = snap.decide_head(&head, PEER, b"", SystemTime::now());
+        assert!(d.is_allow(), "{id}: {:?}", d.outcome);
+        group.bench_function(format!("hs256/{id}"), |b| {
+            b.iter(|| black_box(snap.decide_head(black_box(&head), PEER, b"", SystemTime::now())))
+        });
+    }
+}
+
 /// The request as the proxy hands it over: admission (target, host, path, route) is measured
 /// with the decision.
 fn head_for(headers: &HeaderMap) -> RequestHead<'_> {
@@ -345,6 +390,7 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
+    idp_token(&mut group);
     group.finish();
 
     let es256 = &tokens[1].1;

@@ -1,6 +1,8 @@
 //! The decision core: `(snapshot, request facts, now) -> Decision`. No proxy types, no I/O, no
 //! clock of its own. The proxy, the CLI and the benches all call [`Snapshot::decide`].
 
+use crate::auth::claims::ClaimsRead;
+use crate::auth::segment::Compact;
 use crate::auth::verify::Rejection;
 use crate::auth::{extract, verify, Issuer, IssuerSet, TokenCache, TokenError, VerifiedToken};
 use crate::config::{AuthMode, Config, UnmatchedAction};
@@ -38,6 +40,9 @@ pub struct Snapshot {
     pub sources: Arc<SourceSet>,
     /// Verified tokens of this snapshot's issuers; a reload starts an empty one.
     pub token_cache: Option<TokenCache>,
+    /// The claims of a new token that are decoded: those this snapshot's expressions read.
+    /// Per snapshot, like the cache that keeps the tokens decoded with it.
+    pub claims_read: ClaimsRead,
     /// The sources each route reads, by route index.
     route_sources: Vec<Vec<Arc<SourceSpec>>>,
     unmatched_issuers: Vec<Arc<Issuer>>,
@@ -122,7 +127,12 @@ impl Snapshot {
             list.sort_by(|a, b| a.as_str().cmp(b.as_str()));
             list.dedup();
         }
+        let claims_read = ClaimsRead {
+            names: policy.claims.union(&sources.claims()),
+            max_depth: config.raw.limits.max_claims_depth,
+        };
         Snapshot {
+            claims_read,
             strip_trusted,
             strip_untrusted,
             geo,
@@ -389,30 +399,23 @@ impl Snapshot {
         Ok((Some(t), Some(false)))
     }
 
-    /// Verifies a token, then bounds what rules will walk: claims nested deeper than
-    /// `limits.max_claims_depth` are refused (their size is bounded by `max_token_bytes`).
+    /// Verifies a token within the limits on what rules will walk: claims larger than
+    /// `limits.max_claims_bytes` (judged before decoding) or nested deeper than
+    /// `limits.max_claims_depth` (read or not) are refused. Only the claims this snapshot's
+    /// expressions read are decoded.
     fn verify_within_limits(
         &self,
         raw: &str,
         issuers: &[Arc<Issuer>],
         now: i64,
     ) -> Result<VerifiedToken, Rejection> {
+        let parts = Compact::split(raw).ok_or(TokenError::Malformed)?;
         // The payload's decoded size follows from its base64 length: no need to decode, or to
         // spend a signature check, on claims that will be refused anyway.
-        let payload = raw.split('.').nth(1).map_or(0, str::len);
-        if payload * 3 / 4 > self.config.raw.limits.max_claims_bytes {
+        if parts.payload.len() * 3 / 4 > self.config.raw.limits.max_claims_bytes {
             return Err(TokenError::ClaimsTooLarge.into());
         }
-        let t = verify::verify(raw, issuers, now)?;
-        let max = self.config.raw.limits.max_claims_depth;
-        if t.claims.values().any(|v| json_depth(v, max) > max) {
-            return Err(Rejection {
-                error: TokenError::ClaimsTooDeep,
-                issuer: Some(t.issuer.clone()),
-                retry_after: None,
-            });
-        }
-        Ok(t)
+        verify::verify_parts(parts, issuers, now, &self.claims_read)
     }
 
     /// The `[unmatched]` action for a request no route serves: a decision, or the need for
@@ -446,22 +449,6 @@ impl Snapshot {
             ),
             Err(e) => token_step(None, e),
         }
-    }
-}
-
-/// Nesting depth of a JSON value (a scalar is 1), counting no further than `stop + 1`.
-fn json_depth(v: &serde_json::Value, stop: usize) -> usize {
-    if stop == 0 {
-        return 1;
-    }
-    1 + match v {
-        serde_json::Value::Array(a) => a.iter().map(|x| json_depth(x, stop - 1)).max().unwrap_or(0),
-        serde_json::Value::Object(o) => o
-            .values()
-            .map(|x| json_depth(x, stop - 1))
-            .max()
-            .unwrap_or(0),
-        _ => 0,
     }
 }
 
@@ -919,6 +906,92 @@ path = "/broken"
             (first.token_cache, second.token_cache),
             (Some(false), Some(true))
         );
+    }
+
+    /// Rules that name their claims (no expression reads `claims` whole), so a new token's
+    /// other claims are not decoded.
+    const NAMED_CLAIMS: &str = r#"
+[[route]]
+name = "orders"
+path = "/orgs/{id}/orders"
+methods = ["GET", "POST"]
+  [[route.rule]]
+  name = "not-suspended"
+  deny_if = "has(claims.suspended) && claims.suspended != false"
+  [[route.rule]]
+  name = "own-org"
+  allow_if = "claims['org'].id == request.params.id || claims.roles.exists(r, r == 'admin')"
+  [[route.rule]]
+  name = "writer"
+  mode = "audit"
+  deny_if = "request.method == 'POST' && !('write' in claims.scopes)"
+  [route.forward]
+  x-tier = "claims.tier"
+"#;
+
+    fn claim_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(json!(null)),
+            any::<bool>().prop_map(|b| json!(b)),
+            (-3i64..3).prop_map(|n| json!(n)),
+            prop::sample::select(vec!["o1", "o2", "admin", "write", "gold", ""])
+                .prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map(
+                    prop::sample::select(vec!["id", "admin", "x"]).prop_map(String::from),
+                    inner,
+                    0..3,
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    #[test]
+    fn decoding_only_the_claims_rules_name_never_changes_a_decision() {
+        use crate::auth::claim_names::ClaimNames;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let ws = Workspace::new(&[("api.toml", NAMED_CLAIMS)]);
+        let projected = ws.snapshot();
+        let named = ["org", "roles", "scopes", "suspended", "tier"];
+        assert_eq!(projected.claims_read.names, ClaimNames::only(named));
+        let mut whole = ws.snapshot();
+        whole.claims_read.names = ClaimNames::All;
+        let names = prop::sample::select(vec![
+            "org",
+            "roles",
+            "scopes",
+            "suspended",
+            "tier",
+            "sub",
+            "scope",
+            "realm_access",
+            "x",
+        ]);
+        let claims = prop::collection::btree_map(names.prop_map(String::from), claim_value(), 0..8);
+        let request = (
+            prop::sample::select(vec!["GET", "POST"]),
+            prop::sample::select(vec!["o1", "o2"]),
+        );
+        let mut runner = TestRunner::new(Config {
+            cases: 512,
+            ..Config::default()
+        });
+        runner
+            .run(&(claims, request), |(claims, (method, org))| {
+                let t = token(serde_json::Value::Object(claims.into_iter().collect()));
+                let path = format!("/orgs/{org}/orders");
+                let a = decide_with(&projected, method, &path, Some(&t), "");
+                let b = decide_with(&whole, method, &path, Some(&t), "");
+                prop_assert_eq!(format!("{a:?}"), format!("{b:?}"));
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Tokens: where they come from, which keys verify them, and what makes them valid.
 
 pub mod cache;
+pub mod claim_names;
+pub mod claims;
 pub mod error;
 pub mod extract;
 pub mod issuer;

@@ -1,8 +1,9 @@
 //! Token verification: signature with a pinned key, then `iss`, `aud`, `exp`, `nbf` against an
 //! injected clock (so tests and the CLI can fix the time).
 
+use super::claims::{self, ClaimsRead, Decoded};
 use super::issuer::KeyMiss;
-use super::segment::with_decoded;
+use super::segment::{with_decoded, Compact};
 use super::{Issuer, TokenError};
 use crate::policy::cel::json_object_to_val;
 use cel::common::value::Val;
@@ -180,14 +181,27 @@ impl From<TokenError> for Rejection {
     }
 }
 
-/// Verifies `token` against the issuers a route accepts, at time `now` (seconds since the epoch).
+/// Verifies `token` against the issuers a route accepts, at time `now` (seconds since the epoch),
+/// keeping all its claims.
 pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<VerifiedToken, Rejection> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(payload), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::Malformed.into());
-    };
+    let parts = Compact::split(token).ok_or(TokenError::Malformed)?;
+    verify_parts(parts, accepted, now, &ClaimsRead::everything())
+}
+
+/// [`verify`] on a token already cut into its parts, decoding the claims `read` names (and
+/// refusing one nested deeper than it allows).
+pub fn verify_parts(
+    parts: Compact<'_>,
+    accepted: &[Arc<Issuer>],
+    now: i64,
+    read: &ClaimsRead,
+) -> Result<VerifiedToken, Rejection> {
+    let Compact {
+        header: h,
+        payload,
+        signature,
+        signing_input,
+    } = parts;
     if h.len() > MAX_HEADER_BYTES {
         return Err(TokenError::Malformed.into());
     }
@@ -198,10 +212,10 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
     // With several accepted issuers the claims are read first, to pick the issuer whose keys
     // check the signature; they are read once, and kept.
     let early_claims = match accepted {
-        [_, _, ..] => Some(parse_claims(payload)?),
+        [_, _, ..] => Some(parse_claims(payload, read)?),
         _ => None,
     };
-    let issuer = pick_issuer(early_claims.as_ref(), accepted)?;
+    let issuer = pick_issuer(early_claims.as_ref().map(|d| &d.claims), accepted)?;
     let reject = |error| Rejection {
         error,
         issuer: Some(issuer.name.clone()),
@@ -218,8 +232,6 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
     {
         return Err(reject(TokenError::WrongType));
     }
-    // The JWS signing input: the first two segments as they arrived, dot included.
-    let signing_input = &token.as_bytes()[..h.len() + 1 + payload.len()];
     let valid = with_decoded::<SIGNATURE_BUF, _>(signature, |signature| {
         issuer.with_key(header.kid.as_deref(), alg, |key| {
             key.key.verify(signing_input, signature)
@@ -236,22 +248,23 @@ pub fn verify(token: &str, accepted: &[Arc<Issuer>], now: i64) -> Result<Verifie
     if !valid {
         return Err(reject(TokenError::BadSignature));
     }
-    let claims = match early_claims {
+    let Decoded { claims, too_deep } = match early_claims {
         Some(claims) => claims,
-        None => parse_claims(payload).map_err(reject)?,
+        None => parse_claims(payload, read).map_err(reject)?,
     };
-    check_claims(&claims, issuer, now)
-        .map_err(reject)
-        .map(|expires_at| {
-            VerifiedToken::new(
-                issuer.name.clone(),
-                alg,
-                header.kid,
-                header.typ,
-                claims,
-                expires_at,
-            )
-        })
+    let expires_at = check_claims(&claims, issuer, now).map_err(reject)?;
+    // After the signature and the registered claims, as when depth was judged on the result.
+    if too_deep {
+        return Err(reject(TokenError::ClaimsTooDeep));
+    }
+    Ok(VerifiedToken::new(
+        issuer.name.clone(),
+        alg,
+        header.kid,
+        header.typ,
+        claims,
+        expires_at,
+    ))
 }
 
 /// The JOSE header (decoded): `alg`, `kid`, `typ`, and no critical extension.
@@ -299,10 +312,14 @@ fn pick_issuer<'a>(
     }
 }
 
-/// The claims set of a payload segment: a JSON object (RFC 7519 §7.2).
-fn parse_claims(payload: &str) -> Result<Map<String, Value>, TokenError> {
-    with_decoded::<CLAIMS_BUF, _>(payload, |json| from_json(json))
-        .map_err(|_| TokenError::Malformed)?
+/// The claims set of a payload segment: a JSON object (RFC 7519 §7.2), with the claims `read`
+/// names.
+fn parse_claims(payload: &str, read: &ClaimsRead) -> Result<Decoded, TokenError> {
+    with_decoded::<CLAIMS_BUF, _>(payload, |json| {
+        let text = std::str::from_utf8(json).map_err(|_| TokenError::Malformed)?;
+        claims::decode(text, read).map_err(|_| TokenError::Malformed)
+    })
+    .map_err(|_| TokenError::Malformed)?
 }
 
 /// A JSON text of a token segment. JSON text is UTF-8 (RFC 8259 §8.1): checked once for the

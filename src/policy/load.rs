@@ -12,6 +12,7 @@ use super::{
     Attr, AttrKind, Condition, Expr, Forward, Limit, Message, Mode, Route, Rule, UpstreamCase,
     MAX_BODY_LIMIT,
 };
+use crate::auth::claim_names::{ClaimNames, ClaimReads};
 use crate::config::AuthMode;
 use crate::location::{offset_in_string_value, SourceError};
 use http::HeaderName;
@@ -88,6 +89,8 @@ pub struct PolicySet {
     pub warnings: Vec<SourceError>,
     /// How many expressions read only the token (their results are kept per token).
     pub memo_slots: usize,
+    /// The claims some expression reads: the rest of a new token's claims are not decoded.
+    pub claims: ClaimNames,
 }
 
 impl PolicySet {
@@ -137,6 +140,7 @@ impl PolicySet {
             warnings: Vec::new(),
             memo_slots: 0,
             path_locations: Vec::new(),
+            claim_reads: ClaimReads::default(),
         };
         for (path, src) in sources {
             loader.file(path, src);
@@ -153,6 +157,7 @@ impl PolicySet {
             files: sources.iter().map(|(p, _)| p.clone()).collect(),
             warnings: loader.warnings,
             memo_slots: loader.memo_slots as usize,
+            claims: loader.claim_reads.names(),
         })
     }
 }
@@ -171,6 +176,8 @@ struct Loader<'c> {
     memo_slots: u32,
     /// Where each route's `path` is written, by route index (message left empty).
     path_locations: Vec<SourceError>,
+    /// What every expression that loaded reads of `claims`.
+    claim_reads: ClaimReads,
 }
 
 /// What the expressions of one route read, gathered while they compile.
@@ -389,7 +396,8 @@ impl Loader<'_> {
                 ),
             ));
         }
-        for (v, id) in &refs.whole {
+        // `claims` may be read whole (it is not declared member by member).
+        for (v, id) in refs.whole.iter().filter(|(v, _)| v.named_members()) {
             let (off, inner) = at(*id);
             self.errors.push(fx.err(
                 off,
@@ -404,6 +412,7 @@ impl Loader<'_> {
         if self.errors.len() > before {
             return None;
         }
+        self.claim_reads.add(&refs);
         let r = &mut self.reads;
         r.body |= refs.reads(Variable::Body);
         r.claims |= refs.reads(Variable::Claims) || refs.reads(Variable::Token);

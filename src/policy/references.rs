@@ -16,12 +16,19 @@ pub struct References {
     /// Free names that are no variable (an error in a condition), each with the node of its
     /// first use.
     pub unknown: BTreeMap<String, u64>,
-    /// Members read by name from variables with [`Variable::named_members`]: `attr.total`,
-    /// `has(ext.limits)`, `ext['limits']`, each with the node of its first read.
+    /// Members read by name from variables with [`Variable::named_members`] and from `claims`:
+    /// `attr.total`, `has(ext.limits)`, `ext['limits']`, `claims.tier`, each with the node of
+    /// its first read.
     pub members: BTreeMap<(Variable, String), u64>,
-    /// Variables with named members that are also read whole (`ext`, `ext[k]`): what is read
-    /// cannot be checked. With the node of the first such read.
+    /// Those variables also read whole (`ext`, `ext[k]`, `'x' in claims`): what is read cannot
+    /// be known by name. With the node of the first such read.
     pub whole: BTreeMap<Variable, u64>,
+}
+
+/// Variables whose members are recorded by name: those declared member by member, and
+/// `claims`, so that a new token's unread claims need not be decoded.
+fn by_member(v: Variable) -> bool {
+    v.named_members() || v == Variable::Claims
 }
 
 impl References {
@@ -80,7 +87,7 @@ impl References {
             return false;
         };
         match self.free(var, operand.id, bound) {
-            Some(v) if v.named_members() => {
+            Some(v) if by_member(v) => {
                 self.members.entry((v, name.to_string())).or_insert(id);
                 true
             }
@@ -93,7 +100,7 @@ impl References {
         match &e.expr {
             Expr::Ident(name) => {
                 if let Some(v) = self.free(name, e.id, bound) {
-                    if v.named_members() {
+                    if by_member(v) {
                         self.whole.entry(v).or_insert(e.id);
                     }
                 }
@@ -207,12 +214,19 @@ mod tests {
         );
         assert!(r.whole.is_empty());
         // Inside a string literal, `ext.` and `attr.` are text.
+        let only_claim = |r: &References, name: &str| {
+            r.members
+                .keys()
+                .map(|(v, n)| (*v, n.as_str()))
+                .collect::<Vec<_>>()
+                == [(Variable::Claims, name)]
+        };
         let r = refs("claims.note == 'see ext.docs and attr.x'");
-        assert!(r.members.is_empty());
+        assert!(only_claim(&r, "note"), "{r:?}");
         assert_eq!(vars("claims.note == 'see ext.docs'"), ["claims"]);
         // A loop variable named like a member is not one.
         let r = refs("claims.xs.exists(ext, ext.a == 1)");
-        assert!(r.members.is_empty() && !r.reads(Variable::Ext));
+        assert!(only_claim(&r, "xs") && !r.reads(Variable::Ext), "{r:?}");
     }
 
     #[test]
@@ -222,6 +236,8 @@ mod tests {
             .whole
             .contains_key(&Variable::Attr));
         assert!(refs("claims.a.b == 1").whole.is_empty());
+        // `claims` has no declared members, but what it is read for decides what is decoded.
+        assert!(refs("'a' in claims").whole.contains_key(&Variable::Claims));
     }
 
     #[test]

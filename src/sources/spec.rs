@@ -4,6 +4,7 @@
 
 use super::settings::{FailMode, SourceConfig};
 use super::template::{self, Escape, Template};
+use crate::auth::claim_names::{ClaimNames, ClaimReads};
 use crate::config::Config;
 use crate::location::{line_col, offset_in_string_value, SourceError};
 use crate::policy::activation::Activation;
@@ -43,6 +44,8 @@ pub struct SourceSpec {
 #[derive(Debug, Default)]
 pub struct SourceSet {
     specs: Vec<Arc<SourceSpec>>,
+    /// What the request templates read of `claims`.
+    claim_reads: ClaimReads,
 }
 
 impl SourceSet {
@@ -52,11 +55,13 @@ impl SourceSet {
         let cel = &CelRuntime::new();
         let mut errors = Vec::new();
         let mut specs = Vec::new();
+        let mut claim_reads = ClaimReads::default();
         for (name, raw) in &config.raw.sources {
             let mut c = Compiler {
                 config,
                 cel,
                 errors: &mut errors,
+                claim_reads: &mut claim_reads,
                 reads_body: false,
                 what: format!("source `{name}`"),
             };
@@ -65,7 +70,7 @@ impl SourceSet {
             }
         }
         if errors.is_empty() {
-            Ok(SourceSet { specs })
+            Ok(SourceSet { specs, claim_reads })
         } else {
             Err(errors)
         }
@@ -78,12 +83,18 @@ impl SourceSet {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<SourceSpec>> {
         self.specs.iter()
     }
+
+    /// The claims the request templates read.
+    pub fn claims(&self) -> ClaimNames {
+        self.claim_reads.names()
+    }
 }
 
 struct Compiler<'a> {
     config: &'a Config,
     cel: &'a CelRuntime,
     errors: &'a mut Vec<SourceError>,
+    claim_reads: &'a mut ClaimReads,
     reads_body: bool,
     what: String,
 }
@@ -233,6 +244,7 @@ impl Compiler<'_> {
                     if refs.reads(Variable::Body) {
                         self.reads_body = true;
                     }
+                    self.claim_reads.add(&refs);
                     programs.push(p);
                 }
                 Err(errs) => {
