@@ -750,6 +750,10 @@ impl Config {
         if raw.limits.max_token_bytes < 16 {
             check.whole("`limits.max_token_bytes` must be at least 16");
         }
+        // Every token has claims, and a claim is at least one level deep: 0 refuses them all.
+        if raw.limits.max_claims_depth == 0 {
+            check.whole("`limits.max_claims_depth` must be at least 1");
+        }
         check.upstreams(&raw);
         check.sources(&raw);
         check.settings(&raw);
@@ -1013,6 +1017,19 @@ dir = "rules"
         let e = &err.0[0];
         assert_eq!(e.line, 10, "{e}");
         assert!(e.message.contains("max_tokn_bytes"), "{e}");
+    }
+
+    #[test]
+    fn limits_that_would_refuse_every_token_do_not_load() {
+        for (key, value) in [("max_claims_depth", 0), ("max_token_bytes", 15)] {
+            let src = format!("{MINIMAL}\n[limits]\n{key} = {value}\n");
+            let err = Config::from_str(Path::new("g.toml"), src).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("`limits.{key}` must be at least")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
