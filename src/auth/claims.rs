@@ -251,6 +251,13 @@ mod tests {
             r#"{"a":}"#,
             r#"{"a":[1,}"#,
             "",
+            // The claim `a` is skipped when no rule reads it, yet still parsed to the letter: a
+            // bad escape, number or literal refuses the token as when it was decoded.
+            r#"{"a":"\q"}"#,
+            r#"{"a":"\ud800x"}"#,
+            r#"{"a":01}"#,
+            r#"{"a":[{"b":tru}]}"#,
+            r#"{"a":1,}"#,
         ] {
             assert!(decode(bad, &read(&[], 8)).is_err(), "{bad}");
             assert!(decode(bad, &ClaimsRead::everything()).is_err(), "{bad}");
