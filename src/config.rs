@@ -515,6 +515,12 @@ pub struct UpstreamConfig {
     pub read_timeout_ms: u64,
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Send request header names as the client spelled them. Off, names reach the upstream in
+    /// lowercase (as HTTP/2 and HAProxy send them; `Host`, `Content-Length` and a few others
+    /// keep their usual spelling), which saves a second header map per request. For servers
+    /// that read header names case-sensitively, which HTTP does not allow.
+    #[serde(default)]
+    pub preserve_header_case: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

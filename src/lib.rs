@@ -43,6 +43,7 @@ pub mod reload;
 pub mod server;
 pub mod tls_listener;
 pub mod upstream;
+pub mod upstream_head;
 pub mod upstream_tls;
 
 // The tools: what the CLI runs besides serving.

@@ -12,6 +12,7 @@ use crate::policy::{Decision, Outcome};
 use crate::sources::SourceFetcher;
 use crate::telemetry::{log_decision, LogFacts, Metrics, RouteMetrics};
 use crate::upstream::UpstreamProtocol;
+use crate::upstream_head::Edits;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -82,45 +83,10 @@ pub struct RequestCtx {
     limit_headers: Option<[(http::HeaderName, String); 2]>,
 }
 
+/// Spelled as a static string: Pingora keeps an inserted name's spelling, and a `&'static str`
+/// is kept without the copy a `HeaderName` argument costs.
 const REQUEST_ID: &str = "x-request-id";
-// Names as static strings: Pingora keeps each inserted name's spelling, and a `&'static str`
-// is kept without the copy a `HeaderName` argument costs.
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-// The same names for lookups: a `&str` key is parsed into a name on every lookup, a
-// `HeaderName` is only hashed.
-const X_FORWARDED_FOR_NAME: http::HeaderName = http::HeaderName::from_static(X_FORWARDED_FOR);
-const X_FORWARDED_PROTO_NAME: http::HeaderName = http::HeaderName::from_static(X_FORWARDED_PROTO);
-const REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID);
 
-/// Whether a request header named `name` (lowercase, as parsed) must not reach the upstream:
-/// it is in `strip` (sorted by name, see [`Snapshot::strip_for`]), or it is such a name
-/// spelled with underscores, which some servers read as the dashed one (CGI naming).
-fn is_stripped(name: &str, strip: &[http::HeaderName]) -> bool {
-    let listed = |n: &str| strip.binary_search_by(|s| s.as_str().cmp(n)).is_ok();
-    listed(name) || (name.contains('_') && listed(&name.replace('_', "-")))
-}
-
-/// `X-Forwarded-For` for a client at `ip`. A client sends its requests one after another on a
-/// kept-alive connection, so the last address's value is kept per thread: formatting an
-/// address and building a header value from it was a visible share of a cached request.
-fn forwarded_for(ip: IpAddr) -> Option<http::HeaderValue> {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(IpAddr, http::HeaderValue)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        match &*last {
-            Some((at, value)) if *at == ip => Some(value.clone()),
-            _ => {
-                let value = http::HeaderValue::try_from(ip.to_string()).ok()?;
-                *last = Some((ip, value.clone()));
-                Some(value)
-            }
-        }
-    })
-}
 /// Concurrent streams per HTTP/2 connection to an upstream (Pingora's default is one, which
 /// turns h2 multiplexing into one connection per request).
 const UPSTREAM_H2_STREAMS: usize = 100;
@@ -136,7 +102,11 @@ fn request_id(req: &RequestHeader) -> RequestId {
             && b.iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
     };
-    if let Some(v) = req.headers.get(REQUEST_ID_NAME).filter(sane) {
+    if let Some(v) = req
+        .headers
+        .get(crate::upstream_head::REQUEST_ID)
+        .filter(sane)
+    {
         return RequestId(v.clone());
     }
     let mut hex = [0u8; uuid::fmt::Simple::LENGTH];
@@ -664,79 +634,35 @@ impl ProxyHttp for ClaimgateProxy {
         else {
             return Error::e_explain(ErrorType::InternalError, "no decision for this request");
         };
-        // Every header any route sets from claims, on every route: an upstream that trusts
-        // `x-user-id` on one path trusts it on all of them. Removed before the computed ones
-        // are added, so a client never supplies one, even when the gateway's value is absent.
-        let strip = snapshot.strip_for(ctx.client_ip);
-        // One pass over the names the request carries (a handful), each looked up in the
-        // sorted list; a lookup per listed name would hash every one of them on every request,
-        // and removing from Pingora's case-preserving map costs far more than finding nothing.
-        // Usually none is present: no list is allocated for nothing.
-        let mut doomed: Option<Vec<http::HeaderName>> = None;
-        for n in upstream_request.headers.keys() {
-            if is_stripped(n.as_str(), strip) {
-                doomed.get_or_insert_with(Vec::new).push(n.clone());
-            }
-        }
-        for h in doomed.iter().flatten() {
-            upstream_request.remove_header(h);
-        }
-        for (name, value) in &allow.forward {
-            upstream_request.insert_header(name.clone(), value.clone())?;
-        }
-        // The upstream is sent what was decided: the origin-form target of the normalised
-        // path, the host the target named, one Content-Length.
-        if admitted.rewrite_target {
+        let Some(pool) = snapshot.upstreams.get(&allow.upstream) else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, "unknown upstream");
+        };
+        let target = if admitted.rewrite_target {
             match http::Uri::builder()
                 .path_and_query(admitted.upstream_target())
                 .build()
             {
-                Ok(uri) => upstream_request.set_uri(uri),
+                Ok(uri) => Some(uri),
                 Err(_) => {
                     return Error::e_explain(ErrorType::InvalidHTTPHeader, "decided target");
                 }
             }
-        }
-        if let Some(host) = &admitted.set_host {
-            upstream_request.insert_header(http::header::HOST, host.as_str())?;
-        }
-        if let (true, Some(n)) = (admitted.collapse_content_length, admitted.content_length) {
-            upstream_request.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
-        }
-        upstream_request.insert_header(REQUEST_ID, ctx.request_id.0.clone())?;
-        if let Some(ip) = ctx.client_ip {
-            // A trusted proxy's chain is extended; an untrusted client's own entries are
-            // dropped, so an upstream reading the left-most address never sees a forged one.
-            let trusted = snapshot.geo.is_trusted(ip);
-            let prev = trusted
-                .then(|| upstream_request.headers.get(X_FORWARDED_FOR_NAME))
-                .flatten();
-            let value = match prev {
-                Some(prev) => http::HeaderValue::try_from(format!(
-                    "{}, {ip}",
-                    String::from_utf8_lossy(prev.as_bytes())
-                ))
-                .ok(),
-                None => forwarded_for(ip),
-            };
-            // Never forwarded without this hop: a chain that cannot be extended fails the
-            // request (as the insert did before), rather than reach the upstream unchanged.
-            let Some(value) = value else {
-                return Error::e_explain(ErrorType::InvalidHTTPHeader, "X-Forwarded-For");
-            };
-            upstream_request.insert_header(X_FORWARDED_FOR, value)?;
-        }
-        // The scheme the client used, for upstreams that build absolute URLs: a trusted
-        // proxy's value stays (an untrusted client's was removed above).
-        if !upstream_request
-            .headers
-            .contains_key(X_FORWARDED_PROTO_NAME)
-        {
-            let scheme = if ctx.over_tls { "https" } else { "http" };
-            upstream_request
-                .insert_header(X_FORWARDED_PROTO, http::HeaderValue::from_static(scheme))?;
-        }
-        Ok(())
+        } else {
+            None
+        };
+        let edits = Edits {
+            strip: snapshot.strip_for(ctx.client_ip),
+            forward: &allow.forward,
+            target,
+            host: admitted.set_host.as_deref(),
+            content_length: admitted
+                .content_length
+                .filter(|_| admitted.collapse_content_length),
+            request_id: ctx.request_id.0.clone(),
+            client: ctx.client_ip.map(|ip| (ip, snapshot.geo.is_trusted(ip))),
+            scheme: if ctx.over_tls { "https" } else { "http" },
+        };
+        crate::upstream_head::apply(upstream_request, &edits, pool.preserve_header_case)
     }
 
     async fn upstream_response_filter(
@@ -909,36 +835,6 @@ mod tests {
         let s = ws.snapshot();
         (ws, s)
     });
-
-    proptest! {
-        /// The one-pass strip check answers as the per-name lookups it replaced: a name goes
-        /// when it is listed, or when its underscores read as dashes make a listed name.
-        #[test]
-        fn a_header_is_stripped_exactly_when_listed(
-            name in "[a-z_-]{1,12}",
-            listed in proptest::collection::vec("[a-z-]{1,12}", 0..8),
-        ) {
-            let mut strip: Vec<http::HeaderName> = listed
-                .iter()
-                .filter_map(|n| http::HeaderName::try_from(n.as_str()).ok())
-                .collect();
-            strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            strip.dedup();
-            let dashed = name.replace('_', "-");
-            let expected = strip.iter().any(|s| s.as_str() == name || s.as_str() == dashed);
-            prop_assert_eq!(super::is_stripped(&name, &strip), expected);
-        }
-    }
-
-    #[test]
-    fn forwarded_for_follows_the_client_address() {
-        let a: std::net::IpAddr = "192.0.2.7".parse().unwrap();
-        let b: std::net::IpAddr = "2001:db8::1".parse().unwrap();
-        for ip in [a, a, b, a, b, b] {
-            let v = super::forwarded_for(ip).unwrap();
-            assert_eq!(v.to_str().unwrap(), ip.to_string());
-        }
-    }
 
     fn authority() -> impl Strategy<Value = String> {
         let piece = prop_oneof![

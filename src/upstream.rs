@@ -23,6 +23,8 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Forward request header names as the client spelled them (slower; see `upstream_head`).
+    pub preserve_header_case: bool,
     next: AtomicUsize,
 }
 
@@ -66,6 +68,7 @@ impl Upstreams {
                     connect_timeout: Duration::from_millis(up.connect_timeout_ms),
                     read_timeout: Duration::from_millis(up.read_timeout_ms),
                     idle_timeout: Duration::from_millis(up.idle_timeout_ms),
+                    preserve_header_case: up.preserve_header_case,
                     next: AtomicUsize::new(0),
                 },
             );

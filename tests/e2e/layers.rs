@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-/// The shell: the Pingora side (server assembly, proxy hooks, stream wrapper, admin listener,
+/// The shell: the Pingora side (server assembly, proxy hooks, the upstream head, stream wrapper, admin listener,
 /// echo upstream, reload and key-refresh services).
 const SHELL: &[&str] = &[
     "src/admin.rs",
@@ -17,6 +17,7 @@ const SHELL: &[&str] = &[
     "src/reload.rs",
     "src/server.rs",
     "src/tls_listener.rs",
+    "src/upstream_head.rs",
     "src/upstream_tls.rs",
 ];
 

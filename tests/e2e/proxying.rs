@@ -186,3 +186,140 @@ async fn upstream_down_is_a_json_502() {
     let resp = client().get(gw.url("/public")).send().await.unwrap();
     assert_eq!(resp.status(), 502);
 }
+
+/// An upstream that keeps each request head as it came off the wire (hyper's map would forget
+/// how names were spelled) and answers `ok`.
+fn raw_upstream() -> (Served, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let heads: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let record = heads.clone();
+    let served = Served::start(move |listener| async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        record
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&head).into_owned());
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (served, heads)
+}
+
+/// Header names reach the upstream in lowercase (as over HTTP/2), but for the few Pingora
+/// spells itself; an upstream with `preserve_header_case` reads the client's spelling. Either
+/// way the values, the decided headers and the stripping are the same.
+#[tokio::test]
+async fn header_names_are_lowercase_unless_the_upstream_keeps_their_case() {
+    let (raw, heads) = raw_upstream();
+    let config = format!(
+        "{}\n[upstreams.cased]\naddresses = [\"{}\"]\npreserve_header_case = true\n",
+        standard_config(raw.addr),
+        raw.addr
+    );
+    let rules = r#"
+[[route]]
+name = "lower"
+path = "/lower"
+issuers = ["ec"]
+upstream = "main"
+  [route.forward]
+  "X-User-Id" = "claims.sub"
+
+[[route]]
+name = "cased"
+path = "/cased"
+issuers = ["ec"]
+upstream = "cased"
+  [route.forward]
+  "X-User-Id" = "claims.sub"
+"#;
+    let gw = Gateway::start(&config, &[("r.toml", rules)]);
+    let t = es256(json!({"sub": "alice"}));
+    // A client that spells names as `X-Custom-Thing` (reqwest's default is lowercase).
+    let titled = reqwest::Client::builder()
+        .http1_title_case_headers()
+        .build()
+        .unwrap();
+    for path in ["/lower", "/cased"] {
+        let resp = titled
+            .get(gw.url(path))
+            .bearer_auth(&t)
+            .header("X-Custom-Thing", "v1")
+            .header("x-user-id", "mallory")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.text().await.unwrap(), "ok");
+    }
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    let names = |head: &str| -> Vec<String> {
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_string()))
+            .collect()
+    };
+    let (lower, cased) = (names(&heads[0]), names(&heads[1]));
+    assert!(
+        heads[0].starts_with("GET /lower HTTP/1.1\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[1].starts_with("GET /cased HTTP/1.1\r\n"),
+        "{}",
+        heads[1]
+    );
+    for n in [
+        "x-custom-thing",
+        "x-user-id",
+        "x-request-id",
+        "x-forwarded-for",
+        "authorization",
+    ] {
+        assert_eq!(
+            lower.iter().filter(|m| m.as_str() == n).count(),
+            1,
+            "{n}: {lower:?}"
+        );
+        assert_eq!(
+            cased.iter().filter(|m| m.eq_ignore_ascii_case(n)).count(),
+            1,
+            "{n}: {cased:?}"
+        );
+    }
+    assert!(lower.contains(&"Host".to_string()), "{lower:?}");
+    assert!(
+        heads[0].contains("\r\nx-user-id: alice\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(!heads[0].contains("mallory") && !heads[1].contains("mallory"));
+    // The client's spelling is what the cased upstream reads.
+    assert!(cased.contains(&"X-Custom-Thing".to_string()), "{cased:?}");
+    assert!(cased.contains(&"Authorization".to_string()), "{cased:?}");
+}
