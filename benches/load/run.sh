@@ -71,7 +71,12 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-cargo build --release --locked --bin claimgate --example passthrough --example passthrough_mimalloc
+# The gateway is built by itself, as users build it (README, Dockerfile): built in one command
+# with the examples, the dev-dependencies' features join the graph and fat LTO links a different
+# binary (4.5 MB more text; callgrind: 114 000 instead of 106 400 instructions per cached
+# request). The examples never link without their dev-dependencies, so they get a second command.
+cargo build --release --locked --bin claimgate
+cargo build --release --locked --example passthrough --example passthrough_mimalloc
 CG=$ROOT/target/release/claimgate
 PT=$ROOT/target/release/examples/passthrough
 PTMI=$ROOT/target/release/examples/passthrough_mimalloc

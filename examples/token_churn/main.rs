@@ -1,7 +1,8 @@
 //! Load with many distinct tokens: a steady stream of users, each sending a few requests with
 //! its own token over a minute, at a fixed request rate, against a running gateway. Reports
-//! per interval the latency (from when each request was due), the token cache's hit ratio
-//! (from the gateway's metrics) and the gateway's resident memory; then the steady state.
+//! per interval the latency (from when each request was due), the token cache's hit ratio,
+//! the gateway's mean decision time and its slow decisions and upstream answers (from its
+//! metrics) and its resident memory; then the steady state.
 //!
 //! `benches/load/many-tokens.sh` starts the gateway and an upstream and runs this twice: with
 //! one token repeated (the baseline) and with the token population.
@@ -9,12 +10,14 @@
 // A command-line report: its output is the point.
 #![allow(clippy::print_stdout)]
 
+mod gateway_metrics;
 mod schedule;
 mod stats;
 mod tokens;
 
 use bytes::Bytes;
 use clap::Parser;
+use gateway_metrics::{scrape, Counters, SLOW_DECISION, SLOW_UPSTREAM};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use schedule::Pattern;
@@ -32,7 +35,7 @@ struct Args {
     /// Request path.
     #[arg(long)]
     path: String,
-    /// The gateway's admin address (its /metrics is read for the cache's hit ratio).
+    /// The gateway's admin address (its /metrics is read each interval).
     #[arg(long)]
     admin: String,
     /// The gateway's process id (its resident memory is read from /proc).
@@ -158,7 +161,7 @@ async fn run(args: Args) -> Result<(), String> {
         errors: RefCell::new(Vec::new()),
     });
     let (rss0, _) = rss_mib(args.pid).ok_or("the gateway's /proc status is unreadable")?;
-    let hits0 = cache_counts(&args.admin).await?;
+    let counts0 = scrape(&args.admin).await?;
     print_heading(&args, &pattern, total, rss0);
 
     let mut conns = Vec::new();
@@ -170,7 +173,7 @@ async fn run(args: Args) -> Result<(), String> {
             connection(s, gw, path).await
         }));
     }
-    let steady = report(&args, &shared, &conns, warmup, hits0, rss0).await?;
+    let steady = report(&args, &shared, &conns, warmup, counts0, rss0).await?;
     for c in conns {
         c.await.map_err(|e| e.to_string())??;
     }
@@ -208,9 +211,11 @@ fn print_heading(args: &Args, pattern: &Pattern, total: u64, rss0: f64) {
     );
     println!("gateway resident memory before: {rss0:.1} MiB\n");
     println!(
-        "| s | req/s | p50 ms | p99 ms | p99.9 ms | cache hit ratio | live tokens | RSS MiB | gateway CPU % | steal % |"
+        "| s | req/s | p50 ms | p99 ms | p99.9 ms | cache hit ratio | live tokens | RSS MiB | gateway CPU % | steal % | decision µs (mean) | decisions > {} ms | upstream > {} ms | client CPU % |",
+        ms(SLOW_DECISION),
+        ms(SLOW_UPSTREAM)
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
 }
 
 /// The totals and the steady state, after the table.
@@ -224,7 +229,7 @@ fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration,
         .as_secs_f64();
     let Steady {
         latencies: mut steady,
-        cache,
+        counts,
         peak_rss,
         steal_max,
     } = steady;
@@ -244,7 +249,16 @@ fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration,
         steady.quantile_ms(0.5),
         steady.quantile_ms(0.99),
         steady.quantile_ms(0.999),
-        ratio(cache.0, cache.1)
+        ratio(counts.cache_hits, counts.cache_misses)
+    );
+    println!(
+        "the gateway's decisions at steady state: {} (mean {:.1} µs), {} slower than {} ms; upstream answers slower than {} ms: {}",
+        counts.decisions,
+        counts.mean_decision_us(),
+        counts.slow_decisions,
+        ms(SLOW_DECISION),
+        ms(SLOW_UPSTREAM),
+        counts.slow_upstream
     );
     println!(
         "gateway resident memory: before {rss0:.1} MiB, largest sampled {peak_rss:.1} MiB, now {rss:.1} MiB, peak (VmHWM) {hwm:.1} MiB"
@@ -264,8 +278,8 @@ fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration,
 /// What the steady state measured.
 struct Steady {
     latencies: Latencies,
-    /// Cache (hits, misses) in the steady state.
-    cache: (u64, u64),
+    /// The gateway's counters over the steady state.
+    counts: Counters,
     peak_rss: f64,
     /// The largest share of CPU time stolen by the hypervisor in one steady-state interval.
     steal_max: f64,
@@ -277,18 +291,22 @@ async fn report(
     shared: &Shared,
     conns: &[tokio::task::JoinHandle<Result<(), String>>],
     warmup: Duration,
-    hits0: (u64, u64),
+    counts0: Counters,
     rss0: f64,
 ) -> Result<Steady, String> {
     let total = shared.total;
     let mut steady = Latencies::default();
-    let mut last = (Instant::now(), 0u64, hits0);
+    let mut last = (Instant::now(), 0u64, counts0);
     // Intervals are counted from the first report's start; `warmup` is a whole number of them.
     let mut interval = 0u64;
     let mut peak_rss = rss0;
     let mut steady_counts = None;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let mut ticks = CpuTicks::read(args.pid).unwrap_or_default();
+    // This client's own CPU: it shares a core with the upstream, and a busy client is late with
+    // its requests (latency counts from when each was due, so its lateness shows as latency).
+    let me = std::process::id();
+    let mut my_ticks = CpuTicks::read(me).unwrap_or_default();
     let mut steal_max = 0f64;
     loop {
         tokio::time::sleep(Duration::from_secs(args.report)).await;
@@ -296,26 +314,33 @@ async fn report(
         let mut lat = std::mem::take(&mut *shared.interval.borrow_mut());
         let now = Instant::now();
         let sent = shared.next.get().min(total);
-        let counts = cache_counts(&args.admin).await?;
-        let (hit, miss) = (counts.0 - last.2 .0, counts.1 - last.2 .1);
+        let counts = scrape(&args.admin).await?;
+        let delta = counts.since(&last.2);
         let (rss, _) = rss_mib(args.pid).unwrap_or((0.0, 0.0));
         peak_rss = peak_rss.max(rss);
         let now_ticks = CpuTicks::read(args.pid).unwrap_or_default();
         let (busy, steal) = now_ticks.since(&ticks, cpus);
         ticks = now_ticks;
+        let now_mine = CpuTicks::read(me).unwrap_or_default();
+        let (client_busy, _) = now_mine.since(&my_ticks, cpus);
+        my_ticks = now_mine;
         let elapsed = now.duration_since(shared.started).as_secs_f64();
         println!(
-            "| {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} | {:.0} | {:.1} |",
+            "| {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0} |",
             elapsed,
             (sent - last.1) as f64 / now.duration_since(last.0).as_secs_f64(),
             lat.quantile_ms(0.5),
             lat.quantile_ms(0.99),
             lat.quantile_ms(0.999),
-            ratio(hit, miss),
+            ratio(delta.cache_hits, delta.cache_misses),
             shared.tokens.borrow().live(),
             rss,
             busy,
-            steal
+            steal,
+            delta.mean_decision_us(),
+            delta.slow_decisions,
+            delta.slow_upstream,
+            client_busy
         );
         // Only whole intervals after the warm-up count as the steady state.
         if interval * args.report >= warmup.as_secs() {
@@ -331,13 +356,17 @@ async fn report(
             break;
         }
     }
-    let (h0, m0) = steady_counts.unwrap_or(hits0);
     Ok(Steady {
         latencies: steady,
-        cache: (last.2 .0 - h0, last.2 .1 - m0),
+        counts: last.2.since(&steady_counts.unwrap_or(counts0)),
         peak_rss,
         steal_max,
     })
+}
+
+/// A bound in seconds (as the metrics spell it) in milliseconds.
+fn ms(seconds: &str) -> f64 {
+    seconds.parse::<f64>().map_or(0.0, |s| s * 1000.0)
 }
 
 fn ratio(hit: u64, miss: u64) -> String {
@@ -405,35 +434,4 @@ async fn connection(s: Rc<Shared>, gateway: String, path: String) -> Result<(), 
             }
         }
     }
-}
-
-/// The token cache's (hits, misses) so far, from the gateway's metrics.
-async fn cache_counts(admin: &str) -> Result<(u64, u64), String> {
-    let tcp = tokio::net::TcpStream::connect(admin)
-        .await
-        .map_err(|e| format!("admin: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::task::spawn_local(conn);
-    let req = http::Request::get("/metrics")
-        .header(http::header::HOST, admin)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    let read = |result: &str| {
-        let prefix = format!("claimgate_token_cache_total{{result=\"{result}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
-    };
-    Ok((read("hit"), read("miss")))
 }
