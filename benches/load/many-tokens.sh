@@ -9,9 +9,9 @@
 # rate for BASELINE seconds, then the population. Reports per 10 s: latency (from when each
 # request was due), the cache's hit ratio, the gateway's mean decision time and how many of its
 # decisions and upstream answers were slow (from its metrics: a tail the client sees that the
-# gateway's decisions do not was spent elsewhere), the gateway's resident memory and CPU, and
-# the CPU time the hypervisor stole from this VM; then the steady state and the peak resident
-# memory. Writes
+# gateway's decisions do not was spent elsewhere), the gateway's resident memory and CPU, the
+# load generator's own CPU, and the CPU time the hypervisor stole from this VM; then the steady
+# state and the peak resident memory. Writes
 # benches/load/results-many-tokens.md.
 #
 #   bash benches/load/many-tokens.sh
@@ -36,8 +36,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || {
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
 }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-# The gateway by itself, as users build it (see run.sh: one command with the example would link
-# it with the dev-dependencies' features, a different and slower binary).
+# The gateway by itself, as users build it (see run.sh: built in one command with the example
+# it came out a different and slower program).
 cargo build --release --locked --bin claimgate
 cargo build --release --locked --example token_churn
 W=$(mktemp -d)

@@ -2,7 +2,7 @@
 //! its own token over a minute, at a fixed request rate, against a running gateway. Reports
 //! per interval the latency (from when each request was due), the token cache's hit ratio,
 //! the gateway's mean decision time and its slow decisions and upstream answers (from its
-//! metrics) and its resident memory; then the steady state.
+//! metrics), its resident memory and CPU, and this client's own CPU; then the steady state.
 //!
 //! `benches/load/many-tokens.sh` starts the gateway and an upstream and runs this twice: with
 //! one token repeated (the baseline) and with the token population.
