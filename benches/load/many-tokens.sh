@@ -36,8 +36,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || {
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
 }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-# The gateway by itself, as users build it (see run.sh: built in one command with the example
-# it came out a different and slower program).
+# The gateway by itself, as users build it; the example (dev-dependencies) in a second command
+# (see run.sh).
 cargo build --release --locked --bin claimgate
 cargo build --release --locked --example token_churn
 W=$(mktemp -d)
