@@ -51,7 +51,7 @@ impl Served {
             .enable_all()
             .build()
             .expect("runtime");
-        let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+        let std_listener = bind_unclaimed();
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("addr");
         rt.spawn(async move {
@@ -152,22 +152,49 @@ impl Upstream {
     }
 }
 
+/// Every loopback port this test run has handed out, to a gateway or to a test server.
+static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// Records `port` as handed out; false if it was before.
+fn claim(port: u16) -> bool {
+    let mut given = GIVEN.lock().unwrap();
+    if given.contains(&port) {
+        return false;
+    }
+    given.push(port);
+    true
+}
+
 /// A port free now, never handed out before in this test run. The gateway binds its ports with
 /// SO_REUSEPORT, so two gateways given the same port would both start and share its traffic:
 /// ports released and picked again by the kernel must not reach two tests.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("bind")
             .local_addr()
             .expect("addr")
             .port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
+        if claim(port) {
             return port;
         }
+    }
+}
+
+/// A loopback listener for a test server, on a port never handed out before in this test run.
+/// A port `free_port` gave a gateway is free until the gateway's process binds it; a test
+/// server binding port 0 in that window could get it, and then the other test's requests and
+/// its start-up check reach this server instead (seen in CI: one test's request answered by
+/// another test's upstream). Ports already handed out are held while the kernel picks again.
+pub fn bind_unclaimed() -> TcpListener {
+    let mut held = Vec::new();
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+        let port = listener.local_addr().expect("addr").port();
+        if claim(port) {
+            return listener;
+        }
+        held.push(listener);
     }
 }
 
