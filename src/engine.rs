@@ -20,6 +20,7 @@ use crate::policy::{Decision, Denial, DenyReason, Outcome, PolicySet};
 use crate::sources::{FailMode, SourceRequest, SourceSet, SourceSpec, SourceValue};
 use crate::strict_json::StrictJsonError;
 use crate::upstream::Upstreams;
+use crate::upstream_head::StripList;
 use chrono::{DateTime, Utc};
 use http::HeaderName;
 use std::net::IpAddr;
@@ -48,8 +49,8 @@ pub struct Snapshot {
     unmatched_issuers: Vec<Arc<Issuer>>,
     unmatched_upstream: Option<Arc<str>>,
     /// See [`Snapshot::strip_for`].
-    strip_trusted: Vec<HeaderName>,
-    strip_untrusted: Vec<HeaderName>,
+    strip_trusted: StripList,
+    strip_untrusted: StripList,
     /// The TLS listener's certificates, loaded with everything else.
     pub tls: Option<Arc<crate::tls::Certificates>>,
 }
@@ -109,24 +110,21 @@ impl Snapshot {
                         .map(|k| Arc::from(k.as_str()))
                 }),
         };
-        let mut strip_trusted: Vec<HeaderName> = policy
+        let strip_trusted: Vec<HeaderName> = policy
             .routes
             .iter()
             .flat_map(|r| r.forward.iter().map(|f| f.header.clone()))
             .chain(strip_headers(&config).into_iter().flatten())
             .chain(REWRITING_HEADERS.iter().map(|h| HeaderName::from_static(h)))
             .collect();
-        let mut strip_untrusted: Vec<HeaderName> = strip_trusted
-            .iter()
-            .cloned()
-            .chain(EDGE_HEADERS.iter().map(|h| HeaderName::from_static(h)))
-            .chain(geo.country_header().cloned())
-            .collect();
-        // Sorted by name: the proxy looks each request header up by binary search.
-        for list in [&mut strip_trusted, &mut strip_untrusted] {
-            list.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            list.dedup();
-        }
+        let strip_untrusted = StripList::new(
+            strip_trusted
+                .iter()
+                .cloned()
+                .chain(EDGE_HEADERS.iter().map(|h| HeaderName::from_static(h)))
+                .chain(geo.country_header().cloned()),
+        );
+        let strip_trusted = StripList::new(strip_trusted);
         let claims_read = ClaimsRead {
             names: policy.claims.union(&sources.claims()),
             max_depth: config.raw.limits.max_claims_depth,
@@ -163,15 +161,15 @@ impl Snapshot {
         }
     }
 
-    /// Headers removed from every request forwarded for a client at `peer`, on every route,
+    /// Headers removed from every request forwarded for a client at `peer` (its address and
+    /// whether it is a trusted proxy, as [`GeoResolver::is_trusted`] says), on every route,
     /// open and unmatched included: each header any route sets from claims (an upstream trusts
     /// them everywhere), `network.strip_headers`, method-override and URL-rewriting headers,
     /// and, unless the peer is a trusted proxy, the edge headers (`Forwarded`,
-    /// `X-Forwarded-Host`, `-Proto`, `-Prefix`, `X-Real-IP`, the country header). Sorted by
-    /// name, without duplicates.
-    pub fn strip_for(&self, peer: Option<IpAddr>) -> &[HeaderName] {
+    /// `X-Forwarded-Host`, `-Proto`, `-Prefix`, `X-Real-IP`, the country header).
+    pub fn strip_for(&self, peer: Option<(IpAddr, bool)>) -> &StripList {
         match peer {
-            Some(ip) if self.geo.is_trusted(ip) => &self.strip_trusted,
+            Some((_, true)) => &self.strip_trusted,
             _ => &self.strip_untrusted,
         }
     }
@@ -375,22 +373,24 @@ impl Snapshot {
             return Ok((None, None));
         }
         let max = self.config.raw.limits.max_token_bytes;
-        let raw = match extract::bearer_token(req.headers, max)? {
+        let bytes = match extract::bearer_bytes(req.headers, max)? {
             Some(t) => t,
             None if mode == AuthMode::Optional => return Ok((None, None)),
             None => return Err(TokenError::Missing.into()),
         };
         let now = now.timestamp();
         let Some(cache) = &self.token_cache else {
-            let t = self.verify_within_limits(raw, issuers, now)?;
+            let t = self.verify_within_limits(extract::jws(bytes)?, issuers, now)?;
             bound_to_connection(&t, issuers, req)?;
             return Ok((Some(Arc::new(t)), None));
         };
-        if let Some(t) = cache.get(raw, issuers, now) {
+        // Looked up as sent: equal bytes are a token that passed `jws` when it was cached.
+        if let Some(t) = cache.get(bytes, issuers, now) {
             // Per request, never cached: the same token may come on another connection.
             bound_to_connection(&t, issuers, req)?;
             return Ok((Some(t), Some(true)));
         }
+        let raw = extract::jws(bytes)?;
         let t = Arc::new(self.verify_within_limits(raw, issuers, now)?);
         if let Some(issuer) = issuers.iter().find(|i| i.name == t.issuer) {
             cache.insert(raw, t.clone(), issuer);

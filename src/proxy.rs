@@ -81,6 +81,9 @@ pub struct RequestCtx {
     over_tls: bool,
     /// The `RateLimit-Policy` and `RateLimit` fields of the limits the request was charged.
     limit_headers: Option<[(http::HeaderName, String); 2]>,
+    /// The chosen upstream's `preserve_header_case`, read when its peer was chosen (the pool
+    /// is looked up by name once per request).
+    preserve_header_case: Option<bool>,
 }
 
 /// Spelled as a static string: Pingora keeps an inserted name's spelling, and a `&'static str`
@@ -593,6 +596,7 @@ impl ProxyHttp for ClaimgateProxy {
             return Error::e_explain(ErrorType::ConnectNoRoute, "unknown upstream");
         };
         ctx.upstream_started = Some(Instant::now());
+        ctx.preserve_header_case = Some(pool.preserve_header_case);
         let tls = pool.tls.as_ref();
         let sni = tls.map(|t| t.sni.clone()).unwrap_or_default();
         let mut peer = HttpPeer::new(pool.pick(), tls.is_some(), sni);
@@ -634,8 +638,12 @@ impl ProxyHttp for ClaimgateProxy {
         else {
             return Error::e_explain(ErrorType::InternalError, "no decision for this request");
         };
-        let Some(pool) = snapshot.upstreams.get(&allow.upstream) else {
-            return Error::e_explain(ErrorType::ConnectNoRoute, "unknown upstream");
+        let preserve_case = match ctx.preserve_header_case {
+            Some(p) => p,
+            None => match snapshot.upstreams.get(&allow.upstream) {
+                Some(pool) => pool.preserve_header_case,
+                None => return Error::e_explain(ErrorType::ConnectNoRoute, "unknown upstream"),
+            },
         };
         let target = if admitted.rewrite_target {
             match http::Uri::builder()
@@ -650,8 +658,9 @@ impl ProxyHttp for ClaimgateProxy {
         } else {
             None
         };
+        let trusted = ctx.client_ip.map(|ip| (ip, snapshot.geo.is_trusted(ip)));
         let edits = Edits {
-            strip: snapshot.strip_for(ctx.client_ip),
+            strip: snapshot.strip_for(trusted),
             forward: &allow.forward,
             target,
             host: admitted.set_host.as_deref(),
@@ -659,10 +668,10 @@ impl ProxyHttp for ClaimgateProxy {
                 .content_length
                 .filter(|_| admitted.collapse_content_length),
             request_id: ctx.request_id.0.clone(),
-            client: ctx.client_ip.map(|ip| (ip, snapshot.geo.is_trusted(ip))),
+            client: trusted,
             scheme: if ctx.over_tls { "https" } else { "http" },
         };
-        crate::upstream_head::apply(upstream_request, &edits, pool.preserve_header_case)
+        crate::upstream_head::apply(upstream_request, &edits, preserve_case)
     }
 
     async fn upstream_response_filter(

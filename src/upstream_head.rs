@@ -23,8 +23,8 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 
 /// What the decision changes in the client's head.
 pub struct Edits<'a> {
-    /// Names no client may send, sorted by name (see `Snapshot::strip_for`).
-    pub strip: &'a [HeaderName],
+    /// Names no client may send (see `Snapshot::strip_for`).
+    pub strip: &'a StripList,
     /// Headers computed from the token's claims.
     pub forward: &'a [(HeaderName, HeaderValue)],
     /// The decided origin-form target, when it is not the client's.
@@ -143,7 +143,7 @@ fn edit<H: Head>(head: &mut H, e: &Edits) -> Result<()> {
     // present: no list is allocated for nothing.
     let mut doomed: Option<Vec<HeaderName>> = None;
     for n in head.headers().keys() {
-        if is_stripped(n.as_str(), e.strip) {
+        if e.strip.contains(n.as_str()) {
             doomed.get_or_insert_with(Vec::new).push(n.clone());
         }
     }
@@ -196,12 +196,45 @@ fn edit<H: Head>(head: &mut H, e: &Edits) -> Result<()> {
     Ok(())
 }
 
-/// Whether a request header named `name` (lowercase, as parsed) must not reach the upstream:
-/// it is in `strip` (sorted by name, see `Snapshot::strip_for`), or it is such a name spelled
-/// with underscores, which some servers read as the dashed one (CGI naming).
-fn is_stripped(name: &str, strip: &[HeaderName]) -> bool {
-    let listed = |n: &str| strip.binary_search_by(|s| s.as_str().cmp(n)).is_ok();
-    listed(name) || (name.contains('_') && listed(&name.replace('_', "-")))
+/// The header names no client may send (see `Snapshot::strip_for`): sorted for a binary
+/// search, with the set of their lengths beside them, so that most request headers (`host`,
+/// `authorization`, ...) are let through on one bit test rather than a search of string
+/// comparisons (the search was a visible share of a cached request).
+#[derive(Debug, Clone, Default)]
+pub struct StripList {
+    names: Vec<HeaderName>,
+    /// Bit `n` is set when a listed name is `n` bytes long; bit 127 for every name of 127 bytes
+    /// or more.
+    lengths: u128,
+}
+
+impl StripList {
+    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> StripList {
+        let mut names: Vec<HeaderName> = names.into_iter().collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        let lengths = names.iter().fold(0, |m, n| m | length_bit(n.as_str()));
+        StripList { names, lengths }
+    }
+
+    /// Whether a request header named `name` (lowercase, as parsed) must not reach the
+    /// upstream: it is listed, or it is a listed name spelled with underscores, which some
+    /// servers read as the dashed one (CGI naming). Both spellings have the same length.
+    pub fn contains(&self, name: &str) -> bool {
+        if self.lengths & length_bit(name) == 0 {
+            return false;
+        }
+        let listed = |n: &str| self.names.binary_search_by(|s| s.as_str().cmp(n)).is_ok();
+        listed(name) || (name.contains('_') && listed(&name.replace('_', "-")))
+    }
+
+    pub fn names(&self) -> &[HeaderName] {
+        &self.names
+    }
+}
+
+fn length_bit(name: &str) -> u128 {
+    1 << name.len().min(127)
 }
 
 /// `X-Forwarded-For` for a client at `ip`. A client sends its requests one after another on a
@@ -227,7 +260,7 @@ fn forwarded_for(ip: IpAddr) -> Option<HeaderValue> {
 
 #[cfg(test)]
 mod tests {
-    use super::{apply, is_stripped, Edits};
+    use super::{apply, Edits, StripList};
     use http::{HeaderName, HeaderValue};
     use pingora::http::RequestHeader;
     use proptest::prelude::*;
@@ -240,15 +273,12 @@ mod tests {
             name in "[a-z_-]{1,12}",
             listed in proptest::collection::vec("[a-z-]{1,12}", 0..8),
         ) {
-            let mut strip: Vec<HeaderName> = listed
-                .iter()
-                .filter_map(|n| HeaderName::try_from(n.as_str()).ok())
-                .collect();
-            strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            strip.dedup();
+            let strip = StripList::new(
+                listed.iter().filter_map(|n| HeaderName::try_from(n.as_str()).ok()),
+            );
             let dashed = name.replace('_', "-");
-            let expected = strip.iter().any(|s| s.as_str() == name || s.as_str() == dashed);
-            prop_assert_eq!(is_stripped(&name, &strip), expected);
+            let expected = strip.names().iter().any(|s| s.as_str() == name || s.as_str() == dashed);
+            prop_assert_eq!(strip.contains(&name), expected);
         }
     }
 
@@ -324,18 +354,18 @@ mod tests {
                 Just(b"/caf\xe9".to_vec()),
             ],
         ) {
-            let strip = [
+            let names = [
                 HeaderName::from_static("x-forwarded-for"),
                 HeaderName::from_static("x-forwarded-proto"),
                 HeaderName::from_static("x-user-id"),
             ];
-            let strip = if trusted { &strip[2..] } else { &strip[..] };
+            let strip = StripList::new(names[if trusted { 2 } else { 0 }..].iter().cloned());
             let forward = [(
                 HeaderName::from_static("x-user-id"),
                 HeaderValue::from_static("user-1"),
             )];
             let edits = Edits {
-                strip,
+                strip: &strip,
                 forward: &forward,
                 target: target.map(|t| t.parse().unwrap()),
                 host: host.then_some("api.test"),
@@ -387,7 +417,7 @@ mod tests {
             ("X-Custom".to_string(), "1".to_string()),
         ];
         let edits = Edits {
-            strip: &[],
+            strip: &StripList::default(),
             forward: &[],
             target: None,
             host: None,

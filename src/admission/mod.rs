@@ -152,10 +152,10 @@ fn upgrade_protocols(headers: &HeaderMap) -> Result<(), String> {
     Ok(())
 }
 
-/// [`refused`], boxed: admission's error path.
 /// Where a request goes, as its target and Host header say.
 struct Place<'h> {
-    authority: Option<host::Authority>,
+    /// The host decided on (see [`host::parse_host`]).
+    host: Option<String>,
     /// The `Host` to send when the client's is not the one decided on.
     set_host: Option<String>,
     path: &'h str,
@@ -187,6 +187,7 @@ fn check_method(method: &str) -> Result<(), Box<Decision>> {
     Ok(())
 }
 
+/// [`Decision::refused`], boxed: admission's error path.
 fn deny(status: u16, reason: DenyReason, message: String) -> Box<Decision> {
     Box::new(Decision::refused(status, reason, message))
 }
@@ -221,7 +222,7 @@ impl Snapshot {
         upgrade_protocols(head.headers).map_err(|m| deny(400, DenyReason::BadFraming, m))?;
         let declared = framing::declared_length(head.headers)
             .map_err(|e| deny(400, DenyReason::BadFraming, e.to_string()))?;
-        let host = place.authority.map(|a| a.host);
+        let host = place.host;
         let (path, normalised) = if matches!(target, Target::Asterisk) {
             ("*".to_string(), false)
         } else {
@@ -307,12 +308,12 @@ impl Snapshot {
             None => None,
         };
         let header = match header_text {
-            Some(text) => Some(host::parse_authority(text).map_err(|e| bad_host(e.to_string()))?),
+            Some(text) => Some(host::parse_host(text).map_err(|e| bad_host(e.to_string()))?),
             None => None,
         };
         let place = match *target {
             Target::Origin { path, query } => Place {
-                authority: header,
+                host: header,
                 set_host: None,
                 path,
                 query,
@@ -334,28 +335,28 @@ impl Snapshot {
                 }
                 Place {
                     set_host: header_text.is_none().then(|| a.value.clone()),
-                    authority: Some(a),
+                    host: Some(a.host),
                     path,
                     query,
                     rewrite: true,
                 }
             }
             Target::Asterisk => Place {
-                authority: header,
+                host: header,
                 set_host: None,
                 path: "*",
                 query: None,
                 rewrite: false,
             },
         };
-        if place.authority.is_none() && !head.http10 {
+        if place.host.is_none() && !head.http10 {
             return Err(bad_host(
                 "an HTTP/1.1 request must have a Host header".into(),
             ));
         }
         // Sent on without a Host, the request would reach whatever virtual host the upstream
         // picks by default, perhaps one that the host-specific routes protect.
-        if place.authority.is_none() && self.policy.index.has_host_routes() {
+        if place.host.is_none() && self.policy.index.has_host_routes() {
             return Err(bad_host(
                 "a request without a Host header cannot be decided: some routes are for specific hosts".into(),
             ));

@@ -27,8 +27,8 @@ struct UntilExpiry {
     max_ttl: Duration,
 }
 
-impl Expiry<Arc<str>, Arc<Entry>> for UntilExpiry {
-    fn expire_after_create(&self, _: &Arc<str>, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
+impl Expiry<Arc<[u8]>, Arc<Entry>> for UntilExpiry {
+    fn expire_after_create(&self, _: &Arc<[u8]>, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -43,7 +43,9 @@ pub struct TokenCache {
     // aHash, not SipHash: a token is hundreds of bytes, hashed on every request. HashDoS
     // resistance comes from its random per-process keys; collisions cost time, never a wrong
     // answer, since entries compare the whole token.
-    entries: Cache<Arc<str>, Arc<Entry>, ahash::RandomState>,
+    // Keyed by the credential's bytes: a request's are looked up before their alphabet is
+    // checked (see `extract::bearer_bytes`).
+    entries: Cache<Arc<[u8]>, Arc<Entry>, ahash::RandomState>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -76,7 +78,7 @@ impl TokenCache {
     /// the keys that issuer still has, and is still valid at `now` (seconds since the epoch).
     pub fn get(
         &self,
-        token: &str,
+        token: &[u8],
         accepted: &[Arc<Issuer>],
         now: i64,
     ) -> Option<Arc<VerifiedToken>> {
@@ -97,7 +99,7 @@ impl TokenCache {
             .expires_at
             .saturating_add(issuer.leeway_seconds as i64);
         self.entries.insert(
-            Arc::from(token),
+            Arc::from(token.as_bytes()),
             Arc::new(Entry {
                 token: verified,
                 issuer: issuer.clone(),
@@ -182,18 +184,24 @@ mod tests {
         let t = token("https://a.test", now + 60);
         cache.insert(&t, verified(&t, &a, now), &a);
 
-        let hit = cache.get(&t, std::slice::from_ref(&a), now).unwrap();
+        let hit = cache
+            .get(t.as_bytes(), std::slice::from_ref(&a), now)
+            .unwrap();
         assert_eq!(hit.claims["sub"], "u");
         // Another token (even one differing in its last byte) misses.
         let mut other = t.clone();
         other.pop();
-        assert!(cache.get(&other, std::slice::from_ref(&a), now).is_none());
+        assert!(cache
+            .get(other.as_bytes(), std::slice::from_ref(&a), now)
+            .is_none());
         // A route that does not accept the issuer misses, and so does an equal issuer of another
         // snapshot (a reload): the entry belongs to the issuer object it was verified with.
-        assert!(cache.get(&t, &[issuer("b")], now).is_none());
-        assert!(cache.get(&t, &[issuer("a")], now).is_none());
+        assert!(cache.get(t.as_bytes(), &[issuer("b")], now).is_none());
+        assert!(cache.get(t.as_bytes(), &[issuer("a")], now).is_none());
         // Past `exp` (by the decision clock): a miss, so verification reports the expiry.
-        assert!(cache.get(&t, std::slice::from_ref(&a), now + 60).is_none());
+        assert!(cache
+            .get(t.as_bytes(), std::slice::from_ref(&a), now + 60)
+            .is_none());
     }
 
     #[test]
@@ -224,7 +232,9 @@ mod tests {
         // The old tokens were used often; the new ones once, just now.
         for _ in 0..5 {
             for t in &old {
-                assert!(cache.get(t, std::slice::from_ref(&a), now).is_some());
+                assert!(cache
+                    .get(t.as_bytes(), std::slice::from_ref(&a), now)
+                    .is_some());
             }
         }
         let new: Vec<String> = (0..10)
@@ -236,7 +246,11 @@ mod tests {
         }
         let kept = new
             .iter()
-            .filter(|t| cache.get(t, std::slice::from_ref(&a), now).is_some())
+            .filter(|t| {
+                cache
+                    .get(t.as_bytes(), std::slice::from_ref(&a), now)
+                    .is_some()
+            })
             .count();
         assert_eq!(kept, 10, "a frequency-based policy turns new tokens away");
         assert!(cache.len() <= 10);
