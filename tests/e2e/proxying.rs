@@ -187,6 +187,38 @@ async fn upstream_down_is_a_json_502() {
     assert_eq!(resp.status(), 502);
 }
 
+/// An upstream that accepts and reads but never answers: the request fails with a JSON 502 once
+/// `read_timeout_ms` has passed (not before it, not long after), and the gateway goes on
+/// serving. The timeout runs on tokio's timer (`fast_timeout_to_tokio_threshold_seconds`).
+#[tokio::test]
+async fn an_upstream_that_never_answers_times_out_as_a_json_502() {
+    use tokio::io::AsyncReadExt;
+    let hung = Served::start(|listener| async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            held.push(stream);
+        }
+    });
+    let config =
+        standard_config(hung.addr).replace("read_timeout_ms = 5000", "read_timeout_ms = 1200");
+    let gw = Gateway::start(&config, &[("p.toml", RULES)]);
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let resp = client().get(gw.url("/public")).send().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(resp.status(), 502);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["reason"], "upstream_unavailable");
+        assert!(took >= std::time::Duration::from_millis(1100), "{took:?}");
+        assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+    }
+}
+
 /// An upstream that keeps each request head as it came off the wire (hyper's map would forget
 /// how names were spelled) and answers `ok`.
 fn raw_upstream() -> (Served, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
