@@ -38,6 +38,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || {
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # The gateway by itself, as users build it; the example (dev-dependencies) in a second command
 # (see run.sh).
+# Removed first: a criterion run may have left its own build there (see run.sh).
+rm -f target/release/claimgate
 cargo build --release --locked --bin claimgate
 cargo build --release --locked --example token_churn
 W=$(mktemp -d)

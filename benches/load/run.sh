@@ -75,6 +75,9 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 # bring the dev-dependencies and their features into the graph, in a second command. (Measured:
 # built together, the gateway counted 105 500 instead of 105 300 instructions per cached
 # request under callgrind, no real difference; this keeps the measured binary the users' one.)
+# A previous run's criterion floor left its own build (no LTO) at target/release/claimgate, and
+# cargo does not put the release build back there while that build is up to date: removed, it is.
+rm -f target/release/claimgate
 cargo build --release --locked --bin claimgate
 cargo build --release --locked --example passthrough --example passthrough_mimalloc
 CG=$ROOT/target/release/claimgate
@@ -593,7 +596,10 @@ for name, rnd, rps, p50, p99, upc, errs, user, system, decision, steal, *sock in
     if decision:
         decision_round.setdefault(name, {})[rnd] = float(decision)
 def spread(values, fmt):
+    # Every paired round may have been left out for steal: say so rather than fail the report.
     values = sorted(values)
+    if not values:
+        return "n/a"
     return f"{fmt(statistics.median(values))} ({fmt(values[0])}–{fmt(values[-1])})"
 lines += [
     "",
@@ -680,10 +686,10 @@ open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 print(f"\nwritten to {out}")
 EOF
-# The floor's `cargo bench` left its own build (no LTO) at target/release/claimgate: say so, so
-# that nobody measures it afterwards as if it were the release binary (it costs ~7 % more
-# instructions per request).
+# The floor's `cargo bench` left its own build (no LTO, ~7 % more instructions per request) at
+# target/release/claimgate: the release build is put back, so that nothing measured afterwards
+# is the wrong binary.
 if [ "${SKIP_FLOOR:-}" != 1 ]; then
-  echo "note: target/release/claimgate is now the criterion build (profile.bench, no LTO);" \
-    "run 'cargo build --release --bin claimgate' before measuring it" >&2
+  rm -f target/release/claimgate
+  cargo build --release --locked --bin claimgate
 fi
