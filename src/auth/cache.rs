@@ -121,7 +121,7 @@ impl TokenCache {
 
 /// `nbf` is checked again on a hit: under a fixed clock the decision time may move backwards.
 fn not_before_ok(t: &VerifiedToken, leeway: u64, now: i64) -> bool {
-    match t.claims.get("nbf").and_then(|v| v.as_i64()) {
+    match t.not_before {
         Some(nbf) => now.saturating_add(leeway as i64) >= nbf,
         None => true,
     }
@@ -202,6 +202,29 @@ mod tests {
         assert!(cache
             .get(t.as_bytes(), std::slice::from_ref(&a), now + 60)
             .is_none());
+    }
+
+    #[test]
+    fn a_hit_before_the_tokens_nbf_misses() {
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+        let cache = TokenCache::new(100, Duration::from_secs(3600));
+        let a = issuer("a");
+        let now = now();
+        let claims = serde_json::json!({
+            "iss": "https://a.test", "aud": "api", "sub": "u", "exp": now + 600, "nbf": now,
+        });
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        cache.insert(&t, verified(&t, &a, now), &a);
+        let at = |when: i64| cache.get(t.as_bytes(), std::slice::from_ref(&a), when);
+        assert!(at(now).is_some());
+        // A decision clock set back (a fixed clock, a test) before `nbf`: not served.
+        assert!(at(now - 1).is_none());
+        assert!(at(now + 1).is_some());
     }
 
     #[test]

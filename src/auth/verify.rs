@@ -34,6 +34,10 @@ pub struct VerifiedToken {
     pub claims: Map<String, Value>,
     /// `exp`, seconds since the epoch.
     pub expires_at: i64,
+    /// `nbf` when it is an integer, read once: a cached token is checked against it again on
+    /// every hit (under a fixed clock the decision time may move backwards), and a lookup in
+    /// the claims map there cost string compares on every request.
+    pub not_before: Option<i64>,
     /// The claims as CEL sees them, built on first use and kept with the token, so a cached
     /// token is converted once, not once per request.
     cel_claims: OnceLock<Box<dyn Val>>,
@@ -60,6 +64,7 @@ impl VerifiedToken {
             kid,
             typ,
             subject: claims.get("sub").and_then(Value::as_str).map(Arc::from),
+            not_before: claims.get("nbf").and_then(Value::as_i64),
             claims,
             expires_at,
             cel_claims: OnceLock::new(),
