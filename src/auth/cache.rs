@@ -155,10 +155,13 @@ mod tests {
     }
 
     fn token(iss: &str, exp: i64) -> String {
-        let claims = serde_json::json!({"iss": iss, "aud": "api", "sub": "u", "exp": exp});
+        signed(&serde_json::json!({"iss": iss, "aud": "api", "sub": "u", "exp": exp}))
+    }
+
+    fn signed(claims: &serde_json::Value) -> String {
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &claims,
+            claims,
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap()
@@ -210,15 +213,9 @@ mod tests {
         let cache = TokenCache::new(100, Duration::from_secs(3600));
         let a = issuer("a");
         let now = now();
-        let claims = serde_json::json!({
+        let t = signed(&serde_json::json!({
             "iss": "https://a.test", "aud": "api", "sub": "u", "exp": now + 600, "nbf": now,
-        });
-        let t = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap();
+        }));
         cache.insert(&t, verified(&t, &a, now), &a);
         let at = |when: i64| cache.get(t.as_bytes(), std::slice::from_ref(&a), when);
         assert!(at(now).is_some());
