@@ -178,12 +178,19 @@ mod tests {
             .as_secs() as i64
     }
 
+    /// A cache of `capacity` entries, the issuer `a` and the current second.
+    fn setup(capacity: u64) -> (TokenCache, Arc<Issuer>, i64) {
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+        (
+            TokenCache::new(capacity, Duration::from_secs(3600)),
+            issuer("a"),
+            now(),
+        )
+    }
+
     #[test]
     fn a_hit_needs_the_same_token_the_same_issuer_and_time_left() {
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-        let cache = TokenCache::new(100, Duration::from_secs(3600));
-        let a = issuer("a");
-        let now = now();
+        let (cache, a, now) = setup(100);
         let t = token("https://a.test", now + 60);
         cache.insert(&t, verified(&t, &a, now), &a);
 
@@ -209,10 +216,7 @@ mod tests {
 
     #[test]
     fn a_hit_before_the_tokens_nbf_misses() {
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-        let cache = TokenCache::new(100, Duration::from_secs(3600));
-        let a = issuer("a");
-        let now = now();
+        let (cache, a, now) = setup(100);
         let t = signed(&serde_json::json!({
             "iss": "https://a.test", "aud": "api", "sub": "u", "exp": now + 600, "nbf": now,
         }));
@@ -222,14 +226,23 @@ mod tests {
         // A decision clock set back (a fixed clock, a test) before `nbf`: not served.
         assert!(at(now - 1).is_none());
         assert!(at(now + 1).is_some());
+        // A fractional `nbf` (RFC 7519 allows one) counts from its whole second, as at
+        // verification.
+        let t = signed(&serde_json::json!({
+            "iss": "https://a.test", "aud": "api", "sub": "u", "exp": now + 600, "nbf": now as f64 + 0.5,
+        }));
+        cache.insert(&t, verified(&t, &a, now), &a);
+        assert!(cache
+            .get(t.as_bytes(), std::slice::from_ref(&a), now - 1)
+            .is_none());
+        assert!(cache
+            .get(t.as_bytes(), std::slice::from_ref(&a), now)
+            .is_some());
     }
 
     #[test]
     fn entries_never_outlive_the_token() {
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-        let cache = TokenCache::new(100, Duration::from_secs(3600));
-        let a = issuer("a");
-        let now = now();
+        let (cache, a, now) = setup(100);
         let t = token("https://a.test", now + 1);
         cache.insert(&t, verified(&t, &a, now), &a);
         assert_eq!(cache.len(), 1);
@@ -239,10 +252,7 @@ mod tests {
 
     #[test]
     fn a_new_token_displaces_the_least_recently_used_not_the_least_frequent() {
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-        let cache = TokenCache::new(10, Duration::from_secs(3600));
-        let a = issuer("a");
-        let now = now();
+        let (cache, a, now) = setup(10);
         let old: Vec<String> = (0..10)
             .map(|i| token("https://a.test", now + 600 + i))
             .collect();
@@ -278,10 +288,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded() {
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-        let cache = TokenCache::new(10, Duration::from_secs(3600));
-        let a = issuer("a");
-        let now = now();
+        let (cache, a, now) = setup(10);
         for i in 0..100 {
             let t = token("https://a.test", now + 600 + i);
             cache.insert(&t, verified(&t, &a, now), &a);

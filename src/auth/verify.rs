@@ -34,7 +34,7 @@ pub struct VerifiedToken {
     pub claims: Map<String, Value>,
     /// `exp`, seconds since the epoch.
     pub expires_at: i64,
-    /// `nbf` when it is an integer, read once: a cached token is checked against it again on
+    /// `nbf`, read once: a cached token is checked against it again on
     /// every hit (under a fixed clock the decision time may move backwards), and a lookup in
     /// the claims map there cost string compares on every request.
     pub not_before: Option<i64>,
@@ -64,7 +64,9 @@ impl VerifiedToken {
             kid,
             typ,
             subject: claims.get("sub").and_then(Value::as_str).map(Arc::from),
-            not_before: claims.get("nbf").and_then(Value::as_i64),
+            // As `check_claims` read it (a fraction counts from its whole second); a value it
+            // refuses never makes a token.
+            not_before: numeric_date(claims.get("nbf")).ok().flatten(),
             claims,
             expires_at,
             cel_claims: OnceLock::new(),
