@@ -10,7 +10,8 @@
 use super::issuer::Issuer;
 use super::verify::VerifiedToken;
 use moka::sync::Cache;
-use moka::Expiry;
+use moka::{Equivalent, Expiry};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,8 +28,8 @@ struct UntilExpiry {
     max_ttl: Duration,
 }
 
-impl Expiry<Arc<[u8]>, Arc<Entry>> for UntilExpiry {
-    fn expire_after_create(&self, _: &Arc<[u8]>, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
+impl Expiry<Key, Arc<Entry>> for UntilExpiry {
+    fn expire_after_create(&self, _: &Key, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -38,6 +39,45 @@ impl Expiry<Arc<[u8]>, Arc<Entry>> for UntilExpiry {
     }
 }
 
+/// A token's bytes and their hash, computed once per request. The table hashes only the
+/// stored hash: when moka rebuilds a part of its table (see [`TokenCache::new`]) it reads one
+/// number per entry instead of following each entry to its token and hashing hundreds of bytes
+/// again, and a lookup compares hashes before bytes, so entries that share a bucket with the
+/// token are not followed to theirs (each a cache miss in a large table).
+#[derive(PartialEq, Eq)]
+struct Key {
+    hash: u64,
+    bytes: Arc<[u8]>,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// A request's token as the table looks it up, without copying it.
+struct Probe<'a> {
+    hash: u64,
+    bytes: &'a [u8],
+}
+
+impl Hash for Probe<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl Equivalent<Key> for Probe<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.hash == key.hash && *self.bytes == *key.bytes
+    }
+}
+
+/// Entries per shard the cache aims at (see [`TokenCache::new`]).
+const ENTRIES_PER_SHARD: u64 = 4096;
+const MAX_SHARDS: u64 = 64;
+
 /// A bounded cache of verified tokens, one per snapshot.
 pub struct TokenCache {
     // aHash, not SipHash: a token is hundreds of bytes, hashed on every request. HashDoS
@@ -45,33 +85,65 @@ pub struct TokenCache {
     // answer, since entries compare the whole token.
     // Keyed by the credential's bytes: a request's are looked up before their alphabet is
     // checked (see `extract::bearer_bytes`).
-    entries: Cache<Arc<[u8]>, Arc<Entry>, ahash::RandomState>,
+    hasher: ahash::RandomState,
+    /// A token's shard is picked by the low bits of its hash; each shard hashes that hash
+    /// again with keys of its own to place it in its table.
+    shards: Box<[Cache<Key, Arc<Entry>, ahash::RandomState>]>,
 }
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
-            .field("entries", &self.entries.entry_count())
+            .field("shards", &self.shards.len())
+            .field(
+                "entries",
+                &self.shards.iter().map(Cache::entry_count).sum::<u64>(),
+            )
             .finish()
     }
 }
 
 impl TokenCache {
+    /// At most `max_entries` tokens, in shards of about [`ENTRIES_PER_SHARD`]. Why shards:
+    /// moka rebuilds a part of its table (1/64th of it) at once, on the request that finds too
+    /// many removed entries there, and with 100 000 entries churning those parts filled at the
+    /// same pace: every 30–40 s about 60 decisions took over 0.25 ms, one after another
+    /// (`benches/load/many-tokens.sh`). Smaller tables make each rebuild that much shorter.
+    /// moka's own segmented cache would not: it picks a segment by the same hash bits its
+    /// table picks a part by, so each segment would use only a few parts. Least recently used
+    /// is then judged within a shard, which over thousands of entries a shard is the same
+    /// thing.
     pub fn new(max_entries: u64, max_ttl: Duration) -> TokenCache {
+        let wanted = (max_entries / ENTRIES_PER_SHARD).clamp(1, MAX_SHARDS);
+        // A power of two, rounded down: the shard is the hash's low bits.
+        let count = 1u64 << (63 - wanted.leading_zeros());
+        let shards = (0..count)
+            .map(|i| {
+                // The shards' capacities add up to `max_entries` exactly.
+                let capacity = max_entries / count + u64::from(i < max_entries % count);
+                Cache::builder()
+                    .max_capacity(capacity)
+                    // Least recently used goes first. Tokens are used in bursts by one client
+                    // and then never again: the next use of a token just seen is likely, that
+                    // of a token used often an hour ago is not. The default (TinyLFU) admits
+                    // a new entry to a full cache only if it was seen more often than its
+                    // victim, so a new token was turned away until its third or fourth use:
+                    // measured with many tokens (benches/load/many-tokens.sh), a cache as
+                    // large as the working set hit 0.49 of requests under TinyLFU.
+                    .eviction_policy(moka::policy::EvictionPolicy::lru())
+                    .expire_after(UntilExpiry { max_ttl })
+                    .build_with_hasher(ahash::RandomState::new())
+            })
+            .collect();
         TokenCache {
-            entries: Cache::builder()
-                .max_capacity(max_entries)
-                // Least recently used goes first. Tokens are used in bursts by one client and
-                // then never again: the next use of a token just seen is likely, that of a
-                // token used often an hour ago is not. The default (TinyLFU) admits a new
-                // entry to a full cache only if it was seen more often than its victim, so a
-                // new token was turned away until its third or fourth use: measured with
-                // many tokens (benches/load/many-tokens.sh), a cache as large as the working
-                // set hit 0.49 of requests under TinyLFU.
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .expire_after(UntilExpiry { max_ttl })
-                .build_with_hasher(ahash::RandomState::new()),
+            hasher: ahash::RandomState::new(),
+            shards,
         }
+    }
+
+    fn shard(&self, hash: u64) -> &Cache<Key, Arc<Entry>, ahash::RandomState> {
+        // `shards.len()` is a power of two.
+        &self.shards[(hash as usize) & (self.shards.len() - 1)]
     }
 
     /// The verified token for `token`, if it was verified before for one of `accepted`, with
@@ -82,7 +154,11 @@ impl TokenCache {
         accepted: &[Arc<Issuer>],
         now: i64,
     ) -> Option<Arc<VerifiedToken>> {
-        let e = self.entries.get(token)?;
+        let probe = Probe {
+            hash: self.hasher.hash_one(token),
+            bytes: token,
+        };
+        let e = self.shard(probe.hash).get(&probe)?;
         let ok = now < e.valid_until
             && not_before_ok(&e.token, e.issuer.leeway_seconds, now)
             && accepted.iter().any(|i| Arc::ptr_eq(i, &e.issuer))
@@ -98,8 +174,13 @@ impl TokenCache {
         let valid_until = verified
             .expires_at
             .saturating_add(issuer.leeway_seconds as i64);
-        self.entries.insert(
-            Arc::from(token.as_bytes()),
+        let bytes = token.as_bytes();
+        let hash = self.hasher.hash_one(bytes);
+        self.shard(hash).insert(
+            Key {
+                hash,
+                bytes: Arc::from(bytes),
+            },
             Arc::new(Entry {
                 token: verified,
                 issuer: issuer.clone(),
@@ -109,9 +190,15 @@ impl TokenCache {
         );
     }
 
+    /// Tokens held, after the pending evictions and expiries are applied.
     pub fn len(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+        self.shards
+            .iter()
+            .map(|s| {
+                s.run_pending_tasks();
+                s.entry_count()
+            })
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -215,6 +302,19 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_matches_on_the_whole_token_not_on_its_hash() {
+        let stored = Key {
+            hash: 7,
+            bytes: Arc::from(&b"header.claims.signature"[..]),
+        };
+        let probe = |hash, bytes| Probe { hash, bytes }.equivalent(&stored);
+        assert!(probe(7, &b"header.claims.signature"[..]));
+        // An equal hash (a collision) with other bytes is another token.
+        assert!(!probe(7, &b"header.claims.signaturX"[..]));
+        assert!(!probe(8, &b"header.claims.signature"[..]));
+    }
+
+    #[test]
     fn a_hit_before_the_tokens_nbf_misses() {
         let (cache, a, now) = setup(100);
         let t = signed(&serde_json::json!({
@@ -272,7 +372,8 @@ mod tests {
             .collect();
         for t in &new {
             cache.insert(t, verified(t, &a, now), &a);
-            cache.entries.run_pending_tasks();
+            // Applies the pending evictions one insert at a time.
+            cache.len();
         }
         let kept = new
             .iter()
@@ -284,6 +385,32 @@ mod tests {
             .count();
         assert_eq!(kept, 10, "a frequency-based policy turns new tokens away");
         assert!(cache.len() <= 10);
+    }
+
+    #[test]
+    fn a_large_cache_is_sharded_and_bounded_in_total() {
+        let (cache, a, now) = setup(20_000);
+        assert_eq!(cache.shards.len(), 4);
+        let base = token("https://a.test", now + 600);
+        let v = verified(&base, &a, now);
+        // Distinct keys for one verified token: what is looked up is the key.
+        let key = |i: u32| format!("{base}{i}");
+        for i in 0..25_000 {
+            cache.insert(&key(i), v.clone(), &a);
+        }
+        let held = cache.len();
+        assert!(held <= 20_000, "{held}");
+        // Every shard took its share (the capacities add up to the whole).
+        assert!(held >= 19_000, "{held}");
+        // The latest tokens are found, whichever shard each went to.
+        for i in 24_900..25_000 {
+            assert!(
+                cache
+                    .get(key(i).as_bytes(), std::slice::from_ref(&a), now)
+                    .is_some(),
+                "{i}"
+            );
+        }
     }
 
     #[test]
