@@ -413,6 +413,28 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever texts a client sends (prefixes of one another, one byte apart, empty), a
+        /// lookup finds a token only under the exact text it was stored with, in whichever
+        /// shard that text went to: never another token's entry.
+        #[test]
+        fn a_lookup_finds_exactly_the_texts_stored(
+            stored in proptest::collection::hash_set("[a-c.]{0,6}", 1..40),
+            asked in proptest::collection::vec("[a-c.]{0,6}", 1..40),
+        ) {
+            // 8 192 entries: two shards, none full.
+            let (cache, a, now) = setup(8_192);
+            let v = verified(&token("https://a.test", now + 600), &a, now);
+            for t in &stored {
+                cache.insert(t, v.clone(), &a);
+            }
+            for t in stored.iter().chain(asked.iter()) {
+                let hit = cache.get(t.as_bytes(), std::slice::from_ref(&a), now).is_some();
+                proptest::prop_assert_eq!(hit, stored.contains(t), "{:?}", t);
+            }
+        }
+    }
+
     #[test]
     fn the_cache_is_bounded() {
         let (cache, a, now) = setup(10);
