@@ -14,7 +14,7 @@ const SHELL: &[&str] = &[
     "src/head_timeout.rs",
     "src/key_refresh.rs",
     "src/proxy.rs",
-    "src/reload.rs",
+    "src/reload/service.rs",
     "src/server.rs",
     "src/tls_listener.rs",
     "src/upstream_head.rs",
