@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// How many quiet periods an edit may keep a file deleted, or (where the watcher reports no
-/// closes) open for writing, before a check goes ahead: a file really deleted, a writer whose
-/// close cannot be seen. Where closes are reported, a file open for writing is waited for as
-/// long as it stays open; this many periods is then how often `/status` and the log say so.
+/// How many quiet periods an edit may keep a file deleted, or open for writing by the events'
+/// account, before the settle rule looks again: a file deleted that long is taken as deleted; a
+/// file open that long is asked of the kernel ([`writers`]), and waited for while it stays open
+/// (where the kernel will not say: waited for where the watcher reports closes, otherwise taken
+/// as closed). This many periods is also how often `/status` and the log say what is waited for.
 const MAX_OPEN_PERIODS: u32 = 20;
 
 /// Whether this platform's watcher reports a writer's close (inotify does). Without it, "open
