@@ -28,7 +28,18 @@ pub enum StartError {
     Server(String),
     #[error(transparent)]
     Crypto(#[from] crate::crypto::CryptoError),
+    #[error("{} still open for writing after {} s: not starting with a file being written (close it, or write a temporary file and rename it into place)", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "), FIRST_LOAD_WAIT.as_secs())]
+    BeingWritten(Vec<std::path::PathBuf>),
 }
+
+impl StartError {
+    fn being_written(files: Vec<std::path::PathBuf>) -> StartError {
+        StartError::BeingWritten(files)
+    }
+}
+
+/// How long the first load waits for a file of the set that is open for writing.
+const FIRST_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a stop may take beyond the grace period and the shutdown timeout before the watchdog
 /// ends the process.
@@ -116,6 +127,8 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
     crate::crypto::self_test()?;
     let metrics = Arc::new(Metrics::new()?);
     let remote = Arc::new(RemoteRegistry::new(Some(metrics.clone())));
+    crate::reload::wait_before_first_load(config_path, FIRST_LOAD_WAIT)
+        .map_err(StartError::being_written)?;
     let loaded = crate::load::load(config_path, &remote).map_err(StartError::Invalid)?;
     crate::load::initial_key_fetch(&loaded.snapshot);
     let snapshot = &loaded.snapshot;

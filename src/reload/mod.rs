@@ -27,3 +27,4 @@ mod writers;
 pub use reloader::{Outcome, Reloader};
 pub use service::ReloadService;
 pub use status::{ReloadStatus, StatusView};
+pub use writers::wait_before_first_load;

@@ -6,7 +6,9 @@
 //! by any process, and the count is taken when the writer's open starts, before it truncates.
 //! The lease is released at once; it is a question, not a lock.
 
-use std::path::Path;
+use crate::inputs::Inputs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// What the kernel says about a file's writers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,42 @@ pub(super) fn of(path: &Path) -> Writers {
         Err(_) => return Writers::Unknown,
     };
     lease::probe(&file)
+}
+
+/// The files of the set at `config` open for writing now.
+fn open_in_set(config: &Path) -> Vec<PathBuf> {
+    Inputs::find(config)
+        .inputs
+        .files()
+        .filter(|f| of(f) == Writers::Open)
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// Before the first load: waits, at most `max`, while a file of the set is open for writing, so
+/// that a gateway started in the middle of an edit does not begin with half a file. The files
+/// still open after `max`.
+pub fn wait_before_first_load(config: &Path, max: Duration) -> Result<(), Vec<PathBuf>> {
+    let deadline = Instant::now() + max;
+    let mut told = false;
+    loop {
+        let open = open_in_set(config);
+        if open.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(open);
+        }
+        if !told {
+            tracing::warn!(
+                files = ?open,
+                "a file of the set is open for writing; the first load waits for its close (at most {} s)",
+                max.as_secs()
+            );
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[cfg(target_os = "linux")]

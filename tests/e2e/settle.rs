@@ -358,8 +358,8 @@ async fn a_file_held_open_mid_write_waits_for_its_close() {
         &[("00-base.toml", BASE), ("10-flip.toml", &version(0))],
     );
     let file = gw.dir().join("rules/10-flip.toml");
-    // An edit before the watcher is up has no events to say the file is open; start after it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // At once: an edit before the watcher is up has no event to show, but the kernel still
+    // knows the file is open.
     let text = version(1);
     let cut = text.find("[[route]]").unwrap();
     let mut f = std::fs::OpenOptions::new()
@@ -404,4 +404,49 @@ async fn a_file_held_open_mid_write_waits_for_its_close() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gw.logs().contains("open for writing"), "{}", gw.logs());
+}
+
+/// A gateway started while a file of the set is being written waits for its close before the
+/// first load, then starts on the complete file.
+#[tokio::test]
+async fn the_first_load_waits_for_a_file_being_written() {
+    let up = Upstream::start();
+    let config = format!(
+        "{}\n[reload]\nwatch = true\ndebounce_ms = 50\n",
+        standard_config(up.addr)
+    );
+    let (dir, proxy, admin) = write_setup(
+        &config,
+        &[("00-base.toml", BASE), ("10-flip.toml", &version(0))],
+    );
+    let file = dir.path().join("rules/10-flip.toml");
+    let text = version(1);
+    let cut = text.find("[[route]]").unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap();
+    f.write_all(&text.as_bytes()[..cut]).unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        f.write_all(&text.as_bytes()[cut..]).unwrap();
+    });
+    let started = Instant::now();
+    let gw = tokio::task::spawn_blocking(move || Gateway::start_in(dir, proxy, admin, &[]))
+        .await
+        .unwrap();
+    writer.join().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "started before the file was closed"
+    );
+    let r = reqwest::get(gw.url("/flip")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["x-version"], "v1");
+    assert!(
+        gw.logs().contains("the first load waits for its close"),
+        "{}",
+        gw.logs()
+    );
 }
