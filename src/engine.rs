@@ -380,7 +380,9 @@ impl Snapshot {
         };
         let now = now.timestamp();
         let Some(cache) = &self.token_cache else {
-            let t = self.verify_within_limits(extract::jws(bytes)?, issuers, now)?;
+            let t = self
+                .verify_within_limits(extract::jws(bytes)?, issuers, now)?
+                .single_use();
             bound_to_connection(&t, issuers, req)?;
             return Ok((Some(Arc::new(t)), None));
         };

@@ -45,6 +45,9 @@ pub struct VerifiedToken {
     /// [`crate::policy::Expr`]). Slots belong to one policy set, and so does a cached token: a
     /// reload builds a new token cache.
     memo: OnceLock<Box<[OnceLock<Remembered>]>>,
+    /// Whether results are remembered: not for a token used once (no token cache), where the
+    /// table would be built, filled and freed for nothing on every request.
+    memoize: bool,
     /// `sub`, for decision logs.
     pub subject: Option<Arc<str>>,
 }
@@ -71,6 +74,15 @@ impl VerifiedToken {
             expires_at,
             cel_claims: OnceLock::new(),
             memo: OnceLock::new(),
+            memoize: true,
+        }
+    }
+
+    /// The token for one request only: nothing it evaluates is remembered.
+    pub fn single_use(self) -> VerifiedToken {
+        VerifiedToken {
+            memoize: false,
+            ..self
         }
     }
 
@@ -111,6 +123,9 @@ impl VerifiedToken {
         keep: fn(T) -> Remembered,
         read: fn(&Remembered) -> Option<&T>,
     ) -> T {
+        if !self.memoize {
+            return eval();
+        }
         let table = self
             .memo
             .get_or_init(|| (0..slots).map(|_| OnceLock::new()).collect());
@@ -410,4 +425,38 @@ fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: i64) -> Resul
         }
     }
     Ok(exp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> VerifiedToken {
+        VerifiedToken::new(
+            Arc::from("issuer"),
+            Algorithm::HS256,
+            None,
+            None,
+            Map::new(),
+            0,
+        )
+    }
+
+    /// How many times `eval` runs when slot 0 is asked for twice.
+    fn evaluations(t: &VerifiedToken) -> usize {
+        let mut calls = 0;
+        for _ in 0..2 {
+            let _ = t.memo(0, 1, || {
+                calls += 1;
+                Ok(cel::Value::Null)
+            });
+        }
+        calls
+    }
+
+    #[test]
+    fn a_cached_token_remembers_and_a_single_use_one_does_not() {
+        assert_eq!(evaluations(&token()), 1);
+        assert_eq!(evaluations(&token().single_use()), 2);
+    }
 }
