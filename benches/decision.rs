@@ -281,10 +281,13 @@ fn new_token(
         let mut next = 0;
         let fresh_token = |next: usize| {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-            let fresh = claimgate::auth::verify::verify(
-                &tokens[next],
+            // Verified as the gateway verifies it (the claims its policy set reads), so the
+            // decision converts the same claims map an uncached request's does.
+            let fresh = claimgate::auth::verify::verify_parts(
+                claimgate::auth::segment::Compact::split(&tokens[next]).unwrap(),
                 std::slice::from_ref(&iss),
                 now.as_secs() as i64,
+                &snap.claims_read,
             )
             .unwrap();
             cache.insert(&tokens[next], Arc::new(fresh), &iss);

@@ -583,8 +583,8 @@ fn bound_to_connection(
         return Ok(());
     }
     let want = t
-        .claims
-        .get("cnf")
+        .cnf
+        .as_ref()
         .and_then(|c| c.get("x5t#S256"))
         .and_then(serde_json::Value::as_str);
     let have = req

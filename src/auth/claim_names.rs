@@ -1,5 +1,6 @@
-//! Which claims of a token are decoded: the registered ones the gateway itself checks, and the
-//! ones some expression of the policy set names. A claim nothing reads cannot change a decision,
+//! Which claims of a token are decoded into its claims map: the ones some expression of the
+//! policy set names. (The registered claims the gateway itself checks are decoded apart, into
+//! their own slots: see [`super::claims::Registered`].) A claim nothing reads cannot change a decision,
 //! so a new token's other claims are skipped by the parser instead of being built into maps and
 //! strings (identity providers add many: Keycloak's `realm_access`, `resource_access`,
 //! `allowed-origins`, profile fields, session ids).
@@ -13,16 +14,12 @@ use crate::policy::references::References;
 use crate::policy::variable::Variable;
 use std::collections::BTreeSet;
 
-/// Claims this gateway reads whatever the rules say: `iss`, `aud`, `exp`, `nbf`, `iat` (checked
-/// on every token), `sub` (decision logs) and `cnf` (tokens bound to a client certificate).
-pub const ALWAYS: [&str; 7] = ["aud", "cnf", "exp", "iat", "iss", "nbf", "sub"];
-
 /// The claims decoded from a new token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimNames {
     /// Every claim: some expression reads `claims` whole, or no policy set is involved.
     All,
-    /// [`ALWAYS`] and the names some expression reads.
+    /// The names some expression reads.
     Only(Names),
 }
 
@@ -50,9 +47,8 @@ impl Names {
         Some(u128::from_le_bytes(buf))
     }
 
-    /// [`ALWAYS`] and `names`.
-    fn with_always<'a>(names: impl IntoIterator<Item = &'a str>) -> Names {
-        let all: BTreeSet<&str> = ALWAYS.into_iter().chain(names).collect();
+    fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Names {
+        let all: BTreeSet<&str> = names.into_iter().collect();
         Names {
             packed: all.iter().filter_map(|n| Names::pack(n)).collect(),
             long: all
@@ -77,17 +73,17 @@ impl Names {
 }
 
 impl ClaimNames {
-    /// [`ALWAYS`] alone: what a policy set that reads no claim decodes.
+    /// No claim: what a policy set that reads no claim decodes into the map.
     pub fn none() -> ClaimNames {
         ClaimNames::only([])
     }
 
-    /// [`ALWAYS`] and `names`.
+    /// Exactly `names`.
     pub fn only<'a>(names: impl IntoIterator<Item = &'a str>) -> ClaimNames {
-        ClaimNames::Only(Names::with_always(names))
+        ClaimNames::Only(Names::new(names))
     }
 
-    /// Whether the claim `name` is decoded.
+    /// Whether the claim `name` is decoded into the claims map.
     pub fn keeps(&self, name: &str) -> bool {
         match self {
             ClaimNames::All => true,
@@ -160,7 +156,7 @@ mod tests {
                 "claims.roles.exists(r, r == 'admin')",
                 "request.method == 'GET' || claims.sub == 'x'",
             ]),
-            only(&["features", "org", "roles", "tier"])
+            only(&["features", "org", "roles", "sub", "tier"])
         );
         assert_eq!(read_by(&["request.method == 'GET'"]), ClaimNames::none());
     }
@@ -188,12 +184,14 @@ mod tests {
     }
 
     #[test]
-    fn registered_claims_are_always_kept_and_others_only_when_named() {
+    fn only_named_claims_are_kept() {
         let n = only(&["tier"]);
-        for name in ALWAYS.iter().chain(&["tier"]) {
-            assert!(n.keeps(name), "{name}");
-        }
+        assert!(n.keeps("tier"));
         for name in [
+            // Registered claims are read apart (their own slots), not into the map.
+            "iss",
+            "sub",
+            "exp",
             "tie",
             "tiers",
             "Tier",

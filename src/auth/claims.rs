@@ -1,6 +1,8 @@
-//! A token's claims set, decoded once: the claims some expression reads become JSON values, the
-//! others are skipped by the parser (never allocated), and every claim, read or not, is held to
-//! `limits.max_claims_depth`, so which claims a policy names never changes which tokens pass.
+//! A token's claims set, decoded once: the claims some expression reads become JSON values in
+//! the claims map, the registered claims the gateway itself reads go to their own slots
+//! ([`Registered`]), the others are skipped by the parser (never allocated), and every claim,
+//! read or not, is held to `limits.max_claims_depth`, so which claims a policy names never
+//! changes which tokens pass.
 
 use super::claim_names::ClaimNames;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -28,8 +30,53 @@ impl ClaimsRead {
 /// The decoded claims, and whether one of them (read or not) is nested too deeply.
 #[derive(Debug)]
 pub struct Decoded {
+    /// The claims some expression names (all of them with [`ClaimNames::All`]).
     pub claims: Map<String, Value>,
+    pub registered: Registered,
     pub too_deep: bool,
+}
+
+/// The registered claims the gateway reads whatever the rules name: `iss`, `aud`, `exp`, `nbf`,
+/// `iat` (checked on every token), `sub` (decision logs) and `cnf` (tokens bound to a client
+/// certificate). Each has its own slot instead of a place in the claims map: a map entry costs
+/// its name's allocation and an ordered insert (string compares), and most policies name none
+/// of them. A claim a policy names is in the map as well.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Registered {
+    pub iss: Option<Value>,
+    pub aud: Option<Value>,
+    pub exp: Option<Value>,
+    pub nbf: Option<Value>,
+    pub iat: Option<Value>,
+    pub sub: Option<Value>,
+    pub cnf: Option<Value>,
+}
+
+impl Registered {
+    /// The slot of the registered claim `name`; `None` for any other claim.
+    fn slot(&mut self, name: &str) -> Option<&mut Option<Value>> {
+        Some(match name {
+            "iss" => &mut self.iss,
+            "aud" => &mut self.aud,
+            "exp" => &mut self.exp,
+            "nbf" => &mut self.nbf,
+            "iat" => &mut self.iat,
+            "sub" => &mut self.sub,
+            "cnf" => &mut self.cnf,
+            _ => return None,
+        })
+    }
+
+    /// The registered claims of a whole claims map (tokens built by tools and tests).
+    pub fn from_map(claims: &Map<String, Value>) -> Registered {
+        let mut r = Registered::default();
+        for (name, value) in claims {
+            if let Some(slot) = r.slot(name) {
+                *slot = Some(value.clone());
+            }
+        }
+        r
+    }
 }
 
 /// Decodes a claims set (a JSON object, RFC 7519 §7.2) from `json`.
@@ -52,20 +99,37 @@ impl<'de> Visitor<'de> for ClaimsVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Decoded, A::Error> {
         let read = self.0;
         let mut claims = Map::new();
+        let mut registered = Registered::default();
         let mut too_deep = false;
+        // A repeated name: the last one counts, in the map and in a slot alike.
         while let Some(name) = entries.next_key::<Name<'de>>()? {
-            if read.names.keeps(name.as_str()) {
-                let value: Value = entries.next_value()?;
-                too_deep |= depth(&value, read.max_depth) > read.max_depth;
-                // A repeated name: the last one counts, as before.
-                claims.insert(name.into_owned(), value);
-            } else {
-                too_deep |= entries.next_value_seed(Skip {
-                    room: read.max_depth,
-                })?;
+            let named = read.names.keeps(name.as_str());
+            match registered.slot(name.as_str()) {
+                Some(slot) => {
+                    let value: Value = entries.next_value()?;
+                    too_deep |= depth(&value, read.max_depth) > read.max_depth;
+                    if named {
+                        claims.insert(name.into_owned(), value.clone());
+                    }
+                    *slot = Some(value);
+                }
+                None if named => {
+                    let value: Value = entries.next_value()?;
+                    too_deep |= depth(&value, read.max_depth) > read.max_depth;
+                    claims.insert(name.into_owned(), value);
+                }
+                None => {
+                    too_deep |= entries.next_value_seed(Skip {
+                        room: read.max_depth,
+                    })?;
+                }
             }
         }
-        Ok(Decoded { claims, too_deep })
+        Ok(Decoded {
+            claims,
+            registered,
+            too_deep,
+        })
     }
 }
 
@@ -230,13 +294,19 @@ mod tests {
         let json = r#"{"iss":"i","sub":"s","tier":"gold","scope":"a b","realm_access":{"roles":["x"]},"t\u0069er2":1}"#;
         let d = decode(json, &read(&["tier", "tier2"], 8)).unwrap();
         let names: Vec<&str> = d.claims.keys().map(String::as_str).collect();
-        assert_eq!(names, ["iss", "sub", "tier", "tier2"]);
+        assert_eq!(names, ["tier", "tier2"]);
+        assert_eq!(d.registered.iss, Some(Value::from("i")));
+        assert_eq!(d.registered.sub, Some(Value::from("s")));
         assert!(!d.too_deep);
+        // A registered claim a policy names is in both.
+        let d = decode(json, &read(&["sub"], 8)).unwrap();
+        assert_eq!(d.claims.get("sub"), Some(&Value::from("s")));
+        assert_eq!(d.registered.sub, Some(Value::from("s")));
         let all = decode(json, &ClaimsRead::everything()).unwrap();
-        assert_eq!(
-            all.claims,
-            serde_json::from_str::<Map<String, Value>>(json).unwrap()
-        );
+        let whole = serde_json::from_str::<Map<String, Value>>(json).unwrap();
+        assert_eq!(all.claims, whole);
+        assert_eq!(all.registered, Registered::from_map(&whole));
+        assert_eq!(all.registered, d.registered);
     }
 
     #[test]
@@ -301,7 +371,50 @@ mod tests {
         }
     }
 
+    /// A claim name: registered, named by a policy, or neither.
+    fn claim_name() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "iss", "aud", "exp", "nbf", "iat", "sub", "cnf", "tier", "roles", "jti", "scope",
+        ])
+        .prop_map(str::to_string)
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,3}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        // Whatever a policy names: the map holds exactly the named claims, and the registered
+        // slots exactly the registered claims, as a whole decode of the set sees them.
+        #[test]
+        fn the_map_holds_the_named_claims_and_the_slots_the_registered_ones(
+            set in prop::collection::btree_map(claim_name(), json_value(), 0..8),
+            named in prop::collection::btree_set(claim_name(), 0..5),
+        ) {
+            let whole: Map<String, Value> = set.into_iter().collect();
+            let json = Value::Object(whole.clone()).to_string();
+            let d = decode(&json, &read(&named.iter().map(String::as_str).collect::<Vec<_>>(), 64)).unwrap();
+            let expected: Map<String, Value> = whole
+                .iter()
+                .filter(|(k, _)| named.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            prop_assert_eq!(d.claims, expected);
+            prop_assert_eq!(d.registered, Registered::from_map(&whole));
+        }
+
         // Read or skipped, a claim is too deep exactly when its depth exceeds the limit.
         #[test]
         fn depth_is_judged_the_same_whether_the_claim_is_read_or_not(levels in 1usize..12, max in 0usize..10) {

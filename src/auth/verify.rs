@@ -1,7 +1,7 @@
 //! Token verification: signature with a pinned key, then `iss`, `aud`, `exp`, `nbf` against an
 //! injected clock (so tests and the CLI can fix the time).
 
-use super::claims::{self, ClaimsRead, Decoded};
+use super::claims::{self, ClaimsRead, Decoded, Registered};
 use super::issuer::KeyMiss;
 use super::segment::{with_decoded, Compact};
 use super::{Issuer, TokenError};
@@ -31,7 +31,11 @@ pub struct VerifiedToken {
     pub alg: Algorithm,
     pub kid: Option<String>,
     pub typ: Option<String>,
+    /// The claims the policy set names (all of them for tools and tests); the registered ones
+    /// the gateway reads itself are kept apart, in the fields below.
     pub claims: Map<String, Value>,
+    /// `cnf` (RFC 7800), for tokens bound to a client certificate.
+    pub cnf: Option<Value>,
     /// `exp`, seconds since the epoch.
     pub expires_at: i64,
     /// `nbf`, read once: a cached token is checked against it again on
@@ -53,6 +57,7 @@ pub struct VerifiedToken {
 }
 
 impl VerifiedToken {
+    /// A token with the claims set `claims` (registered claims read from it).
     pub fn new(
         issuer: Arc<str>,
         alg: Algorithm,
@@ -61,15 +66,34 @@ impl VerifiedToken {
         claims: Map<String, Value>,
         expires_at: i64,
     ) -> VerifiedToken {
+        let registered = Registered::from_map(&claims);
+        VerifiedToken::with_registered(issuer, alg, kid, typ, claims, registered, expires_at)
+    }
+
+    /// A token whose registered claims were decoded apart from `claims`.
+    fn with_registered(
+        issuer: Arc<str>,
+        alg: Algorithm,
+        kid: Option<String>,
+        typ: Option<String>,
+        claims: Map<String, Value>,
+        registered: Registered,
+        expires_at: i64,
+    ) -> VerifiedToken {
         VerifiedToken {
             issuer,
             alg,
             kid,
             typ,
-            subject: claims.get("sub").and_then(Value::as_str).map(Arc::from),
+            subject: registered
+                .sub
+                .as_ref()
+                .and_then(Value::as_str)
+                .map(Arc::from),
             // As `check_claims` read it (a fraction counts from its whole second); a value it
             // refuses never makes a token.
-            not_before: numeric_date(claims.get("nbf")).ok().flatten(),
+            not_before: numeric_date(registered.nbf.as_ref()).ok().flatten(),
+            cnf: registered.cnf,
             claims,
             expires_at,
             cel_claims: OnceLock::new(),
@@ -238,7 +262,7 @@ pub fn verify_parts(
         [_, _, ..] => Some(parse_claims(payload, read)?),
         _ => None,
     };
-    let issuer = pick_issuer(early_claims.as_ref().map(|d| &d.claims), accepted)?;
+    let issuer = pick_issuer(early_claims.as_ref().map(|d| &d.registered), accepted)?;
     let reject = |error| Rejection {
         error,
         issuer: Some(issuer.name.clone()),
@@ -271,21 +295,26 @@ pub fn verify_parts(
     if !valid {
         return Err(reject(TokenError::BadSignature));
     }
-    let Decoded { claims, too_deep } = match early_claims {
+    let Decoded {
+        claims,
+        registered,
+        too_deep,
+    } = match early_claims {
         Some(claims) => claims,
         None => parse_claims(payload, read).map_err(reject)?,
     };
-    let expires_at = check_claims(&claims, issuer, now).map_err(reject)?;
+    let expires_at = check_claims(&registered, issuer, now).map_err(reject)?;
     // After the signature and the registered claims, as when depth was judged on the result.
     if too_deep {
         return Err(reject(TokenError::ClaimsTooDeep));
     }
-    Ok(VerifiedToken::new(
+    Ok(VerifiedToken::with_registered(
         issuer.name.clone(),
         alg,
         header.kid,
         header.typ,
         claims,
+        registered,
         expires_at,
     ))
 }
@@ -318,7 +347,7 @@ fn parse_header(json: &[u8]) -> Result<Header, TokenError> {
 ///
 /// `claims` are the token's, read already when the route accepts several issuers.
 fn pick_issuer<'a>(
-    claims: Option<&Map<String, Value>>,
+    claims: Option<&Registered>,
     accepted: &'a [Arc<Issuer>],
 ) -> Result<&'a Arc<Issuer>, TokenError> {
     match (accepted, claims) {
@@ -326,7 +355,7 @@ fn pick_issuer<'a>(
         // The common case: one issuer per route, its claims read after the signature check.
         ([only], _) => Ok(only),
         (many, Some(claims)) => {
-            let iss = claims.get("iss").and_then(Value::as_str);
+            let iss = claims.iss.as_ref().and_then(Value::as_str);
             many.iter()
                 .find(|i| Some(i.iss.as_str()) == iss)
                 .ok_or(TokenError::WrongIssuer)
@@ -377,21 +406,16 @@ fn numeric_date(claim: Option<&Value>) -> Result<Option<i64>, TokenError> {
 }
 
 /// Checks the registered claims; returns `exp`.
-fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: i64) -> Result<i64, TokenError> {
-    // One pass over the (sorted) claims, not a search per registered claim: every search
-    // compares names through `memcmp` calls, and a new token's claims are checked once each.
-    let [mut iss, mut aud, mut exp, mut nbf, mut iat] = [None; 5];
-    for (name, value) in claims {
-        let slot = match name.as_str() {
-            "iss" => &mut iss,
-            "aud" => &mut aud,
-            "exp" => &mut exp,
-            "nbf" => &mut nbf,
-            "iat" => &mut iat,
-            _ => continue,
-        };
-        *slot = Some(value);
-    }
+fn check_claims(claims: &Registered, issuer: &Issuer, now: i64) -> Result<i64, TokenError> {
+    let Registered {
+        iss,
+        aud,
+        exp,
+        nbf,
+        iat,
+        ..
+    } = claims;
+    let (exp, nbf, iat) = (exp.as_ref(), nbf.as_ref(), iat.as_ref());
     match iss {
         Some(Value::String(s)) if *s == issuer.iss => {}
         _ => return Err(TokenError::WrongIssuer),
