@@ -380,6 +380,9 @@ target() {
     claimgate-alt-open) echo "http://127.0.0.1:18094/open||" ;;
     claimgate-alt-es256-cache) echo "http://127.0.0.1:18094$PATH_T|$ES_TOKEN|" ;;
     claimgate-alt-es256-nocache) echo "http://127.0.0.1:18095$PATH_T|$ES_TOKEN|" ;;
+    claimgate-alt-rs256-nocache) echo "http://127.0.0.1:18095$PATH_T|$RS_TOKEN|" ;;
+    claimgate-alt-eddsa-nocache) echo "http://127.0.0.1:18095$PATH_T|$ED_TOKEN|" ;;
+    claimgate-alt-hs256-nocache) echo "http://127.0.0.1:18095$PATH_T|$HS_TOKEN|" ;;
     claimgate-es256-cache|claimgate-es256-cache-reloading) echo "http://127.0.0.1:18082$PATH_T|$ES_TOKEN|" ;;
     claimgate-rs256-cache) echo "http://127.0.0.1:18082$PATH_T|$RS_TOKEN|" ;;
     claimgate-es256-nocache) echo "http://127.0.0.1:18083$PATH_T|$ES_TOKEN|" ;;
@@ -684,7 +687,7 @@ if floors:
 if any(k.startswith("claimgate-alt-") for k in cpu_round):
     lines += ["", "A/B: the CG_ALT binary against this one, same rounds (CPU per request, req/s):", "",
               "| target | CPU alt / this | req/s alt / this |", "| --- | ---: | ---: |"]
-    for t in ("open", "es256-cache", "es256-nocache"):
+    for t in ("open", "es256-cache", "es256-nocache", "rs256-nocache", "eddsa-nocache", "hs256-nocache"):
         a_, b_ = f"claimgate-alt-{t}", f"claimgate-{t}"
         if a_ in cpu_round and b_ in cpu_round:
             cpu = [cpu_round[a_][r] / cpu_round[b_][r] for r in cpu_round[a_] if r in cpu_round[b_]]

@@ -140,4 +140,42 @@ mod tests {
         assert_eq!(of(&path), Writers::None);
         assert_eq!(of(&dir.path().join("missing.toml")), Writers::None);
     }
+
+    /// The start's wait, with a short bound in place of the gateway's 30 s: a file held open
+    /// for the whole bound is named (and the gateway then refuses to start); one closed
+    /// during the wait is loaded at its close, not at the bound.
+    #[test]
+    fn the_first_load_refuses_a_file_held_open_past_the_bound_and_waits_for_one_closed_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, "[listen]\n").unwrap();
+        assert_eq!(wait_before_first_load(&config, Duration::ZERO), Ok(()));
+
+        let writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&config)
+            .unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            wait_before_first_load(&config, Duration::from_millis(300)),
+            Err(vec![config.clone()])
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(writer);
+        });
+        let started = Instant::now();
+        assert_eq!(
+            wait_before_first_load(&config, Duration::from_secs(10)),
+            Ok(())
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        closer.join().unwrap();
+    }
 }
