@@ -104,24 +104,24 @@ impl<'de> Visitor<'de> for ClaimsVisitor<'_> {
         // A repeated name: the last one counts, in the map and in a slot alike.
         while let Some(name) = entries.next_key::<Name<'de>>()? {
             let named = read.names.keeps(name.as_str());
-            match registered.slot(name.as_str()) {
+            let slot = registered.slot(name.as_str());
+            if slot.is_none() && !named {
+                too_deep |= entries.next_value_seed(Skip {
+                    room: read.max_depth,
+                })?;
+                continue;
+            }
+            let value: Value = entries.next_value()?;
+            too_deep |= depth(&value, read.max_depth) > read.max_depth;
+            match slot {
                 Some(slot) => {
-                    let value: Value = entries.next_value()?;
-                    too_deep |= depth(&value, read.max_depth) > read.max_depth;
                     if named {
                         claims.insert(name.into_owned(), value.clone());
                     }
                     *slot = Some(value);
                 }
-                None if named => {
-                    let value: Value = entries.next_value()?;
-                    too_deep |= depth(&value, read.max_depth) > read.max_depth;
-                    claims.insert(name.into_owned(), value);
-                }
                 None => {
-                    too_deep |= entries.next_value_seed(Skip {
-                        room: read.max_depth,
-                    })?;
+                    claims.insert(name.into_owned(), value);
                 }
             }
         }
@@ -309,6 +309,27 @@ mod tests {
         assert_eq!(all.registered, d.registered);
     }
 
+    /// A hostile token spells a registered claim twice, or with an escape: the claim the gateway
+    /// checks and the claim a rule reads are one and the same (the last, as a whole decode).
+    #[test]
+    fn a_repeated_or_escaped_registered_claim_is_the_same_claim_in_slot_and_map() {
+        for json in [
+            r#"{"iss":"good","iss":"evil"}"#,
+            r#"{"iss":"good","i\u0073s":"evil"}"#,
+            r#"{"\u0069ss":"good","iss":"evil"}"#,
+        ] {
+            for named in [&["iss"][..], &[]] {
+                let d = decode(json, &read(named, 8)).unwrap();
+                assert_eq!(d.registered.iss, Some(Value::from("evil")), "{json}");
+                if !named.is_empty() {
+                    assert_eq!(d.claims.get("iss"), Some(&Value::from("evil")), "{json}");
+                }
+            }
+            let whole: Map<String, Value> = serde_json::from_str(json).unwrap();
+            assert_eq!(whole.get("iss"), Some(&Value::from("evil")), "{json}");
+        }
+    }
+
     #[test]
     fn what_is_not_a_json_object_is_refused() {
         for bad in [
@@ -405,7 +426,8 @@ mod tests {
         ) {
             let whole: Map<String, Value> = set.into_iter().collect();
             let json = Value::Object(whole.clone()).to_string();
-            let d = decode(&json, &read(&named.iter().map(String::as_str).collect::<Vec<_>>(), 64)).unwrap();
+            let names: Vec<&str> = named.iter().map(String::as_str).collect();
+            let d = decode(&json, &read(&names, 64)).unwrap();
             let expected: Map<String, Value> = whole
                 .iter()
                 .filter(|(k, _)| named.contains(*k))
