@@ -393,10 +393,15 @@ impl Snapshot {
             return Ok((Some(t), Some(true)));
         }
         let raw = extract::jws(bytes)?;
-        let t = Arc::new(self.verify_within_limits(raw, issuers, now)?);
-        if let Some(issuer) = issuers.iter().find(|i| i.name == t.issuer) {
-            cache.insert(raw, t.clone(), issuer);
-        }
+        // What the cache keeps (the token, its claims, the cache's entry) is allocated apart
+        // from the request's own memory (see `heap`).
+        let t = crate::heap::long_lived(|| -> Result<_, Rejection> {
+            let t = Arc::new(self.verify_within_limits(raw, issuers, now)?);
+            if let Some(issuer) = issuers.iter().find(|i| i.name == t.issuer) {
+                cache.insert(raw, t.clone(), issuer);
+            }
+            Ok(t)
+        })?;
         bound_to_connection(&t, issuers, req)?;
         Ok((Some(t), Some(false)))
     }

@@ -2,8 +2,9 @@
 //!
 //! Three layers (see `ARCHITECTURE.md`); a module imports only from its own layer or below, and
 //! no core module names Pingora (a test reads the sources and fails if one does).
-// No unsafe code, with one audited exception: `reload::writers` asks the kernel whether a file is
-// open for writing (`fcntl(F_SETLEASE)`, which no safe wrapper offers).
+// No unsafe code, with two audited exceptions: `reload::writers` asks the kernel whether a file
+// is open for writing (`fcntl(F_SETLEASE)`, which no safe wrapper offers), and `heap` switches
+// mimalloc's default heap (its C API).
 #![deny(unsafe_code)]
 
 // The core: facts in, decision out. Plain data and pure functions; no Pingora, no sockets, no
@@ -17,6 +18,7 @@ pub mod explain;
 pub mod facts;
 pub mod geo;
 pub mod grpc;
+pub mod heap;
 pub mod location;
 pub mod path;
 pub mod policy;

@@ -19,6 +19,7 @@
 #   bash benches/load/many-tokens.sh
 #   TOKENS=300000 RATE=12000 ENTRIES=10000 bash benches/load/many-tokens.sh
 #   ALG=HS256 bash benches/load/many-tokens.sh   # new tokens whose check costs ~0.3 µs, not ~35
+#   CG_BIN=/path/to/other/claimgate bash benches/load/many-tokens.sh   # another build, as is
 #
 # ALG=HS256 keeps everything else (the cache, its churn, the claims) and makes a new token's
 # signature nearly free: what the many-token tail owes to signature checks on the one worker is
@@ -47,11 +48,15 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # The gateway by itself, as users build it; the example (dev-dependencies) in a second command
 # (see run.sh).
 # Removed first: a criterion run may have left its own build there (see run.sh).
-rm -f target/release/claimgate
-cargo build --release --locked --bin claimgate
+# CG_BIN=<a claimgate binary>: measure that build instead (an A/B across commits, one run each).
+if [ -z "${CG_BIN:-}" ]; then
+  rm -f target/release/claimgate
+  cargo build --release --locked --bin claimgate
+  CG_BIN=target/release/claimgate
+fi
 cargo build --release --locked --example token_churn
 W=$(mktemp -d)
-cp target/release/claimgate "$W/claimgate"; cp target/release/examples/token_churn "$W/token_churn"
+cp "$CG_BIN" "$W/claimgate"; cp target/release/examples/token_churn "$W/token_churn"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -150,9 +150,11 @@ impl VerifiedToken {
         if !self.memoize {
             return eval();
         }
-        let table = self
-            .memo
-            .get_or_init(|| (0..slots).map(|_| OnceLock::new()).collect());
+        // What is remembered lives as long as the token: allocated apart from the request's
+        // memory (see `crate::heap`).
+        let table = self.memo.get_or_init(|| {
+            crate::heap::long_lived(|| (0..slots).map(|_| OnceLock::new()).collect())
+        });
         // A slot beyond the table belongs to no policy set this token has met: not kept.
         let Some(cell) = table.get(slot as usize) else {
             return eval();
@@ -161,15 +163,24 @@ impl VerifiedToken {
             return read(r).cloned().unwrap_or_else(eval);
         }
         // Two requests may both compute a new slot; the values are the same, one is kept.
-        let v = eval();
-        let _ = cell.set(keep(v.clone()));
-        v
+        crate::heap::long_lived(|| {
+            let v = eval();
+            let _ = cell.set(keep(v.clone()));
+            v
+        })
     }
 
     /// `claims` as a CEL value.
     pub fn cel_claims(&self) -> &dyn Val {
         self.cel_claims
-            .get_or_init(|| json_object_to_val(&self.claims))
+            .get_or_init(|| {
+                if self.memoize {
+                    // Kept as long as the token (see `crate::heap`).
+                    crate::heap::long_lived(|| json_object_to_val(&self.claims))
+                } else {
+                    json_object_to_val(&self.claims)
+                }
+            })
             .as_ref()
     }
 }
