@@ -5,12 +5,13 @@
 //! memory of the tokens it keeps is freed in the order it was allocated minutes before, a
 //! block here and there in every page. With one heap, each request's own short-lived
 //! allocations (Pingora's header maps and buffers, the decision's temporaries) were then
-//! served from those scattered holes across hundreds of megabytes instead of a few hot pages:
-//! measured with a million tokens through a full cache of 100 000
-//! (`benches/load/many-tokens.sh`), the allocator's fast path took half again as many samples
-//! after five minutes as after one, and the same repeated token decided in 1.6 µs after the
-//! population against 1.2–1.4 µs before it. A second heap keeps the cache's blocks in pages of
-//! their own; a request's allocations stay where the last request's were freed.
+//! served from those scattered holes across hundreds of megabytes instead of a few hot pages.
+//! Measured with 400 000 tokens through a full cache of 100 000 (`benches/load/many-tokens.sh`,
+//! A/B in `benches/load/results-many-tokens-heap-ab.md`): with one heap the same repeated token
+//! took 25–67 % longer to decide after the population than before it, and the many-token p99
+//! was 1.81–1.82x one token's; with the cache's blocks apart, no longer (0.80–0.94x), and
+//! 1.13–1.35x. A second heap keeps the cache's blocks in pages of their own; a request's
+//! allocations stay where the last request's were freed.
 //!
 //! The gateway's allocator is mimalloc (`src/main.rs`); [`long_lived`] makes a thread-local
 //! heap the thread's default for the duration of a closure (two pointer writes, no lock). Under
