@@ -13,7 +13,9 @@
 # gateway's decisions do not was spent elsewhere), the gateway's resident memory and CPU, the
 # load generator's own CPU, and the CPU time the hypervisor stole from this VM; then the steady
 # state and the peak resident memory; last, the baseline once more (a drifting host shows as two
-# baselines that disagree). Writes
+# baselines that disagree). The last column times a chase of dependent loads through 64 MiB on
+# the load generator's core (examples/token_churn/probe.rs): a gateway whose decisions slow down
+# while it stays flat changed itself; both slowing together is the host. Writes
 # benches/load/results-many-tokens.md.
 #
 #   bash benches/load/many-tokens.sh
@@ -172,13 +174,15 @@ print(f"most CPU time stolen in one steady-state interval: {steal:.1f} %"
 # A diagnostic beside the verdict above, never instead of it: the median of the per-interval p99s
 # over whole steady-state intervals (the first, warm-up, and the last, partial, are left out),
 # all of them and only those in which the hypervisor stole at most 1 % of the CPU time.
-def intervals(path):
+def table(path):
     rows = []
     for line in open(path):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 10 and cells[0].isdigit():
-            rows.append((float(cells[3]), float(cells[9])))
+            rows.append(cells)
     return rows[1:-1]
+def intervals(path):
+    return [(float(c[3]), float(c[9])) for c in table(path)]
 def median(values):
     values = sorted(values)
     return values[len(values) // 2] if values else float("nan")
@@ -203,6 +207,19 @@ if g1 and gm:
 after = result(sys.argv[4])
 print(f"p99 of one token after the population: {after['p99_ms']:.3f} ms (before it: {single['p99_ms']:.3f} ms); "
       f"many tokens / that baseline: {many['p99_ms'] / after['p99_ms']:.2f}x")
+# Host or gateway: the load generator's memory probe (ns per dependent load, its last column)
+# beside the gateway's mean decision (column 11), early and late in the population.
+def drift(path):
+    return [(float(c[10]), float(c[14])) for c in table(path) if len(c) >= 15]
+d = drift(sys.argv[2])
+if len(d) >= 6:
+    k = max(len(d) // 4, 1)
+    early, late = d[:k], d[-k:]
+    print(f"many tokens, first / last quarter of the intervals: mean decision "
+          f"{median([r[0] for r in early]):.1f} / {median([r[0] for r in late]):.1f} µs, "
+          f"host memory probe {median([r[1] for r in early]):.0f} / {median([r[1] for r in late]):.0f} ns per load "
+          f"(one token before / after: {median([r[1] for r in drift(sys.argv[1])]):.0f} / "
+          f"{median([r[1] for r in drift(sys.argv[4])]):.0f} ns)")
 for label, quiet in (("all intervals", 100.0), ("intervals with steal <= 1 %", 1.0)):
     a = [p99 for p99, st in intervals(sys.argv[1]) if st <= quiet]
     b = [p99 for p99, st in intervals(sys.argv[2]) if st <= quiet]
