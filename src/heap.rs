@@ -14,7 +14,9 @@
 //! allocations stay where the last request's were freed.
 //!
 //! The gateway's allocator is mimalloc (`src/main.rs`); [`long_lived`] makes a thread-local
-//! heap the thread's default for the duration of a closure (two pointer writes, no lock). Under
+//! heap the thread's default for the duration of a closure (a thread-local write and a
+//! `pthread_setspecific` each way, no lock: ~9 ns a switch, measured as ~0.06 µs on a new
+//! token's first decision, which switches seven times). Under
 //! another global allocator (the library's unit tests) the calls change nothing Rust allocates.
 //! Blocks may be freed from any thread and from either scope: mimalloc finds a block's page by
 //! its address, not by the heap it was asked for.
