@@ -21,7 +21,7 @@ use clap::Parser;
 use gateway_metrics::{scrape, Counters, SLOW_DECISION, SLOW_UPSTREAM};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use schedule::Pattern;
+use schedule::{Interleave, Pattern, Slot};
 use stats::{rss_mib, CpuTicks, Latencies};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -70,6 +70,11 @@ struct Args {
     /// Seconds left out of the steady state at the start (default: one window).
     #[arg(long)]
     warmup: Option<u64>,
+    /// After the warm-up, every Nth report interval carries one repeated token instead of the
+    /// population (0: never): a baseline under the same host and process state as the
+    /// population, seconds apart (see `schedule::Interleave`).
+    #[arg(long, default_value_t = 0)]
+    interleave: u64,
     #[arg(long, default_value = "ES256")]
     alg: String,
     /// Signing key (PEM; the secret itself for HS256).
@@ -89,12 +94,20 @@ struct Args {
 /// What the connections share (one thread: no locks).
 struct Shared {
     pattern: Pattern,
+    interleave: Interleave,
     single: bool,
     total: u64,
+    /// The index of the repeated token of the interleaved blocks.
+    reference: u64,
     next: Cell<u64>,
     started: Instant,
     tokens: RefCell<Tokens>,
     interval: RefCell<Latencies>,
+    /// The interleaved blocks' requests of this interval.
+    interval_reference: RefCell<Latencies>,
+    /// The population's requests of this interval that carried a token's first use (the
+    /// gateway checks its signature), also counted in `interval`.
+    interval_first: RefCell<Latencies>,
     failures: Cell<u64>,
     /// When the last answer came.
     finished: Cell<Instant>,
@@ -139,31 +152,52 @@ async fn run(args: Args) -> Result<(), String> {
         uses: args.uses,
         window: args.window,
     };
-    let total = if args.single {
-        args.rate * args.seconds
-    } else {
-        args.tokens * args.uses
-    };
     let warmup = Duration::from_secs(args.warmup.unwrap_or(if args.single {
         args.report
     } else {
         args.window
     }));
-    // Every token is signed before the clock starts (see tokens.rs).
-    let tokens = Tokens::mint(&minter, if args.single { 1 } else { args.tokens })?;
+    let interleave = if args.single || args.interleave < 2 {
+        Interleave::off()
+    } else {
+        let report = args.report.max(1);
+        Interleave {
+            block: args.rate * report,
+            warm: warmup.as_secs().div_ceil(report),
+            every: args.interleave,
+        }
+    };
+    let total = if args.single {
+        args.rate * args.seconds
+    } else {
+        interleave.requests(args.tokens * args.uses)
+    };
+    // Every token is signed before the clock starts (see tokens.rs); the reference token,
+    // when there is one, last.
+    let minted = if args.single {
+        1
+    } else {
+        args.tokens + u64::from(interleave.every > 0)
+    };
+    let tokens = Tokens::mint(&minter, minted)?;
+    // Built before the clock starts too: shuffling its 64 MiB takes about a second.
+    let memory_ns = start_probe(args.report);
     let shared = Rc::new(Shared {
         pattern,
+        interleave,
         single: args.single,
         total,
+        reference: args.tokens,
         next: Cell::new(0),
         started: Instant::now() + Duration::from_millis(200),
         tokens: RefCell::new(tokens),
         interval: RefCell::new(Latencies::default()),
+        interval_reference: RefCell::new(Latencies::default()),
+        interval_first: RefCell::new(Latencies::default()),
         failures: Cell::new(0),
         finished: Cell::new(Instant::now()),
         errors: RefCell::new(Vec::new()),
     });
-    let memory_ns = start_probe(args.report);
     let (rss0, _) = rss_mib(args.pid).ok_or("the gateway's /proc status is unreadable")?;
     let counts0 = scrape(&args.admin).await?;
     print_heading(&args, &pattern, total, rss0);
@@ -199,7 +233,6 @@ async fn run(args: Args) -> Result<(), String> {
 fn start_probe(every: u64) -> Arc<AtomicU64> {
     let latest = Arc::new(AtomicU64::new(0));
     let out = latest.clone();
-    // Built here, before the clock starts: shuffling 64 MiB takes about a second.
     let mut p = probe::Probe::new(0x9e37_79b9_7f4a_7c15);
     std::thread::spawn(move || loop {
         out.store(p.ns_per_load().to_bits(), Ordering::Relaxed);
@@ -219,21 +252,29 @@ fn print_heading(args: &Args, pattern: &Pattern, total: u64, rss0: f64) {
             "one token".to_string()
         } else {
             format!(
-                "{} tokens × {} uses over {} s (working set {} tokens)",
+                "{} tokens × {} uses over {} s (working set {} tokens){}",
                 args.tokens,
                 args.uses,
                 args.window,
-                pattern.working_set()
+                pattern.working_set(),
+                if args.interleave >= 2 {
+                    format!(
+                        "; every {}th interval after the warm-up carries one repeated token instead (load \"one\"), the population pausing",
+                        args.interleave
+                    )
+                } else {
+                    String::new()
+                }
             )
         }
     );
     println!("gateway resident memory before: {rss0:.1} MiB\n");
     println!(
-        "| s | req/s | p50 ms | p99 ms | p99.9 ms | cache hit ratio | live tokens | RSS MiB | gateway CPU % | steal % | decision µs (mean) | decisions > {} ms | upstream > {} ms | client CPU % | host memory ns/load |",
+        "| s | req/s | p50 ms | p99 ms | p99.9 ms | cache hit ratio | live tokens | RSS MiB | gateway CPU % | steal % | decision µs (mean) | decisions > {} ms | upstream > {} ms | client CPU % | host memory ns/load | load |",
         ms(SLOW_DECISION),
         ms(SLOW_UPSTREAM)
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
 }
 
 /// The totals and the steady state, after the table.
@@ -247,6 +288,8 @@ fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration,
         .as_secs_f64();
     let Steady {
         latencies: mut steady,
+        mut reference,
+        mut first_uses,
         counts,
         peak_rss,
         steal_max,
@@ -269,6 +312,27 @@ fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration,
         steady.quantile_ms(0.999),
         ratio(counts.cache_hits, counts.cache_misses)
     );
+    if first_uses.len() > 0 {
+        // Where the population's tail is: in the requests whose token is new to the gateway
+        // (each waits for its own signature check), or in all of them alike.
+        println!(
+            "of which a token's first use: {} requests, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+            first_uses.len(),
+            first_uses.quantile_ms(0.5),
+            first_uses.quantile_ms(0.99),
+            first_uses.quantile_ms(0.999)
+        );
+    }
+    if reference.len() > 0 {
+        println!(
+            "interleaved blocks of one repeated token (every {}th interval) at steady state: {} requests, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+            args.interleave,
+            reference.len(),
+            reference.quantile_ms(0.5),
+            reference.quantile_ms(0.99),
+            reference.quantile_ms(0.999)
+        );
+    }
     println!(
         "the gateway's decisions at steady state: {} (mean {:.1} µs), {} slower than {} ms; upstream answers slower than {} ms: {}",
         counts.decisions,
@@ -285,17 +349,27 @@ fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration,
         "most CPU time stolen by the hypervisor in one steady-state interval: {steal_max:.1} %"
     );
     println!(
-        "RESULT p99_ms={:.3} hwm_mib={:.1} rss0_mib={:.1} steal_max={:.1}",
+        "RESULT p99_ms={:.3} hwm_mib={:.1} rss0_mib={:.1} steal_max={:.1}{}",
         steady.quantile_ms(0.99),
         hwm,
         rss0,
-        steal_max
+        steal_max,
+        if reference.len() > 0 {
+            format!(" p99_one_ms={:.3}", reference.quantile_ms(0.99))
+        } else {
+            String::new()
+        }
     );
 }
 
 /// What the steady state measured.
 struct Steady {
+    /// The population's requests (all of them in a run without interleaving).
     latencies: Latencies,
+    /// The interleaved blocks' requests.
+    reference: Latencies,
+    /// The population's requests that carried a token's first use.
+    first_uses: Latencies,
     /// The gateway's counters over the steady state.
     counts: Counters,
     peak_rss: f64,
@@ -315,6 +389,8 @@ async fn report(
 ) -> Result<Steady, String> {
     let total = shared.total;
     let mut steady = Latencies::default();
+    let mut steady_reference = Latencies::default();
+    let mut steady_first = Latencies::default();
     let mut last = (Instant::now(), 0u64, counts0);
     // Intervals are counted from the first report's start; `warmup` is a whole number of them.
     let mut interval = 0u64;
@@ -328,9 +404,27 @@ async fn report(
     let mut my_ticks = CpuTicks::read(me).unwrap_or_default();
     let mut steal_max = 0f64;
     loop {
-        tokio::time::sleep(Duration::from_secs(args.report)).await;
+        // On the schedule's own clock, so an interval is one block of requests (an interleaved
+        // block is one row of the table).
+        let tick = shared.started + Duration::from_secs(args.report.max(1) * (interval + 1));
+        tokio::time::sleep_until(tick.into()).await;
         let done = conns.iter().all(|c| c.is_finished());
         let mut lat = std::mem::take(&mut *shared.interval.borrow_mut());
+        let mut lat_reference = std::mem::take(&mut *shared.interval_reference.borrow_mut());
+        let lat_first = std::mem::take(&mut *shared.interval_first.borrow_mut());
+        // A row shows the kind of request most of its interval carried (the few answered
+        // after their block ended count in the next row, and in their own kind's totals).
+        let reference_row = lat_reference.len() > lat.len();
+        let load = if shared.single || reference_row {
+            "one"
+        } else {
+            "many"
+        };
+        let shown = if reference_row {
+            &mut lat_reference
+        } else {
+            &mut lat
+        };
         let now = Instant::now();
         let sent = shared.next.get().min(total);
         let counts = scrape(&args.admin).await?;
@@ -345,12 +439,12 @@ async fn report(
         my_ticks = now_mine;
         let elapsed = now.duration_since(shared.started).as_secs_f64();
         println!(
-            "| {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} |",
+            "| {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {} |",
             elapsed,
             (sent - last.1) as f64 / now.duration_since(last.0).as_secs_f64(),
-            lat.quantile_ms(0.5),
-            lat.quantile_ms(0.99),
-            lat.quantile_ms(0.999),
+            shown.quantile_ms(0.5),
+            shown.quantile_ms(0.99),
+            shown.quantile_ms(0.999),
             ratio(delta.cache_hits, delta.cache_misses),
             shared.tokens.borrow().live(),
             rss,
@@ -360,7 +454,8 @@ async fn report(
             delta.slow_decisions,
             delta.slow_upstream,
             client_busy,
-            f64::from_bits(memory_ns.load(Ordering::Relaxed))
+            f64::from_bits(memory_ns.load(Ordering::Relaxed)),
+            load
         );
         // Only whole intervals after the warm-up count as the steady state.
         if interval * args.report >= warmup.as_secs() {
@@ -368,6 +463,8 @@ async fn report(
                 steady_counts = Some(last.2);
             }
             steady.extend(&lat);
+            steady_reference.extend(&lat_reference);
+            steady_first.extend(&lat_first);
             steal_max = steal_max.max(steal);
         }
         last = (now, sent, counts);
@@ -378,6 +475,8 @@ async fn report(
     }
     Ok(Steady {
         latencies: steady,
+        reference: steady_reference,
+        first_uses: steady_first,
         counts: last.2.since(&steady_counts.unwrap_or(counts0)),
         peak_rss,
         steal_max,
@@ -422,11 +521,15 @@ async fn connection(s: Rc<Shared>, gateway: String, path: String) -> Result<(), 
         } else {
             due
         };
-        let bearer = if s.single {
-            s.tokens.borrow_mut().take(0, 0, u64::MAX)?
-        } else {
-            let (n, round) = s.pattern.token_of(i);
-            s.tokens.borrow_mut().take(n, round, s.pattern.uses)?
+        let slot = s.interleave.at(i);
+        let (bearer, first_use) = match slot {
+            _ if s.single => (s.tokens.borrow_mut().take(0, 0, u64::MAX)?, false),
+            Slot::Reference => (s.tokens.borrow_mut().take(s.reference, 0, u64::MAX)?, false),
+            Slot::Population(p) => {
+                let (n, round) = s.pattern.token_of(p);
+                let first = s.tokens.borrow().is_new(n);
+                (s.tokens.borrow_mut().take(n, round, s.pattern.uses)?, first)
+            }
         };
         let req = http::Request::get(path.as_str())
             .header(http::header::HOST, gateway.as_str())
@@ -442,9 +545,15 @@ async fn connection(s: Rc<Shared>, gateway: String, path: String) -> Result<(), 
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        s.interval
-            .borrow_mut()
-            .record(from.elapsed().as_micros() as u64);
+        let into = match slot {
+            Slot::Reference => &s.interval_reference,
+            Slot::Population(_) => &s.interval,
+        };
+        let us = from.elapsed().as_micros() as u64;
+        into.borrow_mut().record(us);
+        if first_use {
+            s.interval_first.borrow_mut().record(us);
+        }
         s.finished.set(Instant::now());
         if status != http::StatusCode::OK {
             s.failures.set(s.failures.get() + 1);

@@ -47,6 +47,81 @@ impl Pattern {
     }
 }
 
+/// Which requests carry one repeated token instead of the population's: after `warm` blocks,
+/// every `every`th block of `block` requests (0: none). Why: a baseline run minutes before or
+/// after the population measures the host of that moment as much as the gateway (two baselines
+/// of one run differed 1.6x in their p99); blocks of the one token interleaved with the
+/// population put both under the same host, the same process and the same load, a few seconds
+/// apart. The population's schedule pauses during a reference block and resumes where it was,
+/// so each token's uses stay `uses`, and the reference blocks add requests, never replace them.
+#[derive(Debug, Clone, Copy)]
+pub struct Interleave {
+    pub block: u64,
+    pub warm: u64,
+    pub every: u64,
+}
+
+/// What request `i` of the run carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The population's request number `p` (for `Pattern::token_of`).
+    Population(u64),
+    /// The one repeated token.
+    Reference,
+}
+
+impl Interleave {
+    /// No reference blocks: request `i` is the population's `i`.
+    pub fn off() -> Interleave {
+        Interleave {
+            block: 1,
+            warm: 0,
+            every: 0,
+        }
+    }
+
+    fn is_reference(&self, b: u64) -> bool {
+        self.every > 1 && b >= self.warm && (b - self.warm) % self.every == self.every - 1
+    }
+
+    /// Reference blocks before block `b`.
+    fn references_before(&self, b: u64) -> u64 {
+        if self.every > 1 && b > self.warm {
+            (b - self.warm) / self.every
+        } else {
+            0
+        }
+    }
+
+    pub fn at(&self, i: u64) -> Slot {
+        let block = self.block.max(1);
+        let b = i / block;
+        if self.is_reference(b) {
+            Slot::Reference
+        } else {
+            Slot::Population(i - self.references_before(b) * block)
+        }
+    }
+
+    /// Requests in a run whose population sends `population` requests: those plus every
+    /// reference block that starts before the population's last request.
+    pub fn requests(&self, population: u64) -> u64 {
+        if self.every < 2 || population == 0 {
+            return population;
+        }
+        let block = self.block.max(1);
+        // The block holding the population's last request, found by walking whole cycles.
+        let last = population - 1;
+        let warm = self.warm * block;
+        if last < warm {
+            return population;
+        }
+        let per_cycle = (self.every - 1) * block;
+        let cycles = (last - warm) / per_cycle;
+        population + cycles * block
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +166,59 @@ mod tests {
         // All of them born early enough to finish within the run got all their uses.
         assert!(complete >= total / p.uses - 2 * first_window, "{complete}");
         assert_eq!(p.working_set(), 6000);
+    }
+    #[test]
+    fn reference_blocks_pause_the_population_and_add_to_it() {
+        let il = Interleave {
+            block: 10,
+            warm: 3,
+            every: 4,
+        };
+        let population = 137u64;
+        let total = il.requests(population);
+        let mut next = 0u64;
+        let mut references = 0u64;
+        for i in 0..total {
+            match il.at(i) {
+                // The population's requests come in order, none skipped or repeated.
+                Slot::Population(p) => {
+                    assert_eq!(p, next, "request {i}");
+                    next += 1;
+                }
+                Slot::Reference => {
+                    let b = i / il.block;
+                    assert!(b >= il.warm, "no reference block in the warm-up: {i}");
+                    assert_eq!((b - il.warm) % il.every, il.every - 1, "request {i}");
+                    references += 1;
+                }
+            }
+        }
+        assert_eq!(next, population, "every population request is sent");
+        // Whole blocks only, and the run ends on the population's last request.
+        assert_eq!(references % il.block, 0);
+        assert!(matches!(il.at(total - 1), Slot::Population(p) if p == population - 1));
+        // Blocks 0-2 warm, then cycles of 3 population blocks and 1 reference block: the
+        // population's 137 requests end in block 16, after reference blocks 6, 10 and 14.
+        assert_eq!(references, 30);
+        assert_eq!(total, 167);
+        // Ending exactly at a block edge (block 13), no reference block follows.
+        assert_eq!(il.requests(120), 140);
+    }
+
+    #[test]
+    fn off_means_every_request_is_the_populations() {
+        let il = Interleave::off();
+        assert_eq!(il.requests(1000), 1000);
+        assert!((0..1000).all(|i| il.at(i) == Slot::Population(i)));
+        // Every second block after the warm-up; a population ending exactly at a block edge
+        // is not followed by a reference block.
+        let il = Interleave {
+            block: 5,
+            warm: 0,
+            every: 2,
+        };
+        assert_eq!(il.requests(10), 15);
+        assert_eq!(il.at(5), Slot::Reference);
+        assert_eq!(il.at(10), Slot::Population(5));
     }
 }

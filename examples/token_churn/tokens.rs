@@ -122,6 +122,11 @@ impl Tokens {
         Ok(value)
     }
 
+    /// Whether token `n` has not been sent yet (its next use is its first).
+    pub fn is_new(&self, n: u64) -> bool {
+        self.state.get(n as usize) == Some(&Use::NotYet)
+    }
+
     /// Tokens used at least once and not yet for the last time.
     pub fn live(&self) -> usize {
         self.live
@@ -150,7 +155,9 @@ mod tests {
         )
         .unwrap();
         let mut tokens = Tokens::mint(&minter, 3).unwrap();
+        assert!(tokens.is_new(0));
         let a = tokens.take(0, 0, 3).unwrap();
+        assert!(!tokens.is_new(0) && tokens.is_new(1));
         assert!(a.to_str().unwrap().starts_with("Bearer ey"));
         tokens.take(1, 0, 3).unwrap();
         assert_eq!(tokens.live(), 2);
