@@ -25,6 +25,7 @@
 #   TOKENS=300000 RATE=12000 ENTRIES=10000 bash benches/load/many-tokens.sh
 #   ALG=HS256 bash benches/load/many-tokens.sh   # new tokens whose check costs ~0.3 µs, not ~35
 #   CG_BIN=/path/to/other/claimgate bash benches/load/many-tokens.sh   # another build, as is
+#   TARGET_PATH=/open bash benches/load/many-tokens.sh   # a route without authentication
 #
 # ALG=HS256 keeps everything else (the cache, its churn, the claims) and makes a new token's
 # signature nearly free: what the many-token tail owes to signature checks on the one worker is
@@ -44,6 +45,7 @@ ENTRIES=${ENTRIES:-100000}
 ALG=${ALG:-ES256}
 BASELINE=${BASELINE:-60}
 INTERLEAVE=${INTERLEAVE:-4}
+TARGET_PATH=${TARGET_PATH:-/api/accounts/acc-1/transfer}
 OUT=${OUT:-$ROOT/benches/load/results-many-tokens.md}
 
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || {
@@ -88,6 +90,9 @@ UP=127.0.0.1:18280
 mkdir -p "$W/rules"
 bench_nginx "$NGINX" "$W" "$UP"
 bench_transfer_route '"ec"' > "$W/rules/bench.toml"
+# A route without authentication, for TARGET_PATH=/open: the same load with no token work in the
+# gateway (what the client, nginx and the host contribute to a difference between the two loads).
+printf '[[route]]\nname = "open"\npath = "/open"\nauth = "none"\n' >> "$W/rules/bench.toml"
 cat > "$W/gateway.toml" <<CFG
 [server]
 threads = 1
@@ -132,7 +137,7 @@ done
 cd "$ROOT"
 CLAIMS='{"account":"acc-1","permissions":["read","transfer"],"scope":"read transfer","features":{"maxTransactionAmount":5000}}'
 churn() {
-  taskset -c 0 "$W/token_churn" --gateway 127.0.0.1:18282 --path /api/accounts/acc-1/transfer \
+  taskset -c 0 "$W/token_churn" --gateway 127.0.0.1:18282 --path "$TARGET_PATH" \
     --admin 127.0.0.1:18292 --pid "$GW" --rate "$RATE" --alg "$ALG" "${SIGNING[@]}" \
     --iss https://ec.bench --claims "$CLAIMS" "$@"
 }
@@ -146,17 +151,17 @@ churn() {
   echo
   echo "## Baseline: one token repeated, $RATE req/s for $BASELINE s"
   echo
-  churn --single --seconds "$BASELINE" | tee "$W/single.txt" | grep -v '^RESULT' 
+  churn --single --seconds "$BASELINE" | tee "$W/single.txt" | grep --line-buffered -v '^RESULT' 
   echo
   echo "## $TOKENS tokens × $USES uses over $WINDOW s, $RATE req/s (every ${INTERLEAVE}th interval: one token)"
   echo
-  churn --tokens "$TOKENS" --uses "$USES" --window "$WINDOW" --interleave "$INTERLEAVE" | tee "$W/many.txt" | grep -v '^RESULT' 
+  churn --tokens "$TOKENS" --uses "$USES" --window "$WINDOW" --interleave "$INTERLEAVE" | tee "$W/many.txt" | grep --line-buffered -v '^RESULT' 
   echo
   # The same baseline once more, right after: a host whose speed drifted over the long run
   # shows as two baselines that disagree (the verdict stays against the first, as specified).
   echo "## Baseline again, after the population: one token repeated, $RATE req/s for $BASELINE s"
   echo
-  churn --single --seconds "$BASELINE" | tee "$W/after.txt" | grep -v '^RESULT' 
+  churn --single --seconds "$BASELINE" | tee "$W/after.txt" | grep --line-buffered -v '^RESULT' 
   echo
   python3 - "$W/single.txt" "$W/many.txt" "$ENTRIES" "$W/after.txt" "$INTERLEAVE" <<'PY'
 import re, sys

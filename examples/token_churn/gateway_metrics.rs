@@ -23,6 +23,7 @@ pub struct Counters {
     /// Decisions that took longer than `SLOW_DECISION`.
     pub slow_decisions: u64,
     pub upstream: u64,
+    pub upstream_seconds: f64,
     /// Upstream answers that took longer than `SLOW_UPSTREAM`.
     pub slow_upstream: u64,
 }
@@ -55,6 +56,7 @@ impl Counters {
                     fast_decisions += v as u64
                 }
                 "claimgate_upstream_duration_seconds_count" => c.upstream += v as u64,
+                "claimgate_upstream_duration_seconds_sum" => c.upstream_seconds += v,
                 "claimgate_upstream_duration_seconds_bucket" if le(SLOW_UPSTREAM) => {
                     fast_upstream += v as u64
                 }
@@ -75,6 +77,7 @@ impl Counters {
             decision_seconds: (self.decision_seconds - earlier.decision_seconds).max(0.0),
             slow_decisions: self.slow_decisions.saturating_sub(earlier.slow_decisions),
             upstream: self.upstream.saturating_sub(earlier.upstream),
+            upstream_seconds: (self.upstream_seconds - earlier.upstream_seconds).max(0.0),
             slow_upstream: self.slow_upstream.saturating_sub(earlier.slow_upstream),
         }
     }
@@ -85,6 +88,15 @@ impl Counters {
             return 0.0;
         }
         self.decision_seconds * 1e6 / self.decisions as f64
+    }
+
+    /// Mean time from choosing the upstream to its answer's header, in microseconds (the
+    /// upstream's own time plus the worker's delay in reading the answer); 0 without answers.
+    pub fn mean_upstream_us(&self) -> f64 {
+        if self.upstream == 0 {
+            return 0.0;
+        }
+        self.upstream_seconds * 1e6 / self.upstream as f64
     }
 }
 
@@ -130,6 +142,7 @@ claimgate_decision_duration_seconds_sum{route="b"} 0.001
 claimgate_decision_duration_seconds_count{route="b"} 4
 claimgate_upstream_duration_seconds_bucket{route="a",le="0.0005"} 50
 claimgate_upstream_duration_seconds_bucket{route="a",le="0.001"} 99
+claimgate_upstream_duration_seconds_sum{route="a"} 0.0312
 claimgate_upstream_duration_seconds_count{route="a"} 104
 "#;
         let c = Counters::parse(text);
@@ -137,6 +150,7 @@ claimgate_upstream_duration_seconds_count{route="a"} 104
         assert_eq!((c.decisions, c.slow_decisions), (104, 8));
         assert!((c.decision_seconds - 0.006).abs() < 1e-12);
         assert_eq!((c.upstream, c.slow_upstream), (104, 5));
+        assert!((c.mean_upstream_us() - 300.0).abs() < 1e-6);
         let d = c.since(&Counters {
             decisions: 4,
             decision_seconds: 0.001,

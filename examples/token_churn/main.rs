@@ -270,11 +270,11 @@ fn print_heading(args: &Args, pattern: &Pattern, total: u64, rss0: f64) {
     );
     println!("gateway resident memory before: {rss0:.1} MiB\n");
     println!(
-        "| s | req/s | p50 ms | p99 ms | p99.9 ms | cache hit ratio | live tokens | RSS MiB | gateway CPU % | steal % | decision µs (mean) | decisions > {} ms | upstream > {} ms | client CPU % | host memory ns/load | load |",
+        "| s | req/s | p50 ms | p99 ms | p99.9 ms | cache hit ratio | live tokens | RSS MiB | gateway CPU % | steal % | decision µs (mean) | decisions > {} ms | upstream > {} ms | client CPU % | host memory ns/load | load | upstream µs (mean) |",
         ms(SLOW_DECISION),
         ms(SLOW_UPSTREAM)
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |");
 }
 
 /// The totals and the steady state, after the table.
@@ -439,7 +439,7 @@ async fn report(
         my_ticks = now_mine;
         let elapsed = now.duration_since(shared.started).as_secs_f64();
         println!(
-            "| {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {} |",
+            "| {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {} | {:.0} |",
             elapsed,
             (sent - last.1) as f64 / now.duration_since(last.0).as_secs_f64(),
             shown.quantile_ms(0.5),
@@ -455,7 +455,8 @@ async fn report(
             delta.slow_upstream,
             client_busy,
             f64::from_bits(memory_ns.load(Ordering::Relaxed)),
-            load
+            load,
+            delta.mean_upstream_us()
         );
         // Only whole intervals after the warm-up count as the steady state.
         if interval * args.report >= warmup.as_secs() {
