@@ -153,7 +153,7 @@ churn() {
   echo
   churn --single --seconds "$BASELINE" | tee "$W/single.txt" | grep --line-buffered -v '^RESULT' 
   echo
-  echo "## $TOKENS tokens × $USES uses over $WINDOW s, $RATE req/s (every ${INTERLEAVE}th interval: one token)"
+  echo "## $TOKENS tokens × $USES uses over $WINDOW s, $RATE req/s$( [ "$INTERLEAVE" -ge 2 ] && echo " (one interval in $INTERLEAVE: one token)")"
   echo
   churn --tokens "$TOKENS" --uses "$USES" --window "$WINDOW" --interleave "$INTERLEAVE" | tee "$W/many.txt" | grep --line-buffered -v '^RESULT' 
   echo

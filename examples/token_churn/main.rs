@@ -259,7 +259,7 @@ fn print_heading(args: &Args, pattern: &Pattern, total: u64, rss0: f64) {
                 pattern.working_set(),
                 if args.interleave >= 2 {
                     format!(
-                        "; every {}th interval after the warm-up carries one repeated token instead (load \"one\"), the population pausing",
+                        "; one interval in {} after the warm-up carries one repeated token instead (load \"one\"), the population pausing",
                         args.interleave
                     )
                 } else {
@@ -325,7 +325,7 @@ fn print_summary(args: &Args, shared: &Shared, steady: Steady, warmup: Duration,
     }
     if reference.len() > 0 {
         println!(
-            "interleaved blocks of one repeated token (every {}th interval) at steady state: {} requests, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+            "interleaved blocks of one repeated token (one interval in {}) at steady state: {} requests, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
             args.interleave,
             reference.len(),
             reference.quantile_ms(0.5),
