@@ -8,12 +8,13 @@
 # core 0 with nginx and signs every token before its clock starts (signing in the request loop
 # put the client's own work into the tail). First a baseline of one token repeated at the same
 # rate for BASELINE seconds, then the population. Reports per 10 s: latency (from when each
-# request was due), the cache's hit ratio, the gateway's mean decision time and how many of its
-# decisions and upstream answers were slow (from its metrics: a tail the client sees that the
-# gateway's decisions do not was spent elsewhere), the gateway's resident memory and CPU, the
+# request was due), the cache's hit ratio, the gateway's mean decision and upstream times and
+# how many of its decisions and upstream answers were slow (from its metrics: a tail the client
+# sees that the gateway's decisions do not was spent elsewhere), the gateway's resident memory
+# and CPU, the
 # load generator's own CPU, and the CPU time the hypervisor stole from this VM; then the steady
 # state and the peak resident memory; last, the baseline once more (a drifting host shows as two
-# baselines that disagree). The last column times a chase of dependent loads through 64 MiB on
+# baselines that disagree). A column times a chase of dependent loads through 64 MiB on
 # the load generator's core (examples/token_churn/probe.rs): a gateway whose decisions slow down
 # while it stays flat changed itself; both slowing together is the host. After the population's
 # warm-up, every INTERLEAVE-th interval (4th; 0 for none) carries the one repeated token instead,
@@ -226,7 +227,7 @@ if g1 and gm:
 after = result(sys.argv[4])
 print(f"p99 of one token after the population: {after['p99_ms']:.3f} ms (before it: {single['p99_ms']:.3f} ms); "
       f"many tokens / that baseline: {many['p99_ms'] / after['p99_ms']:.2f}x")
-# Host or gateway: the load generator's memory probe (ns per dependent load, its last column)
+# Host or gateway: the load generator's memory probe (ns per dependent load, column 15)
 # beside the gateway's mean decision (column 11), early and late in the population.
 def drift(path, kind=None):
     return [(float(c[10]), float(c[14])) for c in table(path)
