@@ -167,6 +167,44 @@ mod tests {
         assert!(complete >= total / p.uses - 2 * first_window, "{complete}");
         assert_eq!(p.working_set(), 6000);
     }
+
+    /// The invariants of `reference_blocks_pause_the_population_and_add_to_it`, over every
+    /// small schedule: the population's requests in order and all sent, reference blocks whole,
+    /// only where they belong, and the run ending on the population's last request.
+    #[test]
+    fn every_small_schedule_keeps_the_population_whole() {
+        for block in 1..6u64 {
+            for warm in 0..4u64 {
+                for every in 0..6u64 {
+                    let il = Interleave { block, warm, every };
+                    for population in 1..80u64 {
+                        let total = il.requests(population);
+                        let mut next = 0u64;
+                        for i in 0..total {
+                            match il.at(i) {
+                                Slot::Population(p) => {
+                                    assert_eq!(p, next, "{il:?} {population} {i}");
+                                    next += 1;
+                                }
+                                Slot::Reference => {
+                                    let b = i / block;
+                                    assert!(every > 1 && b >= warm, "{il:?} {i}");
+                                    assert_eq!((b - warm) % every, every - 1, "{il:?} {i}");
+                                }
+                            }
+                        }
+                        assert_eq!(next, population, "{il:?}");
+                        let last = il.at(total - 1);
+                        assert_eq!(last, Slot::Population(population - 1), "{il:?}");
+                        // Every block that started is finished: the reference requests are
+                        // whole blocks.
+                        assert_eq!((total - population) % block, 0, "{il:?}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn reference_blocks_pause_the_population_and_add_to_it() {
         let il = Interleave {
