@@ -1,11 +1,13 @@
 //! Stopping without dropping requests: what happens between SIGTERM and the exit.
 //!
-//! 1. SIGTERM: `/readyz` answers 503 at once and HTTP/1 responses carry `Connection: close`, so
-//!    load balancers that probe readiness and clients on persistent connections both move to
-//!    other replicas. The listeners keep accepting for `grace_period_seconds`: whatever a load
-//!    balancer still sends before it notices is served.
+//! 1. SIGTERM: `/readyz` answers 503 at once, HTTP/1 responses carry `Connection: close` and
+//!    every HTTP/2 connection gets GOAWAY (its streams already sent are still served), so load
+//!    balancers that probe readiness and clients on persistent connections, gRPC channels
+//!    included, all move to other replicas. The listeners keep accepting for
+//!    `grace_period_seconds`: whatever a load balancer still sends before it notices is served
+//!    (an h2 connection opened then is told GOAWAY at once, as an HTTP/1 one is told to close).
 //! 2. The grace period ends: the listeners close (Pingora's shutdown), idle keep-alive
-//!    connections are closed, h2 connections get GOAWAY.
+//!    connections are closed.
 //! 3. Requests in flight finish: the process exits 0 once no connection has been busy for
 //!    [`QUIET`], or when `graceful_shutdown_timeout_seconds` has passed (what is still busy then
 //!    is cut off).
@@ -17,6 +19,7 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// How long no connection must be busy before the process exits. A connection accepted just
 /// before the listeners closed is not counted until its TLS handshake is done and its first
@@ -33,6 +36,10 @@ pub struct Drain {
     /// its first request is answered, an HTTP/1 connection from a request's first byte until
     /// its answer, an h2 connection or a tunnel for its whole life.
     busy: AtomicUsize,
+    /// Turns true with `draining`: what HTTP/2 connections watch instead of Pingora's shutdown,
+    /// which only turns true when the listeners close, so that they send GOAWAY at the start of
+    /// the grace period rather than at its end.
+    stopping: watch::Sender<bool>,
 }
 
 impl Drain {
@@ -43,6 +50,24 @@ impl Drain {
     /// SIGTERM arrived: readiness fails and connections stop being kept alive from now on.
     pub fn begin(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.stopping.send_replace(true);
+    }
+
+    /// The shutdown watch an HTTP/2 connection is served with: true from [`Drain::begin`], or
+    /// from Pingora's own `shutdown` if that came first (a fast shutdown). Pingora's h2 server
+    /// sends GOAWAY when the watch *changes*; a connection accepted while already stopping is
+    /// given a watch marked changed, so it is told at once rather than never.
+    pub fn h2_watch(&self, shutdown: &watch::Receiver<bool>) -> watch::Receiver<bool> {
+        if *shutdown.borrow() {
+            let mut already = shutdown.clone();
+            already.mark_changed();
+            return already;
+        }
+        let mut watch = self.stopping.subscribe();
+        if *watch.borrow() {
+            watch.mark_changed();
+        }
+        watch
     }
 
     pub fn draining(&self) -> bool {
@@ -205,6 +230,28 @@ mod tests {
         let started = Instant::now();
         assert!(!d.wait_drained(Instant::now() + Duration::from_millis(150)));
         assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[test]
+    fn h2_connections_are_told_when_the_drain_begins_whenever_they_came() {
+        let d = Drain::default();
+        let (pingora_tx, pingora) = watch::channel(false);
+        // Before the drain: nothing to tell; told when it begins.
+        let early = d.h2_watch(&pingora);
+        assert!(!early.has_changed().unwrap());
+        d.begin();
+        assert!(early.has_changed().unwrap());
+        assert!(*early.borrow());
+        // Accepted while draining: told at once (Pingora acts on a change, not on a value).
+        let late = d.h2_watch(&pingora);
+        assert!(late.has_changed().unwrap());
+        assert!(*late.borrow());
+        // Pingora's own shutdown first (a fast shutdown): that one, told at once.
+        let fresh = Drain::default();
+        pingora_tx.send_replace(true);
+        let fast = fresh.h2_watch(&pingora);
+        assert!(fast.has_changed().unwrap());
+        assert!(*fast.borrow());
     }
 
     #[test]

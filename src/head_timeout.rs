@@ -714,14 +714,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeadTimeoutApp<A> {
         // Busy from the accept: the stream wrapper takes this count over.
         drain.busy_one();
         let wrapped = if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
+            // GOAWAY when the drain begins, not when the listeners close (drain.rs).
+            let stopping = drain.h2_watch(shutdown);
             let h2 = HeadTimedStream::http2(stream, Vec::new(), timeout, metrics, drain);
-            return self.inner.process_new(Box::new(h2), shutdown).await;
+            return self.inner.process_new(Box::new(h2), &stopping).await;
         } else if h2c && stream.get_ssl_digest().is_none() {
             let mut stream = stream;
             match sniff(&mut stream, timeout).await {
                 Sniffed::Http2 { read } => {
+                    let stopping = drain.h2_watch(shutdown);
                     let h2 = HeadTimedStream::http2(stream, read, timeout, metrics, drain);
-                    return self.inner.process_new(Box::new(h2), shutdown).await;
+                    return self.inner.process_new(Box::new(h2), &stopping).await;
                 }
                 Sniffed::Http1 { read, first_byte } => HeadTimedStream::http1_sniffed(
                     stream, read, first_byte, timeout, metrics, drain,

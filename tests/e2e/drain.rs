@@ -168,6 +168,109 @@ fn sigterm_fails_readiness_keeps_accepting_for_the_grace_period_and_lets_request
     assert!(!logs.contains(" ERROR "), "{logs}");
 }
 
+/// An h2 client connection to the gateway (h2c, prior knowledge), driven on its own task.
+async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
+/// Sends `GET path` on an h2 connection: the status and the body.
+async fn h2_get(
+    client: &mut h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    path: &str,
+) -> (u16, String) {
+    let req = http::Request::builder()
+        .uri(format!("http://a.test:{}{path}", addr.port()))
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).expect("the stream opens");
+    let resp = resp.await.expect("an answer");
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// HTTP/2 clients (gRPC channels, h2 load balancers) move at SIGTERM as HTTP/1 ones do: every
+/// h2 connection is told GOAWAY when the drain begins, not when the listeners close at the end
+/// of the grace period; the stream it carries is answered in full, and the connection then
+/// closes. An h2 connection opened during the grace period is served and told GOAWAY at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_sends_goaway_to_h2_connections_at_the_start_of_the_grace_period() {
+    const GRACE: Duration = Duration::from_secs(3);
+    let up = slow_upstream();
+    let mut gw = Gateway::start(
+        &config(up.addr, GRACE.as_secs(), 10),
+        &[("open.toml", OPEN)],
+    );
+    let proxy = gw.proxy;
+    let (mut client, conn) = h2_connect(proxy).await;
+    assert_eq!(
+        h2_get(&mut client, proxy, "/fast").await,
+        (200, "upstream ok".into())
+    );
+    let mut in_flight = client.clone();
+    let slow = tokio::spawn(async move { h2_get(&mut in_flight, proxy, "/slow/1000").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let signalled = Instant::now();
+    send_term(gw.pid());
+    // The slow stream is answered (~0.8 s after the signal) and the connection then ends: the
+    // GOAWAY came with the signal. Without it the connection would stay open until the
+    // listeners close at the end of the grace period.
+    let answer = tokio::time::timeout(Duration::from_secs(5), slow).await;
+    assert_eq!(answer.unwrap().unwrap(), (200, "upstream ok".into()));
+    let ended = tokio::time::timeout(GRACE, conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the connection ends cleanly after its last stream: {ended:?}"
+    );
+    let closed = signalled.elapsed();
+    assert!(
+        closed < GRACE - Duration::from_millis(600),
+        "closed {closed:?} after SIGTERM"
+    );
+    assert!(
+        client.ready().await.is_err(),
+        "no new stream on a connection told GOAWAY"
+    );
+
+    // A connection opened in the grace period: its request is served, then it is closed.
+    let (mut late, late_conn) = h2_connect(proxy).await;
+    assert_eq!(
+        h2_get(&mut late, proxy, "/fast").await,
+        (200, "upstream ok".into())
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(1), late_conn).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    assert!(
+        signalled.elapsed() < GRACE - Duration::from_millis(300),
+        "still in the grace period: {:?}",
+        signalled.elapsed()
+    );
+
+    let (code, logs) = tokio::task::spawn_blocking(move || {
+        let exit = gw.wait_exit(Duration::from_secs(8));
+        (exit.map(|(s, _)| s.code()), gw.logs())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(Some(0)), "{logs}");
+    assert!(!logs.contains(" ERROR "), "{logs}");
+}
+
 #[test]
 fn a_request_longer_than_the_shutdown_timeout_is_cut_off_and_the_exit_is_still_bounded() {
     let up = slow_upstream();
