@@ -32,24 +32,45 @@ pub(super) fn of(path: &Path) -> Writers {
     lease::probe(&file)
 }
 
-/// The files of the set at `config` open for writing now.
-fn open_in_set(config: &Path) -> Vec<PathBuf> {
-    Inputs::find(config)
-        .inputs
-        .files()
-        .filter(|f| of(f) == Writers::Open)
-        .map(Path::to_path_buf)
-        .collect()
+/// The files of the set at `config` open for writing now, and those the kernel would not say
+/// about.
+fn writers_in_set(config: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut open, mut unknown) = (Vec::new(), Vec::new());
+    for f in Inputs::find(config).inputs.files() {
+        match of(f) {
+            Writers::Open => open.push(f.to_path_buf()),
+            Writers::Unknown => unknown.push(f.to_path_buf()),
+            Writers::None => {}
+        }
+    }
+    (open, unknown)
 }
 
 /// Before the first load: waits, at most `max`, while a file of the set is open for writing, so
 /// that a gateway started in the middle of an edit does not begin with half a file. The files
 /// still open after `max`.
+///
+/// Where the kernel will not say (the usual case in a container that runs as a user other than
+/// the files' owner, such as a Kubernetes ConfigMap mounted into a non-root pod), this is said
+/// once, at info level: such files are not waited for here, and a reload waits for their
+/// writers by file events alone (a writer's close, which inotify reports). A ConfigMap is
+/// swapped in whole by a symlink and is never seen half-written; a file edited in place is.
 pub fn wait_before_first_load(config: &Path, max: Duration) -> Result<(), Vec<PathBuf>> {
     let deadline = Instant::now() + max;
     let mut told = false;
+    let mut first = true;
     loop {
-        let open = open_in_set(config);
+        let (open, unknown) = writers_in_set(config);
+        if first && !unknown.is_empty() {
+            tracing::info!(
+                files = ?unknown,
+                "the kernel will not say whether these files are open for writing (no file lease: \
+                 they belong to another user and the process lacks CAP_LEASE, or their file system \
+                 has no leases); they are not waited for at start, and reloads wait for their \
+                 writers by file events alone"
+            );
+        }
+        first = false;
         if open.is_empty() {
             return Ok(());
         }

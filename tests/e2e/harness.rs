@@ -410,8 +410,33 @@ impl Gateway {
 
     /// Starts the gateway on a directory prepared by [`write_setup`].
     pub fn start_in(dir: tempfile::TempDir, proxy: u16, admin: u16, args: &[&str]) -> Gateway {
+        Self::launch(binary(), dir, proxy, admin, args)
+    }
+
+    /// [`Gateway::start_in`] with the binary run by `wrapper` (e.g. `setpriv` with its
+    /// options), which is given the binary's path and then the gateway's arguments.
+    pub fn start_in_wrapped(
+        wrapper: &[&str],
+        dir: tempfile::TempDir,
+        proxy: u16,
+        admin: u16,
+    ) -> Gateway {
+        let mut c = Command::new(wrapper[0]);
+        c.args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_claimgate"))
+            .env("CLAIMGATE_TEST_SECRET", HS_SECRET);
+        Self::launch(c, dir, proxy, admin, &[])
+    }
+
+    fn launch(
+        mut command: Command,
+        dir: tempfile::TempDir,
+        proxy: u16,
+        admin: u16,
+        args: &[&str],
+    ) -> Gateway {
         let log = dir.path().join("gateway.log");
-        let child = binary()
+        let child = command
             .arg("run")
             .args(args)
             .arg("--config")

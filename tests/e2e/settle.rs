@@ -450,3 +450,147 @@ async fn the_first_load_waits_for_a_file_being_written() {
         gw.logs()
     );
 }
+
+/// Where the kernel will not say who has a file open for writing (no file lease: a gateway
+/// without CAP_LEASE reading files another user owns, as a non-root pod reads a root-owned
+/// mount), a file held open mid-write is still never loaded: the watcher's events, the writer's
+/// open and then its close, stand in for the kernel, and the start says so. Root is needed to
+/// give the files to another user and to drop CAP_LEASE (`setpriv`); CI runs as root.
+#[tokio::test]
+async fn without_file_leases_a_file_held_open_mid_write_still_waits_for_its_close() {
+    if effective_uid() != 0 {
+        eprintln!("skipped: needs root to give the files to another user and drop CAP_LEASE");
+        return;
+    }
+    let up = Upstream::start();
+    let config = format!(
+        "{}\n[reload]\nwatch = true\ndebounce_ms = 50\npoll_seconds = 1\n",
+        standard_config(up.addr)
+    );
+    let (dir, proxy, admin) = write_setup(
+        &config,
+        &[("00-base.toml", BASE), ("10-flip.toml", &version(0))],
+    );
+    let file = dir.path().join("rules/10-flip.toml");
+    const NOBODY: u32 = 65534;
+    for f in [
+        dir.path().join("gateway.toml"),
+        dir.path().join("rules/00-base.toml"),
+        file.clone(),
+    ] {
+        std::os::unix::fs::chown(&f, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let gw = tokio::task::spawn_blocking(move || {
+        Gateway::start_in_wrapped(
+            &[
+                "setpriv",
+                "--bounding-set",
+                "-lease",
+                "--inh-caps",
+                "-lease",
+            ],
+            dir,
+            proxy,
+            admin,
+        )
+    })
+    .await
+    .unwrap();
+    let logs = gw.logs();
+    assert!(
+        logs.contains("will not say whether these files are open for writing")
+            && logs.contains("10-flip.toml"),
+        "{logs}"
+    );
+
+    // A complete edit first: it shows the watcher is up (before it, an edit has no event).
+    write_atomically_keeping_owner(&file, &version(1), NOBODY);
+    wait_generation(&gw, 2).await;
+    assert_eq!(served_version(&up, &gw).await, "v1");
+
+    // Held open mid-write for 40 quiet periods: long enough that the settle rule asks the
+    // kernel, which does not answer here, so the events decide.
+    let text = version(2);
+    let cut = text.find("[[route]]").unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap();
+    f.write_all(&text.as_bytes()[..cut]).unwrap();
+    let held = Instant::now();
+    let mut saw_waiting = false;
+    while held.elapsed() < Duration::from_millis(2000) {
+        assert_eq!(
+            served_version(&up, &gw).await,
+            "v1",
+            "the partial file went live"
+        );
+        let s = gw.status().await;
+        assert_eq!(s["rules"]["generation"], 2, "{s}");
+        if s["rules"]["last_result"] == "waiting" {
+            assert!(
+                s["rules"]["waiting_for"]
+                    .to_string()
+                    .contains("10-flip.toml"),
+                "{s}"
+            );
+            saw_waiting = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_waiting, "status never said it waits for the file");
+    f.write_all(&text.as_bytes()[cut..]).unwrap();
+    drop(f);
+    wait_generation(&gw, 3).await;
+    assert_eq!(served_version(&up, &gw).await, "v2");
+    assert!(!gw.logs().contains(" ERROR "), "{}", gw.logs());
+}
+
+/// The effective user id, from /proc (no unsafe code for `geteuid`).
+fn effective_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// Replaces `path` by a rename, the new file owned by `owner` like the one it replaces.
+fn write_atomically_keeping_owner(path: &Path, text: &str, owner: u32) {
+    let tmp = path.with_extension("tmp-edit");
+    std::fs::write(&tmp, text).unwrap();
+    std::os::unix::fs::chown(&tmp, Some(owner), Some(owner)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn wait_generation(gw: &Gateway, generation: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = gw.status().await;
+        if s["rules"]["generation"] == generation {
+            assert_eq!(s["rules"]["waiting_for"], serde_json::json!([]), "{s}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generation {generation} never came: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The version `/flip` is served with; every answer must carry the file's last line.
+async fn served_version(up: &Upstream, gw: &Gateway) -> String {
+    let r = reqwest::get(gw.url("/flip")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(
+        seen.headers["x-complete"], "yes",
+        "a partial version is in force"
+    );
+    seen.headers["x-version"].to_str().unwrap().to_string()
+}
