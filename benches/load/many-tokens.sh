@@ -27,6 +27,13 @@
 #   ALG=HS256 bash benches/load/many-tokens.sh   # new tokens whose check costs ~0.3 µs, not ~35
 #   CG_BIN=/path/to/other/claimgate bash benches/load/many-tokens.sh   # another build, as is
 #   TARGET_PATH=/open bash benches/load/many-tokens.sh   # a route without authentication
+#   PACE_US=100 bash benches/load/many-tokens.sh   # requests released every 100 µs, not per ms
+#
+# PACE_US: tokio's timer ticks once a millisecond, so by default the RATE/1000 requests due in a
+# millisecond leave together and meet the gateway as a burst, each one's latency including its
+# place in the burst (results-many-tokens-bursts.md). With PACE_US the load generator releases
+# them from a thread of its own every PACE_US microseconds (sleeping on the kernel's
+# high-resolution timers, not spinning: core 0 is nginx's too), as independent clients arrive.
 #
 # ALG=HS256 keeps everything else (the cache, its churn, the claims) and makes a new token's
 # signature nearly free: what the many-token tail owes to signature checks on the one worker is
@@ -46,6 +53,7 @@ ENTRIES=${ENTRIES:-100000}
 ALG=${ALG:-ES256}
 BASELINE=${BASELINE:-60}
 INTERLEAVE=${INTERLEAVE:-4}
+PACE_US=${PACE_US:-0}
 TARGET_PATH=${TARGET_PATH:-/api/accounts/acc-1/transfer}
 OUT=${OUT:-$ROOT/benches/load/results-many-tokens.md}
 
@@ -140,7 +148,7 @@ CLAIMS='{"account":"acc-1","permissions":["read","transfer"],"scope":"read trans
 churn() {
   taskset -c 0 "$W/token_churn" --gateway 127.0.0.1:18282 --path "$TARGET_PATH" \
     --admin 127.0.0.1:18292 --pid "$GW" --rate "$RATE" --alg "$ALG" "${SIGNING[@]}" \
-    --iss https://ec.bench --claims "$CLAIMS" "$@"
+    --iss https://ec.bench --claims "$CLAIMS" --pace-us "$PACE_US" "$@"
 }
 {
   echo "# Many distinct tokens ($(date -u +%Y-%m-%d), $(uname -m), $(nproc) CPUs)"

@@ -11,6 +11,7 @@
 #![allow(clippy::print_stdout)]
 
 mod gateway_metrics;
+mod pacer;
 mod probe;
 mod schedule;
 mod stats;
@@ -75,6 +76,11 @@ struct Args {
     /// population, seconds apart (see `schedule::Interleave`).
     #[arg(long, default_value_t = 0)]
     interleave: u64,
+    /// Release requests every this many microseconds, from a thread of its own (see
+    /// `pacer.rs`); 0: with tokio's timer, which releases every request due within a
+    /// millisecond at once.
+    #[arg(long, default_value_t = 0)]
+    pace_us: u64,
     #[arg(long, default_value = "ES256")]
     alg: String,
     /// Signing key (PEM; the secret itself for HS256).
@@ -93,6 +99,8 @@ struct Args {
 
 /// What the connections share (one thread: no locks).
 struct Shared {
+    /// Releases requests finer than tokio's timer, when `--pace-us` is given.
+    pacer: Option<Arc<pacer::Pacer>>,
     pattern: Pattern,
     interleave: Interleave,
     single: bool,
@@ -182,6 +190,15 @@ async fn run(args: Args) -> Result<(), String> {
     let tokens = Tokens::mint(&minter, minted)?;
     // Built before the clock starts too: shuffling its 64 MiB takes about a second.
     let memory_ns = start_probe(args.report);
+    let started = Instant::now() + Duration::from_millis(200);
+    let pacer = (args.pace_us > 0).then(|| {
+        pacer::Pacer::start(
+            started,
+            step(args.rate),
+            Duration::from_micros(args.pace_us),
+            total,
+        )
+    });
     let shared = Rc::new(Shared {
         pattern,
         interleave,
@@ -189,7 +206,8 @@ async fn run(args: Args) -> Result<(), String> {
         total,
         reference: args.tokens,
         next: Cell::new(0),
-        started: Instant::now() + Duration::from_millis(200),
+        started,
+        pacer,
         tokens: RefCell::new(tokens),
         interval: RefCell::new(Latencies::default()),
         interval_reference: RefCell::new(Latencies::default()),
@@ -266,6 +284,14 @@ fn print_heading(args: &Args, pattern: &Pattern, total: u64, rss0: f64) {
                     String::new()
                 }
             )
+        }
+    );
+    println!(
+        "requests released {}",
+        if args.pace_us > 0 {
+            format!("every {} µs by a pacing thread", args.pace_us)
+        } else {
+            "by tokio's millisecond timer".to_string()
         }
     );
     println!("gateway resident memory before: {rss0:.1} MiB\n");
@@ -496,6 +522,11 @@ fn ratio(hit: u64, miss: u64) -> String {
     format!("{:.3}", hit as f64 / (hit + miss) as f64)
 }
 
+/// The time between two requests' due times.
+fn step(rate: u64) -> Duration {
+    Duration::from_nanos(1_000_000_000 / rate.max(1))
+}
+
 /// One kept-alive connection sending the requests it takes from the shared schedule.
 async fn connection(s: Rc<Shared>, gateway: String, path: String) -> Result<(), String> {
     let tcp = tokio::net::TcpStream::connect(&gateway)
@@ -506,7 +537,7 @@ async fn connection(s: Rc<Shared>, gateway: String, path: String) -> Result<(), 
         .await
         .map_err(|e| e.to_string())?;
     tokio::task::spawn_local(conn);
-    let step = Duration::from_nanos(1_000_000_000 / s.pattern.rate.max(1));
+    let step = step(s.pattern.rate);
     loop {
         let i = s.next.get();
         if i >= s.total {
@@ -517,7 +548,10 @@ async fn connection(s: Rc<Shared>, gateway: String, path: String) -> Result<(), 
         // Measured from when the request was due, unless this connection was idle and the
         // timer woke it late (its millisecond tick is the client's delay, not the gateway's).
         let from = if Instant::now() < due {
-            tokio::time::sleep_until(due.into()).await;
+            match &s.pacer {
+                Some(p) => p.until(i).await,
+                None => tokio::time::sleep_until(due.into()).await,
+            }
             Instant::now()
         } else {
             due
