@@ -360,49 +360,15 @@ async fn a_file_held_open_mid_write_waits_for_its_close() {
     let file = gw.dir().join("rules/10-flip.toml");
     // At once: an edit before the watcher is up has no event to show, but the kernel still
     // knows the file is open.
-    let text = version(1);
-    let cut = text.find("[[route]]").unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&file)
-        .unwrap();
-    f.write_all(&text.as_bytes()[..cut]).unwrap();
-    let held = Instant::now();
-    let mut saw_waiting = false;
-    while held.elapsed() < Duration::from_millis(2000) {
-        let r = reqwest::get(gw.url("/flip")).await.unwrap();
-        assert_eq!(r.status(), 200, "the partial file went live");
-        let s = gw.status().await;
-        assert_eq!(s["rules"]["generation"], 1, "{s}");
-        if s["rules"]["last_result"] == "waiting" {
-            let waiting = s["rules"]["waiting_for"].to_string();
-            assert!(waiting.contains("10-flip.toml"), "{s}");
-            saw_waiting = true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(saw_waiting, "status never said it waits for the file");
+    let rest = hold_half_written(&up, &gw, &file, 1, "v0", 1).await;
     let m = gw.metrics().await;
     assert!(
         metric_value(&m, "claimgate_rules_reload_total", &[("result", "waiting")]).unwrap_or(0.0)
             >= 1.0
     );
-    f.write_all(&text.as_bytes()[cut..]).unwrap();
-    drop(f);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = gw.status().await;
-        if s["rules"]["generation"] == 2 {
-            assert_eq!(s["rules"]["waiting_for"], serde_json::json!([]), "{s}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the closed file was not loaded: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rest.finish();
+    wait_generation(&gw, 2).await;
+    assert_eq!(served_version(&up, &gw).await, "v1");
     assert!(gw.logs().contains("open for writing"), "{}", gw.logs());
 }
 
@@ -510,24 +476,57 @@ async fn without_file_leases_a_file_held_open_mid_write_still_waits_for_its_clos
 
     // Held open mid-write for 40 quiet periods: long enough that the settle rule asks the
     // kernel, which does not answer here, so the events decide.
-    let text = version(2);
+    hold_half_written(&up, &gw, &file, 2, "v1", 2)
+        .await
+        .finish();
+    wait_generation(&gw, 3).await;
+    assert_eq!(served_version(&up, &gw).await, "v2");
+    assert!(!gw.logs().contains(" ERROR "), "{}", gw.logs());
+}
+
+/// A writer part-way through version `k` of `file`: the rest of the text and the open file.
+struct HalfWritten {
+    file: std::fs::File,
+    rest: Vec<u8>,
+}
+
+impl HalfWritten {
+    /// Writes the rest and closes the file.
+    fn finish(mut self) {
+        self.file.write_all(&self.rest).unwrap();
+    }
+}
+
+/// Truncates `file` and writes version `k` up to its route (comments only: a valid file without
+/// the route), then holds it open for 2 s, 40 quiet periods of the tests' 50 ms: all along,
+/// `/flip` is still served `serving` from `generation`, and `/status` comes to say it waits for
+/// the file.
+async fn hold_half_written(
+    up: &Upstream,
+    gw: &Gateway,
+    file: &Path,
+    k: u64,
+    serving: &str,
+    generation: u64,
+) -> HalfWritten {
+    let text = version(k);
     let cut = text.find("[[route]]").unwrap();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
-        .open(&file)
+        .open(file)
         .unwrap();
     f.write_all(&text.as_bytes()[..cut]).unwrap();
     let held = Instant::now();
     let mut saw_waiting = false;
     while held.elapsed() < Duration::from_millis(2000) {
         assert_eq!(
-            served_version(&up, &gw).await,
-            "v1",
+            served_version(up, gw).await,
+            serving,
             "the partial file went live"
         );
         let s = gw.status().await;
-        assert_eq!(s["rules"]["generation"], 2, "{s}");
+        assert_eq!(s["rules"]["generation"], generation, "{s}");
         if s["rules"]["last_result"] == "waiting" {
             assert!(
                 s["rules"]["waiting_for"]
@@ -540,11 +539,10 @@ async fn without_file_leases_a_file_held_open_mid_write_still_waits_for_its_clos
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(saw_waiting, "status never said it waits for the file");
-    f.write_all(&text.as_bytes()[cut..]).unwrap();
-    drop(f);
-    wait_generation(&gw, 3).await;
-    assert_eq!(served_version(&up, &gw).await, "v2");
-    assert!(!gw.logs().contains(" ERROR "), "{}", gw.logs());
+    HalfWritten {
+        file: f,
+        rest: text.as_bytes()[cut..].to_vec(),
+    }
 }
 
 /// The effective user id, from /proc (no unsafe code for `geteuid`).
