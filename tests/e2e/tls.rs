@@ -764,3 +764,69 @@ async fn an_h2_client_that_never_sends_its_preface_is_cut_off() {
     );
     assert!(!gw.logs().contains("\"ERROR\""), "{}", gw.logs());
 }
+
+/// The drain's GOAWAY reaches HTTP/2 by ALPN on the TLS listener too (the h2c case is in
+/// `drain.rs`): at SIGTERM an idle h2 connection over TLS is told GOAWAY and closed at once,
+/// seconds before the grace period ends, and opens no new stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_sends_goaway_to_h2_connections_over_tls_at_once() {
+    const GRACE: Duration = Duration::from_secs(3);
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(certs.path(), "a", "a.test", "a.test");
+    ca.issue(certs.path(), "b", "b.test", "b.test");
+    let up = Upstream::start();
+    let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = tls_config(up.addr, tls.port(), certs.path()).replace(
+        "grace_period_seconds = 0",
+        &format!("grace_period_seconds = {}", GRACE.as_secs()),
+    );
+    let mut gw = Gateway::start(&config, &[("open.toml", OPEN)]);
+    wait_listening(tls);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config))
+        .connect("a.test".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut client, conn) = h2::client::handshake(stream).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("https://a.test:{}/open", tls.port()))
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+
+    let signalled = Instant::now();
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(gw.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let ended = tokio::time::timeout(GRACE, conn).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    let closed = signalled.elapsed();
+    assert!(
+        closed < Duration::from_millis(1500),
+        "closed {closed:?} after SIGTERM"
+    );
+    assert!(client.ready().await.is_err(), "a new stream after GOAWAY");
+    let exit = tokio::task::spawn_blocking(move || {
+        let code = gw.wait_exit(Duration::from_secs(8)).map(|(s, _)| s.code());
+        (code, gw.logs())
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.0, Some(Some(0)), "{}", exit.1);
+}
