@@ -701,6 +701,30 @@ fn http2_by_alpn_is_decided_on_the_authority() {
     assert_eq!(seen.headers.get("x-forwarded-proto").unwrap(), "https");
 }
 
+/// A TLS connection to `addr` for `name`, trusting `ca`, with HTTP/2 negotiated by ALPN.
+async fn h2_over_tls(
+    ca: &Ca,
+    addr: SocketAddr,
+    name: &'static str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name.try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(conn.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    conn
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_h2_client_that_never_sends_its_preface_is_cut_off() {
     use tokio::io::AsyncReadExt;
@@ -717,21 +741,7 @@ async fn an_h2_client_that_never_sends_its_preface_is_cut_off() {
     );
     let gw = Gateway::start(&config, &[("open.toml", OPEN)]);
     wait_listening(tls);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
-    let mut conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect("a.test".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    assert_eq!(conn.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut conn = h2_over_tls(&ca, tls, "a.test").await;
     // HTTP/2 negotiated, then silence: the server's SETTINGS arrive, then the connection ends
     // at the head deadline.
     let started = Instant::now();
@@ -783,21 +793,7 @@ async fn sigterm_sends_goaway_to_h2_connections_over_tls_at_once() {
     );
     let mut gw = Gateway::start(&config, &[("open.toml", OPEN)]);
     wait_listening(tls);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut client_config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client_config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config))
-        .connect("a.test".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let stream = h2_over_tls(&ca, tls, "a.test").await;
     let (mut client, conn) = h2::client::handshake(stream).await.unwrap();
     let conn = tokio::spawn(conn);
     let req = http::Request::builder()
