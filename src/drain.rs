@@ -1,13 +1,14 @@
 //! Stopping without dropping requests: what happens between SIGTERM and the exit.
 //!
 //! 1. SIGTERM: `/readyz` answers 503 at once, HTTP/1 responses carry `Connection: close` and
-//!    every HTTP/2 connection gets GOAWAY (its streams already sent are still served), so load
-//!    balancers that probe readiness and clients on persistent connections, gRPC channels
+//!    every open HTTP/2 connection gets GOAWAY (its streams already sent are still served), so
+//!    load balancers that probe readiness and clients on persistent connections, gRPC channels
 //!    included, all move to other replicas. The listeners keep accepting for
 //!    `grace_period_seconds`: whatever a load balancer still sends before it notices is served
-//!    (an h2 connection opened then is told GOAWAY at once, as an HTTP/1 one is told to close).
+//!    (an h2 connection opened then is served until the listeners close; see
+//!    [`Drain::h2_watch`]).
 //! 2. The grace period ends: the listeners close (Pingora's shutdown), idle keep-alive
-//!    connections are closed.
+//!    connections are closed, h2 connections opened during the grace period get GOAWAY.
 //! 3. Requests in flight finish: the process exits 0 once no connection has been busy for
 //!    [`QUIET`], or when `graceful_shutdown_timeout_seconds` has passed (what is still busy then
 //!    is cut off).
@@ -53,21 +54,25 @@ impl Drain {
         self.stopping.send_replace(true);
     }
 
-    /// The shutdown watch an HTTP/2 connection is served with: true from [`Drain::begin`], or
-    /// from Pingora's own `shutdown` if that came first (a fast shutdown). Pingora's h2 server
-    /// sends GOAWAY when the watch *changes*; a connection accepted while already stopping is
-    /// given a watch marked changed, so it is told at once rather than never.
+    /// The shutdown watch an HTTP/2 connection is served with. Pingora's h2 server sends GOAWAY
+    /// when the watch *changes* to true. A connection open when the drain begins watches the
+    /// drain: GOAWAY at SIGTERM. A connection accepted once the drain has begun watches
+    /// Pingora's shutdown, as before: it is served until the listeners close, like an HTTP/1
+    /// connection in the grace period. Telling it GOAWAY at once would refuse the request of a
+    /// client that reads the GOAWAY before its first request leaves, and the grace period is
+    /// there to serve what a balancer still sends.
     pub fn h2_watch(&self, shutdown: &watch::Receiver<bool>) -> watch::Receiver<bool> {
-        if *shutdown.borrow() {
-            let mut already = shutdown.clone();
-            already.mark_changed();
-            return already;
+        // Subscribed before the check: a drain that begins after it is seen as a change.
+        let drain = self.stopping.subscribe();
+        if !*drain.borrow() && !*shutdown.borrow() {
+            return drain;
         }
-        let mut watch = self.stopping.subscribe();
-        if *watch.borrow() {
-            watch.mark_changed();
+        let mut pingora = shutdown.clone();
+        if *pingora.borrow() {
+            // Already shutting down: told at once (a change it would otherwise never see).
+            pingora.mark_changed();
         }
-        watch
+        pingora
     }
 
     pub fn draining(&self) -> bool {
@@ -233,25 +238,27 @@ mod tests {
     }
 
     #[test]
-    fn h2_connections_are_told_when_the_drain_begins_whenever_they_came() {
+    fn h2_connections_open_at_the_drain_are_told_then_later_ones_at_the_listeners_close() {
         let d = Drain::default();
         let (pingora_tx, pingora) = watch::channel(false);
-        // Before the drain: nothing to tell; told when it begins.
+        // Open before the drain: told when it begins.
         let early = d.h2_watch(&pingora);
         assert!(!early.has_changed().unwrap());
         d.begin();
         assert!(early.has_changed().unwrap());
         assert!(*early.borrow());
-        // Accepted while draining: told at once (Pingora acts on a change, not on a value).
+        // Accepted during the grace period: served until Pingora's shutdown (the listeners
+        // closing), then told.
         let late = d.h2_watch(&pingora);
-        assert!(late.has_changed().unwrap());
-        assert!(*late.borrow());
-        // Pingora's own shutdown first (a fast shutdown): that one, told at once.
-        let fresh = Drain::default();
+        assert!(!late.has_changed().unwrap());
         pingora_tx.send_replace(true);
-        let fast = fresh.h2_watch(&pingora);
+        assert!(late.has_changed().unwrap());
+        // Accepted once Pingora's shutdown came (or a fast shutdown without a drain): told at
+        // once.
+        let after = d.h2_watch(&pingora);
+        assert!(after.has_changed().unwrap());
+        let fast = Drain::default().h2_watch(&pingora);
         assert!(fast.has_changed().unwrap());
-        assert!(*fast.borrow());
     }
 
     #[test]

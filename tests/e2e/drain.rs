@@ -206,7 +206,8 @@ async fn h2_get(
 /// HTTP/2 clients (gRPC channels, h2 load balancers) move at SIGTERM as HTTP/1 ones do: every
 /// h2 connection is told GOAWAY when the drain begins, not when the listeners close at the end
 /// of the grace period; the stream it carries is answered in full, and the connection then
-/// closes. An h2 connection opened during the grace period is served and told GOAWAY at once.
+/// closes. An h2 connection opened during the grace period is served until the listeners close
+/// (GOAWAY at once could refuse a request its client had not yet sent), then told.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_sends_goaway_to_h2_connections_at_the_start_of_the_grace_period() {
     const GRACE: Duration = Duration::from_secs(3);
@@ -247,18 +248,29 @@ async fn sigterm_sends_goaway_to_h2_connections_at_the_start_of_the_grace_period
         "no new stream on a connection told GOAWAY"
     );
 
-    // A connection opened in the grace period: its request is served, then it is closed.
+    // A connection opened in the grace period: served, kept open for more requests, and closed
+    // when the listeners close at the end of the grace period.
     let (mut late, late_conn) = h2_connect(proxy).await;
     assert_eq!(
         h2_get(&mut late, proxy, "/fast").await,
         (200, "upstream ok".into())
     );
-    let ended = tokio::time::timeout(Duration::from_secs(1), late_conn).await;
-    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h2_get(&mut late, proxy, "/fast").await,
+        (200, "upstream ok".into())
+    );
+    let still_in_grace = signalled.elapsed();
     assert!(
-        signalled.elapsed() < GRACE - Duration::from_millis(300),
-        "still in the grace period: {:?}",
-        signalled.elapsed()
+        still_in_grace < GRACE - Duration::from_millis(300),
+        "{still_in_grace:?}"
+    );
+    let ended = tokio::time::timeout(GRACE + Duration::from_secs(2), late_conn).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    let closed = signalled.elapsed();
+    assert!(
+        closed >= GRACE - Duration::from_millis(100),
+        "closed {closed:?} after SIGTERM"
     );
 
     let (code, logs) = tokio::task::spawn_blocking(move || {
