@@ -58,19 +58,17 @@ fn writers_in_set(config: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
 pub fn wait_before_first_load(config: &Path, max: Duration) -> Result<(), Vec<PathBuf>> {
     let deadline = Instant::now() + max;
     let mut told = false;
-    let mut first = true;
+    let (mut open, unknown) = writers_in_set(config);
+    if !unknown.is_empty() {
+        tracing::info!(
+            files = ?unknown,
+            "the kernel will not say whether these files are open for writing (no file lease: \
+             they belong to another user and the process lacks CAP_LEASE, or their file system \
+             has no leases); they are not waited for at start, and reloads wait for their \
+             writers by file events alone"
+        );
+    }
     loop {
-        let (open, unknown) = writers_in_set(config);
-        if first && !unknown.is_empty() {
-            tracing::info!(
-                files = ?unknown,
-                "the kernel will not say whether these files are open for writing (no file lease: \
-                 they belong to another user and the process lacks CAP_LEASE, or their file system \
-                 has no leases); they are not waited for at start, and reloads wait for their \
-                 writers by file events alone"
-            );
-        }
-        first = false;
         if open.is_empty() {
             return Ok(());
         }
@@ -86,6 +84,7 @@ pub fn wait_before_first_load(config: &Path, max: Duration) -> Result<(), Vec<Pa
             told = true;
         }
         std::thread::sleep(Duration::from_millis(100));
+        open = writers_in_set(config).0;
     }
 }
 

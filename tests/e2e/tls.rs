@@ -43,6 +43,17 @@ impl Ca {
     }
 }
 
+/// A CA (its certificate in `ca.pem`) and leaf certificates for `a.test` and `b.test` (`a.pem`,
+/// `b.pem` and their keys), in a new directory: what [`tls_config`] serves.
+fn a_and_b_certificates() -> (tempfile::TempDir, Ca) {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    std::fs::write(certs.path().join("ca.pem"), ca.cert.pem()).unwrap();
+    ca.issue(certs.path(), "a", "a.test", "a.test");
+    ca.issue(certs.path(), "b", "b.test", "b.test");
+    (certs, ca)
+}
+
 fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
@@ -649,11 +660,7 @@ fn client_certificates_are_verified_and_bind_tokens() {
 
 #[test]
 fn http2_by_alpn_is_decided_on_the_authority() {
-    let certs = tempfile::tempdir().unwrap();
-    let ca = Ca::new();
-    std::fs::write(certs.path().join("ca.pem"), ca.cert.pem()).unwrap();
-    ca.issue(certs.path(), "a", "a.test", "a.test");
-    ca.issue(certs.path(), "b", "b.test", "b.test");
+    let (certs, _ca) = a_and_b_certificates();
     let rules = format!(
         "{OPEN}\n[[route]]\nname = \"only-b\"\nhost = \"b.test\"\npath = \"/open\"\nauth = \"none\"\n  [route.forward]\n  \"x-route\" = \"'only-b'\"\n"
     );
@@ -728,11 +735,7 @@ async fn h2_over_tls(
 #[tokio::test(flavor = "multi_thread")]
 async fn an_h2_client_that_never_sends_its_preface_is_cut_off() {
     use tokio::io::AsyncReadExt;
-    let certs = tempfile::tempdir().unwrap();
-    let ca = Ca::new();
-    std::fs::write(certs.path().join("ca.pem"), ca.cert.pem()).unwrap();
-    ca.issue(certs.path(), "a", "a.test", "a.test");
-    ca.issue(certs.path(), "b", "b.test", "b.test");
+    let (certs, ca) = a_and_b_certificates();
     let up = Upstream::start();
     let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = tls_config(up.addr, tls.port(), certs.path()).replace(
@@ -781,10 +784,7 @@ async fn an_h2_client_that_never_sends_its_preface_is_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_sends_goaway_to_h2_connections_over_tls_at_once() {
     const GRACE: Duration = Duration::from_secs(3);
-    let certs = tempfile::tempdir().unwrap();
-    let ca = Ca::new();
-    ca.issue(certs.path(), "a", "a.test", "a.test");
-    ca.issue(certs.path(), "b", "b.test", "b.test");
+    let (certs, ca) = a_and_b_certificates();
     let up = Upstream::start();
     let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = tls_config(up.addr, tls.port(), certs.path()).replace(
