@@ -107,12 +107,23 @@ pub struct HeadTimedStream {
     /// its accept, and from each request's first byte, until the request is answered.
     busy: AtomicBool,
     drain: Arc<Drain>,
+    /// The client ended its side (a read saw its end of stream) or the connection failed:
+    /// nothing to linger for when it closes.
+    peer_done: bool,
 }
 
 impl Drop for HeadTimedStream {
     fn drop(&mut self) {
         if *self.busy.get_mut() {
             self.drain.idle();
+        }
+        // Closed by the gateway while the client may still send (a GOAWAY's answer, a
+        // pipelined request, the rest of a refused body): close without a reset (linger.rs).
+        // Not for a head that timed out: that client is the slow one the deadline is for.
+        let head_timed_out = self.expired.is_some() && !self.replaced;
+        if !self.peer_done && !head_timed_out {
+            let placeholder: Stream = Box::new(std::io::Cursor::new(Vec::new()));
+            crate::linger::close(std::mem::replace(&mut self.inner, placeholder));
         }
     }
 }
@@ -148,6 +159,7 @@ impl HeadTimedStream {
             metrics,
             busy: AtomicBool::new(true),
             drain,
+            peer_done: false,
         }
     }
 
@@ -220,6 +232,7 @@ impl HeadTimedStream {
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.note_peer_end(&res, buf, before);
         match &res {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 self.tunnel_activity = Some(Instant::now());
@@ -232,6 +245,18 @@ impl HeadTimedStream {
             _ => {}
         }
         res
+    }
+
+    /// Notes a read that showed the client's end of stream (nothing read into room for it) or
+    /// a failed connection.
+    fn note_peer_end(&mut self, res: &Poll<std::io::Result<()>>, buf: &ReadBuf<'_>, before: usize) {
+        match res {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                self.peer_done = true
+            }
+            Poll::Ready(Err(_)) => self.peer_done = true,
+            _ => {}
+        }
     }
 
     /// Makes sure this task is woken at `deadline`.
@@ -451,6 +476,7 @@ impl AsyncRead for HeadTimedStream {
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.note_peer_end(&res, buf, before);
         match (&res, phase) {
             (Poll::Ready(Ok(())), IDLE) if buf.filled().len() > before => {
                 if !this.busy.swap(true, Ordering::Relaxed) {

@@ -41,6 +41,7 @@ pub mod echo;
 pub mod head_timeout;
 pub mod key_refresh;
 pub mod limit_store;
+pub mod linger;
 pub mod logging;
 pub mod proxy;
 pub mod reload;

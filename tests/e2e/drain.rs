@@ -283,6 +283,44 @@ async fn sigterm_sends_goaway_to_h2_connections_at_the_start_of_the_grace_period
     assert!(!logs.contains(" ERROR "), "{logs}");
 }
 
+/// A connection the gateway ends (here a `Connection: close` answer, as every HTTP/1 answer of
+/// a drain says) is closed without a reset: what the client still sends after the answer (a
+/// request it had pipelined, the rest of a body) is read until the client closes, so its
+/// writes do not fail and nothing it has yet to read is destroyed. Bounded: a client that goes
+/// quiet without closing is let go after about a second.
+#[test]
+fn a_connection_the_gateway_closes_still_reads_what_the_client_sends_for_a_bounded_time() {
+    let up = slow_upstream();
+    let gw = Gateway::start(&config(up.addr, 0, 1), &[("open.toml", OPEN)]);
+    let mut conn = TcpStream::connect(gw.proxy).unwrap();
+    conn.write_all(
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("upstream ok"), "{answer}");
+
+    // The gateway's end of stream arrived; it still takes the client's bytes. Without the
+    // lingering close the first write draws a reset and the next one fails.
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(150));
+        conn.write_all(b"x-more: 1\r\n")
+            .expect("a write after the gateway's close is read, not reset");
+    }
+
+    // Silent past the quiet period: the gateway has closed for good.
+    std::thread::sleep(claimgate::linger::QUIET + Duration::from_millis(500));
+    let refused = (0..5).any(|_| {
+        let failed = conn.write_all(b"x-more: 1\r\n").is_err();
+        std::thread::sleep(Duration::from_millis(50));
+        failed
+    });
+    assert!(refused, "the connection was held past its quiet period");
+    assert!(!gw.logs().contains(" ERROR "), "{}", gw.logs());
+}
+
 #[test]
 fn a_request_longer_than_the_shutdown_timeout_is_cut_off_and_the_exit_is_still_bounded() {
     let up = slow_upstream();

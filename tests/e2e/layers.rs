@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-/// The shell: the Pingora side (server assembly, proxy hooks, the upstream head, stream wrapper, admin listener,
+/// The shell: the Pingora side (server assembly, proxy hooks, the upstream head, stream wrapper and its close, admin listener,
 /// echo upstream, reload and key-refresh services).
 const SHELL: &[&str] = &[
     "src/admin.rs",
@@ -13,6 +13,7 @@ const SHELL: &[&str] = &[
     "src/echo.rs",
     "src/head_timeout.rs",
     "src/key_refresh.rs",
+    "src/linger.rs",
     "src/proxy.rs",
     "src/reload/service.rs",
     "src/server.rs",
