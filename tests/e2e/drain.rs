@@ -1,7 +1,7 @@
 //! Stopping without dropping a request: SIGTERM fails readiness at once, the listener keeps
 //! accepting for the grace period, requests in flight finish, the process exits 0 as soon as
-//! nothing is busy (bounded by the shutdown timeout). And a rolling restart of two replicas
-//! behind a real HAProxy, under load, loses nothing.
+//! nothing is busy (bounded by the shutdown timeout). Rolling restarts behind a balancer are in
+//! `rolling.rs`.
 
 use super::harness::*;
 use bytes::Bytes;
@@ -9,9 +9,7 @@ use http_body_util::Full;
 use hyper::Response;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const OPEN: &str = "[[route]]\nname = \"open\"\npath = \"/*\"\nauth = \"none\"\n";
@@ -30,7 +28,7 @@ fn slow_upstream() -> TestServer {
     })
 }
 
-fn config(upstream: SocketAddr, grace: u64, timeout: u64) -> String {
+pub(super) fn config(upstream: SocketAddr, grace: u64, timeout: u64) -> String {
     standard_config(upstream)
         .replace(
             "grace_period_seconds = 0",
@@ -44,15 +42,15 @@ fn config(upstream: SocketAddr, grace: u64, timeout: u64) -> String {
 
 /// One answer on a raw HTTP/1.1 connection.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(super) struct Answer {
+    pub(super) status: u16,
     /// The head's header lines, lowercased.
-    head: String,
-    body: String,
+    pub(super) head: String,
+    pub(super) body: String,
 }
 
 impl Answer {
-    fn closes(&self) -> bool {
+    pub(super) fn closes(&self) -> bool {
         self.head.contains("connection: close")
     }
 }
@@ -65,13 +63,13 @@ fn exchange(reader: &mut BufReader<TcpStream>, path: &str) -> std::io::Result<An
     read_answer(reader)
 }
 
-fn connect(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
+pub(super) fn connect(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
     Ok(BufReader::new(s))
 }
 
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
+pub(super) fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
     exchange(&mut connect(addr)?, path)
 }
 
@@ -341,129 +339,8 @@ fn a_request_longer_than_the_shutdown_timeout_is_cut_off_and_the_exit_is_still_b
     assert!(gw.logs().contains("still busy"), "{}", gw.logs());
 }
 
-/// HAProxy in front of the replicas: health checks on `/readyz` every 100 ms, one failure takes
-/// a server out, two successes bring it back. No retries and no redispatch: a request a replica
-/// drops reaches the client as an error, never hidden by a second try.
-fn haproxy_config(front: u16, socket: &std::path::Path, replicas: &[(u16, u16)]) -> String {
-    let mut cfg = format!(
-        "global\n  maxconn 2000\n  stats socket {}\n\
-         defaults\n  mode http\n  timeout connect 2s\n  timeout client 20s\n  timeout server 20s\n  retries 0\n\
-         frontend fe\n  bind 127.0.0.1:{front}\n  default_backend gateways\n\
-         backend gateways\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n\
-         \x20 default-server inter 100ms fastinter 100ms downinter 100ms fall 1 rise 2\n",
-        socket.display()
-    );
-    for (i, (proxy, admin)) in replicas.iter().enumerate() {
-        cfg.push_str(&format!(
-            "  server r{i} 127.0.0.1:{proxy} check port {admin}\n"
-        ));
-    }
-    cfg
-}
-
-/// The servers HAProxy sees as UP, from its stats socket.
-fn haproxy_up(socket: &std::path::Path) -> Vec<String> {
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
-        return Vec::new();
-    };
-    let _ = s.write_all(b"show stat\n");
-    let mut csv = String::new();
-    let _ = s.read_to_string(&mut csv);
-    csv.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f.len() > 17 && f[0] == "gateways" && f[1].starts_with('r') && f[17] == "UP")
-                .then(|| f[1].to_string())
-        })
-        .collect()
-}
-
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Counts of the load: requests sent, answered 200, failed (an error status or no answer).
-#[derive(Default)]
-struct Tally {
-    sent: AtomicU64,
-    ok: AtomicU64,
-    failed: AtomicU64,
-}
-
-/// Clients on persistent connections through the balancer, each request a token-checked one.
-fn load(
-    front: SocketAddr,
-    token: String,
-    tally: Arc<Tally>,
-    stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Vec<String>>> {
-    (0..4)
-        .map(|_| {
-            let (tally, stop, token) = (tally.clone(), stop.clone(), token.clone());
-            std::thread::spawn(move || {
-                let mut failures = Vec::new();
-                let mut conn: Option<BufReader<TcpStream>> = None;
-                while !stop.load(Ordering::Relaxed) {
-                    let c = match conn.as_mut() {
-                        Some(c) => c,
-                        None => match connect(front) {
-                            Ok(c) => conn.insert(c),
-                            Err(e) => {
-                                failures.push(format!("connect: {e}"));
-                                tally.failed.fetch_add(1, Ordering::Relaxed);
-                                tally.sent.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                        },
-                    };
-                    tally.sent.fetch_add(1, Ordering::Relaxed);
-                    let request = format!(
-                        "GET /orders HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"
-                    );
-                    let answer = c
-                        .get_mut()
-                        .write_all(request.as_bytes())
-                        .and_then(|()| read_answer(c));
-                    match answer {
-                        Ok(a) if a.status == 200 => {
-                            tally.ok.fetch_add(1, Ordering::Relaxed);
-                            if a.closes() {
-                                conn = None;
-                            }
-                        }
-                        Ok(a) => {
-                            failures.push(format!("status {}: {}", a.status, a.body));
-                            tally.failed.fetch_add(1, Ordering::Relaxed);
-                            conn = None;
-                        }
-                        Err(e) => {
-                            failures.push(format!("no answer: {e}"));
-                            tally.failed.fetch_add(1, Ordering::Relaxed);
-                            conn = None;
-                        }
-                    }
-                }
-                failures
-            })
-        })
-        .collect()
-}
-
 /// Reads one answer from a connection whose request was written already.
-fn read_answer(reader: &mut BufReader<TcpStream>) -> std::io::Result<Answer> {
+pub(super) fn read_answer(reader: &mut BufReader<TcpStream>) -> std::io::Result<Answer> {
     let mut status_line = String::new();
     if reader.read_line(&mut status_line)? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -499,109 +376,4 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> std::io::Result<Answer> {
         head,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
-}
-
-#[test]
-fn a_rolling_restart_of_two_replicas_behind_haproxy_loses_no_request() {
-    let up = Upstream::start();
-    let config = config(up.addr, 1, 10);
-    let rules = [(
-        "orders.toml",
-        "[[route]]\nname = \"orders\"\npath = \"/orders\"\nissuers = [\"hs\"]\n\
-         [[route.rule]]\nname = \"reader\"\nallow_if = \"claims.scope == 'orders:read'\"\n",
-    )];
-    let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
-    let start = |(proxy, admin): (u16, u16)| {
-        let (dir, proxy, admin) = write_setup_at(&config, &rules, proxy, admin);
-        Gateway::start_in(dir, proxy, admin, &[])
-    };
-    let mut replicas: Vec<Gateway> = ports.iter().map(|p| start(*p)).collect();
-
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("haproxy.sock");
-    let front = free_port();
-    std::fs::write(
-        dir.path().join("haproxy.cfg"),
-        haproxy_config(front, &socket, &ports),
-    )
-    .unwrap();
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(dir.path().join("haproxy.cfg"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy is installed (.ci/run installs it)");
-    let _haproxy = Haproxy(child);
-    wait_for(
-        "HAProxy sees both replicas UP",
-        Duration::from_secs(10),
-        || haproxy_up(&socket).len() == 2,
-    );
-
-    let token = super::tokens::token(
-        jsonwebtoken::Algorithm::HS256,
-        serde_json::json!({"scope": "orders:read"}),
-    );
-    let front = SocketAddr::from(([127, 0, 0, 1], front));
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = load(front, token, tally.clone(), stop.clone());
-    std::thread::sleep(Duration::from_millis(500));
-
-    let started = Instant::now();
-    for (i, port) in ports.iter().enumerate() {
-        let (status, took) = replicas[i]
-            .stop("TERM", Duration::from_secs(15))
-            .expect("the replica stops");
-        assert_eq!(status.code(), Some(0), "{}", replicas[i].logs());
-        assert!(
-            took >= Duration::from_secs(1),
-            "the grace period was kept: {took:?}"
-        );
-        replicas[i] = start(*port);
-        let name = format!("r{i}");
-        wait_for(
-            "HAProxy sees the successor UP",
-            Duration::from_secs(10),
-            || haproxy_up(&socket).contains(&name),
-        );
-    }
-    let restart = started.elapsed();
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let failures: Vec<String> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
-    let (sent, ok, failed) = (
-        tally.sent.load(Ordering::Relaxed),
-        tally.ok.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed),
-    );
-    eprintln!(
-        "rolling restart of 2 replicas in {restart:?}: sent {sent}, answered 200 {ok}, failed {failed}"
-    );
-    assert!(
-        failures.is_empty(),
-        "{failed} failed: {:?}",
-        &failures[..failures.len().min(10)]
-    );
-    assert_eq!((sent, ok, failed), (sent, sent, 0));
-    assert!(
-        sent > 500,
-        "the load was too light to show anything: {sent}"
-    );
-    // Both successors served part of it.
-    for r in &replicas {
-        let metrics = get(r.admin, "/metrics").unwrap().body;
-        let served = metric_value(
-            &metrics,
-            "claimgate_requests_total",
-            &[("route", "orders"), ("decision", "allow")],
-        )
-        .unwrap_or(0.0);
-        assert!(served > 0.0, "a successor served nothing:\n{metrics}");
-    }
 }

@@ -33,6 +33,7 @@ mod policy;
 mod proxying;
 mod ratelimit;
 mod reload;
+mod rolling;
 mod scenarios;
 mod settle;
 mod sources;
