@@ -13,6 +13,9 @@
 #   CG_ALT=/path/to/other/claimgate TARGETS=alt bash benches/load/run.sh
 #                                         # A/B: a second claimgate binary (another build profile,
 #                                         # another commit) beside this one, in the same rounds
+#   CG_ALT=/path/to/other/claimgate TARGETS=alt-close bash benches/load/run.sh
+#                                         # the same A/B with a new connection per request, plain
+#                                         # and TLS (what closing a connection costs)
 #
 # Limits: three ES256 routes that differ only in a `[[route.limit]]` on Redis (redis-server on
 # core 0 with the load generator): none (`claimgate-limit-base`), a budget never reached (every
@@ -51,6 +54,8 @@ TARGETS=${TARGETS:-$ALL_TARGETS}
 ALT_TARGETS="pingora-passthrough pingora-passthrough-bearer claimgate-open claimgate-alt-open claimgate-es256-cache claimgate-alt-es256-cache \
 claimgate-es256-nocache claimgate-alt-es256-nocache"
 [ "$TARGETS" = alt ] && TARGETS=$ALT_TARGETS
+ALT_CLOSE_TARGETS="claimgate-close claimgate-alt-close claimgate-tls-handshake claimgate-alt-tls-handshake haproxy-tls-handshake"
+[ "$TARGETS" = alt-close ] && TARGETS=$ALT_CLOSE_TARGETS
 case " $TARGETS " in *" claimgate-alt-"*) [ -x "${CG_ALT:-}" ] || { echo "the alt targets need CG_ALT=<binary>" >&2; exit 2; } ;; esac
 H2_STREAMS=${H2_STREAMS:-10}
 
@@ -249,7 +254,7 @@ gateway_config 18083 18093 false > "$W/cache-off.toml"
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-on.toml" 2>"$W/cg-on.log" & PIDS+=($!); CG_ON=$!
 RUST_LOG=warn taskset -c 1 "$CG" run --config "$W/cache-off.toml" 2>"$W/cg-off.log" & PIDS+=($!); CG_OFF=$!
 if [ -n "${CG_ALT:-}" ]; then
-  gateway_config 18094 18096 true > "$W/alt-on.toml"
+  gateway_config 18094 18096 true 18098 > "$W/alt-on.toml"
   gateway_config 18095 18097 false > "$W/alt-off.toml"
   RUST_LOG=warn taskset -c 1 "$CG_ALT" run --config "$W/alt-on.toml" 2>"$W/alt-on.log" & PIDS+=($!); ALT_ON=$!
   RUST_LOG=warn taskset -c 1 "$CG_ALT" run --config "$W/alt-off.toml" 2>"$W/alt-off.log" & PIDS+=($!); ALT_OFF=$!
@@ -361,6 +366,9 @@ target() {
     claimgate-tls-open) echo "https://127.0.0.1:18089/open|||wrk" ;;
     haproxy-tls-passthrough) echo "https://127.0.0.1:18088$PATH_T|||wrk" ;;
     claimgate-tls-handshake) echo "https://127.0.0.1:18089/open|||close" ;;
+    claimgate-alt-tls-handshake) echo "https://127.0.0.1:18098/open|||close" ;;
+    claimgate-close) echo "http://127.0.0.1:18082/open|||close" ;;
+    claimgate-alt-close) echo "http://127.0.0.1:18094/open|||close" ;;
     haproxy-tls-handshake) echo "https://127.0.0.1:18088$PATH_T|||close" ;;
     claimgate-h1-open) echo "http://127.0.0.1:18082/open|||h1" ;;
     claimgate-h2-open) echo "http://127.0.0.1:18082/open|||h2" ;;
@@ -396,7 +404,7 @@ target() {
 
 # Wait for every listener, then check that each target answers 200 (a 401 would measure denials).
 ports="18080 18081 18082 18083 18084 18085 18086 18087 18088 18089 18179"
-[ -n "${CG_ALT:-}" ] && ports="$ports 18094 18095"
+[ -n "${CG_ALT:-}" ] && ports="$ports 18094 18095 18098"
 for port in $ports; do
   for _ in $(seq 1 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
@@ -687,7 +695,7 @@ if floors:
 if any(k.startswith("claimgate-alt-") for k in cpu_round):
     lines += ["", "A/B: the CG_ALT binary against this one, same rounds (CPU per request, req/s):", "",
               "| target | CPU alt / this | req/s alt / this |", "| --- | ---: | ---: |"]
-    for t in ("open", "es256-cache", "es256-nocache", "rs256-nocache", "eddsa-nocache", "hs256-nocache"):
+    for t in ("open", "es256-cache", "es256-nocache", "rs256-nocache", "eddsa-nocache", "hs256-nocache", "close", "tls-handshake"):
         a_, b_ = f"claimgate-alt-{t}", f"claimgate-{t}"
         if a_ in cpu_round and b_ in cpu_round:
             cpu = [cpu_round[a_][r] / cpu_round[b_][r] for r in cpu_round[a_] if r in cpu_round[b_]]
