@@ -102,6 +102,12 @@ trap cleanup EXIT
 # measured that build instead of the LTO one).
 cp "$CG" "$W/claimgate"; cp "$PT" "$W/passthrough"; cp "$PTMI" "$W/passthrough_mimalloc"
 CG=$W/claimgate; PT=$W/passthrough; PTMI=$W/passthrough_mimalloc
+# An A/B of a binary against itself measures nothing; it happens when the other commit was built
+# into this target directory (cargo then takes that build for this checkout's).
+if [ -n "${CG_ALT:-}" ] && cmp -s "$CG" "$CG_ALT"; then
+  echo "CG_ALT is the very binary this checkout built: build the other commit with its own CARGO_TARGET_DIR" >&2
+  exit 2
+fi
 
 # The floor under an uncached request, measured on the proxy's core: the criterion medians of the
 # bare signature checks (`verify_primitive/<alg>`) and of the policy's own work: on a token
