@@ -124,6 +124,9 @@ FLOOR=$W/floor.tsv
 # kind of virtual machine stolen ticks are charged to whichever process was running, so a round
 # with much steal measures the host as well as the proxy.
 machine_ticks() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $9; exit}' /proc/stat; }
+# The load generator's core (core 0: wrk or h2load, and nginx): busy and all ticks. A target whose
+# generator core is saturated measures the generator, not the proxy.
+gen_core_ticks() { awk '/^cpu0 /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9; exit}' /proc/stat; }
 measure_floor() { # label
   local s0 s1
   s0=$(machine_ticks)
@@ -458,9 +461,11 @@ for round in $(seq 1 "$ROUNDS"); do
     pid=$(proxy_pid "$t")
     dec0=$(decision_totals "$t")
     st0=$(machine_ticks)
+    g0=$(gen_core_ticks)
     cpu0=$(cpu_ticks "$pid")
     out=$(taskset -c 0 "${gen[@]}" "${args[@]}" "$url")
     cpu1=$(cpu_ticks "$pid")
+    g1=$(gen_core_ticks)
     st1=$(machine_ticks)
     dec1=$(decision_totals "$t")
     after=$(accepts)
@@ -472,6 +477,8 @@ t, rnd, conns = sys.argv[1], sys.argv[2], sys.argv[3]
 d0, d1 = sys.argv[7].split(), sys.argv[8].split()
 (m0, t0), (m1, t1) = sys.argv[9].split(), sys.argv[10].split()
 steal = f"{100 * (int(t1) - int(t0)) / max(1, int(m1) - int(m0)):.1f}"
+(gb0, ga0), (gb1, ga1) = sys.argv[11].split(), sys.argv[12].split()
+gen_busy = f"{100 * (int(gb1) - int(gb0)) / max(1, int(ga1) - int(ga0)):.0f}"
 decision = ""
 if len(d0) == 2 and len(d1) == 2 and float(d1[1]) > float(d0[1]):
     decision = f"{(float(d1[0]) - float(d0[0])) / (float(d1[1]) - float(d0[1])) * 1e6:.2f}"
@@ -498,8 +505,8 @@ else:
     n = int(re.search(r"(\d+) requests in", text).group(1))
 user = (int(u1) - int(u0)) / tick / n * 1e6
 system = (int(s1) - int(s0)) / tick / n * 1e6
-print("\t".join([t, rnd, f"{rps:.0f}", f"{p50:.3f}", f"{p99:.3f}", conns, nerr, f"{user:.1f}", f"{system:.1f}", decision, steal, nsock]))
-' "$t" "$round" "$((after - before - 1))" "$cpu0" "$cpu1" "$TICK" "$dec0" "$dec1" "$st0" "$st1" | tee -a "$RESULTS"
+print("\t".join([t, rnd, f"{rps:.0f}", f"{p50:.3f}", f"{p99:.3f}", conns, nerr, f"{user:.1f}", f"{system:.1f}", decision, steal, gen_busy, nsock]))
+' "$t" "$round" "$((after - before - 1))" "$cpu0" "$cpu1" "$TICK" "$dec0" "$dec1" "$st0" "$st1" "$g0" "$g1" | tee -a "$RESULTS"
   done
 done
 
@@ -523,7 +530,7 @@ floor = {alg: (min(m[1] for m in ms), min(m[2] for m in ms)) for alg, ms in floo
 fresh = {alg: min(m[3] for m in ms) for alg, ms in floors.items()}
 uncached = {alg: min(m[4] for m in ms) for alg, ms in floors.items()}
 by = {}
-for name, rnd, rps, p50, p99, upc, errs, user, system, _decision, _steal, *sock in rows:
+for name, rnd, rps, p50, p99, upc, errs, user, system, _decision, _steal, _gen, *sock in rows:
     by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(upc), int(errs),
                                     "".join(sock), float(user), float(system)))
 med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
@@ -613,7 +620,10 @@ lines += [
 cpu_round = {}
 decision_round = {}
 steals = [float(r[10]) for r in all_rows]
-for name, rnd, rps, p50, p99, upc, errs, user, system, decision, steal, *sock in rows:
+busy = {}
+for name, rnd, rps, p50, p99, upc, errs, user, system, decision, steal, gen, *sock in rows:
+    # The proxy's core: its CPU per request times its requests per second.
+    busy.setdefault(name, []).append((float(gen), (float(user) + float(system)) * float(rps) / 1e4))
     cpu_round.setdefault(name, {})[rnd] = float(user) + float(system)
     if decision:
         decision_round.setdefault(name, {})[rnd] = float(decision)
@@ -691,6 +701,13 @@ if inside:
                      f"{floor['es256'][1] if 'es256' in floor else float('nan'):.2f} (cached decision only) | | | |")
 if steals:
     steals.sort()
+    lines += ["", "Which core bounds each target (medians over its rounds, % busy): the load generator's",
+              "(core 0: the generator and nginx) and the process under test's (its CPU per request times",
+              "its requests per second). A generator core near 100 % means the target measured the",
+              "generator: compare such targets by CPU per request, not by req/s.", "",
+              "| target | generator core busy % | process under test % of a core |", "| --- | ---: | ---: |"]
+    for name, v in busy.items():
+        lines.append(f"| {name} | {statistics.median(g for g, _ in v):.0f} | {statistics.median(p for _, p in v):.0f} |")
     lines += ["", f"CPU time stolen by the hypervisor per target and round: median {steals[len(steals) // 2]:.1f} %, "
               f"largest {steals[-1]:.1f} %. Left out of every median and ratio above (over {steal_max:g} %): "
               + (", ".join(excluded) if excluded else "none") + "."]
