@@ -189,16 +189,7 @@ async fn h2_get(
         .body(())
         .unwrap();
     let (resp, _) = client.send_request(req, true).expect("the stream opens");
-    let resp = resp.await.expect("an answer");
-    let status = resp.status().as_u16();
-    let mut body = resp.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        text.extend_from_slice(&chunk);
-    }
-    (status, String::from_utf8_lossy(&text).into_owned())
+    h2_answer(resp).await.expect("an answer")
 }
 
 /// HTTP/2 clients (gRPC channels, h2 load balancers) move at SIGTERM as HTTP/1 ones do: every

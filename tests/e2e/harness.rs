@@ -608,3 +608,18 @@ pub fn client() -> reqwest::Client {
         })
         .clone()
 }
+
+/// The status and body of an HTTP/2 answer, read to its end (flow-control capacity released as
+/// it is read, so a long body is not stalled).
+pub async fn h2_answer(resp: h2::client::ResponseFuture) -> Result<(u16, String), h2::Error> {
+    let resp = resp.await?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    Ok((status, String::from_utf8_lossy(&text).into_owned()))
+}

@@ -317,20 +317,6 @@ async fn h2_open(front: SocketAddr) -> Result<h2::client::SendRequest<Bytes>, St
     Ok(client)
 }
 
-/// The status and body of an h2 answer, read to its end.
-async fn h2_answer(resp: h2::client::ResponseFuture) -> Result<(u16, String), h2::Error> {
-    let resp = resp.await?;
-    let status = resp.status().as_u16();
-    let mut body = resp.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        text.extend_from_slice(&chunk);
-    }
-    Ok((status, String::from_utf8_lossy(&text).into_owned()))
-}
-
 /// An HTTP/2 client as a gRPC channel runs: one connection, requests on it one after another;
 /// once the connection is told GOAWAY (it takes no new stream) or ends, a new one through the
 /// balancer. A request counts as sent once its stream is; anything but a whole 200 answer to
