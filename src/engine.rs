@@ -9,6 +9,7 @@ use crate::config::{AuthMode, Config, UnmatchedAction};
 use crate::facts::{Body, RequestFacts};
 use crate::geo::GeoResolver;
 use crate::location::SourceError;
+use crate::media_type::MediaTypeError;
 use crate::policy::activation::{Activation, Inputs};
 use crate::policy::cel::string_map;
 use crate::policy::decision::Allow;
@@ -166,7 +167,7 @@ impl Snapshot {
     /// open and unmatched included: each header any route sets from claims (an upstream trusts
     /// them everywhere), `network.strip_headers`, method-override and URL-rewriting headers,
     /// and, unless the peer is a trusted proxy, the edge headers (`Forwarded`,
-    /// `X-Forwarded-Host`, `-Proto`, `-Prefix`, `X-Real-IP`, the country header).
+    /// `X-Forwarded-Host`, `-Proto`, `-Prefix`, `X-Real-IP` and the like, the country header).
     pub fn strip_for(&self, peer: Option<(IpAddr, bool)>) -> &StripList {
         match peer {
             Some((_, true)) => &self.strip_trusted,
@@ -508,26 +509,52 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
             "the request has several Content-Type headers",
         ));
     }
-    let json_type = req
+    let content_type = req
         .headers
         .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            let mime = v
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            mime == "application/json"
-                || (mime.starts_with("application/") && mime.ends_with("+json"))
-        })
-        .unwrap_or(false);
-    if !json_type {
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    match content_type.map(crate::media_type::check_json) {
+        Some(Ok(())) => {}
+        Some(Err(MediaTypeError::Malformed)) => {
+            return Err((
+                415,
+                DenyReason::UnsupportedMediaType,
+                "the Content-Type header is not one well-formed media type",
+            ))
+        }
+        Some(Err(MediaTypeError::Charset)) => {
+            return Err((
+                415,
+                DenyReason::UnsupportedMediaType,
+                "this endpoint takes a JSON body in UTF-8",
+            ))
+        }
+        None | Some(Err(MediaTypeError::NotJson)) => {
+            return Err((
+                415,
+                DenyReason::UnsupportedMediaType,
+                "this endpoint takes a JSON body (Content-Type: application/json)",
+            ))
+        }
+    }
+    // A compressed body is bytes the rules cannot read as JSON, and an upstream that inflates
+    // it would read other JSON than the rules did.
+    let encoded = req
+        .headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| {
+            v.to_str().map_or(true, |v| {
+                v.split(',')
+                    .map(|c| c.trim_matches([' ', '\t']))
+                    .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+            })
+        });
+    if encoded {
         return Err((
             415,
             DenyReason::UnsupportedMediaType,
-            "this endpoint takes a JSON body (Content-Type: application/json)",
+            "this endpoint takes an uncompressed JSON body (no Content-Encoding)",
         ));
     }
     crate::strict_json::parse(bytes)
@@ -723,12 +750,27 @@ const REWRITING_HEADERS: [&str; 6] = [
 
 /// Headers only an edge proxy may set (the client's host, scheme, address as the edge saw
 /// them). Removed unless the peer is a trusted proxy.
-const EDGE_HEADERS: [&str; 5] = [
+const EDGE_HEADERS: [&str; 17] = [
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-proto",
     "x-forwarded-prefix",
     "x-real-ip",
+    // The same facts under the names other proxies and frameworks use (Rails and Rack read
+    // `X-Forwarded-Ssl` and `X-Forwarded-Scheme`, Spring `X-Forwarded-Port`, IIS and Akamai
+    // `True-Client-IP`, nginx's `auth_request` setups `X-Original-URI`).
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-original-uri",
+    "x-original-host",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-url-scheme",
+    "front-end-https",
 ];
 
 /// `network.strip_headers`, as header names.

@@ -20,6 +20,7 @@ pub mod geo;
 pub mod grpc;
 pub mod heap;
 pub mod location;
+pub mod media_type;
 pub mod path;
 pub mod policy;
 pub mod ratelimit;

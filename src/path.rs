@@ -28,6 +28,8 @@ pub enum PathError {
     BadCharacter,
     #[error("the path has a malformed percent-encoding")]
     BadEncoding,
+    #[error("the path encodes a control character")]
+    EncodedControl,
 }
 
 /// A byte that stands for itself in a path segment (`pchar` less `;`), so its escape is
@@ -170,8 +172,15 @@ fn normalise_escaped(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError>
         }
         i += 1;
     }
-    if decoded_all.is_some_and(|d| std::str::from_utf8(&d).is_err()) {
-        return Err(PathError::BadEncoding);
+    if let Some(d) = decoded_all {
+        let text = std::str::from_utf8(&d).map_err(|_| PathError::BadEncoding)?;
+        // Escaped controls (`%0A`, `%09`, `%7F`, `%C2%85`) are never part of a resource's name,
+        // and upstreams read them unlike the route table does: Python's `re` lets `$` match
+        // before a final `\n`, so `/admin%0A` is `/admin` to a Django `re_path`, and servers
+        // that trim what they decode serve `/admin%09` as `/admin`.
+        if text.chars().any(char::is_control) {
+            return Err(PathError::EncodedControl);
+        }
     }
     let result = match out {
         // Only ASCII was pushed, so this cannot fail.
@@ -250,6 +259,12 @@ mod tests {
             ("/caf\u{e9}", PathError::BadCharacter),
             ("/%C0%AF", PathError::BadEncoding),
             ("/%FF", PathError::BadEncoding),
+            ("/admin%0A", PathError::EncodedControl),
+            ("/admin%0d%0a", PathError::EncodedControl),
+            ("/admin%09", PathError::EncodedControl),
+            ("/a%1Fb", PathError::EncodedControl),
+            ("/admin%7F", PathError::EncodedControl),
+            ("/admin%C2%85", PathError::EncodedControl),
             ("api", PathError::NotAbsolute),
             ("*", PathError::NotAbsolute),
         ];

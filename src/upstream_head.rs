@@ -170,15 +170,23 @@ fn edit<H: Head>(head: &mut H, e: &Edits) -> Result<()> {
     if let Some((ip, trusted)) = e.client {
         // A trusted proxy's chain is extended; an untrusted client's own entries are dropped,
         // so an upstream reading the left-most address never sees a forged one.
+        // Every line of the chain, in order: a proxy in front (HAProxy's `option forwardfor`)
+        // may add its own line rather than extend the client's, and the client address the
+        // rules saw was read from all of them (`Geo::client_ip`). Keeping only the first line
+        // would hand the upstream the client's own forged entry as the whole chain.
         let prev = trusted
-            .then(|| head.headers().get(X_FORWARDED_FOR))
+            .then(|| {
+                let lines: Vec<_> = head
+                    .headers()
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
+                (!lines.is_empty()).then(|| lines.join(", "))
+            })
             .flatten();
         let value = match prev {
-            Some(prev) => HeaderValue::try_from(format!(
-                "{}, {ip}",
-                String::from_utf8_lossy(prev.as_bytes())
-            ))
-            .ok(),
+            Some(prev) => HeaderValue::try_from(format!("{prev}, {ip}")).ok(),
             None => forwarded_for(ip),
         };
         // Never forwarded without this hop: a chain that cannot be extended fails the request

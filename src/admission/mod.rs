@@ -193,24 +193,6 @@ fn deny(status: u16, reason: DenyReason, message: String) -> Box<Decision> {
 }
 
 impl Snapshot {
-    /// How protected what a lookup leads to is: a route's [`crate::policy::Route::protection`];
-    /// a denial (405, or no route with the deny action) above every route.
-    fn protection(&self, l: &Lookup) -> (u8, usize) {
-        use crate::config::{AuthMode, UnmatchedAction};
-        match l {
-            Lookup::Route(m) => self.policy.routes[m.route].protection(),
-            Lookup::MethodNotAllowed(_) => (u8::MAX, usize::MAX),
-            Lookup::NoRoute => match self.config.raw.unmatched.action {
-                UnmatchedAction::Deny => (u8::MAX, usize::MAX),
-                UnmatchedAction::Allow => match self.config.raw.unmatched.auth {
-                    AuthMode::None => (0, 0),
-                    AuthMode::Optional => (1, 0),
-                    AuthMode::Required => (2, 0),
-                },
-            },
-        }
-    }
-
     /// Admits a request head, or answers it. See the module documentation for the order.
     pub fn admit(&self, head: &RequestHead<'_>) -> Result<Admitted, Box<Decision>> {
         self.within_limits(head)?;
@@ -365,7 +347,7 @@ impl Snapshot {
     }
 
     /// The route of a normalised path: a match, none (the unmatched action decides), or a
-    /// refusal (405, or a path whose letter case would lead to a more protected route).
+    /// refusal (405, or a path whose letter case decides which route serves it).
     fn route(
         &self,
         host: Option<&str>,
@@ -374,17 +356,19 @@ impl Snapshot {
     ) -> Result<Option<RouteMatch>, Box<Decision>> {
         let found = self.policy.index.lookup(host, method, path);
         // Many upstreams match paths without regard to case (`/ADMIN/x` is `/admin/x` to
-        // them): a path that a more protected route would serve in lower case is refused.
-        // A lower-case form no route serves protects nothing: routes with capitals of their
-        // own (gRPC's `/pkg.Service/Method`) are served as written.
-        if path.bytes().any(|b| b.is_ascii_uppercase()) {
-            let folded = self
-                .policy
-                .index
-                .lookup(host, method, &path.to_ascii_lowercase());
-            if !matches!(folded, Lookup::NoRoute)
-                && self.protection(&found) < self.protection(&folded)
-            {
+        // them): such an upstream serves this request as the route of its lower-cased path in
+        // the lower-cased patterns would. Where that is another route than the one matched as
+        // written, the route that decides depends on how the client spelled the path: refused,
+        // whichever of the two protects more (how much a rule protects cannot be compared).
+        // A folded form no route serves protects nothing: routes with capitals of their own
+        // (gRPC's `/pkg.Service/Method`) are served as written. A 405 stays a 405.
+        if let Some(folded) = self.policy.index.lookup_folded(host, method, path) {
+            let same = match (&found, &folded) {
+                (_, Lookup::NoRoute) | (Lookup::MethodNotAllowed(_), _) => true,
+                (Lookup::Route(a), Lookup::Route(b)) => a.route == b.route,
+                _ => false,
+            };
+            if !same {
                 return Err(deny(
                     400,
                     DenyReason::BadPath,

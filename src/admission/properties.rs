@@ -159,11 +159,10 @@ proptest! {
     }
 }
 
-/// Letter case: a capitalised path is refused only when its lower-case form would reach a more
-/// protected route; a lower-case form that no route serves protects nothing.
-#[test]
-fn capitals_are_refused_only_for_a_more_protected_lower_case_route() {
-    let rules = r#"
+/// Letter case: a path is refused when an upstream that ignores case would serve it as another
+/// route's path than the route it matches as written (however the two routes compare); a
+/// lower-case form that no route serves protects nothing.
+const CASE_RULES: &str = r#"
 [[route]]
 name = "grpc"
 path = "/pkg.Orders/{*method}"
@@ -175,7 +174,7 @@ auth = "none"
 
 [[route]]
 name = "public"
-path = "/{section}/x"
+path = "/docs/{page}"
 auth = "none"
 
 [[route]]
@@ -185,37 +184,72 @@ auth = "none"
   [[route.rule]]
   name = "internal"
   allow_if = "request.ip == '10.0.0.1'"
+
+[[route]]
+name = "catch-all"
+path = "/*"
+auth = "none"
+  [[route.rule]]
+  name = "as-strong-by-count"
+  deny_if = "request.ip == '10.9.9.9'"
+
+[[route]]
+name = "orders"
+path = "/api/Orders/*"
+auth = "none"
+  [[route.rule]]
+  name = "internal"
+  allow_if = "request.ip == '10.0.0.1'"
+
+[[route]]
+name = "reports"
+path = "/reports"
+methods = ["POST"]
+auth = "none"
 "#;
+/// The layout of the letter-case tests: routes with and without capitals beside a catch-all
+/// as protected (by count of rules) as they are.
+fn case_snapshot() -> Snapshot {
     let config = "[listen]\nproxy = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n[rules]\ndir = \"rules\"\n[upstreams.main]\naddresses = [\"127.0.0.1:3\"]\n";
     let config = Arc::new(Config::from_str(Path::new("g.toml"), config.into()).expect("config"));
     let policy = PolicySet::from_sources(
-        &[("r.toml".into(), rules.to_string())],
+        &[("r.toml".into(), CASE_RULES.to_string())],
         &load_context(&config, &Default::default()),
     )
     .expect("policy");
-    let snap = Snapshot::new(
+    Snapshot::new(
         config,
         Arc::new(Default::default()),
         Arc::new(policy),
         Arc::new(Default::default()),
         Arc::new(Default::default()),
-    );
-    let headers = {
-        let mut h = HeaderMap::new();
-        h.insert(http::header::HOST, HeaderValue::from_static("a"));
-        h
+    )
+}
+
+static CASE_SNAPSHOT: std::sync::LazyLock<Snapshot> = std::sync::LazyLock::new(case_snapshot);
+
+/// The route a request is admitted to, or the reason it is refused.
+fn admit_case(
+    method: &str,
+    target: &str,
+) -> Result<Option<String>, Option<crate::policy::DenyReason>> {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::HOST, HeaderValue::from_static("a"));
+    let head = RequestHead {
+        method,
+        target: target.as_bytes(),
+        http10: false,
+        headers: &headers,
     };
-    let admit = |method: &str, target: &str| {
-        let head = RequestHead {
-            method,
-            target: target.as_bytes(),
-            http10: false,
-            headers: &headers,
-        };
-        snap.admit(&head)
-            .map(|a| a.route_name.as_deref().map(str::to_string))
-            .map_err(|d| d.denial().map(|d| d.reason))
-    };
+    CASE_SNAPSHOT
+        .admit(&head)
+        .map(|a| a.route_name.as_deref().map(str::to_string))
+        .map_err(|d| d.denial().map(|d| d.reason))
+}
+
+#[test]
+fn a_path_whose_route_depends_on_letter_case_is_refused() {
+    let admit = admit_case;
     // Served as written: its lower-case form reaches no route.
     assert_eq!(
         admit("POST", "/pkg.Orders/Get"),
@@ -225,8 +259,61 @@ auth = "none"
     // upstream.
     assert_eq!(admit("GET", "/docs/x"), Ok(Some("public".to_string())));
     assert_eq!(admit("GET", "/admin/x"), Ok(Some("admin".to_string())));
+    let bad = Err(Some(crate::policy::DenyReason::BadPath));
+    // As written the catch-all (one enforced rule, as many as the admin route's), to a
+    // case-insensitive upstream the admin route.
+    assert_eq!(admit("GET", "/Admin/x"), bad);
+    assert_eq!(admit("GET", "/ADMIN"), bad);
+    // A pattern with capitals: its lower-case spelling reaches the catch-all as written, the
+    // orders route to a case-insensitive upstream; its own spelling is served.
     assert_eq!(
-        admit("GET", "/Admin/x"),
-        Err(Some(crate::policy::DenyReason::BadPath))
+        admit("GET", "/api/Orders/1"),
+        Ok(Some("orders".to_string()))
     );
+    assert_eq!(admit("GET", "/api/orders/1"), bad);
+    assert_eq!(admit("GET", "/API/ORDERS/1"), bad);
+    // The folded form is only served for another method: a case-insensitive upstream would be
+    // sent a GET the gateway answers 405 in lower case.
+    assert_eq!(admit("GET", "/Reports"), bad);
+    assert_eq!(admit("POST", "/Reports"), bad);
+    assert_eq!(admit("POST", "/reports"), Ok(Some("reports".to_string())));
+    // Capitals that lead to the same route either way are served.
+    assert_eq!(
+        admit("GET", "/files/README"),
+        Ok(Some("catch-all".to_string()))
+    );
+    assert_eq!(admit("GET", "/docs/README"), Ok(Some("public".to_string())));
+    assert_eq!(admit("GET", "/Docs/README"), bad);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Every spelling of one path that is admitted lands on one route: an upstream that ignores
+    /// letter case cannot be reached through two routes by spelling the path two ways.
+    #[test]
+    fn every_admitted_spelling_of_a_path_has_one_route(
+        method in prop::sample::select(vec!["GET", "POST"]),
+        segments in prop::collection::vec(
+            prop::sample::select(vec!["admin", "api", "orders", "reports", "docs", "x", "readme", "1", "pkg.orders", "get"]),
+            1..4,
+        ),
+        masks in prop::collection::vec(any::<u64>(), 4),
+    ) {
+        let lower = format!("/{}", segments.join("/"));
+        let spell = |mask: u64| -> String {
+            lower
+                .chars()
+                .enumerate()
+                .map(|(i, c)| if mask >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                .collect()
+        };
+        let mut routes = std::collections::BTreeSet::new();
+        for p in std::iter::once(lower.clone()).chain(masks.iter().map(|m| spell(*m))) {
+            if let Ok(route) = admit_case(method, &p) {
+                routes.insert(route);
+            }
+        }
+        prop_assert!(routes.len() <= 1, "{} {} reaches {:?}", method, lower, routes);
+    }
 }

@@ -150,6 +150,7 @@ impl PolicySet {
         }
         loader.index.seal();
         loader.boundary_warnings();
+        loader.case_warnings();
         Ok(PolicySet {
             routes: loader.routes,
             index: loader.index,
@@ -608,6 +609,20 @@ impl Loader<'_> {
                 enforced(strong),
                 strong.name,
                 c.path,
+            );
+            self.warnings.push(w);
+        }
+    }
+
+    /// Warns where two routes' patterns differ only in letter case for the same method: to an
+    /// upstream that ignores case they are one path, and requests on the later route's paths
+    /// are refused wherever the two disagree.
+    fn case_warnings(&mut self) {
+        for c in self.index.case_collisions().to_vec() {
+            let mut w = self.path_locations[c.route].clone();
+            w.message = format!(
+                "route `{}`: its path is another route's when letter case is ignored ({}); requests whose route depends on letter case are refused with 400 `bad_path`. Give the two routes one spelling",
+                self.routes[c.route].name, c.message
             );
             self.warnings.push(w);
         }

@@ -104,16 +104,38 @@ pub struct BoundaryCatch {
     pub method: String,
 }
 
+/// One table of routes: host, then path, then method.
 #[derive(Default)]
-pub struct RouteIndex {
+struct Trees {
     hosts: HashMap<String, Tree>,
     any_host: Tree,
+}
+
+/// Two routes whose patterns are one path to an upstream that ignores letter case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseCollision {
+    /// The route added later, which the case-folded table could not hold.
+    pub route: usize,
+    pub message: String,
+}
+
+#[derive(Default)]
+pub struct RouteIndex {
+    exact: Trees,
+    /// The same routes with the letters of every pattern's literal parts in lower case: where
+    /// an upstream that ignores letter case serves a lower-cased path. Admission compares the
+    /// two lookups (see `Snapshot::route`).
+    folded: Trees,
+    /// Whether some pattern has an upper-case letter in its literal parts: then even a
+    /// lower-case path may be served by another route than its folded form's.
+    upper_patterns: bool,
+    case_collisions: Vec<CaseCollision>,
 }
 
 impl std::fmt::Debug for RouteIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteIndex")
-            .field("hosts", &self.hosts.len())
+            .field("hosts", &self.exact.hosts.len())
             .finish()
     }
 }
@@ -128,11 +150,94 @@ impl RouteIndex {
         methods: Option<Vec<String>>,
         route: usize,
     ) -> Result<(), String> {
+        let pattern = to_matchit(pattern)?;
+        self.exact.insert(host, &pattern, methods.clone(), route)?;
+        let folded = fold_literals(&pattern);
+        self.upper_patterns |= folded != pattern;
+        if let Err(message) = self.folded.insert(host, &folded, methods, route) {
+            self.case_collisions.push(CaseCollision { route, message });
+        }
+        Ok(())
+    }
+
+    /// Routes that the case-folded table could not hold beside another route (`/Admin` and
+    /// `/admin` for the same method): requests on the later one's paths are refused wherever
+    /// the two tables disagree; `check` reports them.
+    pub fn case_collisions(&self) -> &[CaseCollision] {
+        &self.case_collisions
+    }
+
+    /// Completes the index once every route is in (see [`Trees::seal`]).
+    pub fn seal(&mut self) {
+        self.exact.seal();
+        self.folded.seal();
+    }
+
+    /// Whether any route names a host.
+    pub fn has_host_routes(&self) -> bool {
+        !self.exact.hosts.is_empty()
+    }
+
+    /// Finds the route for a request. A host with host-specific routes is decided by those
+    /// routes alone; other hosts (and requests without one) by the host-less routes.
+    pub fn lookup(&self, host: Option<&str>, method: &str, path: &str) -> Lookup {
+        self.exact.lookup(host, method, path)
+    }
+
+    /// Where an upstream that ignores letter case would have this request decided: the
+    /// lower-cased path in the table of lower-cased patterns. `None` when that is the exact
+    /// lookup's answer by construction (no capitals in the path or in any pattern).
+    pub fn lookup_folded(&self, host: Option<&str>, method: &str, path: &str) -> Option<Lookup> {
+        if !self.upper_patterns && !path.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        Some(self.folded.lookup(host, method, &path.to_ascii_lowercase()))
+    }
+
+    /// Every route that serves a path on the boundary of another route's pattern (`/x` and
+    /// `/x/` for `/x/*` and `/x/{id}`, `/x/` for `/x`, `/x` for `/x/`), for the same method.
+    /// `check` compares their protection.
+    pub fn boundary_catches(
+        &self,
+        methods_of: impl Fn(usize) -> Option<Vec<String>>,
+    ) -> Vec<BoundaryCatch> {
+        self.exact.boundary_catches(methods_of)
+    }
+}
+
+/// A matchit pattern with the letters outside `{...}` in lower case (parameter names are
+/// names, not path text).
+fn fold_literals(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut depth = 0usize;
+    for c in pattern.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        out.push(if depth == 0 {
+            c.to_ascii_lowercase()
+        } else {
+            c
+        });
+    }
+    out
+}
+
+impl Trees {
+    fn insert(
+        &mut self,
+        host: Option<&str>,
+        pattern: &str,
+        methods: Option<Vec<String>>,
+        route: usize,
+    ) -> Result<(), String> {
         let tree = match host {
             Some(h) => self.hosts.entry(h.to_ascii_lowercase()).or_default(),
             None => &mut self.any_host,
         };
-        let pattern = to_matchit(pattern)?;
+        let pattern = pattern.to_string();
         let slot = match tree.by_pattern.get(&pattern) {
             Some(s) => *s,
             None => {
@@ -158,10 +263,10 @@ impl RouteIndex {
         Ok(())
     }
 
-    /// Completes the index once every route is in: a wildcard `/x/*` also serves `/x` and `/x/`
+    /// Completes the table once every route is in: a wildcard `/x/*` also serves `/x` and `/x/`
     /// unless a route names that exact pattern. Done last, so the order of files and routes
     /// does not matter.
-    pub fn seal(&mut self) {
+    fn seal(&mut self) {
         for tree in std::iter::once(&mut self.any_host).chain(self.hosts.values_mut()) {
             let mut aliases = Vec::new();
             for (pattern, slot) in &tree.by_pattern {
@@ -189,24 +294,14 @@ impl RouteIndex {
         }
     }
 
-    /// Whether any route names a host.
-    pub fn has_host_routes(&self) -> bool {
-        !self.hosts.is_empty()
-    }
-
-    /// Finds the route for a request. A host with host-specific routes is decided by those
-    /// routes alone; other hosts (and requests without one) by the host-less routes.
-    pub fn lookup(&self, host: Option<&str>, method: &str, path: &str) -> Lookup {
+    fn lookup(&self, host: Option<&str>, method: &str, path: &str) -> Lookup {
         let tree = host
             .and_then(|h| self.hosts.get(h))
             .unwrap_or(&self.any_host);
         lookup_in(tree, method, path)
     }
 
-    /// Every route that serves a path on the boundary of another route's pattern (`/x` and
-    /// `/x/` for `/x/*` and `/x/{id}`, `/x/` for `/x`, `/x` for `/x/`), for the same method.
-    /// `check` compares their protection.
-    pub fn boundary_catches(
+    fn boundary_catches(
         &self,
         methods_of: impl Fn(usize) -> Option<Vec<String>>,
     ) -> Vec<BoundaryCatch> {
@@ -403,6 +498,43 @@ mod tests {
         assert!(paths.contains(&(0, "/admin/")), "{paths:?}");
         assert!(paths.contains(&(1, "/users")), "{paths:?}");
         assert!(paths.contains(&(1, "/users/")), "{paths:?}");
+    }
+
+    #[test]
+    fn the_folded_table_lower_cases_literals_and_reports_patterns_one_by_case() {
+        assert_eq!(fold_literals("/Api/{Id}/X/{*Rest}"), "/api/{Id}/x/{*Rest}");
+        let mut ix = RouteIndex::default();
+        ix.insert(None, "/admin/*", None, 0).unwrap();
+        ix.insert(None, "/*", None, 1).unwrap();
+        ix.seal();
+        // No capitals anywhere: the folded lookup is the exact one, and is skipped.
+        assert_eq!(ix.lookup_folded(None, "GET", "/admin/x"), None);
+        assert_eq!(
+            ix.lookup_folded(None, "GET", "/ADMIN/x").map(route),
+            Some(Some(0))
+        );
+        assert_eq!(route(ix.lookup(None, "GET", "/ADMIN/x")), Some(1));
+
+        let mut ix = RouteIndex::default();
+        ix.insert(None, "/Orders/{id}", methods(&["GET"]), 0)
+            .unwrap();
+        ix.insert(None, "/orders/{id}", methods(&["GET"]), 1)
+            .unwrap();
+        ix.insert(None, "/orders/{id}", methods(&["POST"]), 2)
+            .unwrap();
+        ix.seal();
+        // A capital in a pattern: every path is looked up folded as well.
+        assert_eq!(
+            ix.lookup_folded(None, "GET", "/orders/1").map(route),
+            Some(Some(0))
+        );
+        assert_eq!(
+            ix.case_collisions()
+                .iter()
+                .map(|c| c.route)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
     }
 
     #[test]

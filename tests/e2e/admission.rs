@@ -285,6 +285,10 @@ country_header = "CF-IPCountry"
         .header("x-original-url", "/admin/x")
         .header("x-forwarded-host", "admin.test")
         .header("forwarded", "host=admin.test")
+        .header("x-forwarded-port", "443")
+        .header("x-forwarded-ssl", "on")
+        .header("true-client-ip", "10.0.0.1")
+        .header("x-original-uri", "/admin/x")
         .header("x-kept", "yes")
         .send()
         .await
@@ -300,6 +304,10 @@ country_header = "CF-IPCountry"
         "x-original-url",
         "x-forwarded-host",
         "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-ssl",
+        "true-client-ip",
+        "x-original-uri",
     ] {
         assert!(
             seen.headers.get(h).is_none(),

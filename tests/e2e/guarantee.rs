@@ -8,7 +8,9 @@
 //! beside host-specific and host-less protected routes. Each route forwards the method, host and
 //! path it decided on. For each request the upstream received, the test checks that they equal
 //! what the upstream saw, and that an independent model of README's matching rules picks the
-//! same route for what the upstream saw; a protected route must have seen a valid token.
+//! same route for what the upstream saw, and the same one again for an upstream that ignores
+//! letter case (a route with capitals in its pattern sits among them); a protected route must
+//! have seen a valid token.
 //!
 //! Cases per run: `CLAIMGATE_GUARANTEE_CASES` (default 2000); seed: `CLAIMGATE_GUARANTEE_SEED`
 //! (32 hex digits; random by default, printed on failure).
@@ -78,6 +80,15 @@ issuers = ["hs"]
 {DECIDED}
 
 [[route]]
+name = "reports"
+path = "/Reports/*"
+issuers = ["hs"]
+  [route.forward]
+  "x-decided-route" = "'reports'"
+  "x-user" = "claims.sub"
+{DECIDED}
+
+[[route]]
 name = "item"
 path = "/items/{{id}}"
 methods = ["GET"]
@@ -131,14 +142,31 @@ fn path_piece() -> impl Strategy<Value = &'static str> {
         ";p",
         "%2f",
         "/%7e",
+        "%0a",
+        "%09",
     ]);
     prop_oneof![3 => plain, 1 => hostile]
 }
 
 fn prefix() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
-        "/admin", "/Admin", "/%61dmin", "/api", "/items", "/status", "/public", "", "/admin/",
-        "/api/", "/items/", "/items/7",
+        "/admin",
+        "/Admin",
+        "/%61dmin",
+        "/api",
+        "/items",
+        "/status",
+        "/public",
+        "",
+        "/admin/",
+        "/api/",
+        "/items/",
+        "/items/7",
+        "/Reports",
+        "/reports",
+        "/REPORTS/",
+        "/API",
+        "/Items/7",
     ])
 }
 
@@ -318,25 +346,54 @@ fn send(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<u16> {
     head.lines().next()?.split(' ').nth(1)?.parse().ok()
 }
 
-/// README's matching rules, written again without the gateway's code: the route that must
-/// decide `method host path` as the upstream saw them, if any may let it through.
-fn model(method: &str, host: &str, path: &str) -> Option<&'static str> {
+/// Where the model puts a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Modelled {
+    Route(&'static str),
+    /// A route serves the path for other methods only (405).
+    NotAllowed,
+    /// No route serves it (the unmatched action: deny).
+    NoRoute,
+}
+
+/// README's matching rules, written again without the gateway's code: where `method host path`
+/// lands. `folded`: as an upstream that ignores letter case sees the table, every pattern in
+/// lower case (the caller lower-cases the path).
+fn model_lookup(method: &str, host: &str, path: &str, folded: bool) -> Modelled {
+    use Modelled::*;
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
+    let only = |ok: bool, r: &'static str| if ok { Route(r) } else { NotAllowed };
     if host == "admin.test" {
         // Host-specific routes alone decide this host.
         if under("/admin") {
-            return (method == "GET").then_some("admin");
+            return only(method == "GET", "admin");
         }
-        return (path == "/status").then_some("admin-status");
+        return if path == "/status" {
+            Route("admin-status")
+        } else {
+            NoRoute
+        };
     }
     if under("/api") {
-        return matches!(method, "GET" | "POST").then_some("api");
+        return only(matches!(method, "GET" | "POST"), "api");
+    }
+    if under(if folded { "/reports" } else { "/Reports" }) {
+        return Route("reports");
     }
     if segs.len() == 2 && segs[0] == "items" && !segs[1].is_empty() {
-        return (method == "GET").then_some("item");
+        return only(method == "GET", "item");
     }
-    Some("open")
+    Route("open")
+}
+
+/// The route that must decide `method host path` as the upstream saw them, if any may let it
+/// through.
+fn model(method: &str, host: &str, path: &str) -> Option<&'static str> {
+    match model_lookup(method, host, path, false) {
+        Modelled::Route(r) => Some(r),
+        _ => None,
+    }
 }
 
 /// The host part of a `Host` value as the test reads it: brackets, port and trailing dot off.
@@ -390,6 +447,18 @@ fn check_seen(c: &Case, seen: &Seen) -> Result<(), TestCaseError> {
         seen.method,
         host,
         path
+    );
+    // An upstream that ignores letter case serves the lower-cased path: where a route serves
+    // that, it must be the route that decided.
+    let folded = model_lookup(&seen.method, &host, &path.to_ascii_lowercase(), true);
+    prop_assert!(
+        matches!(folded, Modelled::NoRoute) || matches!(folded, Modelled::Route(r) if r == route),
+        "{} {} {} was decided by `{}`; ignoring letter case it is {:?}",
+        seen.method,
+        host,
+        path,
+        route,
+        folded
     );
     match route {
         "open" | "admin-status" => {
@@ -555,7 +624,7 @@ fn no_request_reaches_the_upstream_except_as_decided() {
         let routes = routes_reached.into_inner().unwrap();
         assert_eq!(
             routes.len(),
-            5,
+            6,
             "every route must be reached at least once: {routes:?} (seed {hex})"
         );
     }

@@ -303,6 +303,49 @@ async fn body_limits_types_and_integrity() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.count(), 3);
+    // Types one reader takes for JSON and another for something else, JSON in another
+    // charset, and a body compressed: refused, and nothing reaches the upstream. PHP reads the
+    // first two as forms (it cuts the type at `,` or a space), whose `amount` is a million.
+    let form = "{\"amount\":1,\"x\":\"&amount=1000000&\"}";
+    for (name, value) in [
+        ("content-type", "application/x-www-form-urlencoded,x/y+json"),
+        ("content-type", "application/x-www-form-urlencoded x+json"),
+        ("content-type", "application/json; charset=utf-7"),
+    ] {
+        let r = client()
+            .post(gw.url("/api/transfer"))
+            .bearer_auth(&ok)
+            .header(name, value)
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 415, "{value}");
+        assert_eq!(body_of(r).await["reason"], "unsupported_media_type");
+    }
+    for encoding in ["gzip", "identity, br", "deflate"] {
+        let r = client()
+            .post(gw.url("/api/transfer"))
+            .bearer_auth(&ok)
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body("{\"amount\": 1}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 415, "{encoding}");
+    }
+    let r = client()
+        .post(gw.url("/api/transfer"))
+        .bearer_auth(&ok)
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .body("{\"amount\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.count(), 4);
 }
 
 #[tokio::test]
@@ -616,6 +659,25 @@ async fn scenario_7_geo_from_the_database_through_trusted_proxies() {
     assert_eq!(
         p.eu.last().headers["x-forwarded-for"],
         "192.0.2.200, 127.0.0.1"
+    );
+
+    // A proxy in front that adds a line of its own (HAProxy's `option forwardfor`) instead of
+    // extending the client's: the rules read the right-most untrusted hop of all lines, and
+    // the upstream is sent every line, in order, never the client's forged one alone.
+    let (s, _) = regional(
+        &p.gw,
+        &consented,
+        &[
+            ("x-forwarded-for", "198.51.100.9"),
+            ("x-forwarded-for", "192.0.2.200"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(p.eu.last().headers["x-country"], "FR");
+    assert_eq!(
+        p.eu.last().headers["x-forwarded-for"],
+        "198.51.100.9, 192.0.2.200, 127.0.0.1"
     );
 
     let (s, _) = regional(&p.gw, &consented, &[("x-forwarded-for", "198.51.100.9")]).await;
