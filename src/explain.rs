@@ -202,7 +202,7 @@ pub fn explain(
     let facts = RequestFacts {
         location: location.as_ref(),
         tls: req.tls.as_ref(),
-        ..admitted.facts(&head, req.client_ip, body)
+        ..admitted.facts(snapshot, &head, req.client_ip, body)
     };
     let Some(m) = admitted.route.clone() else {
         let d = snapshot.decide_matched(&facts, None, now);

@@ -2,6 +2,7 @@
 //! How conditions see these facts is [`crate::policy::activation`].
 
 use crate::geo::Location;
+use crate::upstream_head::StripList;
 use http::HeaderMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,6 +17,10 @@ pub struct RequestFacts<'a> {
     /// The raw query string, without `?`.
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The headers the upstream is not sent (identity headers, edge headers from an untrusted
+    /// peer, method overrides): `request.headers` does not hold them, so that the rules decide
+    /// on the headers the upstream sees, never on a client's copy of a header it never gets.
+    pub hidden: Option<&'a StripList>,
     /// The address of the connection's peer (the client, or a proxy in front of it).
     pub client_ip: Option<IpAddr>,
     pub body: Body<'a>,

@@ -10,7 +10,7 @@ use crate::geo::GeoResolver;
 use crate::inputs::{Found, Inputs};
 use crate::location::{SourceError, SourceErrors};
 use crate::policy::analysis::InputBounds;
-use crate::policy::{EvalBudget, LoadContext, PolicySet};
+use crate::policy::{EvalBudget, LoadContext, PolicySet, SourceReads};
 use crate::sources::SourceSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -166,7 +166,15 @@ pub fn load_context(config: &Config, sources: &SourceSet) -> LoadContext {
         default_upstream: config.default_upstream().map(str::to_string),
         sources: sources
             .iter()
-            .map(|s| (s.name.to_string(), s.reads_body))
+            .map(|s| {
+                (
+                    s.name.to_string(),
+                    SourceReads {
+                        body: s.reads_body,
+                        headers: s.header_reads.clone(),
+                    },
+                )
+            })
             .collect(),
         eval: eval_budget(config, sources),
         config_file: config

@@ -555,7 +555,7 @@ impl ProxyHttp for ClaimgateProxy {
         let head = head_of(session.req_header(), h2.as_deref());
         let facts = RequestFacts {
             tls: tls.as_ref(),
-            ..admitted.facts(&head, client_ip, body)
+            ..admitted.facts(&snapshot, &head, client_ip, body)
         };
         let m = admitted.route.as_ref();
         let mut decision = self.decide(&snapshot, &facts, m).await;

@@ -19,6 +19,7 @@ pub mod target;
 
 use crate::engine::Snapshot;
 use crate::facts::{Body, RequestFacts};
+use crate::policy::references::HeaderReads;
 use crate::policy::route::{Lookup, RouteMatch};
 use crate::policy::{Decision, Denial, DenyReason};
 use http::HeaderMap;
@@ -67,19 +68,24 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    /// The facts the rules see, for this request's headers, peer and body.
+    /// The facts the rules see, for this request's headers, peer and body: the headers as the
+    /// upstream will be sent them (see [`RequestFacts::hidden`]), which depends on whether the
+    /// peer is a trusted proxy.
     pub fn facts<'a>(
         &'a self,
+        snapshot: &'a Snapshot,
         head: &RequestHead<'a>,
         client_ip: Option<IpAddr>,
         body: Body<'a>,
     ) -> RequestFacts<'a> {
+        let peer = client_ip.map(|ip| (ip, snapshot.geo.is_trusted(ip)));
         RequestFacts {
             method: head.method,
             host: self.host.as_deref(),
             path: &self.path,
             query: self.query.as_deref(),
             headers: head.headers,
+            hidden: Some(snapshot.strip_for(peer)),
             client_ip,
             body,
             location: None,
@@ -187,6 +193,43 @@ fn check_method(method: &str) -> Result<(), Box<Decision>> {
     Ok(())
 }
 
+/// Headers whose lines the rules see joined and every upstream reads so too: cookies (an HTTP/2
+/// client splits them, RFC 9113 §8.2.3) and a proxy chain (sent on as one line).
+const JOINED_HEADERS: [&str; 2] = ["cookie", "x-forwarded-for"];
+
+/// A header the rules read must be one value to every reader. Sent as several lines, the rules
+/// see them joined while many upstreams take the first line or the last (Go's `Header.Get`,
+/// most frameworks' singular accessors); spelled with `_` for `-` (`X_Tenant`), the rules see
+/// another header than CGI servers (PHP, Rack, WSGI), which read both as `HTTP_X_TENANT`.
+fn read_headers_are_one_value(reads: &HeaderReads, headers: &HeaderMap) -> Result<(), String> {
+    if reads.is_empty() {
+        return Ok(());
+    }
+    let cgi = |n: &str| n.replace('_', "-");
+    for name in headers.keys() {
+        let n = name.as_str();
+        let read = reads.reads(n);
+        if read && !JOINED_HEADERS.contains(&n) && headers.get_all(name).iter().nth(1).is_some() {
+            return Err(format!(
+                "the header `{n}`, which the rules read, is sent more than once"
+            ));
+        }
+        let spelled = if reads.any {
+            n.contains('_')
+        } else {
+            let c = cgi(n);
+            reads.names.iter().any(|r| r != n && cgi(r) == c)
+        };
+        if spelled {
+            return Err(format!(
+                "the header `{n}` is `{}` to CGI servers, a header the rules read",
+                cgi(n)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// [`Decision::refused`], boxed: admission's error path.
 fn deny(status: u16, reason: DenyReason, message: String) -> Box<Decision> {
     Box::new(Decision::refused(status, reason, message))
@@ -218,6 +261,11 @@ impl Snapshot {
         let (route_name, body_limit) = match &route {
             Some(m) => {
                 let r = &self.policy.routes[m.route];
+                read_headers_are_one_value(&r.headers_read, head.headers).map_err(|m| {
+                    let mut d = Decision::refused(400, DenyReason::AmbiguousHeader, m);
+                    d.route = Some(r.name.clone());
+                    Box::new(d)
+                })?;
                 (Some(r.name.clone()), r.reads_body.then_some(r.body_limit))
             }
             None => (None, None),
@@ -404,7 +452,7 @@ impl Snapshot {
         match self.admit(head) {
             Err(d) => *d,
             Ok(a) => {
-                let facts = a.facts(head, client_ip, a.body(body));
+                let facts = a.facts(self, head, client_ip, a.body(body));
                 self.decide_matched(&facts, a.route.as_ref(), now)
             }
         }

@@ -9,6 +9,7 @@ use super::{native, AttrKind, Expr, Route};
 use crate::auth::VerifiedToken;
 use crate::facts::RequestFacts;
 use crate::geo::GeoResolver;
+use crate::upstream_head::StripList;
 use cel::common::traits::Indexer;
 use cel::common::types::{self, CelString};
 use cel::common::value::{CowVal, Val};
@@ -136,6 +137,7 @@ impl<'a> Activation<'a> {
             host: self.req.host,
             path: self.req.path,
             headers: self.req.headers,
+            hidden: self.req.hidden,
         }
     }
 
@@ -429,7 +431,7 @@ fn request_field(
         "method" => Value::from(req.method),
         "host" => Value::from(req.host.unwrap_or("")),
         "path" => Value::from(req.path),
-        "headers" => return headers_value(req.headers),
+        "headers" => return headers_value(req.headers, req.hidden),
         "query" => return query_value(req.query),
         "params" => return string_val_map(params.iter().cloned()),
         "client_ip" => Value::String(Arc::new(
@@ -476,14 +478,24 @@ fn tls_value(tls: Option<&crate::facts::TlsFacts>) -> Value {
     ])
 }
 
-fn headers_value(h: &HeaderMap) -> Box<dyn Val> {
+fn headers_value(h: &HeaderMap, hidden: Option<&StripList>) -> Box<dyn Val> {
     let mut headers: std::collections::HashMap<String, String> = Default::default();
     for (name, value) in h.iter() {
+        if hidden.is_some_and(|s| s.contains(name.as_str())) {
+            continue;
+        }
         let text = String::from_utf8_lossy(value.as_bytes());
+        // Cookie crumbs (an HTTP/2 client sends each cookie as its own field) are joined as
+        // RFC 9113 §8.2.3 says; other fields as RFC 9110 §5.3 says.
+        let separator = if name == http::header::COOKIE {
+            "; "
+        } else {
+            ", "
+        };
         headers
             .entry(name.as_str().to_string())
             .and_modify(|v| {
-                v.push_str(", ");
+                v.push_str(separator);
                 v.push_str(&text);
             })
             .or_insert_with(|| text.into_owned());
@@ -555,6 +567,7 @@ mod tests {
             path: "/items/42",
             query: Some("q=first&q=second&x=%20y"),
             headers: &f.headers,
+            hidden: None,
             client_ip: Some("192.0.2.7".parse().unwrap()),
             body: Body::NotRead,
             location: None,

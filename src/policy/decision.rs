@@ -34,6 +34,8 @@ pub enum DenyReason {
     MethodNotAllowed,
     /// `Content-Length` values that are not numbers or disagree.
     BadFraming,
+    /// A header the rules read is sent as several lines, or spelled with `_` for `-`.
+    AmbiguousHeader,
     /// A JSON body the rules read that parsers could read differently: duplicate keys, numbers
     /// out of range.
     BadBody,
@@ -68,6 +70,7 @@ impl DenyReason {
             DenyReason::BadMethod => "bad_method",
             DenyReason::MalformedRequest => "malformed_request",
             DenyReason::BadFraming => "bad_framing",
+            DenyReason::AmbiguousHeader => "ambiguous_header",
             DenyReason::BadBody => "bad_body",
             DenyReason::SourceUnavailable => "source_unavailable",
             DenyReason::IncompleteBody => "incomplete_body",

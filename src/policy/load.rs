@@ -5,7 +5,7 @@ use super::analysis::{worst_case_steps, InputBounds};
 use super::cel::CelRuntime;
 use super::native::Plan;
 use super::raw::{RawAttr, RawRoute, RawRule, RawUpstreamCase, RulesFile};
-use super::references::References;
+use super::references::{HeaderReads, References};
 use super::route::RouteIndex;
 use super::variable::Variable;
 use super::{
@@ -22,14 +22,22 @@ use std::sync::Arc;
 use toml::Spanned;
 
 /// What a policy may refer to, from `gateway.toml`.
+/// What a source's request templates read of the request: the routes that read the source read
+/// it too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceReads {
+    pub body: bool,
+    pub headers: HeaderReads,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct LoadContext {
     pub issuers: Vec<String>,
     pub upstreams: Vec<String>,
     /// The upstream of routes that name none.
     pub default_upstream: Option<String>,
-    /// External sources by name, and whether the source's request templates read `body`.
-    pub sources: BTreeMap<String, bool>,
+    /// External sources by name, and what their request templates read of the request.
+    pub sources: BTreeMap<String, SourceReads>,
     /// How large inputs can be, and how many evaluation steps an expression may take at worst.
     pub eval: EvalBudget,
     /// The configuration file, for messages (`gateway.toml` when not set).
@@ -193,6 +201,8 @@ struct RouteReads {
     sources: Vec<NamedRead>,
     /// The largest body the route's rules can see, for the evaluation budget.
     body_bound: usize,
+    /// The request headers read.
+    headers: HeaderReads,
 }
 
 struct NamedRead {
@@ -416,6 +426,7 @@ impl Loader<'_> {
         self.claim_reads.add(&refs);
         let r = &mut self.reads;
         r.body |= refs.reads(Variable::Body);
+        r.headers.add(&refs.headers);
         r.claims |= refs.reads(Variable::Claims) || refs.reads(Variable::Token);
         let named = |v| {
             refs.members_of(v).map(|(name, id)| {
@@ -676,6 +687,7 @@ impl Loader<'_> {
             rules,
             attrs,
             reads_body: self.reads.body,
+            headers_read: std::mem::take(&mut self.reads.headers),
             body_limit,
             forward,
             sources,
@@ -1002,8 +1014,9 @@ impl Loader<'_> {
                         self.ctx.config_name()
                     ),
                 )),
-                Some(reads_body) => {
-                    self.reads.body |= *reads_body;
+                Some(reads) => {
+                    self.reads.body |= reads.body;
+                    self.reads.headers.add(&reads.headers);
                     if !sources.iter().any(|s| **s == *r.name) {
                         sources.push(Arc::from(r.name.as_str()));
                     }
@@ -1171,7 +1184,7 @@ mod tests {
             issuers: vec!["test".into()],
             upstreams: vec!["main".into()],
             default_upstream: Some("main".into()),
-            sources: BTreeMap::from([("balance".to_string(), false)]),
+            sources: BTreeMap::from([("balance".to_string(), SourceReads::default())]),
             ..Default::default()
         }
     }

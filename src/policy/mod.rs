@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use cel::CelRuntime;
 pub use decision::{AuditDenial, Decision, Denial, DenyReason, Outcome};
-pub use load::{EvalBudget, LoadContext, PolicySet};
+pub use load::{EvalBudget, LoadContext, PolicySet, SourceReads};
 pub use trace::Trace;
 pub use variable::Variable;
 
@@ -139,6 +139,8 @@ pub struct Route {
     pub attrs: Vec<Attr>,
     /// Whether any expression of the route reads `body`: only then is the body buffered.
     pub reads_body: bool,
+    /// The request headers its expressions (and its sources' templates) read.
+    pub headers_read: references::HeaderReads,
     pub body_limit: usize,
     pub forward: Vec<Forward>,
     /// External sources any expression of the route reads (`ext.NAME`), fetched before its

@@ -27,6 +27,8 @@ pub struct Facts<'a> {
     pub host: Option<&'a str>,
     pub path: &'a str,
     pub headers: &'a HeaderMap,
+    /// See [`crate::facts::RequestFacts::hidden`].
+    pub hidden: Option<&'a crate::upstream_head::StripList>,
 }
 
 /// An expression compiled to native steps: a condition, or a single attribute.
@@ -346,6 +348,10 @@ impl Operand {
             Operand::Host => Some(V::Str(f.host.unwrap_or(""))),
             Operand::Path => Some(V::Str(f.path)),
             Operand::Header(name) => {
+                // A header the upstream is not sent is missing from the interpreter's map.
+                if f.hidden.is_some_and(|s| s.contains(name.as_str())) {
+                    return None;
+                }
                 // A repeated header is joined with ", " in the interpreter's map.
                 let mut values = f.headers.get_all(name).iter();
                 let v = values.next()?;
@@ -483,6 +489,8 @@ mod tests {
         host: Option<&'static str>,
         path: String,
         headers: http::HeaderMap,
+        /// `x-tenant` is a header the upstream is not sent (hidden from the rules).
+        tenant_hidden: bool,
     }
 
     /// The native answer and the interpreter's for `src` on `c`.
@@ -506,12 +514,17 @@ mod tests {
             c.claims.clone(),
             i64::MAX,
         );
+        let hidden = crate::upstream_head::StripList::new(
+            c.tenant_hidden
+                .then(|| http::HeaderName::from_static("x-tenant")),
+        );
         let req = RequestFacts {
             method: c.method,
             host: c.host,
             path: &c.path,
             query: None,
             headers: &c.headers,
+            hidden: Some(&hidden),
             client_ip: None,
             body: Body::NotRead,
             location: None,
@@ -539,6 +552,7 @@ mod tests {
             host: c.host,
             path: &c.path,
             headers: &c.headers,
+            hidden: Some(&hidden),
         };
         (plan.eval(&facts), act.execute_program(&program))
     }
@@ -560,6 +574,7 @@ mod tests {
             host: Some("api.example.com"),
             path: "/api/accounts/acc-1/transfer".into(),
             headers,
+            tenant_hidden: false,
         }
     }
 
@@ -675,30 +690,34 @@ mod tests {
                 ],
                 0..3,
             ),
+            proptest::bool::weighted(0.2),
         )
-            .prop_map(move |(edits, ids, method, host, path, tenants)| {
-                let mut headers = http::HeaderMap::new();
-                for t in tenants {
-                    headers.append("x-tenant", HeaderValue::from_bytes(&t).unwrap());
-                }
-                let claims = claims
-                    .iter()
-                    .zip(edits)
-                    .filter_map(|((k, v), (edit, other))| match edit {
-                        0 => Some((k.clone(), v.clone())),
-                        1 => None,
-                        _ => Some((k.clone(), other)),
-                    })
-                    .collect();
-                Case {
-                    claims,
-                    params: ids.into_iter().map(|v| ("id".into(), v.into())).collect(),
-                    method,
-                    host,
-                    path: path.into(),
-                    headers,
-                }
-            })
+            .prop_map(
+                move |(edits, ids, method, host, path, tenants, tenant_hidden)| {
+                    let mut headers = http::HeaderMap::new();
+                    for t in tenants {
+                        headers.append("x-tenant", HeaderValue::from_bytes(&t).unwrap());
+                    }
+                    let claims = claims
+                        .iter()
+                        .zip(edits)
+                        .filter_map(|((k, v), (edit, other))| match edit {
+                            0 => Some((k.clone(), v.clone())),
+                            1 => None,
+                            _ => Some((k.clone(), other)),
+                        })
+                        .collect();
+                    Case {
+                        claims,
+                        params: ids.into_iter().map(|v| ("id".into(), v.into())).collect(),
+                        method,
+                        host,
+                        path: path.into(),
+                        headers,
+                        tenant_hidden,
+                    }
+                },
+            )
     }
 
     proptest! {

@@ -23,6 +23,40 @@ pub struct References {
     /// Those variables also read whole (`ext`, `ext[k]`, `'x' in claims`): what is read cannot
     /// be known by name. With the node of the first such read.
     pub whole: BTreeMap<Variable, u64>,
+    /// The request headers read (`request.headers['x-tenant']`, `'x-tenant' in request.headers`).
+    pub headers: HeaderReads,
+}
+
+/// Which request headers expressions read: by name, or any (`request.headers` read whole, or
+/// with a key computed at run time). Admission refuses a request whose headers the rules
+/// would read otherwise than the upstream (see `Snapshot::route_headers`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeaderReads {
+    /// Lower-case names.
+    pub names: BTreeSet<String>,
+    pub any: bool,
+}
+
+impl HeaderReads {
+    pub fn add(&mut self, other: &HeaderReads) {
+        self.names.extend(other.names.iter().cloned());
+        self.any |= other.any;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && !self.any
+    }
+
+    /// Whether a header of this (lower-case) name is read.
+    pub fn reads(&self, name: &str) -> bool {
+        self.any || self.names.contains(name)
+    }
+}
+
+/// `request.headers`, with `request` a free variable.
+fn is_request_headers(e: &IdedExpr, bound: &[&str]) -> bool {
+    matches!(&e.expr, Expr::Select(s) if s.field == "headers" && !s.test
+        && matches!(&s.operand.expr, Expr::Ident(n) if n == "request" && !bound.contains(&n.as_str())))
 }
 
 /// Variables whose members are recorded by name: those declared member by member, and
@@ -106,11 +140,35 @@ impl References {
                 }
             }
             Expr::Select(s) => {
+                if is_request_headers(&s.operand, bound) {
+                    // `request.headers.host`, `has(request.headers.accept)`.
+                    self.headers.names.insert(s.field.to_ascii_lowercase());
+                    self.walk_request(&s.operand, bound);
+                    return;
+                }
+                if is_request_headers(e, bound) {
+                    // Read whole, or with a key known only at run time.
+                    self.headers.any = true;
+                }
                 if !self.member(&s.operand, &s.field, e.id, bound) {
                     self.walk(&s.operand, bound);
                 }
             }
             Expr::Call(c) => {
+                let header_key = match (c.func_name.as_str(), c.args.as_slice()) {
+                    ("_[_]", [operand, key]) => Some((operand, key)),
+                    ("@in", [key, operand]) => Some((operand, key)),
+                    _ => None,
+                };
+                if let Some((operand, key)) = header_key {
+                    if let (true, Expr::Literal(LiteralValue::String(k))) =
+                        (is_request_headers(operand, bound), &key.expr)
+                    {
+                        self.headers.names.insert(k.to_ascii_lowercase());
+                        self.walk_request(operand, bound);
+                        return;
+                    }
+                }
                 if let (true, [operand, key]) = (c.func_name == "_[_]", c.args.as_slice()) {
                     if let Expr::Literal(LiteralValue::String(k)) = &key.expr {
                         if self.member(operand, k, e.id, bound) {
@@ -151,6 +209,13 @@ impl References {
         }
     }
 
+    /// `request.headers` read by name: `request` is read, the headers are not read whole.
+    fn walk_request<'a>(&mut self, headers: &'a IdedExpr, bound: &mut Vec<&'a str>) {
+        if let Expr::Select(s) = &headers.expr {
+            self.walk(&s.operand, bound);
+        }
+    }
+
     fn entries<'a>(&mut self, entries: &'a [IdedEntryExpr], bound: &mut Vec<&'a str>) {
         for en in entries {
             match &en.expr {
@@ -178,6 +243,41 @@ mod tests {
             .into_iter()
             .map(Variable::name)
             .collect()
+    }
+
+    #[test]
+    fn request_headers_are_read_by_name_or_whole() {
+        let names = |src: &str| {
+            let r = refs(src);
+            assert!(r.reads(Variable::Request), "{src}");
+            (
+                r.headers.names.into_iter().collect::<Vec<_>>(),
+                r.headers.any,
+            )
+        };
+        assert_eq!(
+            names("request.headers['X-Tenant'] == 'a'"),
+            (vec!["x-tenant".to_string()], false)
+        );
+        assert_eq!(
+            names("'x-a' in request.headers && has(request.headers.accept)"),
+            (vec!["accept".to_string(), "x-a".to_string()], false)
+        );
+        assert_eq!(names("request.method == 'GET'"), (vec![], false));
+        for whole in [
+            "size(request.headers) > 3",
+            "request.headers[claims.h] == 'x'",
+            "request.headers.exists(k, k.startsWith('x-'))",
+            "claims.h in request.headers",
+        ] {
+            assert!(names(whole).1, "{whole}");
+        }
+        // A bound `request` is not the variable.
+        assert!(
+            refs("[{'headers': {}}].exists(request, 'a' in request.headers)")
+                .headers
+                .is_empty()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::auth::claim_names::{ClaimNames, ClaimReads};
 use crate::config::Config;
 use crate::location::{line_col, offset_in_string_value, SourceError};
 use crate::policy::activation::Activation;
+use crate::policy::references::HeaderReads;
 use crate::policy::references::References;
 use crate::policy::CelRuntime;
 use crate::policy::Variable;
@@ -33,6 +34,8 @@ pub struct SourceSpec {
     cache_key: Option<Template>,
     /// Whether a template reads `body`: the route must then buffer it.
     pub reads_body: bool,
+    /// The request headers the templates read: the routes that read the source read them.
+    pub header_reads: HeaderReads,
     pub timeout: Duration,
     pub ttl: Duration,
     pub negative_ttl: Duration,
@@ -63,6 +66,7 @@ impl SourceSet {
                 errors: &mut errors,
                 claim_reads: &mut claim_reads,
                 reads_body: false,
+                header_reads: HeaderReads::default(),
                 what: format!("source `{name}`"),
             };
             if let Some(spec) = c.source(name, raw.get_ref()) {
@@ -96,6 +100,7 @@ struct Compiler<'a> {
     errors: &'a mut Vec<SourceError>,
     claim_reads: &'a mut ClaimReads,
     reads_body: bool,
+    header_reads: HeaderReads,
     what: String,
 }
 
@@ -173,6 +178,7 @@ impl Compiler<'_> {
             body,
             cache_key,
             reads_body: self.reads_body,
+            header_reads: self.header_reads.clone(),
             timeout: Duration::from_millis(raw.timeout_ms),
             ttl: Duration::from_secs(raw.ttl_seconds),
             negative_ttl: Duration::from_secs(raw.negative_ttl_seconds),
@@ -244,6 +250,7 @@ impl Compiler<'_> {
                     if refs.reads(Variable::Body) {
                         self.reads_body = true;
                     }
+                    self.header_reads.add(&refs.headers);
                     self.claim_reads.add(&refs);
                     programs.push(p);
                 }

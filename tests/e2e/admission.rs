@@ -723,3 +723,98 @@ auth = "none"
     assert!(seen.headers.get("x_user").is_none());
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
 }
+
+#[test]
+fn headers_the_rules_read_must_be_one_value_to_every_reader() {
+    let rules = r#"
+[[route]]
+name = "tenants"
+path = "/t/*"
+auth = "none"
+  [[route.rule]]
+  name = "not-the-admin-tenant"
+  deny_if = "'x-tenant' in request.headers && request.headers['x-tenant'] == 'admin'"
+
+[[route]]
+name = "internal"
+path = "/internal/*"
+auth = "none"
+  [[route.rule]]
+  name = "from-the-office"
+  allow_if = "'x-real-ip' in request.headers && request.headers['x-real-ip'] == '10.0.0.1'"
+
+[[route]]
+name = "all-headers"
+path = "/all/*"
+auth = "none"
+  [[route.rule]]
+  name = "few"
+  allow_if = "size(request.headers) < 40"
+
+[[route]]
+name = "open"
+path = "/*"
+auth = "none"
+"#;
+    let (up, gw) = start_standard("", &[("routes.toml", rules)]);
+    let send = |path: &str, headers: &str| {
+        exchange(
+            gw.proxy,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\n{headers}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    // One line: decided on its value.
+    assert_eq!(send("/t/x", "X-Tenant: admin\r\n").0, 403);
+    assert_eq!(send("/t/x", "X-Tenant: z\r\n").0, 200);
+    assert_eq!(up.count(), 1);
+    // Two lines: the rule would see `admin, z` (not denied) where Go reads `admin`; an `_`
+    // spelling: the rule would see no `x-tenant` where PHP reads HTTP_X_TENANT = admin.
+    for headers in [
+        "X-Tenant: admin\r\nX-Tenant: z\r\n",
+        "X-Tenant: z\r\nX-Tenant: admin\r\n",
+        "X_Tenant: admin\r\n",
+        "X-Tenant: z\r\nx_tenant: admin\r\n",
+    ] {
+        let (status, _, body) = send("/t/x", headers);
+        assert_eq!(
+            (status, reason(&body).as_str()),
+            (400, "ambiguous_header"),
+            "{headers:?}"
+        );
+    }
+    // Headers the rules do not read pass as sent, repeated or not; so do cookies.
+    assert_eq!(
+        send(
+            "/t/x",
+            "Accept: a/b\r\nAccept: c/d\r\nX_Other: 1\r\nCookie: a=1\r\nCookie: b=2\r\n"
+        )
+        .0,
+        200
+    );
+    // A route that reads every header: any repeated line or `_` name is refused.
+    assert_eq!(send("/all/x", "Accept: a/b\r\n").0, 200);
+    assert_eq!(send("/all/x", "Accept: a/b\r\nAccept: c/d\r\n").0, 400);
+    assert_eq!(send("/all/x", "X_Other: 1\r\n").0, 400);
+    // Routes that read no header are untouched.
+    assert_eq!(
+        send("/x", "X-Tenant: admin\r\nX-Tenant: z\r\nX_Tenant: q\r\n").0,
+        200
+    );
+    assert_eq!(up.count(), 4);
+    // The rules see the headers the upstream is sent: an edge header from a peer that is not
+    // a trusted proxy is removed before the upstream sees it, and the rules do not see it
+    // either (else a client would pass a rule on its own copy).
+    assert_eq!(send("/internal/x", "X-Real-IP: 10.0.0.1\r\n").0, 403);
+    assert_eq!(up.count(), 4);
+    let (up, gw) = start_standard(
+        "[network]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        &[("routes.toml", rules)],
+    );
+    let (status, _, _) = exchange(
+        gw.proxy,
+        b"GET /internal/x HTTP/1.1\r\nHost: a\r\nX-Real-IP: 10.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(up.last().headers["x-real-ip"], "10.0.0.1");
+}
