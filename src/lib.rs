@@ -28,6 +28,7 @@ pub mod sources;
 pub mod strict_json;
 pub mod sync;
 pub mod tls;
+pub mod websocket_handshake;
 
 // Loading: files -> snapshot, for the shell and the tools alike.
 pub mod crypto;

@@ -39,6 +39,9 @@ pub struct ClaimgateProxy {
     pub drain: Arc<crate::drain::Drain>,
 }
 
+/// The upstream answered an upgrade with `101` but not with the WebSocket handshake.
+const BAD_UPGRADE: &str = "bad upstream upgrade";
+
 /// Where the decision time comes from. Always the system clock in production; a fixed instant
 /// only when the operator asks for it on the command line (for tests and demos).
 #[derive(Debug, Clone, Copy, Default)]
@@ -681,6 +684,22 @@ impl ProxyHttp for ClaimgateProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // Only a completed WebSocket handshake becomes a tunnel (see
+            // `websocket_handshake`); anything else is the upstream's failure, answered 502.
+            if !crate::websocket_handshake::completes(
+                &session.req_header().headers,
+                &upstream_response.headers,
+            ) {
+                return Err(Error::create(
+                    ErrorType::Custom(BAD_UPGRADE),
+                    ErrorSource::Upstream,
+                    Some(
+                        "the upstream answered 101 without completing the WebSocket handshake"
+                            .into(),
+                    ),
+                    None,
+                ));
+            }
             self.open_tunnel(session, ctx);
         }
         if let Some(fields) = ctx.limit_headers.take() {
@@ -752,6 +771,11 @@ impl ProxyHttp for ClaimgateProxy {
         }
         let (code, reason, message) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "http_error", "the request could not be served"),
+            ErrorType::Custom(BAD_UPGRADE) => (
+                502,
+                "bad_upstream_upgrade",
+                "the upstream switched protocols without completing the WebSocket handshake",
+            ),
             _ if client_body_stalled(session, e) => (
                 408,
                 "incomplete_body",

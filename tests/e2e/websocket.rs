@@ -242,3 +242,100 @@ async fn upgrades_are_decided_and_tunnels_end_on_their_limits() {
         Some(1.0)
     );
 }
+
+/// An upstream that answers every request head with `answer` and records what it reads after
+/// the head (bytes that would have reached it through a tunnel).
+fn switching_upstream(answer: &'static str) -> (Served, Arc<Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let after: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let seen = after.clone();
+    let served = Served::start(move |listener| async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                seen.lock().unwrap().extend_from_slice(&buf[end..]);
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                while let Ok(n) = tcp.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            });
+        }
+    });
+    (served, after)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_101_without_the_websocket_handshake_opens_no_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    for answer in [
+        // No accept value at all: the upstream did not read the handshake as WebSocket.
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        // An accept value for another key.
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        // The right accept value, another protocol.
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    ] {
+        let (fake, after) = switching_upstream(answer);
+        let gw = Gateway::start(&config(up.addr, fake.addr, ""), &[("ws.toml", RULES)]);
+        let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+        // The upgrade, and behind it a plain request that a tunnel would carry undecided.
+        let request = format!(
+            "GET /ws/echo HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: {key}\r\n\r\nGET /ws/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            member(json!({}))
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answered = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answered)).await;
+        let text = String::from_utf8_lossy(&answered);
+        assert!(text.starts_with("HTTP/1.1 502"), "{answer:?}: {text}");
+        assert!(text.contains("bad_upstream_upgrade"), "{text}");
+        assert!(!text.contains(" 101 "), "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            after.lock().unwrap().is_empty(),
+            "bytes after the upgrade reached the upstream: {:?}",
+            String::from_utf8_lossy(&after.lock().unwrap())
+        );
+    }
+    // The same upstream with the handshake completed: the tunnel opens.
+    let (fake, after) = switching_upstream(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    );
+    let gw = Gateway::start(&config(up.addr, fake.addr, ""), &[("ws.toml", RULES)]);
+    let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let request = format!(
+        "GET /ws/echo HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: {key}\r\n\r\n",
+        member(json!({}))
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"));
+    s.write_all(b"frame bytes").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while after.lock().unwrap().len() < 11 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(&after.lock().unwrap()[..], b"frame bytes");
+}
