@@ -7,7 +7,8 @@
 //! which many servers decode before routing: `/users%3Abatch` is `/users:batch` to them) are
 //! decoded and other escapes' hex digits upper-cased, and anything still ambiguous is refused:
 //! dot segments, empty segments, encoded `/` `\` or NUL, `;` parameters (escaped or not),
-//! backslashes, control and non-ASCII bytes.
+//! backslashes, control and non-ASCII bytes, escaped control characters. Characters a path
+//! may not hold as they are (`|`, `[`, `{`, ...) are escaped, so both spellings are one path.
 //! The upstream receives the normalised path: the one the policy matched.
 
 use thiserror::Error;
@@ -162,6 +163,19 @@ fn normalise_escaped(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError>
             b';' => return Err(PathError::Parameter),
             b'\\' => return Err(PathError::BadCharacter),
             0..=0x20 | 0x7f..=0xff => return Err(PathError::BadCharacter),
+            // Not allowed in a path as they are (RFC 3986), yet sent so by some clients and
+            // taken by the HTTP layer: escaped, so that `/a|b` and `/a%7Cb` are one path to
+            // the rules (`request.path`, `params`) as they are to an upstream that decodes.
+            b'"' | b'<' | b'>' | b'`' | b'{' | b'}' | b'|' | b'^' | b'[' | b']' => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                let buf = out.get_or_insert_with(|| bytes[..i].to_vec());
+                buf.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+                if let Some(d) = decoded_all.as_mut() {
+                    d.push(b);
+                }
+                i += 1;
+                continue;
+            }
             _ => {}
         }
         if let Some(buf) = out.as_mut() {
@@ -225,6 +239,16 @@ mod tests {
             normalise("/api/transfer"),
             Ok(std::borrow::Cow::Borrowed(_))
         ));
+    }
+
+    #[test]
+    fn characters_a_path_may_not_hold_as_they_are_are_escaped() {
+        assert_eq!(normalise("/items/a|b").unwrap(), "/items/a%7Cb");
+        assert_eq!(normalise("/items/a%7cb").unwrap(), "/items/a%7Cb");
+        assert_eq!(
+            normalise("/x/{id}/[0]^`\"<>").unwrap(),
+            "/x/%7Bid%7D/%5B0%5D%5E%60%22%3C%3E"
+        );
     }
 
     #[test]
