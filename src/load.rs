@@ -171,7 +171,7 @@ pub fn load_context(config: &Config, sources: &SourceSet) -> LoadContext {
                     s.name.to_string(),
                     SourceReads {
                         body: s.reads_body,
-                        headers: s.header_reads.clone(),
+                        request: s.request_reads.clone(),
                     },
                 )
             })

@@ -15,11 +15,11 @@ pub mod framing;
 pub mod host;
 #[cfg(test)]
 mod properties;
+mod reads;
 pub mod target;
 
 use crate::engine::Snapshot;
 use crate::facts::{Body, RequestFacts};
-use crate::policy::references::HeaderReads;
 use crate::policy::route::{Lookup, RouteMatch};
 use crate::policy::{Decision, Denial, DenyReason};
 use http::HeaderMap;
@@ -193,43 +193,6 @@ fn check_method(method: &str) -> Result<(), Box<Decision>> {
     Ok(())
 }
 
-/// Headers whose lines the rules see joined and every upstream reads so too: cookies (an HTTP/2
-/// client splits them, RFC 9113 §8.2.3) and a proxy chain (sent on as one line).
-const JOINED_HEADERS: [&str; 2] = ["cookie", "x-forwarded-for"];
-
-/// A header the rules read must be one value to every reader. Sent as several lines, the rules
-/// see them joined while many upstreams take the first line or the last (Go's `Header.Get`,
-/// most frameworks' singular accessors); spelled with `_` for `-` (`X_Tenant`), the rules see
-/// another header than CGI servers (PHP, Rack, WSGI), which read both as `HTTP_X_TENANT`.
-fn read_headers_are_one_value(reads: &HeaderReads, headers: &HeaderMap) -> Result<(), String> {
-    if reads.is_empty() {
-        return Ok(());
-    }
-    let cgi = |n: &str| n.replace('_', "-");
-    for name in headers.keys() {
-        let n = name.as_str();
-        let read = reads.reads(n);
-        if read && !JOINED_HEADERS.contains(&n) && headers.get_all(name).iter().nth(1).is_some() {
-            return Err(format!(
-                "the header `{n}`, which the rules read, is sent more than once"
-            ));
-        }
-        let spelled = if reads.any {
-            n.contains('_')
-        } else {
-            let c = cgi(n);
-            reads.names.iter().any(|r| r != n && cgi(r) == c)
-        };
-        if spelled {
-            return Err(format!(
-                "the header `{n}` is `{}` to CGI servers, a header the rules read",
-                cgi(n)
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// [`Decision::refused`], boxed: admission's error path.
 fn deny(status: u16, reason: DenyReason, message: String) -> Box<Decision> {
     Box::new(Decision::refused(status, reason, message))
@@ -261,11 +224,13 @@ impl Snapshot {
         let (route_name, body_limit) = match &route {
             Some(m) => {
                 let r = &self.policy.routes[m.route];
-                read_headers_are_one_value(&r.headers_read, head.headers).map_err(|m| {
-                    let mut d = Decision::refused(400, DenyReason::AmbiguousHeader, m);
-                    d.route = Some(r.name.clone());
-                    Box::new(d)
-                })?;
+                reads::one_value_each(&r.request_reads, head.headers, place.query).map_err(
+                    |(reason, m)| {
+                        let mut d = Decision::refused(400, reason, m);
+                        d.route = Some(r.name.clone());
+                        Box::new(d)
+                    },
+                )?;
                 (Some(r.name.clone()), r.reads_body.then_some(r.body_limit))
             }
             None => (None, None),

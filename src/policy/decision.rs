@@ -36,6 +36,9 @@ pub enum DenyReason {
     BadFraming,
     /// A header the rules read is sent as several lines, or spelled with `_` for `-`.
     AmbiguousHeader,
+    /// A query parameter the rules read is sent twice, or under another spelling PHP reads
+    /// as it (`role[]`, `ro.le`).
+    AmbiguousQuery,
     /// A JSON body the rules read that parsers could read differently: duplicate keys, numbers
     /// out of range.
     BadBody,
@@ -71,6 +74,7 @@ impl DenyReason {
             DenyReason::MalformedRequest => "malformed_request",
             DenyReason::BadFraming => "bad_framing",
             DenyReason::AmbiguousHeader => "ambiguous_header",
+            DenyReason::AmbiguousQuery => "ambiguous_query",
             DenyReason::BadBody => "bad_body",
             DenyReason::SourceUnavailable => "source_unavailable",
             DenyReason::IncompleteBody => "incomplete_body",

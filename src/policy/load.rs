@@ -5,7 +5,7 @@ use super::analysis::{worst_case_steps, InputBounds};
 use super::cel::CelRuntime;
 use super::native::Plan;
 use super::raw::{RawAttr, RawRoute, RawRule, RawUpstreamCase, RulesFile};
-use super::references::{HeaderReads, References};
+use super::references::{References, RequestReads};
 use super::route::RouteIndex;
 use super::variable::Variable;
 use super::{
@@ -27,7 +27,7 @@ use toml::Spanned;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceReads {
     pub body: bool,
-    pub headers: HeaderReads,
+    pub request: RequestReads,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -201,8 +201,8 @@ struct RouteReads {
     sources: Vec<NamedRead>,
     /// The largest body the route's rules can see, for the evaluation budget.
     body_bound: usize,
-    /// The request headers read.
-    headers: HeaderReads,
+    /// The request headers and query parameters read.
+    request: RequestReads,
 }
 
 struct NamedRead {
@@ -426,7 +426,7 @@ impl Loader<'_> {
         self.claim_reads.add(&refs);
         let r = &mut self.reads;
         r.body |= refs.reads(Variable::Body);
-        r.headers.add(&refs.headers);
+        r.request.add(&refs.request);
         r.claims |= refs.reads(Variable::Claims) || refs.reads(Variable::Token);
         let named = |v| {
             refs.members_of(v).map(|(name, id)| {
@@ -687,7 +687,7 @@ impl Loader<'_> {
             rules,
             attrs,
             reads_body: self.reads.body,
-            headers_read: std::mem::take(&mut self.reads.headers),
+            request_reads: std::mem::take(&mut self.reads.request),
             body_limit,
             forward,
             sources,
@@ -1016,7 +1016,7 @@ impl Loader<'_> {
                 )),
                 Some(reads) => {
                     self.reads.body |= reads.body;
-                    self.reads.headers.add(&reads.headers);
+                    self.reads.request.add(&reads.request);
                     if !sources.iter().any(|s| **s == *r.name) {
                         sources.push(Arc::from(r.name.as_str()));
                     }

@@ -139,8 +139,9 @@ pub struct Route {
     pub attrs: Vec<Attr>,
     /// Whether any expression of the route reads `body`: only then is the body buffered.
     pub reads_body: bool,
-    /// The request headers its expressions (and its sources' templates) read.
-    pub headers_read: references::HeaderReads,
+    /// The request headers and query parameters its expressions (and its sources' templates)
+    /// read.
+    pub request_reads: references::RequestReads,
     pub body_limit: usize,
     pub forward: Vec<Forward>,
     /// External sources any expression of the route reads (`ext.NAME`), fetched before its

@@ -23,22 +23,37 @@ pub struct References {
     /// Those variables also read whole (`ext`, `ext[k]`, `'x' in claims`): what is read cannot
     /// be known by name. With the node of the first such read.
     pub whole: BTreeMap<Variable, u64>,
-    /// The request headers read (`request.headers['x-tenant']`, `'x-tenant' in request.headers`).
-    pub headers: HeaderReads,
+    /// The request headers and query parameters read by name.
+    pub request: RequestReads,
 }
 
-/// Which request headers expressions read: by name, or any (`request.headers` read whole, or
-/// with a key computed at run time). Admission refuses a request whose headers the rules
-/// would read otherwise than the upstream (see `Snapshot::route_headers`).
+/// Which request headers and query parameters expressions read. Admission refuses a request
+/// whose headers or query the rules would read otherwise than the upstream may.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct HeaderReads {
-    /// Lower-case names.
+pub struct RequestReads {
+    /// `request.headers['x-tenant']`, `'x-tenant' in request.headers` (lower-case names).
+    pub headers: NameReads,
+    /// `request.query.account`, `'account' in request.query`.
+    pub query: NameReads,
+}
+
+impl RequestReads {
+    pub fn add(&mut self, other: &RequestReads) {
+        self.headers.add(&other.headers);
+        self.query.add(&other.query);
+    }
+}
+
+/// Members of a request map read: by name, or any (the map read whole, or with a key computed
+/// at run time).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NameReads {
     pub names: BTreeSet<String>,
     pub any: bool,
 }
 
-impl HeaderReads {
-    pub fn add(&mut self, other: &HeaderReads) {
+impl NameReads {
+    pub fn add(&mut self, other: &NameReads) {
         self.names.extend(other.names.iter().cloned());
         self.any |= other.any;
     }
@@ -53,10 +68,28 @@ impl HeaderReads {
     }
 }
 
-/// `request.headers`, with `request` a free variable.
-fn is_request_headers(e: &IdedExpr, bound: &[&str]) -> bool {
-    matches!(&e.expr, Expr::Select(s) if s.field == "headers" && !s.test
-        && matches!(&s.operand.expr, Expr::Ident(n) if n == "request" && !bound.contains(&n.as_str())))
+/// The request map an expression is (`request.headers` or `request.query`, with `request` a
+/// free variable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestMap {
+    Headers,
+    Query,
+}
+
+fn request_map(e: &IdedExpr, bound: &[&str]) -> Option<RequestMap> {
+    let Expr::Select(s) = &e.expr else {
+        return None;
+    };
+    let free_request = matches!(&s.operand.expr,
+        Expr::Ident(n) if n == "request" && !bound.contains(&n.as_str()));
+    if s.test || !free_request {
+        return None;
+    }
+    match s.field.as_str() {
+        "headers" => Some(RequestMap::Headers),
+        "query" => Some(RequestMap::Query),
+        _ => None,
+    }
 }
 
 /// Variables whose members are recorded by name: those declared member by member, and
@@ -140,31 +173,31 @@ impl References {
                 }
             }
             Expr::Select(s) => {
-                if is_request_headers(&s.operand, bound) {
-                    // `request.headers.host`, `has(request.headers.accept)`.
-                    self.headers.names.insert(s.field.to_ascii_lowercase());
+                if let Some(map) = request_map(&s.operand, bound) {
+                    // `request.query.account`, `has(request.headers.accept)`.
+                    self.request_member(map, &s.field);
                     self.walk_request(&s.operand, bound);
                     return;
                 }
-                if is_request_headers(e, bound) {
+                if let Some(map) = request_map(e, bound) {
                     // Read whole, or with a key known only at run time.
-                    self.headers.any = true;
+                    self.request_names(map).any = true;
                 }
                 if !self.member(&s.operand, &s.field, e.id, bound) {
                     self.walk(&s.operand, bound);
                 }
             }
             Expr::Call(c) => {
-                let header_key = match (c.func_name.as_str(), c.args.as_slice()) {
+                let request_key = match (c.func_name.as_str(), c.args.as_slice()) {
                     ("_[_]", [operand, key]) => Some((operand, key)),
                     ("@in", [key, operand]) => Some((operand, key)),
                     _ => None,
                 };
-                if let Some((operand, key)) = header_key {
-                    if let (true, Expr::Literal(LiteralValue::String(k))) =
-                        (is_request_headers(operand, bound), &key.expr)
+                if let Some((operand, key)) = request_key {
+                    if let (Some(map), Expr::Literal(LiteralValue::String(k))) =
+                        (request_map(operand, bound), &key.expr)
                     {
-                        self.headers.names.insert(k.to_ascii_lowercase());
+                        self.request_member(map, k);
                         self.walk_request(operand, bound);
                         return;
                     }
@@ -209,7 +242,23 @@ impl References {
         }
     }
 
-    /// `request.headers` read by name: `request` is read, the headers are not read whole.
+    fn request_names(&mut self, map: RequestMap) -> &mut NameReads {
+        match map {
+            RequestMap::Headers => &mut self.request.headers,
+            RequestMap::Query => &mut self.request.query,
+        }
+    }
+
+    /// One member of a request map read by name (header names are case-insensitive).
+    fn request_member(&mut self, map: RequestMap, name: &str) {
+        let name = match map {
+            RequestMap::Headers => name.to_ascii_lowercase(),
+            RequestMap::Query => name.to_string(),
+        };
+        self.request_names(map).names.insert(name);
+    }
+
+    /// A request map read by name: `request` is read, the map is not read whole.
     fn walk_request<'a>(&mut self, headers: &'a IdedExpr, bound: &mut Vec<&'a str>) {
         if let Expr::Select(s) = &headers.expr {
             self.walk(&s.operand, bound);
@@ -251,8 +300,8 @@ mod tests {
             let r = refs(src);
             assert!(r.reads(Variable::Request), "{src}");
             (
-                r.headers.names.into_iter().collect::<Vec<_>>(),
-                r.headers.any,
+                r.request.headers.names.into_iter().collect::<Vec<_>>(),
+                r.request.headers.any,
             )
         };
         assert_eq!(
@@ -275,9 +324,17 @@ mod tests {
         // A bound `request` is not the variable.
         assert!(
             refs("[{'headers': {}}].exists(request, 'a' in request.headers)")
+                .request
                 .headers
                 .is_empty()
         );
+        let q = refs("request.query.account == 'a' && 'b' in request.query").request;
+        assert_eq!(
+            q.query.names.into_iter().collect::<Vec<_>>(),
+            ["account", "b"]
+        );
+        assert!(q.headers.is_empty() && !q.query.any);
+        assert!(refs("request.query[claims.k] == 'x'").request.query.any);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use crate::auth::claim_names::{ClaimNames, ClaimReads};
 use crate::config::Config;
 use crate::location::{line_col, offset_in_string_value, SourceError};
 use crate::policy::activation::Activation;
-use crate::policy::references::HeaderReads;
 use crate::policy::references::References;
+use crate::policy::references::RequestReads;
 use crate::policy::CelRuntime;
 use crate::policy::Variable;
 use ::cel::Value;
@@ -34,8 +34,9 @@ pub struct SourceSpec {
     cache_key: Option<Template>,
     /// Whether a template reads `body`: the route must then buffer it.
     pub reads_body: bool,
-    /// The request headers the templates read: the routes that read the source read them.
-    pub header_reads: HeaderReads,
+    /// The request headers and query parameters the templates read: the routes that read the
+    /// source read them.
+    pub request_reads: RequestReads,
     pub timeout: Duration,
     pub ttl: Duration,
     pub negative_ttl: Duration,
@@ -66,7 +67,7 @@ impl SourceSet {
                 errors: &mut errors,
                 claim_reads: &mut claim_reads,
                 reads_body: false,
-                header_reads: HeaderReads::default(),
+                request_reads: RequestReads::default(),
                 what: format!("source `{name}`"),
             };
             if let Some(spec) = c.source(name, raw.get_ref()) {
@@ -100,7 +101,7 @@ struct Compiler<'a> {
     errors: &'a mut Vec<SourceError>,
     claim_reads: &'a mut ClaimReads,
     reads_body: bool,
-    header_reads: HeaderReads,
+    request_reads: RequestReads,
     what: String,
 }
 
@@ -178,7 +179,7 @@ impl Compiler<'_> {
             body,
             cache_key,
             reads_body: self.reads_body,
-            header_reads: self.header_reads.clone(),
+            request_reads: self.request_reads.clone(),
             timeout: Duration::from_millis(raw.timeout_ms),
             ttl: Duration::from_secs(raw.ttl_seconds),
             negative_ttl: Duration::from_secs(raw.negative_ttl_seconds),
@@ -250,7 +251,7 @@ impl Compiler<'_> {
                     if refs.reads(Variable::Body) {
                         self.reads_body = true;
                     }
-                    self.header_reads.add(&refs.headers);
+                    self.request_reads.add(&refs.request);
                     self.claim_reads.add(&refs);
                     programs.push(p);
                 }

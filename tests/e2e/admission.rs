@@ -725,7 +725,7 @@ auth = "none"
 }
 
 #[test]
-fn headers_the_rules_read_must_be_one_value_to_every_reader() {
+fn headers_and_query_parameters_the_rules_read_must_be_one_value_to_every_reader() {
     let rules = r#"
 [[route]]
 name = "tenants"
@@ -734,6 +734,14 @@ auth = "none"
   [[route.rule]]
   name = "not-the-admin-tenant"
   deny_if = "'x-tenant' in request.headers && request.headers['x-tenant'] == 'admin'"
+
+[[route]]
+name = "statements"
+path = "/statements"
+auth = "none"
+  [[route.rule]]
+  name = "not-the-victim"
+  deny_if = "has(request.query.account) && request.query.account == 'victim'"
 
 [[route]]
 name = "internal"
@@ -802,11 +810,28 @@ auth = "none"
         200
     );
     assert_eq!(up.count(), 4);
+    // The same for query parameters: the rules read the first of two values, PHP, Rails and
+    // Django the last; PHP reads `account[]` as `account`.
+    assert_eq!(send("/statements?account=victim", "").0, 403);
+    assert_eq!(send("/statements?account=mine&x=1&x=2", "").0, 200);
+    for query in [
+        "account=mine&account=victim",
+        "account[]=victim",
+        "account=mine&account%5B%5D=victim",
+    ] {
+        let (status, _, body) = send(&format!("/statements?{query}"), "");
+        assert_eq!(
+            (status, reason(&body).as_str()),
+            (400, "ambiguous_query"),
+            "{query}"
+        );
+    }
+    assert_eq!(up.count(), 5);
     // The rules see the headers the upstream is sent: an edge header from a peer that is not
     // a trusted proxy is removed before the upstream sees it, and the rules do not see it
     // either (else a client would pass a rule on its own copy).
     assert_eq!(send("/internal/x", "X-Real-IP: 10.0.0.1\r\n").0, 403);
-    assert_eq!(up.count(), 4);
+    assert_eq!(up.count(), 5);
     let (up, gw) = start_standard(
         "[network]\ntrusted_proxies = [\"127.0.0.1\"]\n",
         &[("routes.toml", rules)],

@@ -113,14 +113,26 @@ async fn request_facts_in_conditions() {
     let c = client();
     let t = es256(json!({}));
     let resp = c
-        .get(gw.url("/api/search?q=ok&q=second"))
+        .get(gw.url("/api/search?q=ok&other=1&other=2"))
         .bearer_auth(&t)
         .header("X-Tenant", "acme")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(up.last().uri, "/api/search?q=ok&q=second");
+    assert_eq!(up.last().uri, "/api/search?q=ok&other=1&other=2");
+    // A parameter the rule reads, sent twice: which one an upstream acts on varies.
+    let resp = c
+        .get(gw.url("/api/search?q=ok&q=second"))
+        .bearer_auth(&t)
+        .header("X-Tenant", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "ambiguous_query");
+    assert_eq!(up.count(), 1);
     let resp = c
         .get(gw.url("/api/search?q=no"))
         .bearer_auth(&t)
