@@ -750,7 +750,10 @@ const REWRITING_HEADERS: [&str; 6] = [
 
 /// Headers only an edge proxy may set (the client's host, scheme, address as the edge saw
 /// them). Removed unless the peer is a trusted proxy.
-const EDGE_HEADERS: [&str; 17] = [
+const EDGE_HEADERS: [&str; 22] = [
+    // Set again by the gateway (the peer's address alone, for an untrusted peer): listed so
+    // that the rules do not see the client's own copy either, nor its `_` spelling.
+    "x-forwarded-for",
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-proto",
@@ -771,6 +774,10 @@ const EDGE_HEADERS: [&str; 17] = [
     "x-cluster-client-ip",
     "x-url-scheme",
     "front-end-https",
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
 ];
 
 /// `network.strip_headers`, as header names.

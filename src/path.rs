@@ -31,6 +31,8 @@ pub enum PathError {
     BadEncoding,
     #[error("the path encodes a control character")]
     EncodedControl,
+    #[error("a path segment starts or ends with escaped white space")]
+    EdgeWhitespace,
 }
 
 /// A byte that stands for itself in a path segment (`pchar` less `;`), so its escape is
@@ -213,6 +215,15 @@ fn normalise_escaped(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError>
         if seg.is_empty() && segments.peek().is_some() {
             return Err(PathError::EmptySegment);
         }
+        // Escaped white space that starts or ends a segment (`/admin%20`, `/%C2%A0admin`):
+        // servers that trim what they decode (Spring's `trimTokens`) serve another path than
+        // the one matched. Inside a segment (`/my%20file`) it is path text.
+        if seg.contains('%') {
+            let text = percent_encoding::percent_decode_str(seg).decode_utf8_lossy();
+            if text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
+                return Err(PathError::EdgeWhitespace);
+            }
+        }
     }
     Ok(result)
 }
@@ -228,7 +239,7 @@ mod tests {
             "/api/transfer",
             "/a/b/",
             "/a-b_c~d.e",
-            "/files/%20x",
+            "/files/a%20x",
             "/q%3Fx",
             "/a:b@c",
             "/caf%C3%A9",
@@ -289,6 +300,10 @@ mod tests {
             ("/a%1Fb", PathError::EncodedControl),
             ("/admin%7F", PathError::EncodedControl),
             ("/admin%C2%85", PathError::EncodedControl),
+            ("/admin%20", PathError::EdgeWhitespace),
+            ("/%20admin/x", PathError::EdgeWhitespace),
+            ("/admin%C2%A0/x", PathError::EdgeWhitespace),
+            ("/admin%E2%80%A8", PathError::EdgeWhitespace),
             ("api", PathError::NotAbsolute),
             ("*", PathError::NotAbsolute),
         ];

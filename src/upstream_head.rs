@@ -167,6 +167,28 @@ fn edit<H: Head>(head: &mut H, e: &Edits) -> Result<()> {
         head.insert(&http::header::CONTENT_LENGTH, HeaderValue::from(n))?;
     }
     head.insert(&REQUEST_ID, e.request_id.clone())?;
+    // Cookies in several fields (an HTTP/2 client's crumbs, RFC 9113 §8.2.3, or a client's
+    // several lines) go on as one line, joined with `; ` as the rules saw them: HTTP/1.1
+    // servers read several Cookie lines each their own way (the last only, or joined with `,`).
+    let joined = {
+        let mut lines = head.headers().get_all(http::header::COOKIE).iter();
+        match (lines.next(), lines.next()) {
+            (Some(first), Some(_)) => {
+                let mut all = first.as_bytes().to_vec();
+                for v in head.headers().get_all(http::header::COOKIE).iter().skip(1) {
+                    all.extend_from_slice(b"; ");
+                    all.extend_from_slice(v.as_bytes());
+                }
+                Some(all)
+            }
+            _ => None,
+        }
+    };
+    if let Some(all) = joined {
+        let value = HeaderValue::from_bytes(&all)
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "Cookie"))?;
+        head.insert(&http::header::COOKIE, value)?;
+    }
     if let Some((ip, trusted)) = e.client {
         // A trusted proxy's chain is extended; an untrusted client's own entries are dropped,
         // so an upstream reading the left-most address never sees a forged one.

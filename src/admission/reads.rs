@@ -4,7 +4,8 @@
 //! singular accessors take the first line; a repeated query parameter is its first value to
 //! the rules and Go, its last to PHP, Rails and Django. And a name may reach an upstream under
 //! another spelling than the rules read: CGI servers (PHP, Rack, WSGI) read `X_Tenant` as
-//! `X-Tenant`; PHP reads `role[]`, `role[x]`, `ro.le` and `ro le` as `role`/`ro_le`. A request
+//! `X-Tenant`; PHP reads `role[]`, `role[x]`, `role%00x` as `role` and `ro.le` as `ro_le`, Rails
+//! and Express `[role]` as `role`. A request
 //! where any of that touches a name the rules read is refused, on that route only.
 
 use crate::policy::references::{NameReads, RequestReads};
@@ -12,8 +13,9 @@ use crate::policy::DenyReason;
 use http::HeaderMap;
 
 /// Headers whose lines the rules see joined and every upstream reads so too: cookies (an HTTP/2
-/// client splits them, RFC 9113 §8.2.3) and a proxy chain (sent on as one line).
-const JOINED_HEADERS: [&str; 2] = ["cookie", "x-forwarded-for"];
+/// client splits them, RFC 9113 §8.2.3) and a proxy chain, both sent on as one line
+/// (`upstream_head`), and the lists proxies append to, which readers take whole.
+const JOINED_HEADERS: [&str; 4] = ["cookie", "x-forwarded-for", "via", "forwarded"];
 
 /// Checks the headers and the query (`?` excluded) against what the route reads.
 pub(super) fn one_value_each(
@@ -69,23 +71,38 @@ fn headers_are_one_value(reads: &NameReads, headers: &HeaderMap) -> Result<(), S
     Ok(())
 }
 
-/// The variable PHP makes of a query parameter's (decoded) name: up to the `[` of an array
-/// (`role[]`, `role[x]` are `role`), leading spaces dropped, `.`, ` ` and an unclosed `[` as
-/// `_`.
-fn php_name(name: &str) -> String {
-    let name = name.trim_start_matches(' ');
-    let (base, array) = match name.find('[') {
-        Some(i) if name[i..].contains(']') => (&name[..i], true),
-        _ => (name, false),
+/// The names a query parameter's (decoded) name stands for in the query grammars of common
+/// upstreams. PHP cuts a name at NUL, drops leading spaces, reads `role[]` and `role[x]` as
+/// `role`, and `.`, ` ` and an unclosed `[` as `_`; Rack (Rails) and `qs` (Express) drop
+/// leading `[` and `]` and read up to the next one (`[role]`, `role]` and `role[x]` are `role`).
+fn stems(name: &str) -> [String; 2] {
+    let cut = name.split('\0').next().unwrap_or("");
+    let php = {
+        let n = cut.trim_start_matches(' ');
+        let base = match n.find('[') {
+            Some(i) if n[i..].contains(']') => &n[..i],
+            _ => n,
+        };
+        base.chars()
+            .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
+            .collect()
     };
-    let mut out: String = base
-        .chars()
-        .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
-        .collect();
-    if array && out.is_empty() {
-        out.push('[');
+    let rack = cut
+        .trim_start_matches(['[', ']'])
+        .split(['[', ']'])
+        .next()
+        .unwrap_or("")
+        .to_string();
+    [php, rack]
+}
+
+/// Whether some upstream reads the two names as one.
+fn one_name(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
     }
-    out
+    let (x, y) = (stems(a), stems(b));
+    x.iter().any(|s| y.contains(s))
 }
 
 fn query_is_one_value(reads: &NameReads, query: &str) -> Result<(), String> {
@@ -93,23 +110,22 @@ fn query_is_one_value(reads: &NameReads, query: &str) -> Result<(), String> {
         .map(|(k, _)| k.into_owned())
         .collect();
     for (i, n) in names.iter().enumerate() {
-        let p = php_name(n);
-        let read = reads.any || reads.names.iter().any(|r| r == n || php_name(r) == p);
+        let read = reads.any || reads.names.iter().any(|r| one_name(r, n));
         if !read {
             continue;
         }
         // Read by the rules under one spelling, sent under another an upstream reads as it.
         let respelled = if reads.any {
-            p != *n
+            stems(n).iter().any(|s| s != n)
         } else {
             !reads.names.contains(n)
         };
         if respelled {
             return Err(format!(
-                "the query parameter `{n}` is `{p}` to PHP, a parameter the rules read"
+                "the query parameter `{n}` is another name's to some upstreams (PHP, Rails, Express), a name the rules read"
             ));
         }
-        if names[i + 1..].iter().any(|m| php_name(m) == p) {
+        if names[i + 1..].iter().any(|m| one_name(m, n)) {
             return Err(format!(
                 "the query parameter `{n}`, which the rules read, is sent more than once"
             ));
@@ -130,17 +146,23 @@ mod tests {
     }
 
     #[test]
-    fn php_names() {
-        for (n, p) in [
-            ("role", "role"),
-            ("role[]", "role"),
-            ("role[x][y]", "role"),
-            ("ro.le", "ro_le"),
-            ("ro le", "ro_le"),
-            (" role", "role"),
-            ("ro[le", "ro_le"),
+    fn spellings_of_one_name() {
+        for (a, b) in [
+            ("role", "role[]"),
+            ("role", "role[x][y]"),
+            ("ro_le", "ro.le"),
+            ("ro_le", "ro le"),
+            ("role", " role"),
+            ("ro_le", "ro[le"),
+            ("ro", "ro[le"),
+            ("role", "role\0x"),
+            ("role", "[role]"),
+            ("role", "role]"),
         ] {
-            assert_eq!(php_name(n), p, "{n}");
+            assert!(one_name(a, b), "{a} {b}");
+        }
+        for (a, b) in [("role", "roles"), ("a", "b"), ("role", "x[role]")] {
+            assert!(!one_name(a, b), "{a} {b}");
         }
     }
 
@@ -156,6 +178,9 @@ mod tests {
             "account[]=b",
             "acc%6Funt=a&account=b",
             "account[x]=b",
+            "account=a&account%00=b",
+            "account=a&[account]=b",
+            "account]=b",
         ] {
             assert!(query_is_one_value(&r, bad).is_err(), "{bad}");
         }

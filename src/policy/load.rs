@@ -156,9 +156,12 @@ impl PolicySet {
         if !loader.errors.is_empty() {
             return Err(loader.errors);
         }
+        loader.case_collisions();
+        if !loader.errors.is_empty() {
+            return Err(loader.errors);
+        }
         loader.index.seal();
         loader.boundary_warnings();
-        loader.case_warnings();
         Ok(PolicySet {
             routes: loader.routes,
             index: loader.index,
@@ -625,17 +628,18 @@ impl Loader<'_> {
         }
     }
 
-    /// Warns where two routes' patterns differ only in letter case for the same method: to an
-    /// upstream that ignores case they are one path, and requests on the later route's paths
-    /// are refused wherever the two disagree.
-    fn case_warnings(&mut self) {
+    /// Two routes whose patterns cannot be told apart once letter case is ignored (`/Admin`
+    /// beside `/admin`, `/Files/*` beside `/files/{id}`) are an error: to an upstream that
+    /// ignores case they are one path, and admission could not tell which route such an
+    /// upstream serves.
+    fn case_collisions(&mut self) {
         for c in self.index.case_collisions().to_vec() {
-            let mut w = self.path_locations[c.route].clone();
-            w.message = format!(
-                "route `{}`: its path is another route's when letter case is ignored ({}); requests whose route depends on letter case are refused with 400 `bad_path`. Give the two routes one spelling",
+            let mut e = self.path_locations[c.route].clone();
+            e.message = format!(
+                "route `{}`: its path cannot be told apart from another route's when letter case is ignored, as many upstreams do ({}); give the two routes one spelling",
                 self.routes[c.route].name, c.message
             );
-            self.warnings.push(w);
+            self.errors.push(e);
         }
     }
 
@@ -1085,9 +1089,13 @@ impl Loader<'_> {
     ) {
         self.path_locations
             .push(fx.err(path.span().start, String::new()));
-        if let Err(m) = self
-            .index
-            .insert(host, path.get_ref(), methods, self.routes.len())
+        // A pattern no normalised request can reach (warned about below) stays out of the
+        // case-folded table too: there its lower-cased form could match, and refuse requests
+        // that another route serves.
+        let reachable = unreachable_path(path.get_ref()).is_none();
+        if let Err(m) =
+            self.index
+                .insert(host, path.get_ref(), methods, self.routes.len(), reachable)
         {
             self.errors
                 .push(fx.err(path.span().start, format!("route `{}`: {m}", at.name)));
@@ -1232,6 +1240,30 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn routes_one_by_letter_case_do_not_load() {
+        let two = |a: &str, b: &str| {
+            load(&[(
+                "c.toml",
+                &format!(
+                    "[[route]]\nname = \"a\"\npath = \"{a}\"\nauth = \"none\"\n\n[[route]]\nname = \"b\"\npath = \"{b}\"\nauth = \"none\"\n"
+                ),
+            )])
+            .err()
+            .unwrap_or_default()
+        };
+        for (a, b) in [("/admin", "/ADMIN"), ("/files/{id}", "/Files/*")] {
+            let e = two(a, b);
+            assert!(
+                e.len() == 1 && e[0].starts_with("c.toml:8:") && e[0].contains("letter case"),
+                "{a} {b}: {e:?}"
+            );
+        }
+        // One spelling each, or patterns that stay apart: loaded.
+        assert!(two("/Files/{id}", "/reports/*").is_empty());
+        assert!(two("/pkg.Orders/{*m}", "/*").is_empty());
     }
 
     #[test]

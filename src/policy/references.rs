@@ -77,19 +77,30 @@ enum RequestMap {
 }
 
 fn request_map(e: &IdedExpr, bound: &[&str]) -> Option<RequestMap> {
-    let Expr::Select(s) = &e.expr else {
-        return None;
+    let (operand, field) = match &e.expr {
+        Expr::Select(s) if !s.test => (&*s.operand, s.field.as_str()),
+        // `request['headers']`
+        Expr::Call(c) if c.func_name == "_[_]" && c.target.is_none() => match c.args.as_slice() {
+            [o, k] => match &k.expr {
+                Expr::Literal(LiteralValue::String(f)) => (o, &**f),
+                _ => return None,
+            },
+            _ => return None,
+        },
+        _ => return None,
     };
-    let free_request = matches!(&s.operand.expr,
-        Expr::Ident(n) if n == "request" && !bound.contains(&n.as_str()));
-    if s.test || !free_request {
+    if !is_free_request(operand, bound) {
         return None;
     }
-    match s.field.as_str() {
+    match field {
         "headers" => Some(RequestMap::Headers),
         "query" => Some(RequestMap::Query),
         _ => None,
     }
+}
+
+fn is_free_request(e: &IdedExpr, bound: &[&str]) -> bool {
+    matches!(&e.expr, Expr::Ident(n) if n == "request" && !bound.contains(&n.as_str()))
 }
 
 /// Variables whose members are recorded by name: those declared member by member, and
@@ -170,6 +181,12 @@ impl References {
                     if by_member(v) {
                         self.whole.entry(v).or_insert(e.id);
                     }
+                    // `request` itself as a value (`dyn(request)`, `[request]`,
+                    // `request.?headers`): its maps can be read in any way.
+                    if v == Variable::Request {
+                        self.request.headers.any = true;
+                        self.request.query.any = true;
+                    }
                 }
             }
             Expr::Select(s) => {
@@ -201,6 +218,10 @@ impl References {
                         self.walk_request(operand, bound);
                         return;
                     }
+                }
+                if let Some(map) = request_map(e, bound) {
+                    // `request['headers']` read whole.
+                    self.request_names(map).any = true;
                 }
                 if let (true, [operand, key]) = (c.func_name == "_[_]", c.args.as_slice()) {
                     if let Expr::Literal(LiteralValue::String(k)) = &key.expr {
@@ -259,9 +280,17 @@ impl References {
     }
 
     /// A request map read by name: `request` is read, the map is not read whole.
-    fn walk_request<'a>(&mut self, headers: &'a IdedExpr, bound: &mut Vec<&'a str>) {
-        if let Expr::Select(s) = &headers.expr {
-            self.walk(&s.operand, bound);
+    fn walk_request<'a>(&mut self, map: &'a IdedExpr, bound: &mut Vec<&'a str>) {
+        let operand = match &map.expr {
+            Expr::Select(s) => &*s.operand,
+            Expr::Call(c) => match c.args.first() {
+                Some(o) => o,
+                None => return,
+            },
+            _ => return,
+        };
+        if let Expr::Ident(name) = &operand.expr {
+            self.free(name, operand.id, bound);
         }
     }
 
@@ -335,6 +364,26 @@ mod tests {
         );
         assert!(q.headers.is_empty() && !q.query.any);
         assert!(refs("request.query[claims.k] == 'x'").request.query.any);
+        // Other ways to reach the maps: read whole.
+        assert_eq!(
+            refs("request['headers']['X-Tenant'] == 'a'")
+                .request
+                .headers
+                .names
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["x-tenant"]
+        );
+        for whole in [
+            "size(request['headers']) > 1",
+            "dyn(request).headers['x-tenant'] == 'a'",
+            "[request].exists(r, r.headers['x-tenant'] == 'a')",
+        ] {
+            let r = refs(whole).request;
+            assert!(r.headers.any, "{whole}");
+        }
+        let r = refs("request.method == 'GET' && request.path == '/'").request;
+        assert!(r.headers.is_empty() && r.query.is_empty());
     }
 
     #[test]

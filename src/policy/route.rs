@@ -143,15 +143,20 @@ impl std::fmt::Debug for RouteIndex {
 impl RouteIndex {
     /// Adds a route. Fails when the pattern conflicts with another one in a way the tree cannot
     /// decide (`/a/{x}` next to `/a/{y}`), or when the same host, pattern and method is taken.
+    /// `fold`: also into the case-folded table (not for a pattern no normalised path reaches).
     pub fn insert(
         &mut self,
         host: Option<&str>,
         pattern: &str,
         methods: Option<Vec<String>>,
         route: usize,
+        fold: bool,
     ) -> Result<(), String> {
         let pattern = to_matchit(pattern)?;
         self.exact.insert(host, &pattern, methods.clone(), route)?;
+        if !fold {
+            return Ok(());
+        }
         let folded = fold_literals(&pattern);
         self.upper_patterns |= folded != pattern;
         if let Err(message) = self.folded.insert(host, &folded, methods, route) {
@@ -161,8 +166,7 @@ impl RouteIndex {
     }
 
     /// Routes that the case-folded table could not hold beside another route (`/Admin` and
-    /// `/admin` for the same method): requests on the later one's paths are refused wherever
-    /// the two tables disagree; `check` reports them.
+    /// `/admin` for the same method): the policy set does not load.
     pub fn case_collisions(&self) -> &[CaseCollision] {
         &self.case_collisions
     }
@@ -188,10 +192,18 @@ impl RouteIndex {
     /// lower-cased path in the table of lower-cased patterns. `None` when that is the exact
     /// lookup's answer by construction (no capitals in the path or in any pattern).
     pub fn lookup_folded(&self, host: Option<&str>, method: &str, path: &str) -> Option<Lookup> {
-        if !self.upper_patterns && !path.bytes().any(|b| b.is_ascii_uppercase()) {
+        let upper = path.bytes().any(|b| b.is_ascii_uppercase());
+        if !self.upper_patterns && !upper {
             return None;
         }
-        Some(self.folded.lookup(host, method, &path.to_ascii_lowercase()))
+        // Only a path with capitals is copied (a table with gRPC's `/pkg.Service/Method` looks
+        // up every path twice).
+        let lower = if upper {
+            std::borrow::Cow::Owned(path.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(path)
+        };
+        Some(self.folded.lookup(host, method, &lower))
     }
 
     /// Every route that serves a path on the boundary of another route's pattern (`/x` and
@@ -406,12 +418,12 @@ mod tests {
     #[test]
     fn params_wildcards_methods_hosts() {
         let mut ix = RouteIndex::default();
-        ix.insert(None, "/users/{id}", methods(&["GET"]), 0)
+        ix.insert(None, "/users/{id}", methods(&["GET"]), 0, true)
             .unwrap();
-        ix.insert(None, "/users/{id}", methods(&["POST"]), 1)
+        ix.insert(None, "/users/{id}", methods(&["POST"]), 1, true)
             .unwrap();
-        ix.insert(None, "/files/*", None, 2).unwrap();
-        ix.insert(Some("Admin.example.com"), "/users/{id}", None, 3)
+        ix.insert(None, "/files/*", None, 2, true).unwrap();
+        ix.insert(Some("Admin.example.com"), "/users/{id}", None, 3, true)
             .unwrap();
         ix.seal();
 
@@ -437,9 +449,9 @@ mod tests {
     #[test]
     fn a_host_with_its_own_routes_never_falls_through_to_host_less_ones() {
         let mut ix = RouteIndex::default();
-        ix.insert(Some("admin.test"), "/admin/*", methods(&["GET"]), 0)
+        ix.insert(Some("admin.test"), "/admin/*", methods(&["GET"]), 0, true)
             .unwrap();
-        ix.insert(None, "/*", None, 1).unwrap();
+        ix.insert(None, "/*", None, 1, true).unwrap();
         ix.seal();
         assert_eq!(
             ix.lookup(Some("admin.test"), "POST", "/admin/x"),
@@ -458,10 +470,10 @@ mod tests {
     #[test]
     fn a_wildcard_covers_its_own_boundary_unless_a_route_names_it() {
         let mut ix = RouteIndex::default();
-        ix.insert(None, "/x/*", None, 0).unwrap();
-        ix.insert(None, "/y/{*tail}", None, 1).unwrap();
-        ix.insert(None, "/y", None, 2).unwrap();
-        ix.insert(None, "/*", None, 3).unwrap();
+        ix.insert(None, "/x/*", None, 0, true).unwrap();
+        ix.insert(None, "/y/{*tail}", None, 1, true).unwrap();
+        ix.insert(None, "/y", None, 2, true).unwrap();
+        ix.insert(None, "/*", None, 3, true).unwrap();
         ix.seal();
         for p in ["/x", "/x/", "/x/a", "/x/a/b"] {
             assert_eq!(route(ix.lookup(None, "GET", p)), Some(0), "{p}");
@@ -486,9 +498,9 @@ mod tests {
     #[test]
     fn trailing_slash_and_parameter_boundaries_are_reported() {
         let mut ix = RouteIndex::default();
-        ix.insert(None, "/admin", None, 0).unwrap();
-        ix.insert(None, "/users/{id}", None, 1).unwrap();
-        ix.insert(None, "/*", None, 2).unwrap();
+        ix.insert(None, "/admin", None, 0, true).unwrap();
+        ix.insert(None, "/users/{id}", None, 1, true).unwrap();
+        ix.insert(None, "/*", None, 2, true).unwrap();
         ix.seal();
         let catches = ix.boundary_catches(|_| None);
         let paths: Vec<(usize, &str)> = catches
@@ -504,8 +516,8 @@ mod tests {
     fn the_folded_table_lower_cases_literals_and_reports_patterns_one_by_case() {
         assert_eq!(fold_literals("/Api/{Id}/X/{*Rest}"), "/api/{Id}/x/{*Rest}");
         let mut ix = RouteIndex::default();
-        ix.insert(None, "/admin/*", None, 0).unwrap();
-        ix.insert(None, "/*", None, 1).unwrap();
+        ix.insert(None, "/admin/*", None, 0, true).unwrap();
+        ix.insert(None, "/*", None, 1, true).unwrap();
         ix.seal();
         // No capitals anywhere: the folded lookup is the exact one, and is skipped.
         assert_eq!(ix.lookup_folded(None, "GET", "/admin/x"), None);
@@ -516,11 +528,11 @@ mod tests {
         assert_eq!(route(ix.lookup(None, "GET", "/ADMIN/x")), Some(1));
 
         let mut ix = RouteIndex::default();
-        ix.insert(None, "/Orders/{id}", methods(&["GET"]), 0)
+        ix.insert(None, "/Orders/{id}", methods(&["GET"]), 0, true)
             .unwrap();
-        ix.insert(None, "/orders/{id}", methods(&["GET"]), 1)
+        ix.insert(None, "/orders/{id}", methods(&["GET"]), 1, true)
             .unwrap();
-        ix.insert(None, "/orders/{id}", methods(&["POST"]), 2)
+        ix.insert(None, "/orders/{id}", methods(&["POST"]), 2, true)
             .unwrap();
         ix.seal();
         // A capital in a pattern: every path is looked up folded as well.
@@ -540,9 +552,11 @@ mod tests {
     #[test]
     fn collisions_are_errors() {
         let mut ix = RouteIndex::default();
-        ix.insert(None, "/a/{x}", None, 0).unwrap();
-        assert!(ix.insert(None, "/a/{y}", None, 1).is_err());
-        assert!(ix.insert(None, "/a/{x}", methods(&["GET"]), 1).is_err());
+        ix.insert(None, "/a/{x}", None, 0, true).unwrap();
+        assert!(ix.insert(None, "/a/{y}", None, 1, true).is_err());
+        assert!(ix
+            .insert(None, "/a/{x}", methods(&["GET"]), 1, true)
+            .is_err());
         assert!(to_matchit("a").is_err());
         assert!(to_matchit("/a/*/b").is_err());
     }

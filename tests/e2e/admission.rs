@@ -810,6 +810,10 @@ auth = "none"
         200
     );
     assert_eq!(up.count(), 4);
+    // Cookies in several lines reach the upstream as one, as the rules see them.
+    assert_eq!(send("/x", "Cookie: a=1\r\nCookie: b=2\r\n").0, 200);
+    assert_eq!(up.last().headers["cookie"], "a=1; b=2");
+    assert_eq!(up.count(), 5);
     // The same for query parameters: the rules read the first of two values, PHP, Rails and
     // Django the last; PHP reads `account[]` as `account`.
     assert_eq!(send("/statements?account=victim", "").0, 403);
@@ -818,6 +822,8 @@ auth = "none"
         "account=mine&account=victim",
         "account[]=victim",
         "account=mine&account%5B%5D=victim",
+        "account=mine&account%00=victim",
+        "account=mine&[account]=victim",
     ] {
         let (status, _, body) = send(&format!("/statements?{query}"), "");
         assert_eq!(
@@ -826,12 +832,12 @@ auth = "none"
             "{query}"
         );
     }
-    assert_eq!(up.count(), 5);
+    assert_eq!(up.count(), 6);
     // The rules see the headers the upstream is sent: an edge header from a peer that is not
     // a trusted proxy is removed before the upstream sees it, and the rules do not see it
     // either (else a client would pass a rule on its own copy).
     assert_eq!(send("/internal/x", "X-Real-IP: 10.0.0.1\r\n").0, 403);
-    assert_eq!(up.count(), 5);
+    assert_eq!(up.count(), 6);
     let (up, gw) = start_standard(
         "[network]\ntrusted_proxies = [\"127.0.0.1\"]\n",
         &[("routes.toml", rules)],
