@@ -10,7 +10,9 @@
 //! what the upstream saw, and that an independent model of README's matching rules picks the
 //! same route for what the upstream saw, and the same one again for an upstream that ignores
 //! letter case (a route with capitals in its pattern sits among them); a protected route must
-//! have seen a valid token.
+//! have seen a valid token. On a route whose rules read a header and a query parameter (sent
+//! once, twice, or in CGI's, PHP's and Rails' other spellings), every value an upstream could
+//! take for either must be the one the rules decided on.
 //!
 //! Cases per run: `CLAIMGATE_GUARANTEE_CASES` (default 2000); seed: `CLAIMGATE_GUARANTEE_SEED`
 //! (32 hex digits; random by default, printed on failure).
@@ -89,6 +91,19 @@ issuers = ["hs"]
 {DECIDED}
 
 [[route]]
+name = "tenant"
+path = "/tenant/*"
+auth = "none"
+  [[route.rule]]
+  name = "not-evil"
+  deny_if = "('x-tenant' in request.headers && request.headers['x-tenant'] == 'evil') || (has(request.query.q) && request.query.q == 'evil')"
+  [route.forward]
+  "x-decided-route" = "'tenant'"
+  "x-decided-tenant" = "'x-tenant' in request.headers ? request.headers['x-tenant'] : '-'"
+  "x-decided-q" = "has(request.query.q) ? request.query.q : '-'"
+{DECIDED}
+
+[[route]]
 name = "item"
 path = "/items/{{id}}"
 methods = ["GET"]
@@ -111,6 +126,8 @@ struct Case {
     token: Tok,
     spoof: bool,
     body: Option<(&'static str, bool)>,
+    /// Header lines a route's rules read, in one spelling or another, once or twice.
+    tenant: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +184,14 @@ fn prefix() -> impl Strategy<Value = &'static str> {
         "/REPORTS/",
         "/API",
         "/Items/7",
+        "/tenant/x?q=good",
+        "/tenant/x?q=evil",
+        "/tenant/x?q=good&q=evil",
+        "/tenant/x?q[]=evil",
+        "/tenant/x?q=good&[q]=evil",
+        "/tenant/x?q%00=evil&q=good",
+        "/tenant/x?q.=evil",
+        "/tenant/x",
     ])
 }
 
@@ -258,6 +283,15 @@ fn case() -> impl Strategy<Value = Case> {
             Tok::Forged,
         ]),
         any::<bool>(),
+        prop::collection::vec(
+            prop::sample::select(vec![
+                "X-Tenant: good",
+                "X-Tenant: evil",
+                "X_Tenant: evil",
+                "x-tenant: good, evil",
+            ]),
+            0..3,
+        ),
         prop::option::of((
             prop::sample::select(vec![
                 r#"{"amount":5}"#,
@@ -270,15 +304,18 @@ fn case() -> impl Strategy<Value = Case> {
             prop::bool::weighted(0.2),
         )),
     )
-        .prop_map(|(method, target, http10, hosts, token, spoof, body)| Case {
-            method,
-            target,
-            http10,
-            hosts,
-            token,
-            spoof,
-            body,
-        })
+        .prop_map(
+            |(method, target, http10, hosts, token, spoof, tenant, body)| Case {
+                method,
+                target,
+                http10,
+                hosts,
+                token,
+                spoof,
+                body,
+                tenant,
+            },
+        )
 }
 
 struct Tokens {
@@ -302,6 +339,10 @@ fn render(c: &Case, id: &str, t: &Tokens) -> Vec<u8> {
     };
     if let Some(tok) = token {
         out.push_str(&format!("Authorization: Bearer {tok}\r\n"));
+    }
+    for line in &c.tenant {
+        out.push_str(line);
+        out.push_str("\r\n");
     }
     if c.spoof {
         for h in [
@@ -380,6 +421,9 @@ fn model_lookup(method: &str, host: &str, path: &str, folded: bool) -> Modelled 
     }
     if under(if folded { "/reports" } else { "/Reports" }) {
         return Route("reports");
+    }
+    if under("/tenant") {
+        return Route("tenant");
     }
     if segs.len() == 2 && segs[0] == "items" && !segs[1].is_empty() {
         return only(method == "GET", "item");
@@ -460,8 +504,11 @@ fn check_seen(c: &Case, seen: &Seen) -> Result<(), TestCaseError> {
         route,
         folded
     );
+    if route == "tenant" {
+        check_tenant(seen)?;
+    }
     match route {
-        "open" | "admin-status" => {
+        "open" | "admin-status" | "tenant" => {
             prop_assert!(
                 seen.headers.get("x-user").is_none(),
                 "a client's x-user reached the upstream"
@@ -510,6 +557,59 @@ fn check_seen(c: &Case, seen: &Seen) -> Result<(), TestCaseError> {
     if let Some(l) = lengths.first() {
         prop_assert_eq!(l.to_str().unwrap_or(""), seen.body.len().to_string());
     }
+    Ok(())
+}
+
+/// The names a query parameter's name is to some upstream, written again without the gateway's
+/// code: PHP cuts at NUL, drops leading spaces, reads `q[]`/`q[x]` as `q` and `.`, ` ` and an
+/// unclosed `[` as `_`; Rack and `qs` drop leading brackets and read up to the next one.
+fn stems(name: &str) -> Vec<String> {
+    let cut = name.split('\0').next().unwrap_or("");
+    let php = cut.trim_start_matches(' ');
+    let php = match php.find('[') {
+        Some(i) if php[i..].contains(']') => php[..i].to_string(),
+        _ => php.replace('[', "_"),
+    };
+    let php = php.replace(['.', ' '], "_");
+    let rack = cut
+        .trim_start_matches(['[', ']'])
+        .split(['[', ']'])
+        .next()
+        .unwrap_or("")
+        .to_string();
+    vec![php, rack, name.to_string()]
+}
+
+/// A route whose rules read `x-tenant` and `q`: every value any upstream could take for either
+/// (the first line, the last, the CGI spelling, any spelling of `q`) is the one decided on,
+/// and never the value the rules deny.
+fn check_tenant(seen: &Seen) -> Result<(), TestCaseError> {
+    let decided = one(seen, "x-decided-tenant")?;
+    let mut readable: Vec<String> = seen
+        .headers
+        .iter()
+        .filter(|(n, _)| n.as_str().replace('_', "-") == "x-tenant")
+        .map(|(_, v)| v.to_str().unwrap_or("<binary>").to_string())
+        .collect();
+    prop_assert!(readable.len() <= 1, "x-tenant reached as {:?}", readable);
+    let got = readable.pop().unwrap_or_else(|| "-".to_string());
+    prop_assert_eq!(got.as_str(), decided);
+    prop_assert!(got != "evil");
+    let decided_q = one(seen, "x-decided-q")?;
+    let query = seen.uri.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| stems(k).iter().any(|s| s == "q"))
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    prop_assert!(
+        values.len() <= 1,
+        "q reached as {:?} in {}",
+        values,
+        seen.uri
+    );
+    let q = values.first().map(String::as_str).unwrap_or("-");
+    prop_assert_eq!(q, decided_q);
+    prop_assert!(q != "evil");
     Ok(())
 }
 
@@ -624,7 +724,7 @@ fn no_request_reaches_the_upstream_except_as_decided() {
         let routes = routes_reached.into_inner().unwrap();
         assert_eq!(
             routes.len(),
-            6,
+            7,
             "every route must be reached at least once: {routes:?} (seed {hex})"
         );
     }
