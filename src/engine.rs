@@ -513,28 +513,17 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
         .headers
         .get(http::header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let unsupported = |message| Err((415, DenyReason::UnsupportedMediaType, message));
     match content_type.map(crate::media_type::check_json) {
         Some(Ok(())) => {}
         Some(Err(MediaTypeError::Malformed)) => {
-            return Err((
-                415,
-                DenyReason::UnsupportedMediaType,
-                "the Content-Type header is not one well-formed media type",
-            ))
+            return unsupported("the Content-Type header is not one well-formed media type")
         }
         Some(Err(MediaTypeError::Charset)) => {
-            return Err((
-                415,
-                DenyReason::UnsupportedMediaType,
-                "this endpoint takes a JSON body in UTF-8",
-            ))
+            return unsupported("this endpoint takes a JSON body in UTF-8")
         }
         None | Some(Err(MediaTypeError::NotJson)) => {
-            return Err((
-                415,
-                DenyReason::UnsupportedMediaType,
-                "this endpoint takes a JSON body (Content-Type: application/json)",
-            ))
+            return unsupported("this endpoint takes a JSON body (Content-Type: application/json)")
         }
     }
     // A compressed body is bytes the rules cannot read as JSON, and an upstream that inflates
@@ -551,11 +540,7 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
             })
         });
     if encoded {
-        return Err((
-            415,
-            DenyReason::UnsupportedMediaType,
-            "this endpoint takes an uncompressed JSON body (no Content-Encoding)",
-        ));
+        return unsupported("this endpoint takes an uncompressed JSON body (no Content-Encoding)");
     }
     crate::strict_json::parse(bytes)
         .map(Some)
