@@ -368,25 +368,50 @@ impl Snapshot {
         path: &str,
     ) -> Result<Option<RouteMatch>, Box<Decision>> {
         let found = self.policy.index.lookup(host, method, path);
+        // Where an upstream would serve this request as another route than the one matched,
+        // the route that decides depends on how the client spelled the path: refused, whichever
+        // of the two protects more (how much a rule protects cannot be compared). Another
+        // form no route serves protects nothing, and a 405 stays a 405.
+        let same = |other: &Lookup| match (&found, other) {
+            (_, Lookup::NoRoute) | (Lookup::MethodNotAllowed(_), _) => true,
+            (Lookup::Route(a), Lookup::Route(b)) => a.route == b.route,
+            _ => false,
+        };
+        let refuse = |how: &str| {
+            Err(deny(
+                400,
+                DenyReason::BadPath,
+                format!("the path would match another route {how}"),
+            ))
+        };
         // Many upstreams match paths without regard to case (`/ADMIN/x` is `/admin/x` to
-        // them): such an upstream serves this request as the route of its lower-cased path in
-        // the lower-cased patterns would. Where that is another route than the one matched as
-        // written, the route that decides depends on how the client spelled the path: refused,
-        // whichever of the two protects more (how much a rule protects cannot be compared).
-        // A folded form no route serves protects nothing: routes with capitals of their own
-        // (gRPC's `/pkg.Service/Method`) are served as written. A 405 stays a 405.
+        // them): such an upstream serves the request as the route of its lower-cased path in
+        // the lower-cased patterns. Routes with capitals of their own (gRPC's
+        // `/pkg.Service/Method`) are served as written when no route serves their lower case.
         if let Some(folded) = self.policy.index.lookup_folded(host, method, path) {
-            let same = match (&found, &folded) {
-                (_, Lookup::NoRoute) | (Lookup::MethodNotAllowed(_), _) => true,
-                (Lookup::Route(a), Lookup::Route(b)) => a.route == b.route,
-                _ => false,
-            };
-            if !same {
-                return Err(deny(
-                    400,
-                    DenyReason::BadPath,
-                    "the path would match another route if letter case were ignored".into(),
-                ));
+            if !same(&folded) {
+                return refuse("if letter case were ignored");
+            }
+        }
+        // Many upstreams ignore a trailing slash (Express by default, Spring before 6):
+        // `/admin/` is `/admin` to them. Where a wildcard took the slash (`/*` catching
+        // `/admin/` beside an exact `/admin`, `/api/*` catching `/api/transfer/`), the route of
+        // the path without it must be the same. A route written with its trailing slash
+        // (`/api/users/`, as Django's routes are) decides that form itself.
+        let absorbed = match &found {
+            Lookup::Route(m) => !self.policy.routes[m.route].path.ends_with('/'),
+            Lookup::NoRoute => true,
+            Lookup::MethodNotAllowed(_) => false,
+        };
+        if let (true, Some(stripped)) = (absorbed, path.strip_suffix('/').filter(|s| !s.is_empty()))
+        {
+            if !same(&self.policy.index.lookup(host, method, stripped)) {
+                return refuse("without its trailing slash");
+            }
+            if let Some(folded) = self.policy.index.lookup_folded(host, method, stripped) {
+                if !same(&folded) {
+                    return refuse("without its trailing slash, if letter case were ignored");
+                }
             }
         }
         match found {

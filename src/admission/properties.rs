@@ -206,6 +206,19 @@ name = "reports"
 path = "/reports"
 methods = ["POST"]
 auth = "none"
+
+[[route]]
+name = "exact"
+path = "/docs/readme/x"
+auth = "none"
+  [[route.rule]]
+  name = "internal"
+  allow_if = "request.ip == '10.0.0.1'"
+
+[[route]]
+name = "django"
+path = "/files/list/"
+auth = "none"
 "#;
 /// The layout of the letter-case tests: routes with and without capitals beside a catch-all
 /// as protected (by count of rules) as they are.
@@ -284,6 +297,22 @@ fn a_path_whose_route_depends_on_letter_case_is_refused() {
     );
     assert_eq!(admit("GET", "/docs/README"), Ok(Some("public".to_string())));
     assert_eq!(admit("GET", "/Docs/README"), bad);
+    // A trailing slash a wildcard took, where the path without it is another route's: an
+    // upstream that ignores the slash serves that route.
+    assert_eq!(
+        admit("GET", "/docs/readme/x"),
+        Ok(Some("exact".to_string()))
+    );
+    assert_eq!(admit("GET", "/docs/readme/x/"), bad);
+    assert_eq!(admit("GET", "/DOCS/README/X/"), bad);
+    assert_eq!(admit("GET", "/docs/x/"), bad);
+    assert_eq!(admit("GET", "/files/y/"), Ok(Some("catch-all".to_string())));
+    // A route written with its slash decides that form; without it is another path.
+    assert_eq!(admit("GET", "/files/list/"), Ok(Some("django".to_string())));
+    assert_eq!(
+        admit("GET", "/files/list"),
+        Ok(Some("catch-all".to_string()))
+    );
 }
 
 proptest! {
@@ -308,10 +337,13 @@ proptest! {
                 .map(|(i, c)| if mask >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c })
                 .collect()
         };
-        let mut routes = std::collections::BTreeSet::new();
+        let mut routes = std::collections::BTreeMap::new();
         for p in std::iter::once(lower.clone()).chain(masks.iter().map(|m| spell(*m))) {
-            if let Ok(route) = admit_case(method, &p) {
-                routes.insert(route);
+            // With a trailing slash too: the same resource to an upstream that ignores it.
+            for p in [p.clone(), format!("{p}/")] {
+                if let Ok(route) = admit_case(method, &p) {
+                    routes.insert(route, p);
+                }
             }
         }
         prop_assert!(routes.len() <= 1, "{} {} reaches {:?}", method, lower, routes);

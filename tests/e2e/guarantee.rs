@@ -10,7 +10,8 @@
 //! what the upstream saw, and that an independent model of README's matching rules picks the
 //! same route for what the upstream saw, and the same one again for an upstream that ignores
 //! letter case (a route with capitals in its pattern sits among them); a protected route must
-//! have seen a valid token. On a route whose rules read a header and a query parameter (sent
+//! have seen a valid token; the same again for an upstream that ignores a trailing slash. On a
+//! route whose rules read a header and a query parameter (sent
 //! once, twice, or in CGI's, PHP's and Rails' other spellings), every value an upstream could
 //! take for either must be the one the rules decided on.
 //!
@@ -504,6 +505,27 @@ fn check_seen(c: &Case, seen: &Seen) -> Result<(), TestCaseError> {
         route,
         folded
     );
+    // An upstream that ignores a trailing slash serves the path without it (no route here
+    // is written with its trailing slash): where a route serves that, it must be this one,
+    // ignoring letter case too.
+    if let Some(stripped) = path.strip_suffix('/').filter(|s| !s.is_empty()) {
+        for (p, folded) in [
+            (stripped.to_string(), false),
+            (stripped.to_ascii_lowercase(), true),
+        ] {
+            let other = model_lookup(&seen.method, &host, &p, folded);
+            prop_assert!(
+                matches!(other, Modelled::NoRoute)
+                    || matches!(other, Modelled::Route(r) if r == route),
+                "{} {} {} was decided by `{}`; without its trailing slash it is {:?}",
+                seen.method,
+                host,
+                path,
+                route,
+                other
+            );
+        }
+    }
     if route == "tenant" {
         check_tenant(seen)?;
     }
