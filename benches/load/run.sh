@@ -438,7 +438,14 @@ RESULTS=$W/results.tsv
 : > "$RESULTS"
 echo "rounds=$ROUNDS duration=${DURATION}s connections=$CONNS targets: $TARGETS"
 for round in $(seq 1 "$ROUNDS"); do
-  for t in $TARGETS; do
+  # Every other round runs the targets in reverse order: a target that runs second in a pair
+  # was measured ahead of the first in every round (an A/B of two builds came out 0.973x one
+  # way round and 1.000x the other), so each pair's order alternates.
+  order=$TARGETS
+  if [ $((round % 2)) -eq 0 ]; then
+    order=$(printf '%s\n' $TARGETS | tac | tr '\n' ' ')
+  fi
+  for t in $order; do
     IFS='|' read -r url tok script tool <<<"$(target "$t")"
     case ${tool:-wrk} in
       h1|h2)
@@ -551,7 +558,7 @@ def ratio(a, b):
 lines = [
     f"# Load benchmark ({datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs)",
     "",
-    f"`bash benches/load/run.sh`: {rounds} alternating rounds of {duration} s, {conns} connections, wrk and nginx",
+    f"`bash benches/load/run.sh`: {rounds} alternating rounds (targets in reverse order every other round) of {duration} s, {conns} connections, wrk and nginx",
     "on core 0, the proxy under test on core 1 with one worker thread. Medians over the rounds;",
     "ratios are the median of per-round ratios (targets of one round run seconds apart).",
     "`upstream conns` is the most connections nginx accepted in one round (pooling: close to the",
