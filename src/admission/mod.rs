@@ -7,9 +7,12 @@
 //! 400 `bad_method`), the request target (400 `bad_target`; CONNECT 405), the host
 //! (400 `bad_host`), `Connection` and `Upgrade` (400 `bad_framing`: only hop-by-hop options,
 //! only WebSocket), `Content-Length` (400 `bad_request`), the path (400 `bad_path`), the route
-//! (405 with `Allow` when the path is served for other methods only), and the declared body
-//! size against the route's limit (413). What comes out names the exact method, host, path and
-//! query that the rules see and that the upstream is sent.
+//! (405 with `Allow` when the path is served for other methods only; 400 `bad_path` when an
+//! upstream that ignores letter case or a trailing slash would serve another route), the
+//! headers and query parameters the route reads (400 `ambiguous_header` / `ambiguous_query`,
+//! see `reads.rs`), and the declared body size against the route's limit (413). What comes out
+//! names the exact method, host, path and query that the rules see and that the upstream is
+//! sent.
 
 pub mod framing;
 pub mod host;
