@@ -611,7 +611,7 @@ impl Loader<'_> {
             }
             let mut w = self.path_locations[c.catcher].clone();
             w.message = format!(
-                "route `{}` serves `{} {}` with less protection (auth `{}`, {} enforced rule(s)) than route `{}` (`{}`: auth `{}`, {} enforced rule(s)) gives the path next to it; an upstream that treats both paths alike is reached around `{}`. Give `{}` its own route for that path, or the same protection",
+                "route `{}` serves `{} {}` (auth `{}`, {} enforced rule(s)) without the protection route `{}` (`{}`: auth `{}`, {} enforced rule(s)) gives the path next to it; an upstream that treats both paths alike is reached around `{}`. Give `{}` its own route for that path, or the same protection",
                 weak.name,
                 c.method,
                 c.path,
@@ -1178,9 +1178,12 @@ fn enforced(r: &Route) -> usize {
     r.protection().1
 }
 
-/// Weaker authentication, or the same with fewer enforced rules.
+/// Not shown to protect as much: weaker authentication, or the same with fewer enforced rules,
+/// or as many when the stronger route enforces any (the rules of two routes cannot be compared:
+/// a catch-all's one `deny_if` is not an admin route's one `allow_if`).
 fn less_protected(weak: &Route, strong: &Route) -> bool {
-    weak.protection() < strong.protection()
+    let (w, s) = (weak.protection(), strong.protection());
+    w < s || (w == s && s.1 > 0)
 }
 
 #[cfg(test)]
@@ -1240,6 +1243,22 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn a_boundary_served_by_a_route_with_other_rules_is_warned_about() {
+        let src = "[[route]]\nname = \"admin\"\npath = \"/admin\"\nauth = \"none\"\n[[route.rule]]\nname = \"internal\"\nallow_if = \"request.ip == '10.0.0.1'\"\n\n[[route]]\nname = \"rest\"\npath = \"/*\"\nauth = \"none\"\n[[route.rule]]\nname = \"not-blocked\"\ndeny_if = \"request.ip == '10.9.9.9'\"\n";
+        let set = load(&[("b.toml", src)]).unwrap();
+        let warned: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            warned
+                .iter()
+                .any(|w| w.contains("route `rest` serves `GET /admin/`")),
+            "{warned:?}"
+        );
+        // Two open routes without rules protect alike: nothing to say.
+        let src = "[[route]]\nname = \"a\"\npath = \"/a\"\nauth = \"none\"\n\n[[route]]\nname = \"rest\"\npath = \"/*\"\nauth = \"none\"\n";
+        assert!(load(&[("b.toml", src)]).unwrap().warnings.is_empty());
     }
 
     #[test]
