@@ -162,6 +162,11 @@ impl Snapshot {
         }
     }
 
+    /// The peer, and whether it is a trusted proxy (`network.trusted_proxies`).
+    pub fn peer(&self, ip: Option<IpAddr>) -> Option<(IpAddr, bool)> {
+        ip.map(|ip| (ip, self.geo.is_trusted(ip)))
+    }
+
     /// Headers removed from every request forwarded for a client at `peer` (its address and
     /// whether it is a trusted proxy, as [`GeoResolver::is_trusted`] says), on every route,
     /// open and unmatched included: each header any route sets from claims (an upstream trusts

@@ -202,7 +202,12 @@ pub fn explain(
     let facts = RequestFacts {
         location: location.as_ref(),
         tls: req.tls.as_ref(),
-        ..admitted.facts(snapshot, &head, req.client_ip, body)
+        ..admitted.facts(
+            snapshot.strip_for(snapshot.peer(req.client_ip)),
+            &head,
+            req.client_ip,
+            body,
+        )
     };
     let Some(m) = admitted.route.clone() else {
         let d = snapshot.decide_matched(&facts, None, now);

@@ -65,8 +65,9 @@ impl Clock {
 pub struct RequestCtx {
     snapshot: Option<Arc<Snapshot>>,
     allow: Option<Allow>,
-    /// The TCP peer, appended to X-Forwarded-For.
-    client_ip: Option<IpAddr>,
+    /// The TCP peer (appended to X-Forwarded-For) and whether it is a trusted proxy: read once,
+    /// for the headers the rules see and the headers the upstream is sent.
+    peer: Option<(IpAddr, bool)>,
     request_id: RequestId,
     route: Option<Arc<str>>,
     upstream_started: Option<Instant>,
@@ -522,7 +523,7 @@ impl ProxyHttp for ClaimgateProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        ctx.client_ip = client_ip;
+        ctx.peer = snapshot.peer(client_ip);
         // A body that stops arriving is the client's failure on every route: answered 408 when
         // it stalls, not left for the upstream's read timeout to turn into a 502.
         let timeout = Duration::from_millis(snapshot.config.raw.limits.client_body_timeout_ms);
@@ -558,7 +559,7 @@ impl ProxyHttp for ClaimgateProxy {
         let head = head_of(session.req_header(), h2.as_deref());
         let facts = RequestFacts {
             tls: tls.as_ref(),
-            ..admitted.facts(&snapshot, &head, client_ip, body)
+            ..admitted.facts(snapshot.strip_for(ctx.peer), &head, client_ip, body)
         };
         let m = admitted.route.as_ref();
         let mut decision = self.decide(&snapshot, &facts, m).await;
@@ -661,7 +662,7 @@ impl ProxyHttp for ClaimgateProxy {
         } else {
             None
         };
-        let trusted = ctx.client_ip.map(|ip| (ip, snapshot.geo.is_trusted(ip)));
+        let trusted = ctx.peer;
         let edits = Edits {
             strip: snapshot.strip_for(trusted),
             forward: &allow.forward,

@@ -170,21 +170,13 @@ fn edit<H: Head>(head: &mut H, e: &Edits) -> Result<()> {
     // Cookies in several fields (an HTTP/2 client's crumbs, RFC 9113 §8.2.3, or a client's
     // several lines) go on as one line, joined with `; ` as the rules saw them: HTTP/1.1
     // servers read several Cookie lines each their own way (the last only, or joined with `,`).
-    let joined = {
-        let mut lines = head.headers().get_all(http::header::COOKIE).iter();
-        match (lines.next(), lines.next()) {
-            (Some(first), Some(_)) => {
-                let mut all = first.as_bytes().to_vec();
-                for v in head.headers().get_all(http::header::COOKIE).iter().skip(1) {
-                    all.extend_from_slice(b"; ");
-                    all.extend_from_slice(v.as_bytes());
-                }
-                Some(all)
-            }
-            _ => None,
-        }
-    };
-    if let Some(all) = joined {
+    let cookies = head.headers().get_all(http::header::COOKIE);
+    if cookies.iter().nth(1).is_some() {
+        let all = cookies
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
         let value = HeaderValue::from_bytes(&all)
             .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "Cookie"))?;
         head.insert(&http::header::COOKIE, value)?;

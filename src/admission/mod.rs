@@ -25,6 +25,7 @@ use crate::engine::Snapshot;
 use crate::facts::{Body, RequestFacts};
 use crate::policy::route::{Lookup, RouteMatch};
 use crate::policy::{Decision, Denial, DenyReason};
+use crate::upstream_head::StripList;
 use http::HeaderMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -72,23 +73,22 @@ pub struct Admitted {
 
 impl Admitted {
     /// The facts the rules see, for this request's headers, peer and body: the headers as the
-    /// upstream will be sent them (see [`RequestFacts::hidden`]), which depends on whether the
-    /// peer is a trusted proxy.
+    /// upstream will be sent them, without `hidden` (`Snapshot::strip_for` the peer; see
+    /// [`RequestFacts::hidden`]).
     pub fn facts<'a>(
         &'a self,
-        snapshot: &'a Snapshot,
+        hidden: &'a StripList,
         head: &RequestHead<'a>,
         client_ip: Option<IpAddr>,
         body: Body<'a>,
     ) -> RequestFacts<'a> {
-        let peer = client_ip.map(|ip| (ip, snapshot.geo.is_trusted(ip)));
         RequestFacts {
             method: head.method,
             host: self.host.as_deref(),
             path: &self.path,
             query: self.query.as_deref(),
             headers: head.headers,
-            hidden: Some(snapshot.strip_for(peer)),
+            hidden: Some(hidden),
             client_ip,
             body,
             location: None,
@@ -445,7 +445,8 @@ impl Snapshot {
         match self.admit(head) {
             Err(d) => *d,
             Ok(a) => {
-                let facts = a.facts(self, head, client_ip, a.body(body));
+                let hidden = self.strip_for(self.peer(client_ip));
+                let facts = a.facts(hidden, head, client_ip, a.body(body));
                 self.decide_matched(&facts, a.route.as_ref(), now)
             }
         }

@@ -34,7 +34,8 @@ methods = ["GET", "PUT"]
 auth = "none"
 "#;
 
-fn snapshot() -> Snapshot {
+/// A snapshot of `rules` under a minimal configuration, loaded from memory.
+fn snapshot_of(rules: &str) -> Snapshot {
     let config = r#"
 [listen]
 proxy = "127.0.0.1:1"
@@ -46,7 +47,7 @@ addresses = ["127.0.0.1:3"]
 "#;
     let config = Arc::new(Config::from_str(Path::new("g.toml"), config.into()).expect("config"));
     let policy = PolicySet::from_sources(
-        &[("r.toml".into(), RULES.to_string())],
+        &[("r.toml".into(), rules.to_string())],
         &load_context(&config, &Default::default()),
     )
     .expect("policy");
@@ -60,7 +61,7 @@ addresses = ["127.0.0.1:3"]
 }
 
 /// Built once: loading policies per case would dominate the run.
-static SNAPSHOT: std::sync::LazyLock<Snapshot> = std::sync::LazyLock::new(snapshot);
+static SNAPSHOT: std::sync::LazyLock<Snapshot> = std::sync::LazyLock::new(|| snapshot_of(RULES));
 
 fn target() -> impl Strategy<Value = Vec<u8>> {
     let piece = prop_oneof![
@@ -220,26 +221,10 @@ name = "django"
 path = "/files/list/"
 auth = "none"
 "#;
-/// The layout of the letter-case tests: routes with and without capitals beside a catch-all
-/// as protected (by count of rules) as they are.
-fn case_snapshot() -> Snapshot {
-    let config = "[listen]\nproxy = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n[rules]\ndir = \"rules\"\n[upstreams.main]\naddresses = [\"127.0.0.1:3\"]\n";
-    let config = Arc::new(Config::from_str(Path::new("g.toml"), config.into()).expect("config"));
-    let policy = PolicySet::from_sources(
-        &[("r.toml".into(), CASE_RULES.to_string())],
-        &load_context(&config, &Default::default()),
-    )
-    .expect("policy");
-    Snapshot::new(
-        config,
-        Arc::new(Default::default()),
-        Arc::new(policy),
-        Arc::new(Default::default()),
-        Arc::new(Default::default()),
-    )
-}
-
-static CASE_SNAPSHOT: std::sync::LazyLock<Snapshot> = std::sync::LazyLock::new(case_snapshot);
+/// The layout of the letter-case and trailing-slash tests: routes with and without capitals
+/// beside a catch-all as protected (by count of rules) as they are.
+static CASE_SNAPSHOT: std::sync::LazyLock<Snapshot> =
+    std::sync::LazyLock::new(|| snapshot_of(CASE_RULES));
 
 /// The route a request is admitted to, or the reason it is refused.
 fn admit_case(
