@@ -239,6 +239,15 @@ impl Snapshot {
         } else {
             None
         };
+        // Upstreams that also read query parameters from the body.
+        if let Err((status, reason, message)) = crate::admission::reads::body_fields_are_not_read(
+            &route.request_reads,
+            req,
+            body.as_ref(),
+        ) {
+            let denial = Denial::new(status, reason, message);
+            return Step::Decided(denied(route, denial, token.as_deref(), token_cache));
+        }
         let sources = &self.route_sources[m.route];
         let mut requests = Vec::with_capacity(sources.len());
         if !sources.is_empty() {
@@ -533,18 +542,7 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
     }
     // A compressed body is bytes the rules cannot read as JSON, and an upstream that inflates
     // it would read other JSON than the rules did.
-    let encoded = req
-        .headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| {
-            v.to_str().map_or(true, |v| {
-                v.split(',')
-                    .map(|c| c.trim_matches([' ', '\t']))
-                    .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
-            })
-        });
-    if encoded {
+    if crate::media_type::has_content_coding(req.headers) {
         return unsupported("this endpoint takes an uncompressed JSON body (no Content-Encoding)");
     }
     crate::strict_json::parse(bytes)

@@ -198,12 +198,15 @@ pub fn explain(
         Ok(a) => a,
         Err(d) => return finish(*d, trace, unverified),
     };
+    // What the gateway would send upstream, and the rules would see.
+    let request_id = crate::request_id::RequestId::for_headers(&headers);
     let body = admitted.body(req.body.as_deref().unwrap_or_default());
     let facts = RequestFacts {
         location: location.as_ref(),
         tls: req.tls.as_ref(),
         ..admitted.facts(
             snapshot.strip_for(snapshot.peer(req.client_ip)),
+            Some(request_id.as_str()),
             &head,
             req.client_ip,
             body,

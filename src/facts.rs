@@ -21,6 +21,10 @@ pub struct RequestFacts<'a> {
     /// peer, method overrides): `request.headers` does not hold them, so that the rules decide
     /// on the headers the upstream sees, never on a client's copy of a header it never gets.
     pub hidden: Option<&'a StripList>,
+    /// The `X-Request-Id` the upstream is sent (the client's when sane, else a new one): the
+    /// rules see it in place of the client's lines. `None` where the caller has none (the
+    /// route's rules do not read it): the client's lines stand.
+    pub request_id: Option<&'a str>,
     /// The address of the connection's peer (the client, or a proxy in front of it).
     pub client_ip: Option<IpAddr>,
     pub body: Body<'a>,

@@ -24,6 +24,7 @@ pub mod media_type;
 pub mod path;
 pub mod policy;
 pub mod ratelimit;
+pub mod request_id;
 pub mod sources;
 pub mod strict_json;
 pub mod sync;

@@ -1,4 +1,4 @@
-//! `Content-Type` of a body the rules read, parsed to the letter of RFC 9110 §8.3.1: one
+//! `Content-Type` of a body the rules read (or whose field names they check), parsed to the letter of RFC 9110 §8.3.1: one
 //! `type/subtype` of tokens, then `; name=value` parameters. Anything else is refused rather
 //! than read one way here and another by the upstream: PHP, for one, cuts the type at the
 //! first `;`, `,` or space, so `application/x-www-form-urlencoded,x/y+json` is JSON to a
@@ -67,8 +67,46 @@ fn parameters(mut rest: &str) -> Option<Vec<(&str, String)>> {
     }
 }
 
-/// Checks that `value` is one JSON media type the rules may read.
-pub fn check_json(value: &str) -> Result<(), MediaTypeError> {
+/// One well-formed media type: `type/subtype` and its parameters (names as sent, quoted
+/// values unescaped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaType<'a> {
+    pub ty: &'a str,
+    pub subtype: &'a str,
+    pub params: Vec<(&'a str, String)>,
+}
+
+impl MediaType<'_> {
+    /// Whether this is `ty/subtype`, ignoring letter case.
+    pub fn is(&self, ty: &str, subtype: &str) -> bool {
+        self.ty.eq_ignore_ascii_case(ty) && self.subtype.eq_ignore_ascii_case(subtype)
+    }
+
+    /// `application/json` or `application/*+json`.
+    pub fn is_json(&self) -> bool {
+        let s = self.subtype;
+        self.ty.eq_ignore_ascii_case("application")
+            && (s.eq_ignore_ascii_case("json")
+                || s.len() > 5 && s[s.len() - 5..].eq_ignore_ascii_case("+json"))
+    }
+
+    /// The one value of parameter `name` (`Err` when it is given twice).
+    pub fn param(&self, name: &str) -> Result<Option<&str>, MediaTypeError> {
+        let mut values = self
+            .params
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str());
+        let value = values.next();
+        if values.next().is_some() {
+            return Err(MediaTypeError::Malformed);
+        }
+        Ok(value)
+    }
+}
+
+/// Parses `value` as one media type, or refuses it.
+pub fn parse(value: &str) -> Result<MediaType<'_>, MediaTypeError> {
     let value = value.trim_matches([' ', '\t']);
     let type_len = value.bytes().take_while(|b| is_tchar(*b)).count();
     let (ty, rest) = value.split_at(type_len);
@@ -79,18 +117,34 @@ pub fn check_json(value: &str) -> Result<(), MediaTypeError> {
         return Err(MediaTypeError::Malformed);
     }
     let params = parameters(rest).ok_or(MediaTypeError::Malformed)?;
-    let mut charsets = params
+    Ok(MediaType {
+        ty,
+        subtype,
+        params,
+    })
+}
+
+/// Whether the body has a content coding other than `identity` (or an unreadable
+/// `Content-Encoding`): bytes the rules cannot read as they are, and an upstream that inflates
+/// them would read others.
+pub fn has_content_coding(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
         .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("charset"))
-        .map(|(_, v)| v);
-    let charset = charsets.next();
-    if charsets.next().is_some() {
-        return Err(MediaTypeError::Malformed);
-    }
-    let json = ty.eq_ignore_ascii_case("application")
-        && (subtype.eq_ignore_ascii_case("json")
-            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"));
-    if !json {
+        .any(|v| {
+            v.to_str().map_or(true, |v| {
+                v.split(',')
+                    .map(|c| c.trim_matches([' ', '\t']))
+                    .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+            })
+        })
+}
+
+/// Checks that `value` is one JSON media type the rules may read.
+pub fn check_json(value: &str) -> Result<(), MediaTypeError> {
+    let media = parse(value)?;
+    let charset = media.param("charset")?;
+    if !media.is_json() {
         return Err(MediaTypeError::NotJson);
     }
     match charset {

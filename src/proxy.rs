@@ -9,6 +9,7 @@ use crate::limit_store::Charged;
 use crate::policy::decision::Allow;
 use crate::policy::route::RouteMatch;
 use crate::policy::{Decision, Outcome};
+use crate::request_id::RequestId;
 use crate::sources::SourceFetcher;
 use crate::telemetry::{log_decision, LogFacts, Metrics, RouteMetrics};
 use crate::upstream::UpstreamProtocol;
@@ -97,47 +98,6 @@ const REQUEST_ID: &str = "x-request-id";
 /// Concurrent streams per HTTP/2 connection to an upstream (Pingora's default is one, which
 /// turns h2 multiplexing into one connection per request).
 const UPSTREAM_H2_STREAMS: usize = 100;
-
-/// The client's request id when it is a sane token, else a new one.
-/// A client's value is kept as it came (a shared slice of the request, no copy); a new one is
-/// 32 hex digits of a random UUID, made into a header value once.
-fn request_id(req: &RequestHeader) -> RequestId {
-    let sane = |v: &&http::HeaderValue| {
-        let b = v.as_bytes();
-        !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-    };
-    if let Some(v) = req
-        .headers
-        .get(crate::upstream_head::REQUEST_ID)
-        .filter(sane)
-    {
-        return RequestId(v.clone());
-    }
-    let mut hex = [0u8; uuid::fmt::Simple::LENGTH];
-    let id = uuid::Uuid::new_v4().simple().encode_lower(&mut hex);
-    // Hex digits are always a valid value; the fallback is never taken.
-    RequestId(http::HeaderValue::from_str(id).unwrap_or(http::HeaderValue::from_static("-")))
-}
-
-/// A request's id, built once as a header value: it is sent upstream and in refusals, and
-/// logged as text. Empty until the request head is read.
-struct RequestId(http::HeaderValue);
-
-impl Default for RequestId {
-    fn default() -> Self {
-        RequestId(http::HeaderValue::from_static(""))
-    }
-}
-
-impl RequestId {
-    /// As text (ASCII by construction: a sane client value or hex digits).
-    fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or_default()
-    }
-}
 
 /// The request head as the decision core reads it.
 fn head_of<'a>(req: &'a RequestHeader, h2_target: Option<&'a [u8]>) -> RequestHead<'a> {
@@ -518,7 +478,7 @@ impl ProxyHttp for ClaimgateProxy {
             session.set_keepalive(None);
         }
         let snapshot = self.state.load_full();
-        ctx.request_id = request_id(session.req_header());
+        ctx.request_id = RequestId::for_headers(&session.req_header().headers);
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -559,7 +519,13 @@ impl ProxyHttp for ClaimgateProxy {
         let head = head_of(session.req_header(), h2.as_deref());
         let facts = RequestFacts {
             tls: tls.as_ref(),
-            ..admitted.facts(snapshot.strip_for(ctx.peer), &head, client_ip, body)
+            ..admitted.facts(
+                snapshot.strip_for(ctx.peer),
+                Some(ctx.request_id.as_str()),
+                &head,
+                client_ip,
+                body,
+            )
         };
         let m = admitted.route.as_ref();
         let mut decision = self.decide(&snapshot, &facts, m).await;
@@ -671,7 +637,7 @@ impl ProxyHttp for ClaimgateProxy {
             content_length: admitted
                 .content_length
                 .filter(|_| admitted.collapse_content_length),
-            request_id: ctx.request_id.0.clone(),
+            request_id: ctx.request_id.header_value().clone(),
             client: trusted,
             scheme: if ctx.over_tls { "https" } else { "http" },
         };
@@ -826,41 +792,13 @@ impl ProxyHttp for ClaimgateProxy {
 
 #[cfg(test)]
 mod tests {
-    use super::{h2_target, head_of, request_id};
+    use super::{h2_target, head_of};
     use crate::admission::host::parse_authority;
     use crate::engine::Snapshot;
     use crate::testing::Workspace;
     use pingora::http::RequestHeader;
     use proptest::prelude::*;
     use std::sync::LazyLock;
-
-    #[test]
-    fn a_request_keeps_a_sane_id_and_gets_a_fresh_one_otherwise() {
-        let with = |id: Option<&str>| {
-            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-            if let Some(id) = id {
-                req.insert_header("X-Request-Id", id).unwrap();
-            }
-            request_id(&req)
-        };
-        assert_eq!(with(Some("req-123_a.b:c")).as_str(), "req-123_a.b:c");
-        let mut seen = std::collections::HashSet::new();
-        let long = "a".repeat(129);
-        for id in [
-            None,
-            Some(""),
-            Some("bad id"),
-            Some("x/y"),
-            Some(long.as_str()),
-        ] {
-            let fresh = with(id);
-            let text = fresh.as_str().to_string();
-            assert_eq!(text.len(), 32, "{text}");
-            assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
-            assert!(seen.insert(text), "ids repeat");
-        }
-        assert_eq!(with(Some(&"a".repeat(128))).as_str().len(), 128);
-    }
 
     const RULES: &str = "[[route]]\nname = \"admin\"\nhost = \"admin.test\"\npath = \"/*\"\nauth = \"none\"\n  [[route.rule]]\n  name = \"never\"\n  deny_if = \"request.path != ''\"\n\n[[route]]\nname = \"open\"\npath = \"/*\"\nauth = \"none\"\n";
 

@@ -17,7 +17,7 @@ use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, Result};
 use std::net::IpAddr;
 
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::request_id::REQUEST_ID;
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 

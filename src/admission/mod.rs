@@ -18,7 +18,7 @@ pub mod framing;
 pub mod host;
 #[cfg(test)]
 mod properties;
-mod reads;
+pub(crate) mod reads;
 pub mod target;
 
 use crate::engine::Snapshot;
@@ -78,6 +78,7 @@ impl Admitted {
     pub fn facts<'a>(
         &'a self,
         hidden: &'a StripList,
+        request_id: Option<&'a str>,
         head: &RequestHead<'a>,
         client_ip: Option<IpAddr>,
         body: Body<'a>,
@@ -89,6 +90,7 @@ impl Admitted {
             query: self.query.as_deref(),
             headers: head.headers,
             hidden: Some(hidden),
+            request_id,
             client_ip,
             body,
             location: None,
@@ -234,7 +236,10 @@ impl Snapshot {
                         Box::new(d)
                     },
                 )?;
-                (Some(r.name.clone()), r.reads_body.then_some(r.body_limit))
+                // Read for the rules, or for the names of its fields (see `reads`).
+                let read =
+                    r.reads_body || reads::body_fields_checked(&r.request_reads, head.headers);
+                (Some(r.name.clone()), read.then_some(r.body_limit))
             }
             None => (None, None),
         };
@@ -446,7 +451,19 @@ impl Snapshot {
             Err(d) => *d,
             Ok(a) => {
                 let hidden = self.strip_for(self.peer(client_ip));
-                let facts = a.facts(hidden, head, client_ip, a.body(body));
+                // The id the gateway would send, made only for rules that read it.
+                let id = a
+                    .route
+                    .as_ref()
+                    .filter(|m| {
+                        self.policy.routes[m.route]
+                            .request_reads
+                            .headers
+                            .reads(crate::request_id::REQUEST_ID.as_str())
+                    })
+                    .map(|_| crate::request_id::RequestId::for_headers(head.headers));
+                let id = id.as_ref().map(crate::request_id::RequestId::as_str);
+                let facts = a.facts(hidden, id, head, client_ip, a.body(body));
                 self.decide_matched(&facts, a.route.as_ref(), now)
             }
         }

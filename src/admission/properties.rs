@@ -262,6 +262,16 @@ fn a_path_whose_route_depends_on_letter_case_is_refused() {
     // case-insensitive upstream the admin route.
     assert_eq!(admit("GET", "/Admin/x"), bad);
     assert_eq!(admit("GET", "/ADMIN"), bad);
+    // The dotless `ı` is `I` to .NET's and Java's case-insensitive matching, the Kelvin sign
+    // `k` and the long `ſ` `s` to Java's.
+    assert_eq!(admit("GET", "/adm%C4%B1n/x"), bad);
+    assert_eq!(admit("GET", "/adm%c4%b1n"), bad);
+    assert_eq!(admit("POST", "/report%C5%BF"), bad);
+    // Other letters outside ASCII are path text.
+    assert_eq!(
+        admit("GET", "/adm%C3%AEn/x"),
+        Ok(Some("catch-all".to_string()))
+    );
     // A pattern with capitals: its lower-case spelling reaches the catch-all as written, the
     // orders route to a case-insensitive upstream; its own spelling is served.
     assert_eq!(
@@ -315,11 +325,22 @@ proptest! {
         masks in prop::collection::vec(any::<u64>(), 4),
     ) {
         let lower = format!("/{}", segments.join("/"));
+        // Each letter in either case, or as a letter outside ASCII that .NET or Java folds to it.
         let spell = |mask: u64| -> String {
             lower
                 .chars()
                 .enumerate()
-                .map(|(i, c)| if mask >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                .map(|(i, c)| {
+                    let other = mask >> ((i + 32) % 64) & 1 == 1;
+                    match (c, other) {
+                        ('i', true) if mask >> (i % 64) & 1 == 1 => "%C4%B0".to_string(),
+                        ('i', true) => "%C4%B1".to_string(),
+                        ('s', true) => "%C5%BF".to_string(),
+                        ('k', true) => "%E2%84%AA".to_string(),
+                        _ if mask >> (i % 64) & 1 == 1 => c.to_ascii_uppercase().to_string(),
+                        _ => c.to_string(),
+                    }
+                })
                 .collect()
         };
         let mut routes = std::collections::BTreeMap::new();

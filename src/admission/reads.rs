@@ -7,9 +7,17 @@
 //! `X-Tenant`; PHP reads `role[]`, `role[x]`, `role%00x` as `role` and `ro.le` as `ro_le`, Rails
 //! and Express `[role]` as `role`. A request
 //! where any of that touches a name the rules read is refused, on that route only.
+//!
+//! Some upstreams also read a query parameter from the body: Go's `FormValue`, PHP's
+//! `$_REQUEST`, Rails' `params` and ASP.NET's model binding take a form field (Rails also a
+//! multipart field and a JSON member) of the same name, most of them over the query's. On a
+//! route whose rules read query parameters, such a body is read and its field names checked.
 
+use crate::facts::{Body, RequestFacts};
+use crate::media_type::{self, MediaType};
 use crate::policy::references::{NameReads, RequestReads};
 use crate::policy::DenyReason;
+use futures_util::FutureExt as _;
 use http::HeaderMap;
 
 /// Headers whose lines the rules see joined and every upstream reads so too: cookies (an HTTP/2
@@ -33,6 +41,146 @@ pub(super) fn one_value_each(
     Ok(())
 }
 
+/// A refusal: status, reason, message.
+pub type Refusal = (u16, DenyReason, String);
+
+/// Whether a body's `Content-Type` is one upstreams read fields from: a form, a multipart form,
+/// JSON. A type that is not one well-formed media type (or several types) cannot be told apart
+/// from those, so it counts as one.
+fn has_fields(headers: &HeaderMap) -> bool {
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let Some(first) = types.next() else {
+        return false;
+    };
+    if types.next().is_some() {
+        return true;
+    }
+    match first.to_str().ok().map(media_type::parse) {
+        Some(Ok(m)) => fields_type(&m),
+        _ => true,
+    }
+}
+
+fn fields_type(m: &MediaType<'_>) -> bool {
+    m.is("application", "x-www-form-urlencoded") || m.is("multipart", "form-data") || m.is_json()
+}
+
+/// Whether admission must have the body read for [`body_fields_are_not_read`]: the route's
+/// rules read query parameters and the body is typed as fields.
+pub(super) fn body_fields_checked(reads: &RequestReads, headers: &HeaderMap) -> bool {
+    !reads.query.is_empty() && has_fields(headers)
+}
+
+/// On a route whose rules read query parameters, no field of the body (a form's, a multipart
+/// form's, a JSON object's members) may be a name the rules read, in any spelling an upstream
+/// reads as it. `json` is the body already parsed for the rules, on routes that read it.
+pub fn body_fields_are_not_read(
+    reads: &RequestReads,
+    req: &RequestFacts<'_>,
+    json: Option<&serde_json::Value>,
+) -> Result<(), Refusal> {
+    if reads.query.is_empty() {
+        return Ok(());
+    }
+    let read = |n: &str| reads.query.any || reads.query.names.iter().any(|r| one_name(r, n));
+    let refuse = |n: &str| {
+        Err((
+            400,
+            DenyReason::AmbiguousQuery,
+            format!(
+                "the body field `{n}` is the query parameter `{n}` to some upstreams (Go, PHP, Rails, ASP.NET), a name the rules read"
+            ),
+        ))
+    };
+    // Parsed for the rules already: a JSON body (its type was checked then).
+    if let Some(v) = json {
+        return match v.as_object().and_then(|o| o.keys().find(|k| read(k))) {
+            Some(k) => refuse(k),
+            None => Ok(()),
+        };
+    }
+    let bytes = match req.body {
+        Body::NotRead | Body::Bytes(&[]) => return Ok(()),
+        Body::TooLarge => {
+            return Err((
+                413,
+                DenyReason::BodyTooLarge,
+                "the request body is too large".into(),
+            ))
+        }
+        Body::Bytes(b) => b,
+    };
+    let unsupported = |m: &str| Err((415, DenyReason::UnsupportedMediaType, m.to_string()));
+    let mut types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (types.next(), types.next()) else {
+        // Admission has the body read only when there is a Content-Type.
+        return unsupported("the request has several Content-Type headers");
+    };
+    let Some(media) = value.to_str().ok().and_then(|v| media_type::parse(v).ok()) else {
+        return unsupported("the Content-Type header is not one well-formed media type");
+    };
+    if !fields_type(&media) {
+        return Ok(());
+    }
+    if media_type::has_content_coding(req.headers) {
+        return unsupported(
+            "a form or JSON body on this endpoint must be uncompressed (no Content-Encoding)",
+        );
+    }
+    if media.is_json() {
+        return match crate::strict_json::parse(bytes) {
+            Ok(serde_json::Value::Object(o)) => match o.keys().find(|k| read(k)) {
+                Some(k) => refuse(k),
+                None => Ok(()),
+            },
+            Ok(_) => Ok(()),
+            Err(_) => Err((
+                400,
+                DenyReason::InvalidJson,
+                "the request body is not valid JSON".to_string(),
+            )),
+        };
+    }
+    if media.is("application", "x-www-form-urlencoded") {
+        return match form_urlencoded::parse(bytes).find(|(k, _)| read(k)) {
+            Some((k, _)) => refuse(&k),
+            None => Ok(()),
+        };
+    }
+    let bad_multipart = |m: &str| Err((400, DenyReason::BadBody, m.to_string()));
+    let Ok(Some(boundary)) = media.param("boundary") else {
+        return bad_multipart("the multipart body has no boundary");
+    };
+    match multipart_field_named(bytes, boundary, read) {
+        Ok(Some(n)) => refuse(&n),
+        Ok(None) => Ok(()),
+        Err(()) => bad_multipart("the multipart body cannot be read"),
+    }
+}
+
+/// The first field of a whole multipart body whose name `read` picks. The body is in memory,
+/// so every step is ready at once; one that is not counts as unreadable.
+fn multipart_field_named(
+    bytes: &[u8],
+    boundary: &str,
+    read: impl Fn(&str) -> bool,
+) -> Result<Option<String>, ()> {
+    let body = bytes::Bytes::copy_from_slice(bytes);
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut parts = multer::Multipart::new(stream, boundary);
+    loop {
+        match parts.next_field().now_or_never() {
+            Some(Ok(Some(field))) => {
+                if let Some(n) = field.name().filter(|n| read(n)) {
+                    return Ok(Some(n.to_string()));
+                }
+            }
+            Some(Ok(None)) => return Ok(None),
+            Some(Err(_)) | None => return Err(()),
+        }
+    }
+}
+
 /// `X_Tenant` as CGI servers name it: `x-tenant`.
 fn cgi(name: &str) -> String {
     name.replace('_', "-")
@@ -48,8 +196,10 @@ fn same_to_cgi(a: &str, b: &str) -> bool {
 fn headers_are_one_value(reads: &NameReads, headers: &HeaderMap) -> Result<(), String> {
     for name in headers.keys() {
         let n = name.as_str();
+        // The gateway sends one `X-Request-Id`, and the rules see that one.
         if reads.reads(n)
             && !JOINED_HEADERS.contains(&n)
+            && name != crate::request_id::REQUEST_ID
             && headers.get_all(name).iter().nth(1).is_some()
         {
             return Err(format!(
@@ -106,6 +256,23 @@ fn one_name(a: &str, b: &str) -> bool {
 }
 
 fn query_is_one_value(reads: &NameReads, query: &str) -> Result<(), String> {
+    // Older parsers also split at `;` (Rack before 3, which Rails 6 and 7 run on; Python's
+    // `parse_qs` before 3.9.2; Go before 1.17): `q=good;q=evil` is one parameter to the rules
+    // and two to them, and `q=a;b` another value.
+    if query.contains(';') {
+        for piece in query.split('&').filter(|p| p.contains(';')) {
+            let read = |n: &str| reads.any || reads.names.iter().any(|r| one_name(r, n));
+            let touched = piece
+                .split(';')
+                .flat_map(|p| form_urlencoded::parse(p.as_bytes()).map(|(k, _)| k))
+                .find(|n| read(n));
+            if let Some(n) = touched {
+                return Err(format!(
+                    "the query parameter `{n}`, which the rules read, is split at `;` by some upstreams"
+                ));
+            }
+        }
+    }
     let names: Vec<String> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, _)| k.into_owned())
         .collect();
@@ -184,6 +351,18 @@ mod tests {
         ] {
             assert!(query_is_one_value(&r, bad).is_err(), "{bad}");
         }
+        // `;` separates parameters to older parsers.
+        for bad in [
+            "account=a;account=b",
+            "x=1;account=b",
+            "account=a;b",
+            "x=1&y=2;account=b",
+        ] {
+            assert!(query_is_one_value(&r, bad).is_err(), "{bad}");
+        }
+        for ok in ["account=a%3Bb", "x=1;y=2&account=a", "account=a&x=1;y"] {
+            assert_eq!(query_is_one_value(&r, ok), Ok(()), "{ok}");
+        }
         // A name with PHP's mangling in the policy: its other spelling is refused.
         let r = reads(&["a.b"], false);
         assert!(query_is_one_value(&r, "a_b=1").is_err());
@@ -193,6 +372,133 @@ mod tests {
         assert_eq!(query_is_one_value(&r, "a=1&b=2"), Ok(()));
         assert!(query_is_one_value(&r, "a=1&a=2").is_err());
         assert!(query_is_one_value(&r, "a[]=1").is_err());
+        assert!(query_is_one_value(&r, "a=1;b").is_err());
+    }
+
+    fn request_reads(query: &[&str], any: bool) -> RequestReads {
+        RequestReads {
+            query: reads(query, any),
+            ..RequestReads::default()
+        }
+    }
+
+    /// The check on a body of type `content_type`.
+    fn body_check(r: &RequestReads, content_type: &str, body: &[u8]) -> Result<(), Refusal> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_str(content_type).unwrap(),
+        );
+        assert!(body_fields_checked(r, &headers), "{content_type}");
+        let req = RequestFacts {
+            method: "POST",
+            host: None,
+            path: "/",
+            query: None,
+            headers: &headers,
+            hidden: None,
+            request_id: None,
+            client_ip: None,
+            body: Body::Bytes(body),
+            location: None,
+            tls: None,
+        };
+        body_fields_are_not_read(r, &req, None)
+    }
+
+    const MULTIPART: &str = "multipart/form-data; boundary=XyZ";
+
+    fn multipart(names: &[&str]) -> Vec<u8> {
+        let mut b = String::new();
+        for n in names {
+            b.push_str(&format!(
+                "--XyZ\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\nvalue\r\n"
+            ));
+        }
+        b.push_str("--XyZ--\r\n");
+        b.into_bytes()
+    }
+
+    #[test]
+    fn a_body_field_named_as_a_query_parameter_the_rules_read_is_refused() {
+        let r = request_reads(&["amount"], false);
+        let reason = |res: Result<(), Refusal>| res.map_err(|(s, reason, _)| (s, reason));
+        let ambiguous = Err((400, DenyReason::AmbiguousQuery));
+        let form = "application/x-www-form-urlencoded";
+        assert_eq!(reason(body_check(&r, form, b"amount=9")), ambiguous);
+        assert_eq!(
+            reason(body_check(&r, form, b"x=1&amount%5B%5D=9")),
+            ambiguous
+        );
+        assert_eq!(reason(body_check(&r, form, b"x=1&other=2")), Ok(()));
+        assert_eq!(
+            reason(body_check(&r, "application/json", br#"{"amount":9}"#)),
+            ambiguous
+        );
+        assert_eq!(
+            reason(body_check(&r, "application/json", br#"{"x":{"amount":9}}"#)),
+            Ok(())
+        );
+        assert_eq!(reason(body_check(&r, "application/json", b"[1]")), Ok(()));
+        assert_eq!(
+            reason(body_check(&r, "application/json", b"{")),
+            Err((400, DenyReason::InvalidJson))
+        );
+        assert_eq!(
+            reason(body_check(&r, MULTIPART, &multipart(&["a", "amount"]))),
+            ambiguous
+        );
+        assert_eq!(
+            reason(body_check(&r, MULTIPART, &multipart(&["a", "amount[x]"]))),
+            ambiguous
+        );
+        assert_eq!(
+            reason(body_check(&r, MULTIPART, &multipart(&["a", "b"]))),
+            Ok(())
+        );
+        assert_eq!(
+            reason(body_check(&r, MULTIPART, b"--XyZ\r\nno end")),
+            Err((400, DenyReason::BadBody))
+        );
+        assert_eq!(
+            reason(body_check(&r, "multipart/form-data", &multipart(&["a"]))),
+            Err((400, DenyReason::BadBody))
+        );
+        // A type that is not one well-formed media type is read, and refused.
+        assert_eq!(
+            reason(body_check(
+                &r,
+                "application/x-www-form-urlencoded,x/y+json",
+                b"amount=9"
+            )),
+            Err((415, DenyReason::UnsupportedMediaType))
+        );
+        // Read whole: every field is a name the rules read.
+        let any = request_reads(&[], true);
+        assert_eq!(reason(body_check(&any, form, b"x=1")), ambiguous);
+    }
+
+    #[test]
+    fn only_typed_bodies_on_routes_that_read_query_parameters_are_read() {
+        let mut headers = HeaderMap::new();
+        let query = request_reads(&["amount"], false);
+        assert!(!body_fields_checked(&query, &headers));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        assert!(!body_fields_checked(&query, &headers));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/problem+json"),
+        );
+        assert!(body_fields_checked(&query, &headers));
+        assert!(!body_fields_checked(&RequestReads::default(), &headers));
+        headers.append(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        assert!(body_fields_checked(&query, &headers));
     }
 
     #[test]

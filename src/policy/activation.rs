@@ -9,6 +9,7 @@ use super::{native, AttrKind, Expr, Route};
 use crate::auth::VerifiedToken;
 use crate::facts::RequestFacts;
 use crate::geo::GeoResolver;
+use crate::request_id::REQUEST_ID;
 use crate::upstream_head::StripList;
 use cel::common::traits::Indexer;
 use cel::common::types::{self, CelString};
@@ -138,6 +139,7 @@ impl<'a> Activation<'a> {
             path: self.req.path,
             headers: self.req.headers,
             hidden: self.req.hidden,
+            request_id: self.req.request_id,
         }
     }
 
@@ -431,7 +433,7 @@ fn request_field(
         "method" => Value::from(req.method),
         "host" => Value::from(req.host.unwrap_or("")),
         "path" => Value::from(req.path),
-        "headers" => return headers_value(req.headers, req.hidden),
+        "headers" => return headers_value(req.headers, req.hidden, req.request_id),
         "query" => return query_value(req.query),
         "params" => return string_val_map(params.iter().cloned()),
         "client_ip" => Value::String(Arc::new(
@@ -478,10 +480,19 @@ fn tls_value(tls: Option<&crate::facts::TlsFacts>) -> Value {
     ])
 }
 
-fn headers_value(h: &HeaderMap, hidden: Option<&StripList>) -> Box<dyn Val> {
+fn headers_value(
+    h: &HeaderMap,
+    hidden: Option<&StripList>,
+    request_id: Option<&str>,
+) -> Box<dyn Val> {
     let mut headers: std::collections::HashMap<String, String> = Default::default();
+    if let Some(id) = request_id {
+        headers.insert(REQUEST_ID.as_str().to_string(), id.to_string());
+    }
     for (name, value) in h.iter() {
-        if hidden.is_some_and(|s| s.contains(name.as_str())) {
+        if hidden.is_some_and(|s| s.contains(name.as_str()))
+            || (request_id.is_some() && name == REQUEST_ID)
+        {
             continue;
         }
         let text = String::from_utf8_lossy(value.as_bytes());
@@ -568,6 +579,7 @@ mod tests {
             query: Some("q=first&q=second&x=%20y"),
             headers: &f.headers,
             hidden: None,
+            request_id: None,
             client_ip: Some("192.0.2.7".parse().unwrap()),
             body: Body::NotRead,
             location: None,

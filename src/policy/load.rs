@@ -1042,11 +1042,13 @@ impl Loader<'_> {
             Some(l) => *l.get_ref(),
             None => MAX_BODY_LIMIT,
         };
-        if raw.is_some() && !self.reads.body {
+        // Without `body` read, a body is read only to check its fields against the query
+        // parameters the rules read (src/admission/reads.rs).
+        if raw.is_some() && !self.reads.body && self.reads.request.query.is_empty() {
             self.errors.push(fx.err(
                 at.start,
                 format!(
-                    "route `{}` sets `body_limit` but no expression reads `body`",
+                    "route `{}` sets `body_limit` but no expression reads `body` or a query parameter",
                     at.name
                 ),
             ));
@@ -1354,6 +1356,11 @@ mod tests {
         let src = "[[route]]\nname = \"r\"\npath = \"/r\"\nbody_limit = 10\n[[route.rule]]\nname = \"x\"\nallow_if = \"body.n < 3\"\n";
         let set = load(&[("a.toml", src)]).unwrap();
         assert!(set.routes[0].reads_body);
+        assert_eq!(set.routes[0].body_limit, 10);
+        // A query parameter read: the body is read for its field names.
+        let src = "[[route]]\nname = \"r\"\npath = \"/r\"\nbody_limit = 10\n[[route.rule]]\nname = \"x\"\nallow_if = \"request.query.n == '3'\"\n";
+        let set = load(&[("a.toml", src)]).unwrap();
+        assert!(!set.routes[0].reads_body);
         assert_eq!(set.routes[0].body_limit, 10);
     }
 

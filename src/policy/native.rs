@@ -29,6 +29,8 @@ pub struct Facts<'a> {
     pub headers: &'a HeaderMap,
     /// See [`crate::facts::RequestFacts::hidden`].
     pub hidden: Option<&'a crate::upstream_head::StripList>,
+    /// See [`crate::facts::RequestFacts::request_id`].
+    pub request_id: Option<&'a str>,
 }
 
 /// An expression compiled to native steps: a condition, or a single attribute.
@@ -352,6 +354,10 @@ impl Operand {
                 if f.hidden.is_some_and(|s| s.contains(name.as_str())) {
                     return None;
                 }
+                // The id the upstream is sent stands for the client's lines.
+                if let (Some(id), true) = (f.request_id, name == crate::request_id::REQUEST_ID) {
+                    return Some(V::Str(id));
+                }
                 // A repeated header is joined with ", " in the interpreter's map.
                 let mut values = f.headers.get_all(name).iter();
                 let v = values.next()?;
@@ -456,6 +462,7 @@ mod tests {
         "request.params.id",
         "request.headers['x-tenant']",
         "'transfer' in claims.permissions",
+        "request.headers['x-request-id'] == 'r1'",
     ];
 
     /// Shapes left to the interpreter.
@@ -491,6 +498,8 @@ mod tests {
         headers: http::HeaderMap,
         /// `x-tenant` is a header the upstream is not sent (hidden from the rules).
         tenant_hidden: bool,
+        /// The `X-Request-Id` the upstream is sent, when the caller says.
+        request_id: Option<&'static str>,
     }
 
     /// The native answer and the interpreter's for `src` on `c`.
@@ -525,6 +534,7 @@ mod tests {
             query: None,
             headers: &c.headers,
             hidden: Some(&hidden),
+            request_id: c.request_id,
             client_ip: None,
             body: Body::NotRead,
             location: None,
@@ -553,6 +563,7 @@ mod tests {
             path: &c.path,
             headers: &c.headers,
             hidden: Some(&hidden),
+            request_id: c.request_id,
         };
         (plan.eval(&facts), act.execute_program(&program))
     }
@@ -575,6 +586,7 @@ mod tests {
             path: "/api/accounts/acc-1/transfer".into(),
             headers,
             tenant_hidden: false,
+            request_id: Some("r1"),
         }
     }
 
@@ -691,12 +703,28 @@ mod tests {
                 0..3,
             ),
             proptest::bool::weighted(0.2),
+            (
+                proptest::collection::vec(prop_oneof![Just("r1"), Just("r2")], 0..3),
+                prop_oneof![Just(None), Just(Some("r1")), Just(Some("r2"))],
+            ),
         )
             .prop_map(
-                move |(edits, ids, method, host, path, tenants, tenant_hidden)| {
+                move |(
+                    edits,
+                    ids,
+                    method,
+                    host,
+                    path,
+                    tenants,
+                    tenant_hidden,
+                    (sent_ids, request_id),
+                )| {
                     let mut headers = http::HeaderMap::new();
                     for t in tenants {
                         headers.append("x-tenant", HeaderValue::from_bytes(&t).unwrap());
+                    }
+                    for id in sent_ids {
+                        headers.append("x-request-id", HeaderValue::from_static(id));
                     }
                     let claims = claims
                         .iter()
@@ -715,6 +743,7 @@ mod tests {
                         path: path.into(),
                         headers,
                         tenant_hidden,
+                        request_id,
                     }
                 },
             )

@@ -192,6 +192,7 @@ impl RouteIndex {
     /// lower-cased path in the table of lower-cased patterns. `None` when that is the exact
     /// lookup's answer by construction (no capitals in the path or in any pattern).
     pub fn lookup_folded(&self, host: Option<&str>, method: &str, path: &str) -> Option<Lookup> {
+        // An escape's hex digits are capitals too: a path with escapes is always folded.
         let upper = path.bytes().any(|b| b.is_ascii_uppercase());
         if !self.upper_patterns && !upper {
             return None;
@@ -199,7 +200,7 @@ impl RouteIndex {
         // Only a path with capitals is copied (a table with gRPC's `/pkg.Service/Method` looks
         // up every path twice).
         let lower = if upper {
-            std::borrow::Cow::Owned(path.to_ascii_lowercase())
+            std::borrow::Cow::Owned(fold_path(path))
         } else {
             std::borrow::Cow::Borrowed(path)
         };
@@ -215,6 +216,34 @@ impl RouteIndex {
     ) -> Vec<BoundaryCatch> {
         self.exact.boundary_catches(methods_of)
     }
+}
+
+/// The characters outside ASCII that a Unicode case mapping turns into an ASCII letter, as a
+/// normalised path spells them (escaped, upper-case hex), and that letter. .NET's
+/// `OrdinalIgnoreCase` (ASP.NET Core routing's default) compares upper-case forms, so the
+/// dotless `ı` and the long `ſ` are `I` and `S` to it; Java's `equalsIgnoreCase` also compares
+/// lower-case forms, so the dotted `İ` and the Kelvin sign are `i` and `k`. `/adm%C4%B1n` is
+/// `/admin` to both.
+const FOLDS_TO_ASCII: [(&str, &str); 4] = [
+    ("%C4%B0", "i"),
+    ("%C4%B1", "i"),
+    ("%C5%BF", "s"),
+    ("%E2%84%AA", "k"),
+];
+
+/// A normalised path as an upstream that ignores letter case reads it: ASCII letters and the
+/// characters of [`FOLDS_TO_ASCII`] in lower case. A match cannot start inside another
+/// character: the path is valid UTF-8, and each spelling starts with a lead byte.
+fn fold_path(path: &str) -> String {
+    let mut text = std::borrow::Cow::Borrowed(path);
+    if path.contains('%') {
+        for (escaped, letter) in FOLDS_TO_ASCII {
+            if text.contains(escaped) {
+                text = std::borrow::Cow::Owned(text.replace(escaped, letter));
+            }
+        }
+    }
+    text.to_ascii_lowercase()
 }
 
 /// A matchit pattern with the letters outside `{...}` in lower case (parameter names are
@@ -526,6 +555,22 @@ mod tests {
             Some(Some(0))
         );
         assert_eq!(route(ix.lookup(None, "GET", "/ADMIN/x")), Some(1));
+        // Letters outside ASCII that .NET or Java fold to ASCII ones.
+        for path in [
+            "/adm%C4%B1n/x",
+            "/adm%C4%B0n/x",
+            "/ADM%C4%B1N/x",
+            "/admin/%C5%BF",
+            "/%E2%84%AA",
+        ] {
+            let expected = if path.starts_with("/%E2") { 1 } else { 0 };
+            assert_eq!(
+                ix.lookup_folded(None, "GET", path).map(route),
+                Some(Some(expected)),
+                "{path}"
+            );
+        }
+        assert_eq!(fold_path("/%E2%84%AAey/%C5%BFet/%C3%A9"), "/key/set/%c3%a9");
 
         let mut ix = RouteIndex::default();
         ix.insert(None, "/Orders/{id}", methods(&["GET"]), 0, true)

@@ -849,3 +849,122 @@ auth = "none"
     assert_eq!(status, 200);
     assert_eq!(up.last().headers["x-real-ip"], "10.0.0.1");
 }
+
+/// Go's `FormValue`, PHP's `$_REQUEST`, Rails' `params` and ASP.NET's model binding read a query
+/// parameter from the body too, most of them over the query's value: on a route whose rules
+/// read a query parameter, a form, multipart or JSON body that carries it is refused, and any
+/// other body passes untouched.
+#[test]
+fn a_body_field_is_a_query_parameter_to_some_upstreams() {
+    let rules = r#"
+[[route]]
+name = "statements"
+path = "/statements"
+auth = "none"
+body_limit = 1024
+  [[route.rule]]
+  name = "not-the-victim"
+  deny_if = "!has(request.query.account) || request.query.account == 'victim'"
+
+[[route]]
+name = "transfers"
+path = "/transfers"
+auth = "none"
+  [[route.rule]]
+  name = "small-for-the-victim"
+  deny_if = "has(request.query.account) && request.query.account == 'victim' && body.amount > 10"
+
+[[route]]
+name = "open"
+path = "/*"
+auth = "none"
+"#;
+    let (up, gw) = start_standard("", &[("routes.toml", rules)]);
+    let post = |path: &str, content_type: &str, body: &[u8]| {
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        exchange(gw.proxy, &req)
+    };
+    let form = "application/x-www-form-urlencoded";
+    let multipart = "multipart/form-data; boundary=B";
+    let part = |name: &str| {
+        format!("--B\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\nvictim\r\n--B--\r\n")
+    };
+    // Fields of other names pass, and the upstream gets the body as sent.
+    for (ty, body) in [
+        (form, "memo=hi&amount=5".to_string()),
+        ("application/json", r#"{"memo":"hi"}"#.to_string()),
+        (multipart, part("memo")),
+        ("text/plain", "account=victim".to_string()),
+    ] {
+        let (status, _, resp) = post("/statements?account=mine", ty, body.as_bytes());
+        assert_eq!(status, 200, "{ty}: {resp}");
+        assert_eq!(up.last().body, body.as_bytes(), "{ty}");
+    }
+    assert_eq!(up.count(), 4);
+    // The rules read `account` from the query; these upstreams would read the body's.
+    for (ty, body) in [
+        (form, "account=victim".to_string()),
+        (form, "memo=hi&account%5B%5D=victim".to_string()),
+        (
+            "application/json; charset=utf-8",
+            r#"{"account":"victim"}"#.to_string(),
+        ),
+        (multipart, part("account")),
+    ] {
+        let (status, _, resp) = post("/statements?account=mine", ty, body.as_bytes());
+        assert_eq!(
+            (status, reason(&resp).as_str()),
+            (400, "ambiguous_query"),
+            "{ty} {body}"
+        );
+    }
+    // A type that cannot be told from a form, and a body too large to check.
+    let (status, _, resp) = post(
+        "/statements?account=mine",
+        "application/x-www-form-urlencoded,x/y",
+        b"account=victim",
+    );
+    assert_eq!(
+        (status, reason(&resp).as_str()),
+        (415, "unsupported_media_type")
+    );
+    let (status, _, _) = post("/statements?account=mine", form, &vec![b'a'; 2000]);
+    assert_eq!(status, 413);
+    // A text body is no field to anyone: not read, whatever its size.
+    let big = vec![b'x'; 200_000];
+    assert_eq!(post("/statements?account=mine", "text/plain", &big).0, 200);
+    assert_eq!(up.last().body.len(), big.len());
+    // A route that reads the body as JSON and a query parameter: its members are checked too.
+    assert_eq!(
+        post(
+            "/transfers?account=victim",
+            "application/json",
+            br#"{"amount":5}"#
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        post(
+            "/transfers?account=victim",
+            "application/json",
+            br#"{"amount":50}"#
+        )
+        .0,
+        403
+    );
+    let (status, _, resp) = post(
+        "/transfers?account=mine",
+        "application/json",
+        br#"{"amount":50,"account":"victim"}"#,
+    );
+    assert_eq!((status, reason(&resp).as_str()), (400, "ambiguous_query"));
+    // Routes whose rules read no query parameter are untouched.
+    assert_eq!(post("/x?account=mine", form, b"account=victim").0, 200);
+    assert_eq!(up.count(), 7);
+}

@@ -102,6 +102,7 @@ auth = "none"
   "x-decided-route" = "'tenant'"
   "x-decided-tenant" = "'x-tenant' in request.headers ? request.headers['x-tenant'] : '-'"
   "x-decided-q" = "has(request.query.q) ? request.query.q : '-'"
+  "x-decided-request-id" = "'x-request-id' in request.headers ? request.headers['x-request-id'] : '-'"
 {DECIDED}
 
 [[route]]
@@ -192,6 +193,12 @@ fn prefix() -> impl Strategy<Value = &'static str> {
         "/tenant/x?q=good&[q]=evil",
         "/tenant/x?q%00=evil&q=good",
         "/tenant/x?q.=evil",
+        "/tenant/x?q=good;q=evil",
+        "/tenant/x?x=1;q=evil&q=good",
+        "/ap%C4%B1",
+        "/Report%C5%BF",
+        "/%C4%B0tems/7",
+        "/items/%E2%84%AA",
         "/tenant/x",
     ])
 }
@@ -290,6 +297,8 @@ fn case() -> impl Strategy<Value = Case> {
                 "X-Tenant: evil",
                 "X_Tenant: evil",
                 "x-tenant: good, evil",
+                "X-Request-Id: client-1",
+                "X-Request-Id: bad id",
             ]),
             0..3,
         ),
@@ -301,6 +310,9 @@ fn case() -> impl Strategy<Value = Case> {
                 r#"{"a":{"amount":1,"amount":2}}"#,
                 r#"{"amount":18446744073709551616}"#,
                 "not json",
+                r#"{"q":"evil"}"#,
+                "form:q=evil",
+                "form:memo=1",
             ]),
             prop::bool::weighted(0.2),
         )),
@@ -362,8 +374,12 @@ fn render(c: &Case, id: &str, t: &Tokens) -> Vec<u8> {
     }
     match c.body {
         Some((b, list)) => {
+            let (b, ty) = match b.strip_prefix("form:") {
+                Some(form) => (form, "application/x-www-form-urlencoded"),
+                None => (b, "application/json"),
+            };
             let n = b.len();
-            out.push_str("Content-Type: application/json\r\n");
+            out.push_str(&format!("Content-Type: {ty}\r\n"));
             if list {
                 out.push_str(&format!("Content-Length: {n}, {n}\r\n"));
             } else {
@@ -441,6 +457,17 @@ fn model(method: &str, host: &str, path: &str) -> Option<&'static str> {
     }
 }
 
+/// A path as an upstream that ignores letter case reads it: .NET's `OrdinalIgnoreCase` and
+/// Java's `equalsIgnoreCase` also take `ı` and `İ` for `i`, `ſ` for `s` and the Kelvin sign for
+/// `k` (the upstream is sent escapes with upper-case hex).
+fn fold(path: &str) -> String {
+    path.replace("%C4%B1", "i")
+        .replace("%C4%B0", "i")
+        .replace("%C5%BF", "s")
+        .replace("%E2%84%AA", "k")
+        .to_ascii_lowercase()
+}
+
 /// The host part of a `Host` value as the test reads it: brackets, port and trailing dot off.
 fn bare(host: &str) -> String {
     let h = match host.strip_prefix('[') {
@@ -495,7 +522,7 @@ fn check_seen(c: &Case, seen: &Seen) -> Result<(), TestCaseError> {
     );
     // An upstream that ignores letter case serves the lower-cased path: where a route serves
     // that, it must be the route that decided.
-    let folded = model_lookup(&seen.method, &host, &path.to_ascii_lowercase(), true);
+    let folded = model_lookup(&seen.method, &host, &fold(path), true);
     prop_assert!(
         matches!(folded, Modelled::NoRoute) || matches!(folded, Modelled::Route(r) if r == route),
         "{} {} {} was decided by `{}`; ignoring letter case it is {:?}",
@@ -509,10 +536,7 @@ fn check_seen(c: &Case, seen: &Seen) -> Result<(), TestCaseError> {
     // is written with its trailing slash): where a route serves that, it must be this one,
     // ignoring letter case too.
     if let Some(stripped) = path.strip_suffix('/').filter(|s| !s.is_empty()) {
-        for (p, folded) in [
-            (stripped.to_string(), false),
-            (stripped.to_ascii_lowercase(), true),
-        ] {
+        for (p, folded) in [(stripped.to_string(), false), (fold(stripped), true)] {
             let other = model_lookup(&seen.method, &host, &p, folded);
             prop_assert!(
                 matches!(other, Modelled::NoRoute)
@@ -617,12 +641,42 @@ fn check_tenant(seen: &Seen) -> Result<(), TestCaseError> {
     let got = readable.pop().unwrap_or_else(|| "-".to_string());
     prop_assert_eq!(got.as_str(), decided);
     prop_assert!(got != "evil");
+    // The request id the upstream got is the one the rules saw, whatever the client sent.
+    prop_assert_eq!(
+        one(seen, "x-request-id")?,
+        one(seen, "x-decided-request-id")?
+    );
     let decided_q = one(seen, "x-decided-q")?;
     let query = seen.uri.split_once('?').map(|(_, q)| q).unwrap_or("");
-    let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
-        .filter(|(k, _)| stems(k).iter().any(|s| s == "q"))
-        .map(|(_, v)| v.into_owned())
-        .collect();
+    // Split at `&`, and also at `;` as older parsers do: every value any of them reads.
+    let mut values: Vec<String> = Vec::new();
+    for separators in [&['&'][..], &['&', ';'][..]] {
+        for piece in query.split(separators) {
+            values.extend(
+                form_urlencoded::parse(piece.as_bytes())
+                    .filter(|(k, _)| stems(k).iter().any(|s| s == "q"))
+                    .map(|(_, v)| v.into_owned()),
+            );
+        }
+    }
+    // Go, PHP, Rails and ASP.NET also read it from a form body, Rails from a JSON one.
+    let form = seen.headers.get("content-type").is_some_and(|t| {
+        t.as_bytes()
+            .starts_with(b"application/x-www-form-urlencoded")
+    });
+    if form {
+        values.extend(
+            form_urlencoded::parse(&seen.body)
+                .filter(|(k, _)| stems(k).iter().any(|s| s == "q"))
+                .map(|(_, v)| v.into_owned()),
+        );
+    } else if let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(&seen.body) {
+        values.extend(
+            o.get("q")
+                .map(|v| v.as_str().unwrap_or("<not text>").to_string()),
+        );
+    }
+    values.dedup();
     prop_assert!(
         values.len() <= 1,
         "q reached as {:?} in {}",

@@ -19,6 +19,9 @@ issuers = ["ec"]
   name = "watch-level-5"
   mode = "audit"
   allow_if = "claims.level >= 5"
+
+  [route.forward]
+  "x-rules-saw-id" = "request.headers['x-request-id']"
 "#;
 
 fn start(extra_config: &str) -> (Upstream, Gateway) {
@@ -265,6 +268,20 @@ async fn request_ids_flow_through_and_logs_never_hold_tokens() {
         .unwrap()
         .to_string();
     assert_eq!(generated.len(), 32, "{generated}");
+    // The rules saw the id the upstream was sent, not the client's.
+    assert_eq!(up.last().headers["x-rules-saw-id"], generated.as_str());
+    // Sent twice: the first line is the id, to the upstream and to the rules alike.
+    let r = c
+        .get(gw.url("/obs"))
+        .bearer_auth(&good)
+        .header("x-request-id", "req-1")
+        .header("x-request-id", "req-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["x-request-id"], "req-1");
+    assert_eq!(up.last().headers["x-rules-saw-id"], "req-1");
 
     let logs = gw.wait_log(&generated);
     let lines: Vec<Value> = logs
