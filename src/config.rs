@@ -718,6 +718,10 @@ pub struct Config {
     /// The TLS listener's address, when there is one.
     pub tls_addr: Option<SocketAddr>,
     pub rules_dir: PathBuf,
+    /// Each upstream's addresses, resolved once when the file was checked: the pools use
+    /// these, so a name that stops resolving between the check and the pools' build cannot
+    /// leave a pool short or empty.
+    pub upstream_addresses: std::collections::HashMap<String, Vec<SocketAddr>>,
 }
 
 impl Config {
@@ -760,7 +764,7 @@ impl Config {
         if raw.limits.max_claims_depth == 0 {
             check.whole("`limits.max_claims_depth` must be at least 1");
         }
-        check.upstreams(&raw);
+        let upstream_addresses = check.upstreams(&raw);
         check.sources(&raw);
         check.settings(&raw);
         check.issuers(&raw);
@@ -781,6 +785,7 @@ impl Config {
             admin_addr,
             tls_addr,
             rules_dir,
+            upstream_addresses,
         })
     }
 
@@ -838,15 +843,20 @@ impl Checks<'_> {
         }
     }
 
-    fn upstreams(&mut self, raw: &RawConfig) {
+    fn upstreams(&mut self, raw: &RawConfig) -> std::collections::HashMap<String, Vec<SocketAddr>> {
+        let mut resolved = std::collections::HashMap::new();
         for (name, up) in &raw.upstreams {
             if up.get_ref().addresses.is_empty() {
                 self.errors
                     .push(self.at(up.span(), format!("upstream `{name}` has no addresses")));
             }
-            for a in &up.get_ref().addresses {
-                self.addr(a);
-            }
+            let addresses: Vec<SocketAddr> = up
+                .get_ref()
+                .addresses
+                .iter()
+                .filter_map(|a| self.addr(a))
+                .collect();
+            resolved.insert(name.clone(), addresses);
             let u = up.get_ref();
             // Without SNI, Pingora skips certificate verification altogether.
             if u.tls && u.sni.is_empty() {
@@ -876,6 +886,7 @@ impl Checks<'_> {
                 ));
             }
         }
+        resolved
     }
 
     fn rate_limits(&mut self, r: &RateLimitSettings) {

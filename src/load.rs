@@ -19,15 +19,21 @@ use std::sync::Arc;
 pub struct Loaded {
     pub snapshot: Snapshot,
     pub inputs: Inputs,
+    /// The inputs' content hash, taken before they were read for the snapshot: an edit made
+    /// while the process starts (or fetches keys) differs from it, so the first check after
+    /// start loads it. A hash taken later would take that edit for the set in force.
+    pub hash: String,
 }
 
 /// Loads everything a snapshot needs from the configuration at `path`: every error at once.
 pub fn load(path: &Path, remote: &RemoteRegistry) -> Result<Loaded, SourceErrors> {
     let found = Inputs::find(path);
+    let hash = found.inputs.content_hash();
     let snapshot = build(found.config?, &found.inputs, remote)?;
     Ok(Loaded {
         snapshot,
         inputs: found.inputs,
+        hash,
     })
 }
 

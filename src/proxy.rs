@@ -578,6 +578,7 @@ impl ProxyHttp for ClaimgateProxy {
                 );
             };
             peer.options.ca = m.ca.clone();
+            peer.group_key = m.ca_key;
             peer.client_cert_key = m.client.clone();
         }
         match pool.protocol {

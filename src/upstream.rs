@@ -6,7 +6,7 @@ pub use crate::config::UpstreamProtocol;
 use crate::location::SourceError;
 use std::any::Any;
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -42,16 +42,16 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds the pools. `Config` has already checked that every address resolves.
+    /// Builds the pools, with the addresses `Config` resolved when it checked them.
     pub fn from_config(config: &Config) -> Upstreams {
         let mut pools = HashMap::new();
         for (name, up) in &config.raw.upstreams {
             let up = up.get_ref();
-            let addresses: Vec<SocketAddr> = up
-                .addresses
-                .iter()
-                .filter_map(|a| a.get_ref().to_socket_addrs().ok()?.next())
-                .collect();
+            let addresses = config
+                .upstream_addresses
+                .get(name)
+                .cloned()
+                .unwrap_or_default();
             let name: Arc<str> = Arc::from(name.as_str());
             pools.insert(
                 name.clone(),
@@ -174,4 +174,25 @@ fn read_client(cert: &Path, key: &Path) -> Result<(Vec<Vec<u8>>, Vec<u8>), Strin
         )
     })?;
     Ok((chain, key_der.secret_der().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_use_the_addresses_resolved_when_the_file_was_checked() {
+        let text = "[listen]\nproxy = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n[rules]\ndir = \"rules\"\n[upstreams.main]\naddresses = [\"localhost:8080\", \"127.0.0.1:9\"]\n";
+        let mut config = Config::from_str(Path::new("/x/gateway.toml"), text.into()).unwrap();
+        let resolved = config.upstream_addresses["main"].clone();
+        assert_eq!(resolved.len(), 2, "{resolved:?}");
+        assert_eq!(resolved[1], "127.0.0.1:9".parse().unwrap());
+        // Whatever a name resolves to later, the pool is built from the checked addresses.
+        let checked: SocketAddr = "192.0.2.1:80".parse().unwrap();
+        config
+            .upstream_addresses
+            .insert("main".into(), vec![checked]);
+        let ups = Upstreams::from_config(&config);
+        assert_eq!(ups.get("main").unwrap().pick(), checked);
+    }
 }

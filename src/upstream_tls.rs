@@ -12,6 +12,11 @@ use std::sync::Arc;
 pub struct Prepared {
     pub ca: Option<Arc<CaType>>,
     pub client: Option<Arc<CertKey>>,
+    /// Names the CA bundle for the connection pool: Pingora reuses a pooled connection for
+    /// any peer of the same address, name and client certificate, whatever CA verified it, so
+    /// after a `ca_file` rotation connections verified by the old CA would be reused. Peers
+    /// carry this as their group key, so a new bundle is a new pool.
+    pub ca_key: u64,
 }
 
 /// The material of `tls`, built on first use. The loader checked every certificate parses and
@@ -31,7 +36,13 @@ pub fn prepared(tls: &UpstreamTls) -> Option<Arc<Prepared>> {
             .client
             .as_ref()
             .map(|(chain, key)| Arc::new(CertKey::new(chain.clone(), key.clone())));
-        Arc::new(Prepared { ca, client })
+        let ca_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            tls.ca.hash(&mut h);
+            h.finish()
+        };
+        Arc::new(Prepared { ca, client, ca_key })
     });
     any.clone().downcast::<Prepared>().ok()
 }

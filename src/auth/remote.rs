@@ -66,11 +66,15 @@ pub struct RemoteStatus {
     pub stale: bool,
 }
 
+#[derive(Clone)]
 struct State {
     fetched_at: Option<Instant>,
     next_refresh: Instant,
     last_error: Option<String>,
     last_unknown_kid_fetch: Option<Instant>,
+    /// The JWKS document the keys in use were read from: a successor with other algorithms
+    /// reads its keys from it again.
+    document: Option<Arc<[u8]>>,
 }
 
 pub struct RemoteKeys {
@@ -104,10 +108,23 @@ impl RemoteKeys {
         settings: RefreshSettings,
         metrics: Option<Arc<Metrics>>,
     ) -> RemoteKeys {
+        // At most 3 redirects, and never from https to http: keys fetched over TLS must not
+        // come from a server a network attacker can answer for.
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.url().scheme() != "https"
+                && attempt.previous().iter().any(|u| u.scheme() == "https");
+            if downgrade {
+                attempt.error("a redirect from https to http")
+            } else if attempt.previous().len() > 3 {
+                attempt.error("more than 3 redirects")
+            } else {
+                attempt.follow()
+            }
+        });
         let client = reqwest::Client::builder()
             .connect_timeout(settings.timeout)
             .timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirects)
             // Fetches are rare and may run on different runtimes (startup, background):
             // pooled connections would outlive the runtime that made them.
             .pool_max_idle_per_host(0)
@@ -127,11 +144,54 @@ impl RemoteKeys {
                 next_refresh: Instant::now(),
                 last_error: None,
                 last_unknown_kid_fetch: None,
+                document: None,
             }),
             inflight: tokio::sync::Mutex::new(()),
             client,
             metrics,
         }
+    }
+
+    /// The same source with other algorithms or refresh settings, for a reload: it starts
+    /// with this one's keys and fetch state rather than with none, so that raising
+    /// `max_staleness_seconds` during an outage of the identity provider keeps its tokens
+    /// verifying. With other algorithms, the keys are read again from the same document.
+    fn successor(&self, algorithms: &[Algorithm], settings: &RefreshSettings) -> RemoteKeys {
+        let next = RemoteKeys::new(
+            self.issuer.clone(),
+            self.source.clone(),
+            algorithms.to_vec(),
+            settings.clone(),
+            self.metrics.clone(),
+        );
+        let mut state = lock(&self.state).clone();
+        let keys = if self.algorithms == algorithms {
+            Some(self.keys.load_full())
+        } else {
+            state
+                .document
+                .as_deref()
+                .and_then(|d| keys::from_jwks_bytes(d, algorithms).ok())
+                .map(|k| Arc::new(KeySet::new(k)))
+        };
+        match keys {
+            Some(k) => next.keys.store(k),
+            // The document has no key for the new algorithms: none until the next fetch,
+            // which is due now.
+            None => {
+                state.fetched_at = None;
+                state.document = None;
+                state.next_refresh = Instant::now();
+            }
+        }
+        // A shorter interval than the one scheduled takes effect now.
+        state.next_refresh = state
+            .next_refresh
+            .min(Instant::now() + settings.max_interval);
+        next.generation
+            .store(self.generation.load(Ordering::Acquire), Ordering::Release);
+        *lock(&next.state) = state;
+        next
     }
 
     pub fn url(&self) -> &str {
@@ -236,11 +296,12 @@ impl RemoteKeys {
         }
         let mut st = lock(&self.state);
         match result {
-            Ok((set, max_age)) => {
+            Ok((set, document, max_age)) => {
                 let kids = set.len();
                 self.keys.store(Arc::new(set));
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 st.fetched_at = Some(Instant::now());
+                st.document = Some(document);
                 st.last_error = None;
                 let every = max_age
                     .unwrap_or(self.settings.interval)
@@ -294,7 +355,7 @@ impl RemoteKeys {
         Ok((body, max_age))
     }
 
-    async fn fetch(&self) -> Result<(KeySet, Option<Duration>), FetchError> {
+    async fn fetch(&self) -> Result<(KeySet, Arc<[u8]>, Option<Duration>), FetchError> {
         let jwks_url = match &self.source {
             Source::Jwks(u) => u.clone(),
             Source::Discovery { url, issuer } => {
@@ -315,6 +376,13 @@ impl RemoteKeys {
                         found: doc.issuer,
                     });
                 }
+                // A document fetched over TLS cannot send the keys' fetch over plain HTTP.
+                if url.starts_with("https://") && !doc.jwks_uri.starts_with("https://") {
+                    return Err(FetchError::Discovery {
+                        url: url.clone(),
+                        message: format!("`jwks_uri` `{}` is not https", doc.jwks_uri),
+                    });
+                }
                 doc.jwks_uri
             }
         };
@@ -324,7 +392,7 @@ impl RemoteKeys {
                 url: jwks_url.clone(),
                 message: format!("{e:?}"),
             })?;
-        Ok((KeySet::new(keys), max_age))
+        Ok((KeySet::new(keys), Arc::from(bytes), max_age))
     }
 }
 
@@ -350,8 +418,11 @@ impl RemoteRegistry {
         }
     }
 
-    /// The key set for an issuer's source, created on first use. A changed algorithm list or
-    /// refresh setting makes a new one.
+    /// The key set for an issuer's source as a set being built will use it: the one in force
+    /// when nothing about it changed, else a successor of it (its keys carried over) or a new
+    /// one. Nothing in the registry changes until the set is put in force ([`Self::publish`]):
+    /// a set that fails to load, or is never committed, leaves the key sets in force (and
+    /// their scheduled refreshes) as they were.
     pub fn get(
         &self,
         issuer: &str,
@@ -359,30 +430,31 @@ impl RemoteRegistry {
         algorithms: &[Algorithm],
         settings: &RefreshSettings,
     ) -> Arc<RemoteKeys> {
-        let mut map = lock(&self.map);
-        let key = (issuer.to_string(), source.clone());
-        if let Some(r) = map.get(&key) {
-            if r.algorithms == algorithms && r.settings == *settings {
-                return r.clone();
-            }
+        let map = lock(&self.map);
+        match map.get(&(issuer.to_string(), source.clone())) {
+            Some(r) if r.algorithms == algorithms && r.settings == *settings => r.clone(),
+            Some(r) => Arc::new(r.successor(algorithms, settings)),
+            None => Arc::new(RemoteKeys::new(
+                Arc::from(issuer),
+                source,
+                algorithms.to_vec(),
+                settings.clone(),
+                self.metrics.clone(),
+            )),
         }
-        let r = Arc::new(RemoteKeys::new(
-            Arc::from(issuer),
-            source,
-            algorithms.to_vec(),
-            settings.clone(),
-            self.metrics.clone(),
-        ));
-        map.insert(key, r.clone());
-        r
     }
 
+    /// The key sets in force, which the background refresh keeps fresh.
     pub fn all(&self) -> Vec<Arc<RemoteKeys>> {
         lock(&self.map).values().cloned().collect()
     }
 
-    /// Drops key sets no issuer of the snapshot in force uses any more.
-    pub fn retain(&self, in_use: &[Arc<RemoteKeys>]) {
-        lock(&self.map).retain(|_, r| in_use.iter().any(|u| Arc::ptr_eq(u, r)));
+    /// Puts in force the key sets a snapshot put in force uses, and only those.
+    pub fn publish(&self, in_use: &[Arc<RemoteKeys>]) {
+        let mut map = lock(&self.map);
+        map.clear();
+        for r in in_use {
+            map.insert((r.issuer.to_string(), r.source.clone()), r.clone());
+        }
     }
 }

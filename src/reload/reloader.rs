@@ -103,8 +103,9 @@ impl Reloader {
         let Loaded {
             snapshot: initial,
             inputs,
+            hash,
         } = initial;
-        let hash = inputs.content_hash();
+        remote.publish(&initial.issuers.remotes());
         let now = SystemTime::now();
         let started_with = initial.config.clone();
         metrics.reload.generation.set(1);
@@ -218,9 +219,15 @@ impl Reloader {
         for setting in &restart {
             tracing::warn!(setting = %setting, "this setting changed but takes effect only after a restart");
         }
+        // The TLS listener stays bound until a restart: without `[listen.tls]` in the new set,
+        // it keeps the certificates in force rather than failing every handshake.
+        let mut snapshot = snapshot;
+        if self.started_with.tls_addr.is_some() && snapshot.tls.is_none() {
+            snapshot.tls = self.state.load().tls.clone();
+        }
         let routes = snapshot.policy.routes.len();
         count_key_loads(&self.metrics, &snapshot);
-        self.remote.retain(&snapshot.issuers.remotes());
+        self.remote.publish(&snapshot.issuers.remotes());
         self.state.store(Arc::new(snapshot));
         *lock(&self.inputs) = inputs;
         let generation = self.status.next_generation();

@@ -190,6 +190,14 @@ pub struct ReloadService {
     pub reloader: Arc<Reloader>,
 }
 
+/// The identity (device, inode) of each directory as its path resolves now.
+fn dir_identities(dirs: &[PathBuf]) -> Vec<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    dirs.iter()
+        .map(|d| std::fs::metadata(d).ok().map(|m| (m.dev(), m.ino())))
+        .collect()
+}
+
 impl ReloadService {
     fn watcher(
         &self,
@@ -351,6 +359,7 @@ impl BackgroundService for ReloadService {
             w.fence = None;
         }
         let mut watching = self.reloader.watch_plan();
+        let mut watched = dir_identities(&watching.0);
         // A change made between the first load and the watcher's start has no event: compare.
         if watcher.is_some() && self.disk_changed().await {
             self.settle_and_reload("watch", false, &mut w).await;
@@ -366,7 +375,6 @@ impl BackgroundService for ReloadService {
         let mut poll =
             tokio::time::interval_at(tokio::time::Instant::now() + poll_every, poll_every);
         loop {
-            let generation = self.reloader.status.generation();
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(ev) = w.rx.recv() => {
@@ -391,15 +399,20 @@ impl BackgroundService for ReloadService {
                     }
                 }
             }
-            // New files may live in new directories: watch what the new snapshot names. Only
-            // when that changed, and the new watcher starts before the old one stops, so no
-            // event falls between them.
-            if settings.watch && self.reloader.status.generation() != generation {
+            // New files may live in new directories: watch what the new snapshot names. And a
+            // watched directory that was replaced, re-created or reached through a swapped
+            // symlink (`mv rules.new rules`) is another directory: its watch was dropped with
+            // the old one, and in-place edits in it would go unseen. Only when either changed,
+            // and the new watcher starts before the old one stops, so no event falls between.
+            if settings.watch {
                 let plan = self.reloader.watch_plan();
-                if plan != watching {
+                let ids = dir_identities(&plan.0);
+                if plan != watching || ids != watched {
+                    tracing::debug!(dirs = ?plan.0, "watching the set's directories anew");
                     let next = self.watcher(tx.clone(), fences.clone());
                     drop(std::mem::replace(&mut watcher, next));
                     watching = plan;
+                    watched = ids;
                 }
             }
         }

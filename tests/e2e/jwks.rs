@@ -361,6 +361,61 @@ async fn discovery_must_name_the_configured_issuer() {
     );
 }
 
+/// Replaces `path` by a rename, as editors and config tools do.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp-edit");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn wait_generation(gw: &Gateway, generation: u64) {
+    let start = Instant::now();
+    loop {
+        let s = gw.status().await;
+        if s["rules"]["generation"] == generation {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "generation {generation} never came: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A reload that fails after reading an issuer's changed settings leaves that issuer's keys in
+/// force, and their scheduled refresh, as they were: a key the provider retires stops working.
+#[tokio::test]
+async fn a_failed_reload_leaves_the_key_refresh_in_force() {
+    let (_up, idp, gw) = setup("refresh_seconds = 1\nmin_refresh_seconds = 1");
+    let rot1 = token("rot-1");
+    assert_eq!(status_of(&gw, &rot1).await, 200);
+    let path = gw.dir().join("gateway.toml");
+    let changed = std::fs::read_to_string(&path).unwrap().replace(
+        "min_refresh_seconds = 1",
+        "min_refresh_seconds = 1\nmax_staleness_seconds = 7200",
+    );
+    std::fs::write(gw.dir().join("rules/broken.toml"), "[[route]]\nname = ").unwrap();
+    replace_file(&path, &changed);
+    let start = Instant::now();
+    while gw.status().await["rules"]["last_result"] != "error" {
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "the bad set was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    idp.publish(&["rot-2"]);
+    let start = Instant::now();
+    while status_of(&gw, &rot1).await != 401 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a retired key is still accepted after a failed reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn cache_control_max_age_sets_the_refresh_within_bounds() {
     let up = Upstream::start();
@@ -453,5 +508,23 @@ async fn keys_older_than_the_staleness_bound_are_not_used() {
             .unwrap()
             .status(),
         503
+    );
+    // The operator rides out the outage by raising the bound: the new set keeps the keys it
+    // had (a reload used to start that issuer's keys from none).
+    let path = gw.dir().join("gateway.toml");
+    let raised = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("max_staleness_seconds = 2", "max_staleness_seconds = 3600");
+    replace_file(&path, &raised);
+    wait_generation(&gw, 2).await;
+    assert_eq!(status_of(&gw, &rot1).await, 200);
+    assert_eq!(
+        client()
+            .get(format!("http://{}/readyz", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
     );
 }

@@ -358,3 +358,56 @@ async fn gateway_toml_changes_reload_live_or_are_reported_as_restart_only() {
     // The unmatched status from the file in force is back to 404, served on the old listener.
     assert_eq!(unmatched(gw.proxy.to_string()).await, 404);
 }
+
+/// An edit made while the gateway starts (here: while it waits for an identity provider that
+/// never answers) takes effect once it runs: the set in force is the one it read, not the one
+/// on disk when it finished starting.
+#[tokio::test]
+async fn an_edit_made_while_the_gateway_starts_is_not_lost() {
+    let up = Upstream::start();
+    // Accepts connections (the kernel's backlog) and never answers: the startup key fetch
+    // waits for its whole timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = format!(
+        "[issuers.slow]\nissuer = \"https://slow.test\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\nfetch_timeout_ms = 2000\nkeys = [{{ jwks_url = \"http://{}/jwks\" }}]\n",
+        silent.local_addr().unwrap()
+    );
+    let text =
+        config(up.addr, "poll_seconds = 0").replace("[reload]", &format!("{issuer}\n[reload]"));
+    let (dir, proxy, admin) = write_setup(&text, &[("flip.toml", SET_A)]);
+    let rules = dir.path().join("rules/flip.toml");
+    let started = Instant::now();
+    let editor = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        write_atomically(&rules, SET_B);
+    });
+    let gw = Gateway::start_in(dir, proxy, admin, &[]);
+    editor.join().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the gateway started before the edit; the test proves nothing"
+    );
+    until(&gw, 'B', "an edit made during startup").await;
+    drop(silent);
+}
+
+/// A rules directory replaced by another (`mv rules.new rules`, a re-created directory) is
+/// watched anew: an in-place edit in the new one takes effect without any poll.
+#[tokio::test]
+async fn a_replaced_rules_directory_is_watched_anew() {
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        &config(up.addr, "poll_seconds = 0\ndebounce_ms = 50"),
+        &[("flip.toml", SET_A)],
+    );
+    let rules = gw.dir().join("rules");
+    let next = gw.dir().join("rules.new");
+    std::fs::create_dir(&next).unwrap();
+    std::fs::write(next.join("flip.toml"), SET_B).unwrap();
+    std::fs::rename(&rules, gw.dir().join("rules.old")).unwrap();
+    std::fs::rename(&next, &rules).unwrap();
+    until(&gw, 'B', "the replaced directory").await;
+    // In place, in the new directory: only a watch on it sees this.
+    std::fs::write(rules.join("flip.toml"), SET_A).unwrap();
+    until(&gw, 'A', "an edit inside the replaced directory").await;
+}

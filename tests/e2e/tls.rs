@@ -201,6 +201,36 @@ fn sni_picks_the_certificate_and_a_replaced_one_is_served_without_a_restart() {
     )
     .expect("expiry series");
     assert!(expiry > super::tokens::now() as f64, "{expiry}");
+
+    // `[listen.tls]` removed: the listener stays bound until a restart, and keeps serving
+    // the certificates in force (not failing every handshake).
+    let path = gw.dir().join("gateway.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start_tls = text.find("[listen.tls]").unwrap();
+    let end_tls = text.find("[reload]").unwrap();
+    write_atomically(
+        &path,
+        &format!("{}{}", &text[..start_tls], &text[end_tls..]),
+    );
+    let start = Instant::now();
+    loop {
+        let s = rt.block_on(gw.status());
+        if s["rules"]["last_result"] == "success"
+            && s["rules"]["restart_needed"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|v| v == "listen.tls.address"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the set without TLS never loaded: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, a) = curl(certs.path(), tls, "a.test");
+    assert_eq!(status, "200", "{a}");
+    assert!(a.starts_with("CN=a.test second"), "{a}");
 }
 
 #[test]
@@ -448,6 +478,26 @@ async fn upstreams_over_tls_verify_the_name_and_present_a_client_certificate() {
     let r = get("/mtls-without-cert").await;
     assert_eq!(r.status(), 502);
     assert_eq!(mtls.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // `ca_file` rotated to a CA that did not sign the upstream's certificate: once the new
+    // bundle is in force, no request goes over a connection the old one verified (pooled
+    // connections are kept per bundle).
+    assert_eq!(get("/ok").await.status(), 200);
+    let before = plain.requests.load(std::sync::atomic::Ordering::SeqCst);
+    write_atomically(&certs.path().join("ca.pem"), &Ca::new().cert.pem());
+    let start = Instant::now();
+    while gw.status().await["rules"]["generation"] != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the new CA never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get("/ok").await.status(), 502);
+    assert_eq!(
+        plain.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
 }
 
 /// curl with a client certificate (or none) to `path` with a token: the HTTP status, or `fail`
