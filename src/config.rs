@@ -727,7 +727,7 @@ pub struct Config {
 impl Config {
     /// Reads and validates the file. Every error found is returned, each with its location.
     pub fn load(path: &Path) -> Result<Config, SourceErrors> {
-        let source = std::fs::read_to_string(path).map_err(|e| {
+        let source = crate::set_file::read_to_string(path).map_err(|e| {
             SourceErrors(vec![SourceError::whole_file(
                 path,
                 format!("cannot read the file: {e}"),

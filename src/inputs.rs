@@ -138,7 +138,7 @@ impl Inputs {
         let mut h = Sha256::new();
         for p in self.files().filter(|p| Some(*p) != self.geo_db.as_deref()) {
             h.update(p.to_string_lossy().as_bytes());
-            match std::fs::read(p) {
+            match crate::set_file::read(p) {
                 Ok(b) => h.update(&b),
                 Err(_) => h.update(b"\0missing"),
             }

@@ -25,6 +25,7 @@ pub mod path;
 pub mod policy;
 pub mod ratelimit;
 pub mod request_id;
+pub mod set_file;
 pub mod sources;
 pub mod strict_json;
 pub mod sync;

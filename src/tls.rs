@@ -95,13 +95,17 @@ impl Certificate {
     /// A PEM chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub fn read(cert_file: &Path, key_file: &Path) -> Result<Certificate, String> {
         let shown = |p: &Path| p.display().to_string();
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-            .and_then(|it| it.collect::<Result<_, _>>())
+        let cert_pem = crate::set_file::read(cert_file)
+            .map_err(|e| format!("`{}`: cannot read ({e})", shown(cert_file)))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<_, _>>()
             .map_err(|e| format!("`{}`: not a PEM certificate chain ({e})", shown(cert_file)))?;
         let Some(leaf) = chain.first() else {
             return Err(format!("`{}` holds no certificate", shown(cert_file)));
         };
-        let key = PrivateKeyDer::from_pem_file(key_file)
+        let key_pem = crate::set_file::read(key_file)
+            .map_err(|e| format!("`{}`: cannot read ({e})", shown(key_file)))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| format!("`{}`: not a PEM private key ({e})", shown(key_file)))?;
         let (names, not_after) = leaf_facts(leaf).map_err(|e| {
             format!(
@@ -129,8 +133,10 @@ impl Certificate {
 /// A PEM CA bundle as trust roots: at least one certificate, each parsing as X.509 and usable
 /// as a trust anchor.
 fn read_ca(path: &Path) -> Result<rustls::RootCertStore, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<_, _>>())
+    let pem = crate::set_file::read(path)
+        .map_err(|e| format!("`{}`: cannot read ({e})", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| format!("`{}`: not PEM certificates ({e})", path.display()))?;
     if certs.is_empty() {
         return Err(format!("`{}` holds no certificate", path.display()));

@@ -138,8 +138,9 @@ fn read_chain(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let shown = path.display();
-    let ders: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+    let pem = crate::set_file::read(path).map_err(|e| format!("`{shown}`: cannot read ({e})"))?;
+    let ders: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("`{shown}`: not PEM certificates ({e})"))?
         .into_iter()
         .map(|c| c.as_ref().to_vec())
@@ -159,7 +160,9 @@ fn read_client(cert: &Path, key: &Path) -> Result<(Vec<Vec<u8>>, Vec<u8>), Strin
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = read_chain(cert)?;
-    let key_der = PrivateKeyDer::from_pem_file(key)
+    let key_pem = crate::set_file::read(key)
+        .map_err(|e| format!("`{}`: cannot read ({e})", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| format!("`{}`: not a PEM private key ({e})", key.display()))?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let certs = chain

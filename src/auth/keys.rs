@@ -158,7 +158,7 @@ fn pinned(
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|source| KeyError::Read {
+    crate::set_file::read(path).map_err(|source| KeyError::Read {
         path: path.to_path_buf(),
         source,
     })

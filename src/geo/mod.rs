@@ -57,12 +57,13 @@ impl GeoResolver {
     ) -> Result<GeoResolver, GeoError> {
         let reader = match mmdb {
             Some(p) => {
-                Some(
-                    maxminddb::Reader::open_readfile(p).map_err(|e| GeoError::Database {
-                        path: p.display().to_string(),
-                        message: e.to_string(),
-                    })?,
-                )
+                let database = |message: String| GeoError::Database {
+                    path: p.display().to_string(),
+                    message,
+                };
+                let bytes = crate::set_file::read_limited(p, crate::set_file::MAX_GEO_BYTES)
+                    .map_err(|e| database(e.to_string()))?;
+                Some(maxminddb::Reader::from_source(bytes).map_err(|e| database(e.to_string()))?)
             }
             None => None,
         };

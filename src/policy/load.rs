@@ -121,7 +121,7 @@ impl PolicySet {
         let mut sources = Vec::new();
         let mut errors = Vec::new();
         for f in files {
-            match std::fs::read_to_string(f) {
+            match crate::set_file::read_to_string(f) {
                 Ok(s) => sources.push((f.clone(), s)),
                 Err(e) => errors.push(SourceError::whole_file(f, format!("cannot read: {e}"))),
             }

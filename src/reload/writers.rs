@@ -24,7 +24,7 @@ pub(super) enum Writers {
 
 /// Asks the kernel whether `path` is open for writing. A missing file has no writers.
 pub(super) fn of(path: &Path) -> Writers {
-    let file = match std::fs::File::open(path) {
+    let file = match crate::set_file::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Writers::None,
         Err(_) => return Writers::Unknown,

@@ -411,3 +411,54 @@ async fn a_replaced_rules_directory_is_watched_anew() {
     std::fs::write(rules.join("flip.toml"), SET_A).unwrap();
     until(&gw, 'A', "an edit inside the replaced directory").await;
 }
+
+/// A FIFO (or a device) named as a file of the set is refused, not read: reading one would
+/// block the reload loop, and every later reload, for good.
+#[tokio::test]
+async fn a_fifo_named_in_the_set_is_refused_and_reloads_go_on() {
+    let up = Upstream::start();
+    let text = config(up.addr, "poll_seconds = 1\ndebounce_ms = 50");
+    let gw = Gateway::start(&text, &[("flip.toml", SET_A)]);
+    let fifo = gw.dir().join("key.pem");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let with_fifo = text.replace(
+        "[reload]",
+        &format!(
+            "[issuers.fifo]\nissuer = \"https://fifo.test\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\nkeys = [{{ pem_file = \"{}\" }}]\n\n[reload]",
+            fifo.display()
+        ),
+    );
+    let path = gw.dir().join("gateway.toml");
+    let in_force = std::fs::read_to_string(&path).unwrap();
+    write_atomically(
+        &path,
+        &with_fifo
+            .replace("{proxy}", &gw.proxy.port().to_string())
+            .replace("{admin}", &gw.admin.port().to_string()),
+    );
+    let start = Instant::now();
+    loop {
+        let s = gw.status().await;
+        if s["rules"]["last_result"] == "error" {
+            let e = s["rules"]["last_error"].as_str().unwrap_or("");
+            assert!(
+                e.contains("key.pem") && e.contains("not a regular file"),
+                "{e}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "never refused: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(which(&gw).await, Ok('A'));
+    write_atomically(&path, &in_force);
+    write_atomically(&gw.dir().join("rules/flip.toml"), SET_B);
+    until(&gw, 'B', "a reload after the FIFO").await;
+}
