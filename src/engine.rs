@@ -226,7 +226,24 @@ impl Snapshot {
                     Err(e) => return token_step(Some(route.name.clone()), e),
                 }
             }
-            Credentials::Unverified(t) => (t, false, None),
+            // Taken as given, and held to what the proxy holds a verified token to: a route
+            // without auth gives its rules no token; a token of an issuer the route does not
+            // accept is refused; a certificate-bound issuer's token needs the connection's
+            // certificate.
+            Credentials::Unverified(_) if route.auth == AuthMode::None => (None, false, None),
+            Credentials::Unverified(Some(t)) => {
+                let issuers = &self.route_issuers[m.route];
+                let checked = if issuers.iter().any(|i| i.name == t.issuer) {
+                    bound_to_connection(&t, issuers, req)
+                } else {
+                    Err(TokenError::WrongIssuer.into())
+                };
+                if let Err(e) = checked {
+                    return token_step(Some(route.name.clone()), e);
+                }
+                (Some(t), false, None)
+            }
+            Credentials::Unverified(None) => (None, false, None),
         };
         let body = if route.reads_body {
             match parse_body(req) {

@@ -35,10 +35,20 @@ pub struct RequestFacts<'a> {
     pub tls: Option<&'a TlsFacts>,
 }
 
+/// A TLS version as rules see it, `TLSv1.3` (RFC 8446's name, and `eval --tls`'s), from the
+/// TLS layer's name for it (rustls names it `TLSv1_3`).
+pub fn tls_version_name(raw: &str) -> std::borrow::Cow<'static, str> {
+    match raw {
+        "TLSv1_3" | "TLSv1.3" => "TLSv1.3".into(),
+        "TLSv1_2" | "TLSv1.2" => "TLSv1.2".into(),
+        other => other.replace('_', ".").into(),
+    }
+}
+
 /// What the TLS listener knows of a connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsFacts {
-    /// `TLSv1_3`, ... (static names: no copy per request)
+    /// `TLSv1.3` or `TLSv1.2` ([`tls_version_name`]; static names: no copy per request)
     pub version: std::borrow::Cow<'static, str>,
     pub cipher: std::borrow::Cow<'static, str>,
     /// The client certificate, when one was presented; the listener verified it against its

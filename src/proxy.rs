@@ -139,7 +139,7 @@ fn tls_facts(session: &Session) -> Option<crate::facts::TlsFacts> {
             .unwrap_or_default(),
     });
     Some(crate::facts::TlsFacts {
-        version: ssl.version.clone(),
+        version: crate::facts::tls_version_name(&ssl.version),
         cipher: ssl.cipher.clone(),
         client,
     })

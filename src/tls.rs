@@ -184,7 +184,7 @@ pub fn described_connection(client_pem: Option<&Path>) -> Result<crate::facts::T
             }
         };
     Ok(crate::facts::TlsFacts {
-        version: "TLSv1.3".into(),
+        version: crate::facts::tls_version_name("TLSv1_3"),
         cipher: "TLS13_AES_256_GCM_SHA384".into(),
         client,
     })

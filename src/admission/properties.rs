@@ -184,7 +184,7 @@ path = "/admin/*"
 auth = "none"
   [[route.rule]]
   name = "internal"
-  allow_if = "request.ip == '10.0.0.1'"
+  allow_if = "request.client_ip == '10.0.0.1'"
 
 [[route]]
 name = "catch-all"
@@ -192,7 +192,7 @@ path = "/*"
 auth = "none"
   [[route.rule]]
   name = "as-strong-by-count"
-  deny_if = "request.ip == '10.9.9.9'"
+  deny_if = "request.client_ip == '10.9.9.9'"
 
 [[route]]
 name = "orders"
@@ -200,7 +200,7 @@ path = "/api/Orders/*"
 auth = "none"
   [[route.rule]]
   name = "internal"
-  allow_if = "request.ip == '10.0.0.1'"
+  allow_if = "request.client_ip == '10.0.0.1'"
 
 [[route]]
 name = "reports"
@@ -214,7 +214,7 @@ path = "/docs/readme/x"
 auth = "none"
   [[route.rule]]
   name = "internal"
-  allow_if = "request.ip == '10.0.0.1'"
+  allow_if = "request.client_ip == '10.0.0.1'"
 
 [[route]]
 name = "django"

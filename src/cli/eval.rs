@@ -113,7 +113,14 @@ pub fn parse_mock(s: &str) -> Result<(String, Mock), String> {
 }
 
 pub fn run(a: EvalArgs) -> ExitCode {
-    let snapshot = match claimgate::load::for_tools(&a.config, a.token.is_some()) {
+    // A token given with `--token` or in an `Authorization` header (`-H`) is verified with the
+    // issuers' keys, fetched ones included, as the gateway would.
+    let bearer = a.headers.iter().any(|h| {
+        h.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("authorization")
+    });
+    let snapshot = match claimgate::load::for_tools(&a.config, a.token.is_some() || bearer) {
         Ok(s) => s,
         Err(e) => return fail(format!("the configuration does not load:\n{e}")),
     };

@@ -310,9 +310,22 @@ fn literal_arguments(
             (Some(at), format!("`{text}` is not {what} ({e})"))
         });
     }
+    // As `x.f(a)`, `x` is the function's first argument and `a` its second.
+    let shift = usize::from(form == Form::Member);
+    let target = c.target.as_deref().and_then(|t| match &t.expr {
+        Expr::Literal(LiteralValue::String(s)) if shift == 1 => Some((s.inner(), t.id)),
+        _ => None,
+    });
+    if let Some(e) =
+        target.and_then(|(text, at)| literal_check(name, 0, text).err().map(|e| (Some(at), e)))
+    {
+        return Some(e);
+    }
     (0..n).find_map(|i| {
         let (text, at) = lit(i)?;
-        literal_check(name, i, text).err().map(|e| (Some(at), e))
+        literal_check(name, i + shift, text)
+            .err()
+            .map(|e| (Some(at), e))
     })
 }
 
@@ -512,6 +525,18 @@ mod tests {
         assert!(e[0].starts_with("`5 minutes` is not a duration"), "{e:?}");
         let e = errors("inCidr(request.client_ip, '10.0.0.0/33')");
         assert!(e[0].contains("10.0.0.0/33"), "{e:?}");
+        // As a method, the receiver is the first argument.
+        let e = errors("request.client_ip.inCidr('10.0.0.0/33')");
+        assert!(
+            e[0].starts_with("`10.0.0.0/33` is not a CIDR block"),
+            "{e:?}"
+        );
+        assert_eq!(
+            errors("request.client_ip.inCidr('10.0.0.0/8')"),
+            Vec::<String>::new()
+        );
+        let e = errors("'10.0.0.x'.inCidr('10.0.0.0/8')");
+        assert!(e[0].starts_with("`10.0.0.x` is not an IP address"), "{e:?}");
     }
 
     #[test]

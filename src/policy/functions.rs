@@ -11,6 +11,7 @@
 use super::regexes::Regexes;
 use cel::common::types::{CelBool, CelString};
 use cel::common::value::CowVal;
+use cel::extractors::This;
 use cel::{Context, ExecutionError, FunctionContext};
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
 use std::sync::Arc;
@@ -113,12 +114,14 @@ fn matches<'c, 'a>(
     ))))
 }
 
-fn days_between(a: DateTime<FixedOffset>, b: DateTime<FixedOffset>) -> i64 {
+// The first argument is `This`: each function is also called as a method of it
+// (`request.client_ip.inCidr('10.0.0.0/8')`), as `check` accepts.
+fn days_between(This(a): This<DateTime<FixedOffset>>, b: DateTime<FixedOffset>) -> i64 {
     (b - a).num_days()
 }
 
 fn days_until_anniversary(
-    date: Arc<String>,
+    This(date): This<Arc<String>>,
     now: DateTime<FixedOffset>,
 ) -> Result<i64, ExecutionError> {
     let d = NaiveDate::parse_from_str(&date, "%Y-%m-%d").map_err(|_| {
@@ -141,7 +144,7 @@ fn days_until_anniversary(
     Ok((next - today).num_days())
 }
 
-fn in_cidr(ip: Arc<String>, cidr: Arc<String>) -> Result<bool, ExecutionError> {
+fn in_cidr(This(ip): This<Arc<String>>, cidr: Arc<String>) -> Result<bool, ExecutionError> {
     let net: ipnet::IpNet = cidr
         .parse()
         .map_err(|_| ExecutionError::function_error("inCidr", "invalid CIDR"))?;
@@ -190,5 +193,22 @@ mod tests {
         assert_eq!(eval("inCidr('10.1.2.3', '10.0.0.0/8')"), Value::Bool(true));
         assert_eq!(eval("inCidr('11.1.2.3', '10.0.0.0/8')"), Value::Bool(false));
         assert_eq!(eval("inCidr('::1', '::1/128')"), Value::Bool(true));
+    }
+
+    /// Each function is also a method of its first argument, as `check` accepts it.
+    #[test]
+    fn every_function_is_also_a_method_of_its_first_argument() {
+        assert_eq!(eval("'10.1.2.3'.inCidr('10.0.0.0/8')"), Value::Bool(true));
+        assert_eq!(
+            eval(
+                "timestamp('2026-01-01T00:00:00Z').daysBetween(timestamp('2026-01-03T00:00:00Z'))"
+            ),
+            Value::Int(2)
+        );
+        assert_eq!(
+            eval("'1990-06-13'.daysUntilAnniversary(timestamp('2026-06-10T00:00:00Z'))"),
+            Value::Int(3)
+        );
+        assert_eq!(eval("'abc'.matches('^a')"), Value::Bool(true));
     }
 }

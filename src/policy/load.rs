@@ -206,6 +206,9 @@ struct RouteReads {
     body_bound: usize,
     /// The request headers and query parameters read.
     request: RequestReads,
+    /// The route's path parameters, what `request.params` holds (`None` when the path does
+    /// not parse: its own error says so).
+    params: Option<Vec<String>>,
 }
 
 struct NamedRead {
@@ -308,6 +311,10 @@ impl Written<'_> {
         if back > 0 && self.src.chars().nth(from as usize) == Some('(') {
             from = from.saturating_sub(back as u32);
         }
+        // A field read is placed at its `.` (or `[`): the name follows it.
+        if back == FIELD && matches!(self.src.chars().nth(from as usize), Some('.' | '[')) {
+            from += 1;
+        }
         let (mut line, mut col) = (1, 1);
         for ch in self.src.chars().take(from as usize) {
             if ch == '\n' {
@@ -327,6 +334,9 @@ impl Written<'_> {
         }
     }
 }
+
+/// [`Written::node_back`]'s `back` for a field read: the name after the `.` or `[`.
+const FIELD: usize = usize::MAX;
 
 impl Loader<'_> {
     fn file(&mut self, path: &Path, src: &str) {
@@ -420,6 +430,11 @@ impl Loader<'_> {
         }
         for e in super::calls::check(p.expression(), &self.cel) {
             let (off, inner) = w.node_back(fx, &p, e.id, e.name_len);
+            self.errors
+                .push(fx.err(off, format!("{what}: {}{inner}", e.message)));
+        }
+        for e in super::fields::unknown_fields(p.expression(), self.reads.params.as_deref()) {
+            let (off, inner) = w.node_back(fx, &p, e.id, FIELD);
             self.errors
                 .push(fx.err(off, format!("{what}: {}{inner}", e.message)));
         }
@@ -648,6 +663,7 @@ impl Loader<'_> {
         let route_start = raw.span().start;
         let raw = raw.into_inner();
         self.reads = RouteReads {
+            params: super::route::param_names(raw.path.get_ref()),
             body_bound: raw
                 .body_limit
                 .as_ref()
@@ -1249,7 +1265,7 @@ mod tests {
 
     #[test]
     fn a_boundary_served_by_a_route_with_other_rules_is_warned_about() {
-        let src = "[[route]]\nname = \"admin\"\npath = \"/admin\"\nauth = \"none\"\n[[route.rule]]\nname = \"internal\"\nallow_if = \"request.ip == '10.0.0.1'\"\n\n[[route]]\nname = \"rest\"\npath = \"/*\"\nauth = \"none\"\n[[route.rule]]\nname = \"not-blocked\"\ndeny_if = \"request.ip == '10.9.9.9'\"\n";
+        let src = "[[route]]\nname = \"admin\"\npath = \"/admin\"\nauth = \"none\"\n[[route.rule]]\nname = \"internal\"\nallow_if = \"request.client_ip == '10.0.0.1'\"\n\n[[route]]\nname = \"rest\"\npath = \"/*\"\nauth = \"none\"\n[[route.rule]]\nname = \"not-blocked\"\ndeny_if = \"request.client_ip == '10.9.9.9'\"\n";
         let set = load(&[("b.toml", src)]).unwrap();
         let warned: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
         assert!(
@@ -1346,6 +1362,23 @@ mod tests {
         let src = "[[route]]\nname = \"r\"\npath = \"/r\"\n[route.attr]\na = \"attr.b + 1\"\nb = \"attr.a + 1\"\n";
         let e = load(&[("a.toml", src)]).unwrap_err();
         assert!(e[0].contains("cycle: a -> b -> a"), "{e:?}");
+    }
+
+    #[test]
+    fn a_field_that_does_not_exist_is_an_error_at_its_name() {
+        let src = "[[route]]\nname = \"r\"\npath = \"/x/{id}\"\n[[route.rule]]\nname = \"a\"\nallow_if = \"request.ip == '1' || request.params.idd == 'x' || token.iss == 'y'\"\n";
+        let e = load(&[("a.toml", src)]).unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        // Line 6 is `allow_if = "request.ip ...`: `ip` starts at column 21.
+        assert!(
+            e[0].starts_with("a.toml:6:21: rule `a`: `request` has no field `ip`"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].contains("`request.params` has no `idd` (the route's path has id)"),
+            "{e:?}"
+        );
+        assert!(e[2].contains("`token` has no field `iss`"), "{e:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod calls;
 pub mod cel;
 pub mod decision;
 pub mod eval;
+pub mod fields;
 pub mod functions;
 pub mod load;
 pub mod native;

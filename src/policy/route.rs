@@ -23,6 +23,19 @@ pub fn to_matchit(pattern: &str) -> Result<String, String> {
     Ok(pattern.to_string())
 }
 
+/// The names of a pattern's path parameters (`/x/{id}/*`: `id`, `rest`), as `request.params`
+/// holds them; `None` when the pattern does not parse.
+pub fn param_names(pattern: &str) -> Option<Vec<String>> {
+    let m = to_matchit(pattern).ok()?;
+    Some(
+        m.split('{')
+            .skip(1)
+            .filter_map(|s| s.split_once('}'))
+            .map(|(name, _)| name.trim_start_matches('*').to_string())
+            .collect(),
+    )
+}
+
 /// Routes sharing one host and path pattern, told apart by method.
 #[derive(Debug, Default)]
 struct Slot {

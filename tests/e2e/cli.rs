@@ -410,3 +410,52 @@ fn messages_name_the_configuration_file_given() {
     );
     assert!(!err.contains("gateway.toml"), "{err}");
 }
+
+/// Claims given to `eval` are held to what the gateway holds a verified token to: a route
+/// without auth gives its rules no claims, and a token of an issuer the route does not accept
+/// is refused as such.
+#[test]
+fn eval_claims_meet_the_routes_auth_and_issuers() {
+    let rules = r#"
+[[route]]
+name = "ec-only"
+path = "/ec"
+issuers = ["ec"]
+
+[[route]]
+name = "open"
+path = "/open"
+auth = "none"
+  [[route.rule]]
+  name = "no-claims-here"
+  deny_if = "has(claims.sub)"
+"#;
+    let (dir, _, _) = write_setup(
+        &standard_config("127.0.0.1:9".parse().unwrap()),
+        &[("r.toml", rules)],
+    );
+    let config = dir.path().join("gateway.toml");
+    let eval = |args: &[&str]| {
+        let o = binary()
+            .arg("eval")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        serde_json::from_str::<Value>(&out).unwrap_or_else(|_| panic!("{out}"))
+    };
+    let v = eval(&["--claims", r#"{"sub":"a"}"#, "--issuer", "hs", "/ec"]);
+    assert_eq!(
+        (v["status"].as_u64(), v["reason"].as_str()),
+        (Some(401), Some("wrong_issuer")),
+        "{v}"
+    );
+    let v = eval(&["--claims", r#"{"sub":"a"}"#, "--issuer", "ec", "/ec"]);
+    assert_eq!(v["decision"], "allow", "{v}");
+    // The proxy gives an `auth = "none"` route's rules no token, whatever the request carries.
+    let v = eval(&["--claims", r#"{"sub":"a"}"#, "/open"]);
+    assert_eq!(v["decision"], "allow", "{v}");
+}

@@ -528,3 +528,30 @@ async fn keys_older_than_the_staleness_bound_are_not_used() {
         200
     );
 }
+
+/// `claimgate eval` verifies a token sent as an `Authorization` header with the fetched keys,
+/// as the gateway does (it used to fetch them only for `--token`, and answered 503).
+#[test]
+fn eval_fetches_keys_for_a_token_in_an_authorization_header() {
+    let up = Upstream::start();
+    let idp = Idp::start(&["rot-1"]);
+    let (dir, _, _) = write_setup(&config(up.addr, &idp, ""), &[("api.toml", ROUTE)]);
+    let token = token("rot-1");
+    for args in [
+        vec!["-H".to_string(), format!("Authorization: Bearer {token}")],
+        vec!["--token".to_string(), token.clone()],
+    ] {
+        let o = binary()
+            .arg("eval")
+            .arg("--config")
+            .arg(dir.path().join("gateway.toml"))
+            .args(&args)
+            .arg("--json")
+            .arg("/api")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+        assert_eq!(v["decision"], "allow", "{args:?}: {v}");
+    }
+}

@@ -565,6 +565,7 @@ auth = "none"
   "x-client-thumbprint" = "request.tls.client_certificate.thumbprint"
   "x-client-subject" = "request.tls.client_certificate.subject"
   "x-client-dns" = "request.tls.client_certificate.dns_names[0]"
+  "x-tls-version" = "request.tls.version"
 
 [[route]]
 name = "workload"
@@ -624,6 +625,8 @@ fn client_certificates_are_verified_and_bind_tokens() {
     let seen = up.last();
     assert_eq!(seen.headers.get("x-client-subject").unwrap(), "CN=alice");
     assert_eq!(seen.headers.get("x-client-dns").unwrap(), "alice.client");
+    // The name `eval --tls` and the README give (the TLS layer's own is `TLSv1_3`).
+    assert_eq!(seen.headers.get("x-tls-version").unwrap(), "TLSv1.3");
     // Rules read the alternative names: alice's certificate carries the SPIFFE ID, bob's not.
     assert_eq!(curl_client(d, tls, Some("alice"), "/workload", None), "200");
     assert_eq!(curl_client(d, tls, Some("bob"), "/workload", None), "403");
