@@ -145,19 +145,7 @@ impl IssuerSet {
             }
             let mut all: Vec<VerifyKey> = Vec::new();
             let mut remote = Vec::new();
-            let settings = RefreshSettings {
-                interval: std::time::Duration::from_secs(ic.refresh_seconds),
-                min_interval: std::time::Duration::from_secs(ic.min_refresh_seconds),
-                max_interval: std::time::Duration::from_secs(
-                    ic.max_refresh_seconds.max(ic.min_refresh_seconds),
-                ),
-                unknown_kid_cooldown: std::time::Duration::from_secs(
-                    ic.unknown_kid_cooldown_seconds,
-                ),
-                max_staleness: std::time::Duration::from_secs(ic.max_staleness_seconds),
-                timeout: std::time::Duration::from_millis(ic.fetch_timeout_ms),
-                max_bytes: ic.max_jwks_bytes,
-            };
+            let settings = refresh_settings(ic);
             for k in &ic.keys {
                 let ks = k.get_ref();
                 let source = match load_source(config, ks, &ic.issuer, &algorithms) {
@@ -174,8 +162,12 @@ impl IssuerSet {
                         all.push(p.key);
                         continue;
                     }
-                    Ok(Keys::Many(mut keys)) => {
-                        all.append(&mut keys);
+                    Ok(Keys::Many(mut doc)) => {
+                        for why in &doc.skipped {
+                            set.warnings
+                                .push(config.error_at(k.span(), format!("issuer `{name}`: {why}")));
+                        }
+                        all.append(&mut doc.keys);
                         continue;
                     }
                     Ok(Keys::Fetched(source)) => source,
@@ -206,6 +198,10 @@ impl IssuerSet {
                 ));
                 continue;
             }
+            for w in unusable_keys(config, ic, &algorithms, &all) {
+                set.warnings
+                    .push(config.error_at(spanned.span(), format!("issuer `{name}`: {w}")));
+            }
             let issuer = Arc::new(Issuer {
                 name: Arc::from(name.as_str()),
                 iss: ic.issuer.clone(),
@@ -226,6 +222,60 @@ impl IssuerSet {
             Err(errors)
         }
     }
+}
+
+/// An issuer's fetch timing and bounds, as written.
+fn refresh_settings(ic: &crate::config::IssuerConfig) -> RefreshSettings {
+    RefreshSettings {
+        interval: std::time::Duration::from_secs(ic.refresh_seconds),
+        min_interval: std::time::Duration::from_secs(ic.min_refresh_seconds),
+        max_interval: std::time::Duration::from_secs(
+            ic.max_refresh_seconds.max(ic.min_refresh_seconds),
+        ),
+        unknown_kid_cooldown: std::time::Duration::from_secs(ic.unknown_kid_cooldown_seconds),
+        max_staleness: std::time::Duration::from_secs(ic.max_staleness_seconds),
+        timeout: std::time::Duration::from_millis(ic.fetch_timeout_ms),
+        max_bytes: ic.max_jwks_bytes,
+    }
+}
+
+/// Key setups that load and refuse every token: several keys of one algorithm without `kid`
+/// (`KeySet::find` chooses none of them, so every token of that algorithm is `unknown_key`),
+/// and a certificate-bound issuer (RFC 8705) with no listener that asks for client
+/// certificates (only a `[listen.tls]` with `client_ca` does).
+fn unusable_keys(
+    config: &Config,
+    ic: &crate::config::IssuerConfig,
+    algorithms: &[jsonwebtoken::Algorithm],
+    keys: &[VerifyKey],
+) -> Vec<String> {
+    let mut w = Vec::new();
+    let unnamed: Vec<String> = algorithms
+        .iter()
+        .filter_map(|alg| {
+            let n = keys
+                .iter()
+                .filter(|k| k.alg == *alg && k.kid.is_none())
+                .count();
+            (n > 1).then(|| format!("{n} {alg:?}"))
+        })
+        .collect();
+    if !unnamed.is_empty() {
+        w.push(format!(
+            "several keys of one algorithm have no `kid` ({}): a token cannot name one, none is chosen, and every such token is refused (`unknown_key`); give each key a `kid`",
+            unnamed.join(", ")
+        ));
+    }
+    let client_ca = config
+        .raw
+        .listen
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some());
+    if ic.certificate_bound && !client_ca {
+        w.push("`certificate_bound` needs a client certificate, which only a `[listen.tls]` with `client_ca` asks for: every token of this issuer is refused (`certificate_binding`)".to_string());
+    }
+    w
 }
 
 /// Refresh settings that take effect other than written: `refresh_seconds` is kept between
@@ -258,7 +308,7 @@ enum Keys {
     /// One key from a PEM file or a secret.
     Loaded(keys::Pinned),
     /// The keys of a JWKS file, each pinned to the algorithm it names or its type fixes.
-    Many(Vec<VerifyKey>),
+    Many(keys::Jwks),
     Fetched(Source),
 }
 

@@ -208,9 +208,9 @@ pub fn from_pem_file(
 
 /// Keys from a JWKS document. Encryption keys, keys of unknown types and keys whose algorithm the
 /// issuer does not accept are skipped; a symmetric key is an error, because a JWKS is public.
-pub fn from_jwks_file(path: &Path, allowed: &[Algorithm]) -> Result<Vec<VerifyKey>, KeyError> {
+pub fn from_jwks_file(path: &Path, allowed: &[Algorithm]) -> Result<Jwks, KeyError> {
     let bytes = read(path)?;
-    from_jwks_bytes(&bytes, allowed).map_err(|e| match e {
+    jwks(&bytes, allowed).map_err(|e| match e {
         JwksError::NotJwks(message) => KeyError::InvalidJwks {
             path: path.to_path_buf(),
             message,
@@ -232,21 +232,43 @@ pub enum JwksError {
     Empty,
 }
 
-/// Keys from the bytes of a JWKS document (shared by files and, later, URLs).
+/// The keys of a JWKS document, and why each key that could have been the issuer's was skipped.
+pub struct Jwks {
+    pub keys: Vec<VerifyKey>,
+    /// One line per skipped key (its `kid`, and why): `check` shows them as warnings, the
+    /// gateway logs them.
+    pub skipped: Vec<String>,
+}
+
+/// Keys from the bytes of a JWKS document fetched from a URL; skipped keys are logged.
 pub fn from_jwks_bytes(bytes: &[u8], allowed: &[Algorithm]) -> Result<Vec<VerifyKey>, JwksError> {
+    let doc = jwks(bytes, allowed)?;
+    for why in &doc.skipped {
+        tracing::warn!("{why}");
+    }
+    Ok(doc.keys)
+}
+
+/// Keys from the bytes of a JWKS document (shared by files and URLs).
+pub fn jwks(bytes: &[u8], allowed: &[Algorithm]) -> Result<Jwks, JwksError> {
     #[derive(serde::Deserialize)]
     struct Doc {
         keys: Vec<serde_json::Value>,
     }
     let doc: Doc = serde_json::from_slice(bytes).map_err(|e| JwksError::NotJwks(e.to_string()))?;
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    let shown = |kid: &Option<String>| match kid {
+        Some(k) => format!("the JWKS key `{k}`"),
+        None => "a JWKS key without `kid`".to_string(),
+    };
     for raw in doc.keys {
         if raw.get("kty").and_then(|v| v.as_str()) == Some("oct") {
             return Err(JwksError::Symmetric);
         }
         // A key this version cannot parse (another kty, say) must not take the others down.
         let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else {
-            tracing::warn!("skipping a JWKS entry that is not a supported public key");
+            skipped.push("skipping a JWKS entry that is not a supported public key".to_string());
             continue;
         };
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
@@ -274,25 +296,28 @@ pub fn from_jwks_bytes(bytes: &[u8], allowed: &[Algorithm]) -> Result<Vec<Verify
         let alg = match choose_algorithm("JWK", &candidates, named, allowed) {
             Ok((alg, _)) => alg,
             Err(KeyError::AmbiguousAlgorithm { fits, .. }) => {
-                tracing::warn!(kid = ?kid, fits = %fits, "skipping a JWKS key without `alg` that fits several of the issuer's algorithms");
+                skipped.push(format!(
+                    "skipping {}: it has no `alg` and fits several of the issuer's algorithms ({fits})",
+                    shown(&kid)
+                ));
                 continue;
             }
             // Another algorithm, or one the issuer does not accept: not this issuer's key.
             Err(_) => continue,
         };
         let Ok(key) = DecodingKey::from_jwk(&jwk) else {
-            tracing::warn!(kid = ?kid, "skipping a JWKS key that does not parse");
+            skipped.push(format!("skipping {}: it does not parse", shown(&kid)));
             continue;
         };
         match pinned(kid.clone(), alg, &key) {
             Ok(k) => out.push(k),
-            Err(e) => tracing::warn!(kid = ?kid, "skipping a JWKS key: {e}"),
+            Err(e) => skipped.push(format!("skipping {}: {e}", shown(&kid))),
         }
     }
     if out.is_empty() {
         return Err(JwksError::Empty);
     }
-    Ok(out)
+    Ok(Jwks { keys: out, skipped })
 }
 
 /// An HMAC secret, with its algorithm (see [`choose_algorithm`]).

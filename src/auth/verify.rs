@@ -274,8 +274,31 @@ pub fn verify_parts(
         _ => None,
     };
     let issuer = pick_issuer(early_claims.as_ref().map(|d| &d.registered), accepted)?;
+    // With one accepted issuer the claims are read only after the signature check, so a token
+    // of another issuer fails on its algorithm, type, key or signature. On that failure (never
+    // on the way to success) its `iss` is read: a token that names another issuer is refused
+    // as what it is, `wrong_issuer`, and does not make the gateway refetch keys for its `kid`.
+    let read_late = early_claims.is_none();
+    let named_another = |error: TokenError| {
+        let other = read_late
+            && matches!(
+                error,
+                TokenError::AlgorithmNotAllowed
+                    | TokenError::WrongType
+                    | TokenError::UnknownKey
+                    | TokenError::BadSignature
+            )
+            && parse_claims(payload, read).is_ok_and(|d| {
+                d.registered.iss.as_ref().and_then(Value::as_str) != Some(issuer.iss.as_str())
+            });
+        if other {
+            TokenError::WrongIssuer
+        } else {
+            error
+        }
+    };
     let reject = |error| Rejection {
-        error,
+        error: named_another(error),
         issuer: Some(issuer.name.clone()),
         retry_after: None,
     };

@@ -446,3 +446,61 @@ async fn tokens_never_appear_in_logs() {
     }
     assert!(!logs.contains(HS_SECRET));
 }
+
+/// On a route that accepts one issuer, a valid token of another configured issuer is refused as
+/// `wrong_issuer`, whichever check it fails first (its algorithm, its key id, its signature),
+/// and never makes the gateway refetch keys; a token of the route's issuer with a bad
+/// signature is still `bad_signature`.
+#[tokio::test]
+async fn a_token_of_another_issuer_is_wrong_issuer_on_a_one_issuer_route() {
+    let rules = "[[route]]\nname = \"ec-only\"\npath = \"/api/*\"\nissuers = [\"ec\"]\n";
+    let (_up, gw) = start_standard("", &[("api.toml", rules)]);
+    let rsa = jsonwebtoken::EncodingKey::from_rsa_pem(
+        &std::fs::read(fixture("rsa-private.pem")).unwrap(),
+    )
+    .unwrap();
+    let ec = jsonwebtoken::EncodingKey::from_ec_pem(
+        &std::fs::read(fixture("ec256-private.pem")).unwrap(),
+    )
+    .unwrap();
+    let hs = jsonwebtoken::EncodingKey::from_secret(HS_SECRET.as_bytes());
+    // Another issuer's algorithm (RS256), its key id (`hs1` is no EC key), and its iss on an
+    // ES256 token under the route's key id but signed by a key of its own.
+    let rs = sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &claims("https://rsa.test", json!({})),
+        &rsa,
+    );
+    assert_rejected(get_with(&gw, &rs).await, "wrong_issuer", "rsa issuer").await;
+    let h = sign(
+        Algorithm::HS256,
+        Some("hs1"),
+        &claims("https://hs.test", json!({})),
+        &hs,
+    );
+    assert_rejected(get_with(&gw, &h).await, "wrong_issuer", "hs issuer").await;
+    // The route's own issuer and key id, signed by a P-256 key it does not have.
+    let stranger = rcgen::KeyPair::generate().unwrap();
+    let other_ec =
+        jsonwebtoken::EncodingKey::from_ec_pem(stranger.serialize_pem().as_bytes()).unwrap();
+    let forged = sign(
+        Algorithm::ES256,
+        Some("ec256"),
+        &claims("https://ec.test", json!({})),
+        &other_ec,
+    );
+    assert_rejected(
+        get_with(&gw, &forged).await,
+        "bad_signature",
+        "own iss, wrong key",
+    )
+    .await;
+    let own = sign(
+        Algorithm::ES256,
+        Some("ec256"),
+        &claims("https://ec.test", json!({})),
+        &ec,
+    );
+    assert_eq!(get_with(&gw, &own).await.status(), 200);
+}

@@ -459,3 +459,76 @@ auth = "none"
     let v = eval(&["--claims", r#"{"sub":"a"}"#, "/open"]);
     assert_eq!(v["decision"], "allow", "{v}");
 }
+
+/// `check` warns about key setups that load and refuse every token: a certificate-bound issuer
+/// with no listener that asks for client certificates, two keys of one algorithm that no
+/// token can tell apart, and a JWKS key skipped (which the gateway only logged).
+#[test]
+fn check_warns_about_keys_no_token_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("keys.json");
+    // The fixture's RSA key without its `alg`: it fits both RSA algorithms the issuer accepts.
+    let mut doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("jwks.json")).unwrap()).unwrap();
+    let mut rsa = doc["keys"][0].clone();
+    rsa.as_object_mut().unwrap().remove("alg");
+    rsa["kid"] = json!("bad");
+    doc["keys"] = json!([rsa, doc["keys"][0].clone()]);
+    std::fs::write(&jwks, doc.to_string()).unwrap();
+    let config = format!(
+        r#"
+[listen]
+proxy = "127.0.0.1:1"
+admin = "127.0.0.1:2"
+[rules]
+dir = "rules"
+[upstreams.main]
+addresses = ["127.0.0.1:9"]
+[issuers.bound]
+issuer = "https://bound.test"
+audiences = ["api"]
+algorithms = ["ES256"]
+certificate_bound = true
+keys = [{{ pem_file = "{ec}", kid = "a" }}]
+[issuers.twins]
+issuer = "https://twins.test"
+audiences = ["api"]
+algorithms = ["ES256"]
+keys = [{{ pem_file = "{ec}", alg = "ES256" }}, {{ pem_file = "{ec}", alg = "ES256" }}]
+[issuers.file]
+issuer = "https://file.test"
+audiences = ["api"]
+algorithms = ["RS256", "PS256"]
+keys = [{{ jwks_file = "{jwks}" }}]
+"#,
+        ec = fixture("ec256-public.pem").display(),
+        jwks = jwks.display()
+    );
+    std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/r.toml"),
+        "[[route]]\nname = \"r\"\npath = \"/r\"\nissuers = [\"bound\", \"twins\", \"file\"]\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "check",
+        "--config",
+        dir.path().join("gateway.toml").to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(
+        err.contains("issuer `bound`: `certificate_bound` needs a client certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("issuer `twins`: several keys of one algorithm have no `kid` (2 ES256)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("issuer `file`: skipping the JWKS key `bad`"),
+        "{err}"
+    );
+    assert!(out.contains("3 warning(s)"), "{out}");
+}
