@@ -256,7 +256,7 @@ fn prepare(snapshot: &Snapshot, case: &Case, file: &Path) -> Result<Prepared, St
     for (name, mock) in named {
         mocks.insert(name.clone(), mock);
     }
-    check_names(snapshot, &token, &mocks)?;
+    check_names(snapshot, &token, &mocks, &case.limits_used)?;
     let now = match &case.now {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)
             .map_err(|e| format!("`now` is not RFC 3339 ({e})"))?

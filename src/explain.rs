@@ -111,12 +111,27 @@ pub struct Explanation {
 }
 
 /// Checks that what an operator named exists in the configuration: the issuer given with raw
-/// claims and every mocked source.
+/// claims, every mocked source and every limit given a usage (a misspelt one would be
+/// ignored, and the answer read as the limit's).
 pub fn check_names(
     snapshot: &Snapshot,
     token: &TokenInput,
     mocks: &BTreeMap<String, Mock>,
+    limits_used: &BTreeMap<String, f64>,
 ) -> Result<(), String> {
+    let limit_names = || {
+        snapshot
+            .policy
+            .routes
+            .iter()
+            .flat_map(|r| r.limits.iter().map(|l| &*l.name))
+    };
+    if let Some(n) = limits_used
+        .keys()
+        .find(|n| !limit_names().any(|l| l == n.as_str()))
+    {
+        return Err(format!("no limit `{n}` in the rules"));
+    }
     if let TokenInput::Claims {
         issuer: Some(i), ..
     } = token

@@ -4,7 +4,7 @@
 
 use crate::auth::remote::RemoteRegistry;
 use crate::auth::IssuerSet;
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 use crate::engine::{strip_headers, Snapshot};
 use crate::geo::GeoResolver;
 use crate::inputs::{Found, Inputs};
@@ -76,7 +76,9 @@ pub fn build(
             .collect::<Vec<_>>()),
     };
     match (issuers, policy, geo, sources, tls) {
-        (Ok(i), Ok(p), Ok(g), Ok(s), Ok((tls, upstreams))) => {
+        (Ok(i), Ok(mut p), Ok(g), Ok(s), Ok((tls, upstreams))) => {
+            p.warnings
+                .extend(unmatched_allowed_past_routes(&config, &p));
             for w in i.warnings.iter().chain(&p.warnings) {
                 tracing::warn!(warning = %w, "configuration warning");
             }
@@ -95,6 +97,39 @@ pub fn build(
             Err(SourceErrors(errors))
         }
     }
+}
+
+/// A host with routes of its own is decided by those routes only: the host-less routes are not
+/// served for it, so their paths are unmatched there. With `[unmatched] action = "allow"`,
+/// a protected host-less route is then open on that host.
+fn unmatched_allowed_past_routes(config: &Config, p: &PolicySet) -> Vec<SourceError> {
+    if config.raw.unmatched.action != crate::config::UnmatchedAction::Allow {
+        return Vec::new();
+    }
+    let protected: Vec<&str> = p
+        .routes
+        .iter()
+        .filter(|r| r.host.is_none() && (r.auth != AuthMode::None || !r.rules.is_empty()))
+        .map(|r| &*r.name)
+        .collect();
+    if protected.is_empty() {
+        return Vec::new();
+    }
+    let mut hosts: Vec<&str> = p.routes.iter().filter_map(|r| r.host.as_deref()).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts
+        .into_iter()
+        .map(|h| {
+            SourceError::whole_file(
+                &config.path,
+                format!(
+                    "host `{h}` has routes of its own, so the host-less routes are not served for it; with `[unmatched] action = \"allow\"` the paths of the protected ones ({}) are let through unchecked on `{h}`",
+                    protected.join(", ")
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Loads a snapshot for the offline tools (`check`, `eval`, `test`); with `fetch_keys`,

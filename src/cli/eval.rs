@@ -35,7 +35,8 @@ pub struct EvalArgs {
     #[arg(short = 'X', long, default_value = "GET")]
     method: String,
     /// Host header (for host-specific routes). Without it, the request is decided as one
-    /// without a Host header (HTTP/1.0): by the host-less routes.
+    /// without a Host header (HTTP/1.0): by the host-less routes where no route names a host,
+    /// else refused (400 bad_host), as the gateway does.
     #[arg(long)]
     host: Option<String>,
     /// A bearer token, verified as the gateway would.
@@ -183,7 +184,7 @@ pub fn run(a: EvalArgs) -> ExitCode {
             Err(e) => return fail(e),
         }
     }
-    if let Err(e) = check_names(&snapshot, &token, &mocks) {
+    if let Err(e) = check_names(&snapshot, &token, &mocks, &req.limits_used) {
         return fail(e);
     }
     let now = a

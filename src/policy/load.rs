@@ -801,7 +801,16 @@ impl Loader<'_> {
     ) -> Vec<Arc<str>> {
         let known = &self.ctx.issuers;
         match (raw, auth) {
-            (_, AuthMode::None) => Vec::new(),
+            // Never used: an operator who wrote them expects a token to be asked for.
+            (Some(list), AuthMode::None) => {
+                let at = list.first().map_or(at.start, |i| i.span().start);
+                self.errors.push(fx.err(
+                    at,
+                    "`issuers` on an `auth = \"none\"` route is never used (no token is asked for); remove it, or set `auth`".to_string(),
+                ));
+                Vec::new()
+            }
+            (None, AuthMode::None) => Vec::new(),
             (Some(list), _) => {
                 let mut v = Vec::new();
                 for i in list {
@@ -1362,6 +1371,16 @@ mod tests {
         let src = "[[route]]\nname = \"r\"\npath = \"/r\"\n[route.attr]\na = \"attr.b + 1\"\nb = \"attr.a + 1\"\n";
         let e = load(&[("a.toml", src)]).unwrap_err();
         assert!(e[0].contains("cycle: a -> b -> a"), "{e:?}");
+    }
+
+    #[test]
+    fn issuers_on_an_open_route_are_an_error() {
+        let src = "[[route]]\nname = \"r\"\npath = \"/r\"\nauth = \"none\"\nissuers = [\"typo\"]\n";
+        let e = load(&[("a.toml", src)]).unwrap_err();
+        assert!(
+            e[0].starts_with("a.toml:5:12: `issuers` on an `auth = \"none\"` route is never used"),
+            "{e:?}"
+        );
     }
 
     #[test]

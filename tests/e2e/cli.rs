@@ -532,3 +532,45 @@ keys = [{{ jwks_file = "{jwks}" }}]
     );
     assert!(out.contains("3 warning(s)"), "{out}");
 }
+
+/// A limit named in `eval --limit-used` or a test case's `limits_used` must exist: a misspelt
+/// one would be ignored, and the allowed answer read as the limit's.
+#[test]
+fn eval_refuses_a_usage_for_a_limit_that_does_not_exist() {
+    let o = run(&[
+        "eval",
+        "--config",
+        REPO_CONFIG,
+        "--claims",
+        r#"{"sub":"alice"}"#,
+        "--limit-used",
+        "api-rat=9999",
+        "/api/files/large/a.bin",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("no limit `api-rat` in the rules"), "{err}");
+}
+
+/// With `[unmatched] action = "allow"`, a host with routes of its own lets the paths of the
+/// protected host-less routes through unchecked on that host: `check` says so.
+#[test]
+fn check_warns_where_unmatched_allow_opens_a_protected_route_on_a_host() {
+    let config = format!(
+        "{}\n[unmatched]\naction = \"allow\"\nupstream = \"main\"\n",
+        standard_config("127.0.0.1:9".parse().unwrap())
+    );
+    let rules = "[[route]]\nname = \"admin\"\npath = \"/admin\"\nissuers = [\"ec\"]\n\n[[route]]\nname = \"status\"\nhost = \"status.test\"\npath = \"/status\"\nauth = \"none\"\n";
+    let (dir, _, _) = write_setup(&config, &[("r.toml", rules)]);
+    let o = run(&[
+        "check",
+        "--config",
+        dir.path().join("gateway.toml").to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(
+        err.contains("host `status.test` has routes of its own") && err.contains("(admin)"),
+        "{err}"
+    );
+}
