@@ -49,8 +49,7 @@ impl ServeHttp for AdminApp {
             "/readyz" => {
                 let snap = self.state.load();
                 let waiting: Vec<String> = snap
-                    .issuers
-                    .remotes()
+                    .remotes_in_use()
                     .iter()
                     .filter(|r| !r.has_keys())
                     .map(|r| r.issuer.to_string())

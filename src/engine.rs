@@ -162,6 +162,27 @@ impl Snapshot {
         }
     }
 
+    /// The fetched key sets a request may need: those of the issuers some route accepts, and
+    /// every issuer's when unmatched requests are let through with a token. What `/readyz`
+    /// waits for: an issuer no route uses cannot make a request fail.
+    pub fn remotes_in_use(&self) -> Vec<Arc<crate::auth::remote::RemoteKeys>> {
+        let unmatched_tokens = self.config.raw.unmatched.action == UnmatchedAction::Allow
+            && self.config.raw.unmatched.auth != crate::config::AuthMode::None;
+        let mut out: Vec<Arc<crate::auth::remote::RemoteKeys>> = Vec::new();
+        let used = |i: &Arc<Issuer>| {
+            unmatched_tokens
+                || self
+                    .route_issuers
+                    .iter()
+                    .flatten()
+                    .any(|r| Arc::ptr_eq(r, i))
+        };
+        for i in self.unmatched_issuers.iter().filter(|i| used(i)) {
+            out.extend(i.remote.iter().cloned());
+        }
+        out
+    }
+
     /// The peer, and whether it is a trusted proxy (`network.trusted_proxies`).
     pub fn peer(&self, ip: Option<IpAddr>) -> Option<(IpAddr, bool)> {
         ip.map(|ip| (ip, self.geo.is_trusted(ip)))

@@ -555,3 +555,36 @@ fn eval_fetches_keys_for_a_token_in_an_authorization_header() {
         assert_eq!(v["decision"], "allow", "{args:?}: {v}");
     }
 }
+
+/// `/readyz` waits for the keys of issuers a request may need, not for an issuer no route
+/// accepts (whose provider being down makes no request fail).
+#[tokio::test]
+async fn readiness_ignores_the_keys_of_an_issuer_no_route_uses() {
+    let up = Upstream::start();
+    let idp = Idp::start(&["rot-1"]);
+    let unused = Idp::start(&["rot-1"]);
+    unused.down.store(true, Ordering::SeqCst);
+    let extra = format!(
+        "fetch_timeout_ms = 500\n[issuers.unused]\nissuer = \"https://unused.test\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\nfetch_timeout_ms = 500\nkeys = [{{ jwks_url = \"http://{}/jwks\" }}]\n",
+        unused.addr
+    );
+    let rules = "[[route]]\nname = \"api\"\npath = \"/api\"\nissuers = [\"idp\"]\n";
+    let gw = Gateway::start(&config(up.addr, &idp, &extra), &[("api.toml", rules)]);
+    let ready = client()
+        .get(format!("http://{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+    assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
+    // Used by a route, the same down issuer keeps the replica out of rotation.
+    let rules = "[[route]]\nname = \"api\"\npath = \"/api\"\nissuers = [\"idp\", \"unused\"]\n";
+    let gw = Gateway::start(&config(up.addr, &idp, &extra), &[("api.toml", rules)]);
+    let ready = client()
+        .get(format!("http://{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("unused"));
+}
