@@ -758,11 +758,19 @@ impl Config {
             check.addr(&t.address)
         });
         if raw.limits.max_token_bytes < 16 {
-            check.whole("`limits.max_token_bytes` must be at least 16");
+            check.setting(
+                "limits",
+                "max_token_bytes",
+                "`limits.max_token_bytes` must be at least 16",
+            );
         }
         // Every token has claims, and a claim is at least one level deep: 0 refuses them all.
         if raw.limits.max_claims_depth == 0 {
-            check.whole("`limits.max_claims_depth` must be at least 1");
+            check.setting(
+                "limits",
+                "max_claims_depth",
+                "`limits.max_claims_depth` must be at least 1",
+            );
         }
         let upstream_addresses = check.upstreams(&raw);
         check.sources(&raw);
@@ -818,6 +826,32 @@ impl Config {
 }
 
 /// The checks `gateway.toml` must pass beyond its syntax; every error is kept.
+/// Where `key = ...` is written in `[table]` (its first character), else where `[table]` is,
+/// else the file's start.
+fn setting_offset(source: &str, table: &str, key: &str) -> usize {
+    let header = format!("[{table}]");
+    let (mut offset, mut in_table, mut table_at) = (0, false, None);
+    for line in source.split_inclusive('\n') {
+        let text = line.trim_start();
+        let indent = line.len() - text.len();
+        let code = text.split('#').next().unwrap_or("").trim_end();
+        if code.starts_with('[') {
+            in_table = code == header;
+            if in_table && table_at.is_none() {
+                table_at = Some(offset + indent);
+            }
+        } else if in_table
+            && code
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return offset + indent;
+        }
+        offset += line.len();
+    }
+    table_at.unwrap_or(0)
+}
+
 struct Checks<'a> {
     path: &'a Path,
     source: &'a str,
@@ -829,8 +863,16 @@ impl Checks<'_> {
         SourceError::at_offset(self.path, self.source, span.start, msg)
     }
 
-    fn whole(&mut self, msg: &str) {
-        self.errors.push(SourceError::whole_file(self.path, msg));
+    /// An error at `key` of `[table]` as written (or at the table's header, when the key is
+    /// left to its default), for settings whose values are checked after parsing.
+    fn setting(&mut self, table: &str, key: &str, msg: &str) {
+        let at = setting_offset(self.source, table, key);
+        self.errors.push(SourceError::at_offset(
+            self.path,
+            self.source,
+            at,
+            msg.to_string(),
+        ));
     }
 
     fn addr(&mut self, s: &Spanned<String>) -> Option<SocketAddr> {
@@ -891,9 +933,11 @@ impl Checks<'_> {
 
     fn rate_limits(&mut self, r: &RateLimitSettings) {
         match (&r.store, &r.redis_url) {
-            (LimitStoreKind::Redis, None) => {
-                self.whole("`rate_limits.store = \"redis\"` needs `rate_limits.redis_url`")
-            }
+            (LimitStoreKind::Redis, None) => self.setting(
+                "rate_limits",
+                "store",
+                "`rate_limits.store = \"redis\"` needs `rate_limits.redis_url`",
+            ),
             (LimitStoreKind::Redis, Some(url)) => {
                 if let Err(e) = redis::Client::open(url.get_ref().as_str()) {
                     self.errors.push(self.at(
@@ -908,9 +952,18 @@ impl Checks<'_> {
             )),
             (LimitStoreKind::Memory, None) => {}
         }
-        if r.replicas == 0 || !(1..=10_000).contains(&r.timeout_ms) {
-            self.whole(
-                "`rate_limits.replicas` must be at least 1 and `rate_limits.timeout_ms` 1..10000",
+        if r.replicas == 0 {
+            self.setting(
+                "rate_limits",
+                "replicas",
+                "`rate_limits.replicas` must be at least 1",
+            );
+        }
+        if !(1..=10_000).contains(&r.timeout_ms) {
+            self.setting(
+                "rate_limits",
+                "timeout_ms",
+                "`rate_limits.timeout_ms` must be 1..10000",
             );
         }
     }
@@ -955,9 +1008,11 @@ impl Checks<'_> {
         }
         if raw.unmatched.action == UnmatchedAction::Allow {
             match &raw.unmatched.upstream {
-                None if raw.upstreams.len() != 1 => {
-                    self.whole("`unmatched.action = \"allow\"` needs `unmatched.upstream`")
-                }
+                None if raw.upstreams.len() != 1 => self.setting(
+                    "unmatched",
+                    "action",
+                    "`unmatched.action = \"allow\"` needs `unmatched.upstream`",
+                ),
                 Some(u) if !raw.upstreams.contains_key(u.get_ref()) => self
                     .errors
                     .push(self.at(u.span(), format!("unknown upstream `{}`", u.get_ref()))),
@@ -965,10 +1020,18 @@ impl Checks<'_> {
             }
         }
         if !(0.0..=1.0).contains(&raw.logging.allow_sample_rate) {
-            self.whole("`logging.allow_sample_rate` must be between 0.0 and 1.0");
+            self.setting(
+                "logging",
+                "allow_sample_rate",
+                "`logging.allow_sample_rate` must be between 0.0 and 1.0",
+            );
         }
         if !(100..=599).contains(&raw.unmatched.status) {
-            self.whole("`unmatched.status` must be an HTTP status code");
+            self.setting(
+                "unmatched",
+                "status",
+                "`unmatched.status` must be an HTTP status code",
+            );
         }
     }
 
@@ -1039,14 +1102,22 @@ dir = "rules"
     #[test]
     fn limits_that_would_refuse_every_token_do_not_load() {
         for (key, value) in [("max_claims_depth", 0), ("max_token_bytes", 15)] {
-            let src = format!("{MINIMAL}\n[limits]\n{key} = {value}\n");
+            let src = format!("{MINIMAL}\n[limits]\n# why\n  {key} = {value}\n");
             let err = Config::from_str(Path::new("g.toml"), src).unwrap_err();
             assert!(
                 err.to_string()
                     .contains(&format!("`limits.{key}` must be at least")),
                 "{err}"
             );
+            // At the setting as written.
+            assert_eq!((err.0[0].line, err.0[0].column), (11, 3), "{err}");
         }
+        // At the key the error is about (`action`), since `upstream` is not written.
+        let src = format!("{MINIMAL}\n[unmatched]\naction = \"allow\"\n");
+        let err = Config::from_str(Path::new("g.toml"), src).unwrap_err();
+        assert_eq!((err.0[0].line, err.0[0].column), (10, 1), "{err}");
+        assert_eq!(setting_offset("[a]\nk = 1\n[b]\n", "b", "k"), 10);
+        assert_eq!(setting_offset("x = 1\n", "b", "k"), 0);
     }
 
     #[test]

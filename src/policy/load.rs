@@ -688,7 +688,7 @@ impl Loader<'_> {
         let attrs = self.attrs(fx, &at.name, &raw.attr);
         let sources = self.sources(fx);
         let body_limit = self.body_limit(fx, &at, raw.body_limit.as_ref());
-        let host = self.host(fx, &at, raw.host.as_deref());
+        let host = self.host(fx, &at, raw.host.as_ref());
         self.index_path(fx, &at, host.as_deref(), &raw.path, methods.clone());
         self.route_warnings(fx, &at, raw.auth, &raw.path);
         if self.errors.len() > before {
@@ -1084,9 +1084,18 @@ impl Loader<'_> {
     /// The route's host as requests are matched on it. A host the index can never see would
     /// leave that host to the host-less routes (fail open), so only a host without port and
     /// trailing dot (IPv6 without brackets) loads.
-    fn host(&mut self, fx: &FileCx<'_>, at: &RouteAt, raw: Option<&str>) -> Option<String> {
-        let h = raw?.to_ascii_lowercase();
-        let written = if h.contains(':') && !h.starts_with('[') {
+    fn host(
+        &mut self,
+        fx: &FileCx<'_>,
+        at: &RouteAt,
+        raw: Option<&Spanned<String>>,
+    ) -> Option<String> {
+        let raw = raw?;
+        // At the value, past its opening quote.
+        let value_at = raw.span().start + 1;
+        let h = raw.get_ref().to_ascii_lowercase();
+        // An IPv6 address may be written without brackets; `name:port` is a name and a port.
+        let written = if h.parse::<std::net::Ipv6Addr>().is_ok() {
             format!("[{h}]")
         } else {
             h.clone()
@@ -1095,11 +1104,11 @@ impl Loader<'_> {
         match crate::admission::host::parse_authority(&written) {
             Ok(a) if a.host == h || format!("[{}]", a.host) == h => {}
             Ok(a) => self.errors.push(fx.err(
-                at.start,
+                value_at,
                 format!("route `{name}`: host `{h}` never matches: hosts are matched without port and trailing dot; write `{}`", a.host),
             )),
             Err(e) => self.errors.push(fx.err(
-                at.start,
+                value_at,
                 format!("route `{name}`: `{h}` is not a host name ({e})"),
             )),
         }
@@ -1371,6 +1380,17 @@ mod tests {
         let src = "[[route]]\nname = \"r\"\npath = \"/r\"\n[route.attr]\na = \"attr.b + 1\"\nb = \"attr.a + 1\"\n";
         let e = load(&[("a.toml", src)]).unwrap_err();
         assert!(e[0].contains("cycle: a -> b -> a"), "{e:?}");
+    }
+
+    #[test]
+    fn a_host_that_never_matches_is_an_error_at_its_value() {
+        let src =
+            "[[route]]\nname = \"r\"\nhost = \"admin.test:8080\"\npath = \"/r\"\nauth = \"none\"\n";
+        let e = load(&[("a.toml", src)]).unwrap_err();
+        assert!(
+            e[0].starts_with("a.toml:3:9: route `r`: host `admin.test:8080` never matches"),
+            "{e:?}"
+        );
     }
 
     #[test]

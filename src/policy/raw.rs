@@ -19,7 +19,7 @@ pub(super) struct RulesFile {
 pub(super) struct RawRoute {
     pub(super) name: Spanned<String>,
     #[serde(default)]
-    pub(super) host: Option<String>,
+    pub(super) host: Option<Spanned<String>>,
     pub(super) path: Spanned<String>,
     #[serde(default)]
     pub(super) methods: Vec<Spanned<String>>,
