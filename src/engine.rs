@@ -532,7 +532,7 @@ pub fn incomplete_body(timed_out: bool, route: Option<Arc<str>>) -> Decision {
     d
 }
 
-type BodyError = (u16, DenyReason, &'static str);
+pub(crate) type BodyError = (u16, DenyReason, &'static str);
 
 /// The JSON body for rules: `null` when the request has none.
 fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyError> {
@@ -585,23 +585,28 @@ fn parse_body(req: &RequestFacts<'_>) -> Result<Option<serde_json::Value>, BodyE
     }
     crate::strict_json::parse(bytes)
         .map(Some)
-        .map_err(|e| match e {
-            StrictJsonError::Syntax => (
-                400,
-                DenyReason::InvalidJson,
-                "the request body is not valid JSON",
-            ),
-            StrictJsonError::DuplicateKey => (
-                400,
-                DenyReason::BadBody,
-                "the request body has an object with a duplicate key",
-            ),
-            StrictJsonError::NumberOutOfRange => (
-                400,
-                DenyReason::BadBody,
-                "the request body has a number whose magnitude is 2^64 or more",
-            ),
-        })
+        .map_err(json_refusal)
+}
+
+/// The refusal of a JSON body that [`crate::strict_json`] does not take.
+pub(crate) fn json_refusal(e: StrictJsonError) -> BodyError {
+    match e {
+        StrictJsonError::Syntax => (
+            400,
+            DenyReason::InvalidJson,
+            "the request body is not valid JSON",
+        ),
+        StrictJsonError::DuplicateKey => (
+            400,
+            DenyReason::BadBody,
+            "the request body has an object with a duplicate key",
+        ),
+        StrictJsonError::NumberOutOfRange => (
+            400,
+            DenyReason::BadBody,
+            "the request body has a number whose magnitude is 2^64 or more",
+        ),
+    }
 }
 
 /// What [`Snapshot::begin`] gives: a decision already, or a request ready for its rules once

@@ -86,8 +86,16 @@ pub(super) fn classify(
         }
         _ => None,
     };
+    // Only a file of the set may be written again (delete-then-recreate). A ConfigMap's old
+    // `..<timestamp>` directory, removed after each swap, never comes back: waiting for it
+    // held every ConfigMap update for the whole wait.
     let removed = match event.kind {
-        EventKind::Remove(_) => event.paths.clone(),
+        EventKind::Remove(_) => event
+            .paths
+            .iter()
+            .filter(|p| relevant(p))
+            .cloned()
+            .collect(),
         _ => Vec::new(),
     };
     Some(Fs::Changed { written, removed })
@@ -190,6 +198,35 @@ mod tests {
         assert!(!e.writing().is_empty());
         e.note(&Fs::Closed(PathBuf::from("/r/a.toml")));
         assert!(!e.any_removed() && e.writing().is_empty());
+    }
+
+    #[test]
+    fn a_configmaps_old_directory_removed_is_a_change_not_a_file_in_flux() {
+        use notify::event::{EventKind, RemoveKind};
+        let rules = Path::new("/cm/rules");
+        let files = [PathBuf::from("/cm/rules/a.toml")];
+        let remove = |p: &str| {
+            notify::Event::new(EventKind::Remove(RemoveKind::Any)).add_path(PathBuf::from(p))
+        };
+        let old_dir = classify(
+            &remove("/cm/rules/..2026_12_05_01_02_03.1"),
+            &files,
+            rules,
+            None,
+        );
+        let Some(Fs::Changed {
+            written: None,
+            removed,
+        }) = old_dir
+        else {
+            panic!("{old_dir:?}");
+        };
+        assert!(removed.is_empty());
+        let file = classify(&remove("/cm/rules/a.toml"), &files, rules, None);
+        let Some(Fs::Changed { removed, .. }) = file else {
+            panic!("{file:?}");
+        };
+        assert_eq!(removed, vec![PathBuf::from("/cm/rules/a.toml")]);
     }
 
     #[test]

@@ -138,7 +138,7 @@ async fn configmap_style_symlink_swaps_take_effect() {
     use std::os::unix::fs::symlink;
     let up = Upstream::start();
     let (dir, proxy, admin) =
-        write_setup(&config(up.addr, "poll_seconds = 0\ndebounce_ms = 50"), &[]);
+        write_setup(&config(up.addr, "poll_seconds = 0\ndebounce_ms = 100"), &[]);
     let rules = dir.path().join("rules");
     // Kubernetes layout: rules/flip.toml -> ..data/flip.toml, ..data -> ..2026_01_01_a
     std::fs::create_dir(rules.join("..2026_01_01_a")).unwrap();
@@ -148,8 +148,10 @@ async fn configmap_style_symlink_swaps_take_effect() {
     let gw = Gateway::start_in(dir, proxy, admin, &[]);
     assert_eq!(which(&gw).await, Ok('A'));
 
-    // What the kubelet does: a new timestamped directory, a new ..data link, renamed over.
+    // What the kubelet does: a new timestamped directory, a new ..data link renamed over,
+    // and the old directory removed.
     let mut times = Vec::new();
+    let mut old = "..2026_01_01_a".to_string();
     for (i, (set, text)) in [('B', SET_B), ('A', SET_A), ('B', SET_B)]
         .into_iter()
         .enumerate()
@@ -159,9 +161,17 @@ async fn configmap_style_symlink_swaps_take_effect() {
         std::fs::write(rules.join(&ts).join("flip.toml"), text).unwrap();
         symlink(&ts, rules.join("..data_tmp")).unwrap();
         std::fs::rename(rules.join("..data_tmp"), rules.join("..data")).unwrap();
+        std::fs::remove_dir_all(rules.join(&old)).unwrap();
+        old = ts;
         times.push(until(&gw, set, "configmap swap").await);
     }
     eprintln!("reload latency: configmap swaps {times:?}");
+    // The old directory never comes back: a swap is not held for the 20 quiet periods (2 s
+    // here) a deleted file of the set is waited for.
+    assert!(
+        times.iter().all(|t| *t < Duration::from_millis(1500)),
+        "{times:?}"
+    );
 }
 
 #[tokio::test]
