@@ -311,6 +311,13 @@ impl Drop for Gateway {
     }
 }
 
+/// Replaces `path` by a rename, as editors and configuration tools do.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-edit");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 /// Writes the configuration and rules into a temporary directory.
 pub fn write_setup(config: &str, rules: &[(&str, &str)]) -> (tempfile::TempDir, u16, u16) {
     write_setup_at(config, rules, free_port(), free_port())
@@ -531,6 +538,24 @@ impl Gateway {
             .json()
             .await
             .expect("status json")
+    }
+
+    /// Waits (5 s at most) until the set in force is generation `generation`, with no file
+    /// still waited for.
+    pub async fn wait_generation(&self, generation: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.status().await;
+            if s["rules"]["generation"] == generation {
+                assert_eq!(s["rules"]["waiting_for"], serde_json::json!([]), "{s}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "generation {generation} never came: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -361,28 +361,6 @@ async fn discovery_must_name_the_configured_issuer() {
     );
 }
 
-/// Replaces `path` by a rename, as editors and config tools do.
-fn replace_file(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp-edit");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-async fn wait_generation(gw: &Gateway, generation: u64) {
-    let start = Instant::now();
-    loop {
-        let s = gw.status().await;
-        if s["rules"]["generation"] == generation {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(6),
-            "generation {generation} never came: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A reload that fails after reading an issuer's changed settings leaves that issuer's keys in
 /// force, and their scheduled refresh, as they were: a key the provider retires stops working.
 #[tokio::test]
@@ -396,7 +374,7 @@ async fn a_failed_reload_leaves_the_key_refresh_in_force() {
         "min_refresh_seconds = 1\nmax_staleness_seconds = 7200",
     );
     std::fs::write(gw.dir().join("rules/broken.toml"), "[[route]]\nname = ").unwrap();
-    replace_file(&path, &changed);
+    write_atomically(&path, &changed);
     let start = Instant::now();
     while gw.status().await["rules"]["last_result"] != "error" {
         assert!(
@@ -515,8 +493,8 @@ async fn keys_older_than_the_staleness_bound_are_not_used() {
     let raised = std::fs::read_to_string(&path)
         .unwrap()
         .replace("max_staleness_seconds = 2", "max_staleness_seconds = 3600");
-    replace_file(&path, &raised);
-    wait_generation(&gw, 2).await;
+    write_atomically(&path, &raised);
+    gw.wait_generation(2).await;
     assert_eq!(status_of(&gw, &rot1).await, 200);
     assert_eq!(
         client()

@@ -3,7 +3,6 @@
 
 use super::harness::*;
 use serde_json::Value;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SET_A: &str = r#"
@@ -67,12 +66,6 @@ async fn until(gw: &Gateway, set: char, what: &str) -> Duration {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 #[tokio::test]

@@ -367,7 +367,7 @@ async fn a_file_held_open_mid_write_waits_for_its_close() {
             >= 1.0
     );
     rest.finish();
-    wait_generation(&gw, 2).await;
+    gw.wait_generation(2).await;
     assert_eq!(served_version(&up, &gw).await, "v1");
     assert!(gw.logs().contains("open for writing"), "{}", gw.logs());
 }
@@ -471,7 +471,7 @@ async fn without_file_leases_a_file_held_open_mid_write_still_waits_for_its_clos
 
     // A complete edit first: it shows the watcher is up (before it, an edit has no event).
     write_atomically_keeping_owner(&file, &version(1), NOBODY);
-    wait_generation(&gw, 2).await;
+    gw.wait_generation(2).await;
     assert_eq!(served_version(&up, &gw).await, "v1");
 
     // Held open mid-write for 40 quiet periods: long enough that the settle rule asks the
@@ -479,7 +479,7 @@ async fn without_file_leases_a_file_held_open_mid_write_still_waits_for_its_clos
     hold_half_written(&up, &gw, &file, 2, "v1", 2)
         .await
         .finish();
-    wait_generation(&gw, 3).await;
+    gw.wait_generation(3).await;
     assert_eq!(served_version(&up, &gw).await, "v2");
     assert!(!gw.logs().contains(" ERROR "), "{}", gw.logs());
 }
@@ -563,22 +563,6 @@ fn write_atomically_keeping_owner(path: &Path, text: &str, owner: u32) {
     std::fs::write(&tmp, text).unwrap();
     std::os::unix::fs::chown(&tmp, Some(owner), Some(owner)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-async fn wait_generation(gw: &Gateway, generation: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = gw.status().await;
-        if s["rules"]["generation"] == generation {
-            assert_eq!(s["rules"]["waiting_for"], serde_json::json!([]), "{s}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "generation {generation} never came: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The version `/flip` is served with; every answer must carry the file's last line.

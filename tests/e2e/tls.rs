@@ -54,12 +54,6 @@ fn a_and_b_certificates() -> (tempfile::TempDir, Ca) {
     (certs, ca)
 }
 
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// curl to `https://<name>:<port>/api/x` through the TLS listener: (HTTP status, the served
 /// certificate's subject as curl prints it).
 fn curl(dir: &Path, tls: SocketAddr, name: &str) -> (String, String) {
@@ -485,14 +479,7 @@ async fn upstreams_over_tls_verify_the_name_and_present_a_client_certificate() {
     assert_eq!(get("/ok").await.status(), 200);
     let before = plain.requests.load(std::sync::atomic::Ordering::SeqCst);
     write_atomically(&certs.path().join("ca.pem"), &Ca::new().cert.pem());
-    let start = Instant::now();
-    while gw.status().await["rules"]["generation"] != 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the new CA never loaded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_generation(2).await;
     assert_eq!(get("/ok").await.status(), 502);
     assert_eq!(
         plain.requests.load(std::sync::atomic::Ordering::SeqCst),
