@@ -385,12 +385,17 @@ impl Snapshot {
             (Lookup::Route(a), Lookup::Route(b)) => a.route == b.route,
             _ => false,
         };
+        // Counted under the route that matched as written (`_unmatched` said nothing of it).
         let refuse = |how: &str| {
-            Err(deny(
+            let mut d = Decision::refused(
                 400,
                 DenyReason::BadPath,
                 format!("the path would match another route {how}"),
-            ))
+            );
+            if let Lookup::Route(m) = &found {
+                d.route = Some(self.policy.routes[m.route].name.clone());
+            }
+            Err(Box::new(d))
         };
         // Many upstreams match paths without regard to case (`/ADMIN/x` is `/admin/x` to
         // them): such an upstream serves the request as the route of its lower-cased path in

@@ -261,6 +261,17 @@ fn a_path_whose_route_depends_on_letter_case_is_refused() {
     // As written the catch-all (one enforced rule, as many as the admin route's), to a
     // case-insensitive upstream the admin route.
     assert_eq!(admit("GET", "/Admin/x"), bad);
+    // Counted under the route that matched as written.
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::HOST, HeaderValue::from_static("a"));
+    let head = RequestHead {
+        method: "GET",
+        target: b"/Admin/x",
+        http10: false,
+        headers: &headers,
+    };
+    let refused = CASE_SNAPSHOT.admit(&head).unwrap_err();
+    assert_eq!(refused.route.as_deref(), Some("catch-all"));
     assert_eq!(admit("GET", "/ADMIN"), bad);
     // The dotless `ı` is `I` to .NET's and Java's case-insensitive matching, the Kelvin sign
     // `k` and the long `ſ` `s` to Java's.
