@@ -156,6 +156,16 @@ fn token(kid: &str) -> String {
     sign(Algorithm::RS256, Some(kid), &claims(ISS, json!({})), &key)
 }
 
+/// Waits (`secs` at most) until a request with `token` is answered `status`; how long it took.
+async fn until_status(gw: &Gateway, token: &str, status: u16, secs: u64, what: &str) -> Duration {
+    let start = Instant::now();
+    while status_of(gw, token).await != status {
+        assert!(start.elapsed() < Duration::from_secs(secs), "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
 async fn status_of(gw: &Gateway, t: &str) -> u16 {
     client()
         .get(gw.url("/api"))
@@ -203,14 +213,7 @@ async fn rotation_retirement_and_readiness() {
 
     // Retirement: once the refresh sees rot-1 gone, its tokens are rejected.
     idp.publish(&["rot-2"]);
-    let start = Instant::now();
-    while status_of(&gw, &rot1).await != 401 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "retired key still accepted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_status(&gw, &rot1, 401, 5, "retired key still accepted").await;
     assert_eq!(status_of(&gw, &token("rot-2")).await, 200);
     let s = gw.status().await;
     let fetched = &s["issuers"][0]["fetched"][0];
@@ -384,14 +387,14 @@ async fn a_failed_reload_leaves_the_key_refresh_in_force() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     idp.publish(&["rot-2"]);
-    let start = Instant::now();
-    while status_of(&gw, &rot1).await != 401 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "a retired key is still accepted after a failed reload"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_status(
+        &gw,
+        &rot1,
+        401,
+        5,
+        "a retired key is still accepted after a failed reload",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -410,14 +413,14 @@ async fn cache_control_max_age_sets_the_refresh_within_bounds() {
     );
     assert_eq!(status_of(&gw, &token("rot-1")).await, 200);
     idp.publish(&["rot-2"]);
-    let start = Instant::now();
-    while status_of(&gw, &token("rot-1")).await != 401 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "max-age did not shorten the refresh"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_status(
+        &gw,
+        &token("rot-1"),
+        401,
+        5,
+        "max-age did not shorten the refresh",
+    )
+    .await;
 
     // A max-age below the minimum is raised to it: with min 2 s, at most ~2 fetches in 3 s.
     let idp2 = Idp::start(&["rot-1"]);
@@ -444,16 +447,9 @@ async fn keys_older_than_the_staleness_bound_are_not_used() {
     let rot1 = token("rot-1");
     assert_eq!(status_of(&gw, &rot1).await, 200);
     idp.down.store(true, Ordering::SeqCst);
-    let start = Instant::now();
-    while status_of(&gw, &rot1).await != 503 {
-        assert!(
-            start.elapsed() < Duration::from_secs(6),
-            "stale keys still in use"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let waited = until_status(&gw, &rot1, 503, 6, "stale keys still in use").await;
     assert!(
-        start.elapsed() >= Duration::from_millis(800),
+        waited >= Duration::from_millis(800),
         "keys dropped before the bound"
     );
     // The key id is known, the keys are stale: the gateway's problem (503 `keys_stale`, with
