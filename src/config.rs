@@ -565,6 +565,12 @@ pub struct IssuerConfig {
     pub types: Vec<String>,
     /// Where the verification keys come from.
     pub keys: Vec<Spanned<KeySource>>,
+    /// PEM CA bundle that the server of an https `jwks_url` / `discovery_url` (and its
+    /// `jwks_uri`) must chain to, instead of the system's trust roots: an identity provider
+    /// behind a private CA. Read again on every reload; a new bundle is used from the next
+    /// fetch, which is then due at once.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
     /// Refresh interval for `jwks_url` / `discovery_url` keys, unless the response's
     /// `Cache-Control: max-age` says otherwise (then kept within the min and max below).
     #[serde(default = "default_refresh")]

@@ -94,8 +94,14 @@ impl Inputs {
             .raw
             .issuers
             .values()
-            .flat_map(|iss| iss.get_ref().keys.iter())
-            .filter_map(|k| k.get_ref().file().map(Path::to_path_buf))
+            .flat_map(|iss| {
+                let iss = iss.get_ref();
+                iss.keys
+                    .iter()
+                    .filter_map(|k| k.get_ref().file().map(Path::to_path_buf))
+                    .chain(iss.ca_file.as_ref().map(|c| c.get_ref().clone()))
+                    .collect::<Vec<_>>()
+            })
             .chain(tls_files)
             .chain(upstream_files)
             .map(|p| config.resolve(&p))

@@ -166,7 +166,8 @@ pub fn run(config_path: &Path, echo: EchoOptions, clock: Clock) -> Result<(), St
             state: state.clone(),
             metrics: metrics.clone(),
             clock,
-            sources: crate::sources::SourceFetcher::new(Some(metrics.clone())),
+            sources: crate::sources::SourceFetcher::new(Some(metrics.clone()))
+                .map_err(|e| StartError::Server(format!("the HTTP client of `[sources]`: {e}")))?,
             limits: limits.clone(),
             drain: drain.clone(),
         },

@@ -134,7 +134,7 @@ pub struct UpstreamTls {
 
 /// The DER certificates of a PEM file; each must parse as X.509 (the connection layer would
 /// panic on one that does not).
-fn read_chain(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+pub(crate) fn read_chain(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let shown = path.display();

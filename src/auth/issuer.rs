@@ -1,7 +1,7 @@
 //! Issuers: who may sign tokens, for which audiences, with which keys.
 
 use super::keys::{self, KeyError, KeySet, VerifyKey};
-use super::remote::{RefreshSettings, RemoteKeys, RemoteRegistry, Source};
+use super::remote::{RefreshSettings, RemoteKeys, RemoteRegistry, Source, TrustedCas};
 use crate::config::{Config, KeyKind, KeySource};
 use crate::location::SourceError;
 use jsonwebtoken::Algorithm;
@@ -143,51 +143,14 @@ impl IssuerSet {
                 set.warnings
                     .push(config.error_at(spanned.span(), format!("issuer `{name}`: {w}")));
             }
-            let mut all: Vec<VerifyKey> = Vec::new();
-            let mut remote = Vec::new();
-            let settings = refresh_settings(ic);
-            for k in &ic.keys {
-                let ks = k.get_ref();
-                let source = match load_source(config, ks, &ic.issuer, &algorithms) {
-                    Ok(Keys::Loaded(p)) => {
-                        if p.inferred {
-                            set.warnings.push(config.error_at(
-                                k.span(),
-                                format!(
-                                    "issuer `{name}`: this key's algorithm is inferred as {:?}; name it with `alg` (RFC 8725 §3.1)",
-                                    p.key.alg
-                                ),
-                            ));
-                        }
-                        all.push(p.key);
-                        continue;
-                    }
-                    Ok(Keys::Many(mut doc)) => {
-                        for why in &doc.skipped {
-                            set.warnings
-                                .push(config.error_at(k.span(), format!("issuer `{name}`: {why}")));
-                        }
-                        all.append(&mut doc.keys);
-                        continue;
-                    }
-                    Ok(Keys::Fetched(source)) => source,
-                    Err(e) => {
-                        errors.push(config.error_at(k.span(), format!("issuer `{name}`: {e}")));
-                        continue;
-                    }
-                };
-                if algorithms
-                    .iter()
-                    .all(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
-                {
-                    errors.push(config.error_at(
-                        k.span(),
-                        format!("issuer `{name}`: fetched keys are public keys; `algorithms` names only HMAC (HS*) algorithms"),
-                    ));
-                    continue;
-                }
-                remote.push(registry.get(name, source, &algorithms, &settings));
-            }
+            let (all, remote) = load_keys(
+                config,
+                registry,
+                (name, ic),
+                &algorithms,
+                &mut errors,
+                &mut set.warnings,
+            );
             if set.by_iss.contains_key(&ic.issuer) {
                 errors.push(config.error_at(
                     spanned.span(),
@@ -224,9 +187,97 @@ impl IssuerSet {
     }
 }
 
-/// An issuer's fetch timing and bounds, as written.
-fn refresh_settings(ic: &crate::config::IssuerConfig) -> RefreshSettings {
+/// An issuer's keys: those read now, and the key sets fetched from its URLs. Errors and
+/// warnings point at the key entry (or `ca_file`).
+fn load_keys(
+    config: &Config,
+    registry: &RemoteRegistry,
+    (name, ic): (&str, &crate::config::IssuerConfig),
+    algorithms: &[Algorithm],
+    errors: &mut Vec<SourceError>,
+    warnings: &mut Vec<SourceError>,
+) -> (Vec<VerifyKey>, Vec<Arc<RemoteKeys>>) {
+    let mut all: Vec<VerifyKey> = Vec::new();
+    let mut remote = Vec::new();
+    let trusted_cas = trusted_cas(config, name, ic).unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    let settings = refresh_settings(ic, trusted_cas);
+    for k in &ic.keys {
+        let at = |msg: String| config.error_at(k.span(), format!("issuer `{name}`: {msg}"));
+        let source = match load_source(config, k.get_ref(), &ic.issuer, algorithms) {
+            Ok(Keys::Loaded(p)) => {
+                if p.inferred {
+                    warnings.push(at(format!(
+                        "this key's algorithm is inferred as {:?}; name it with `alg` (RFC 8725 §3.1)",
+                        p.key.alg
+                    )));
+                }
+                all.push(p.key);
+                continue;
+            }
+            Ok(Keys::Many(mut doc)) => {
+                warnings.extend(doc.skipped.iter().map(|why| at(why.to_string())));
+                all.append(&mut doc.keys);
+                continue;
+            }
+            Ok(Keys::Fetched(source)) => source,
+            Err(e) => {
+                errors.push(at(e.to_string()));
+                continue;
+            }
+        };
+        if algorithms
+            .iter()
+            .all(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
+        {
+            errors.push(at(
+                "fetched keys are public keys; `algorithms` names only HMAC (HS*) algorithms"
+                    .to_string(),
+            ));
+            continue;
+        }
+        match registry.get(name, source, algorithms, &settings) {
+            Ok(r) => remote.push(r),
+            Err(e) => errors.push(at(e.to_string())),
+        }
+    }
+    (all, remote)
+}
+
+/// The issuer's `ca_file`, read (`None` without one). It is for keys fetched from a URL; on
+/// an issuer with none it would be silently unused, so it is an error there.
+fn trusted_cas(
+    config: &Config,
+    name: &str,
+    ic: &crate::config::IssuerConfig,
+) -> Result<Option<TrustedCas>, SourceError> {
+    let Some(file) = &ic.ca_file else {
+        return Ok(None);
+    };
+    let at = |msg: String| config.error_at(file.span(), format!("issuer `{name}`: {msg}"));
+    let fetched = ic.keys.iter().any(|k| {
+        matches!(
+            k.get_ref().kind,
+            KeyKind::JwksUrl(_) | KeyKind::DiscoveryUrl(_)
+        )
+    });
+    if !fetched {
+        return Err(at("`ca_file` is the CA of the identity provider's https server, and this issuer fetches no keys (no `jwks_url` or `discovery_url`)".to_string()));
+    }
+    crate::upstream::read_chain(&config.resolve(file.get_ref()))
+        .map(|ders| Some(TrustedCas(ders.into())))
+        .map_err(at)
+}
+
+/// An issuer's fetch timing and bounds, as written, and the CAs its servers must chain to.
+fn refresh_settings(
+    ic: &crate::config::IssuerConfig,
+    trusted_cas: Option<TrustedCas>,
+) -> RefreshSettings {
     RefreshSettings {
+        trusted_cas,
         interval: std::time::Duration::from_secs(ic.refresh_seconds),
         min_interval: std::time::Duration::from_secs(ic.min_refresh_seconds),
         max_interval: std::time::Duration::from_secs(
@@ -348,4 +399,70 @@ fn load_source(
         }
     };
     Ok(Keys::Loaded(keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A gateway.toml in `dir` with one issuer fetching its keys from an https URL and `extra`
+    /// in the issuer's table.
+    fn config(dir: &Path, keys: &str, extra: &str) -> Config {
+        let text = format!(
+            "[listen]\nproxy = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:9901\"\n[rules]\ndir = \"rules\"\n\
+             [issuers.idp]\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
+             keys = [{keys}]\n{extra}\n"
+        );
+        Config::from_str(&dir.join("gateway.toml"), text).unwrap()
+    }
+
+    fn write_ca(dir: &Path, file: &str) {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.join(file), p.self_signed(&key).unwrap().pem()).unwrap();
+    }
+
+    const FETCHED: &str = "{ jwks_url = \"https://idp.test/jwks\" }";
+
+    fn load_errors(c: &Config) -> Vec<String> {
+        IssuerSet::load(c, &RemoteRegistry::default())
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_ca_file_is_for_fetched_keys_and_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        write_ca(dir.path(), "ca.pem");
+        // On an issuer that fetches nothing it would never be used: an error at the setting.
+        let pem = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keys/rsa-public.pem"
+        );
+        let c = config(
+            dir.path(),
+            &format!("{{ pem_file = \"{pem}\", alg = \"RS256\" }}"),
+            "ca_file = \"ca.pem\"",
+        );
+        let errors = load_errors(&c);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("gateway.toml:11:11"), "{errors:?}");
+        assert!(errors[0].contains("fetches no keys"), "{errors:?}");
+        // Not a certificate, or missing: an error at the setting, naming the file.
+        std::fs::write(dir.path().join("junk.pem"), "not pem").unwrap();
+        for file in ["junk.pem", "missing.pem"] {
+            let c = config(dir.path(), FETCHED, &format!("ca_file = \"{file}\""));
+            let errors = load_errors(&c);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].contains("gateway.toml:11:11"), "{errors:?}");
+            assert!(errors[0].contains(file), "{errors:?}");
+        }
+        let c = config(dir.path(), FETCHED, "ca_file = \"ca.pem\"");
+        assert!(load_errors(&c).is_empty());
+    }
 }

@@ -27,7 +27,8 @@ pub enum Source {
     },
 }
 
-/// Refresh timing, per issuer.
+/// How an issuer's keys are fetched: refresh timing, bounds, and whom its https server is
+/// trusted by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RefreshSettings {
     pub interval: Duration,
@@ -37,6 +38,20 @@ pub struct RefreshSettings {
     pub max_staleness: Duration,
     pub timeout: Duration,
     pub max_bytes: usize,
+    /// The issuer's `ca_file`: the only roots its https servers may chain to. `None`: the
+    /// system's trust roots.
+    pub trusted_cas: Option<TrustedCas>,
+}
+
+/// CA certificates (DER), compared by content: a rewritten `ca_file` with the same
+/// certificates is the same trust.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TrustedCas(pub Arc<[Vec<u8>]>);
+
+impl std::fmt::Debug for TrustedCas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TrustedCas({} certificates)", self.0.len())
+    }
 }
 
 #[derive(Debug, Error)]
@@ -53,6 +68,51 @@ pub enum FetchError {
     IssuerMismatch { expected: String, found: String },
     #[error("the JWKS from `{url}` has no usable key: {message}")]
     Jwks { url: String, message: String },
+    #[error("cannot make the client that fetches `{url}`: {message}")]
+    Client { url: String, message: String },
+}
+
+impl FetchError {
+    fn client(source: &Source, e: &reqwest::Error) -> FetchError {
+        FetchError::Client {
+            url: source.url().to_string(),
+            message: causes(e),
+        }
+    }
+
+    fn http(url: &str, e: reqwest::Error) -> FetchError {
+        FetchError::Http {
+            url: url.to_string(),
+            message: causes(&e.without_url()),
+        }
+    }
+}
+
+/// An error and its causes on one line: reqwest's own text ("error sending request") says
+/// nothing of why; the cause (a refused connection, an untrusted certificate) is what an
+/// operator needs to read.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl Source {
+    /// The URL fetched first: the JWKS, or the discovery document.
+    pub fn url(&self) -> &str {
+        match self {
+            Source::Jwks(u) => u,
+            Source::Discovery { url, .. } => url,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -107,7 +167,7 @@ impl RemoteKeys {
         algorithms: Vec<Algorithm>,
         settings: RefreshSettings,
         metrics: Option<Arc<Metrics>>,
-    ) -> RemoteKeys {
+    ) -> Result<RemoteKeys, FetchError> {
         // At most 3 redirects, and never from https to http: keys fetched over TLS must not
         // come from a server a network attacker can answer for.
         let redirects = reqwest::redirect::Policy::custom(|attempt| {
@@ -121,17 +181,28 @@ impl RemoteKeys {
                 attempt.follow()
             }
         });
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.timeout)
             .timeout(settings.timeout)
             .redirect(redirects)
             // Fetches are rare and may run on different runtimes (startup, background):
             // pooled connections would outlive the runtime that made them.
             .pool_max_idle_per_host(0)
-            .user_agent(concat!("claimgate/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("claimgate/", env!("CARGO_PKG_VERSION")));
+        if let Some(cas) = &settings.trusted_cas {
+            let certs = cas
+                .0
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| FetchError::client(&source, &e))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        // No fallback to a default client: it would follow any redirect and trust other roots.
+        let client = builder
             .build()
-            .unwrap_or_default();
-        RemoteKeys {
+            .map_err(|e| FetchError::client(&source, &e))?;
+        Ok(RemoteKeys {
             issuer,
             source,
             algorithms,
@@ -149,21 +220,25 @@ impl RemoteKeys {
             inflight: tokio::sync::Mutex::new(()),
             client,
             metrics,
-        }
+        })
     }
 
     /// The same source with other algorithms or refresh settings, for a reload: it starts
     /// with this one's keys and fetch state rather than with none, so that raising
     /// `max_staleness_seconds` during an outage of the identity provider keeps its tokens
     /// verifying. With other algorithms, the keys are read again from the same document.
-    fn successor(&self, algorithms: &[Algorithm], settings: &RefreshSettings) -> RemoteKeys {
+    fn successor(
+        &self,
+        algorithms: &[Algorithm],
+        settings: &RefreshSettings,
+    ) -> Result<RemoteKeys, FetchError> {
         let next = RemoteKeys::new(
             self.issuer.clone(),
             self.source.clone(),
             algorithms.to_vec(),
             settings.clone(),
             self.metrics.clone(),
-        );
+        )?;
         let mut state = lock(&self.state).clone();
         let keys = if self.algorithms == algorithms {
             Some(self.keys.load_full())
@@ -184,21 +259,23 @@ impl RemoteKeys {
                 state.next_refresh = Instant::now();
             }
         }
-        // A shorter interval than the one scheduled takes effect now.
-        state.next_refresh = state
-            .next_refresh
-            .min(Instant::now() + settings.max_interval);
+        // A shorter interval than the one scheduled takes effect now; a new CA bundle at
+        // once (the operator who replaces it is likely waiting for a failing fetch to pass).
+        state.next_refresh = if settings.trusted_cas != self.settings.trusted_cas {
+            Instant::now()
+        } else {
+            state
+                .next_refresh
+                .min(Instant::now() + settings.max_interval)
+        };
         next.generation
             .store(self.generation.load(Ordering::Acquire), Ordering::Release);
         *lock(&next.state) = state;
-        next
+        Ok(next)
     }
 
     pub fn url(&self) -> &str {
-        match &self.source {
-            Source::Jwks(u) => u,
-            Source::Discovery { url, .. } => url,
-        }
+        self.source.url()
     }
 
     /// The keys in force, or `None` when there are none or they are older than the maximum
@@ -321,10 +398,7 @@ impl RemoteKeys {
     }
 
     async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
-        let http = |e: reqwest::Error| FetchError::Http {
-            url: url.to_string(),
-            message: e.to_string(),
-        };
+        let http = |e: reqwest::Error| FetchError::http(url, e);
         let mut resp = self.client.get(url).send().await.map_err(http)?;
         if !resp.status().is_success() {
             return Err(FetchError::Status {
@@ -429,19 +503,19 @@ impl RemoteRegistry {
         source: Source,
         algorithms: &[Algorithm],
         settings: &RefreshSettings,
-    ) -> Arc<RemoteKeys> {
+    ) -> Result<Arc<RemoteKeys>, FetchError> {
         let map = lock(&self.map);
-        match map.get(&(issuer.to_string(), source.clone())) {
+        Ok(match map.get(&(issuer.to_string(), source.clone())) {
             Some(r) if r.algorithms == algorithms && r.settings == *settings => r.clone(),
-            Some(r) => Arc::new(r.successor(algorithms, settings)),
+            Some(r) => Arc::new(r.successor(algorithms, settings)?),
             None => Arc::new(RemoteKeys::new(
                 Arc::from(issuer),
                 source,
                 algorithms.to_vec(),
                 settings.clone(),
                 self.metrics.clone(),
-            )),
-        }
+            )?),
+        })
     }
 
     /// The key sets in force, which the background refresh keeps fresh.
@@ -456,5 +530,91 @@ impl RemoteRegistry {
         for r in in_use {
             map.insert((r.issuer.to_string(), r.source.clone()), r.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(cas: Option<&[u8]>) -> RefreshSettings {
+        RefreshSettings {
+            interval: Duration::from_secs(300),
+            min_interval: Duration::from_secs(600),
+            max_interval: Duration::from_secs(3600),
+            unknown_kid_cooldown: Duration::from_secs(30),
+            max_staleness: Duration::from_secs(86_400),
+            timeout: Duration::from_secs(5),
+            max_bytes: 1 << 20,
+            trusted_cas: cas.map(|der| TrustedCas(vec![der.to_vec()].into())),
+        }
+    }
+
+    fn ca_der() -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_new_ca_bundle_makes_a_successor_due_at_once_and_the_same_one_keeps_the_key_set() {
+        let registry = RemoteRegistry::default();
+        let source = Source::Jwks("https://idp.test/jwks".into());
+        let (ca, other) = (ca_der(), ca_der());
+        let get = |cas: &[u8]| {
+            registry
+                .get(
+                    "idp",
+                    source.clone(),
+                    &[Algorithm::RS256],
+                    &settings(Some(cas)),
+                )
+                .unwrap()
+        };
+        let first = get(&ca);
+        registry.publish(std::slice::from_ref(&first));
+        // As after a failed fetch: the next one is minutes away.
+        lock(&first.state).next_refresh = Instant::now() + Duration::from_secs(600);
+        // The same certificates (a file written again): the same key set, its schedule kept.
+        let again = get(&ca.clone());
+        assert!(Arc::ptr_eq(&again, &first));
+        assert!(!first.is_due());
+        // Another CA: a successor, with a client that trusts it, fetching now.
+        let successor = get(&other);
+        assert!(!Arc::ptr_eq(&successor, &first));
+        assert!(successor.is_due());
+        // Without a bundle (the system's roots) is another trust as well.
+        let system = registry
+            .get("idp", source.clone(), &[Algorithm::RS256], &settings(None))
+            .unwrap();
+        assert!(system.is_due());
+    }
+
+    #[test]
+    fn a_bundle_the_client_cannot_take_is_an_error_not_a_default_client() {
+        let registry = RemoteRegistry::default();
+        let source = Source::Jwks("https://idp.test/jwks".into());
+        let err = registry
+            .get(
+                "idp",
+                source,
+                &[Algorithm::RS256],
+                &settings(Some(b"not DER")),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("https://idp.test/jwks"), "{err}");
+    }
+
+    #[test]
+    fn an_error_reads_with_its_causes() {
+        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        #[derive(Debug, thiserror::Error)]
+        #[error("error sending request")]
+        struct Outer(#[source] std::io::Error);
+        assert_eq!(
+            causes(&Outer(inner)),
+            "error sending request: invalid peer certificate: UnknownIssuer"
+        );
     }
 }

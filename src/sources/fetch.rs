@@ -80,18 +80,19 @@ impl std::fmt::Debug for SourceFetcher {
 }
 
 impl SourceFetcher {
-    pub fn new(metrics: Option<Arc<Metrics>>) -> SourceFetcher {
+    /// Fails only if no HTTP client can be made (no TLS roots): a default client in its place
+    /// would follow redirects the sources must not follow.
+    pub fn new(metrics: Option<Arc<Metrics>>) -> Result<SourceFetcher, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("claimgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        SourceFetcher {
+            .build()?;
+        Ok(SourceFetcher {
             client,
             caches: Default::default(),
             metrics,
-        }
+        })
     }
 
     /// The values of `requests`, in the same order, all fetched at once.

@@ -75,20 +75,43 @@ impl TestServer {
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
+        TestServer::serve(None, handler)
+    }
+
+    /// The same over TLS with `tls` (HTTP/1.1 only).
+    pub fn start_tls<F, Fut>(tls: rustls::ServerConfig, handler: F) -> TestServer
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        TestServer::serve(Some(acceptor), handler)
+    }
+
+    fn serve<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> TestServer
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
         let served = Served::start(move |listener| async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let handler = handler.clone();
+                let (handler, tls) = (handler.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let handler = handler.clone();
                         async move { Ok::<_, hyper::Error>(handler(req).await) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), svc).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => http.serve_connection(TokioIo::new(tls), svc).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });

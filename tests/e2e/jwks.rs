@@ -562,3 +562,214 @@ async fn readiness_ignores_the_keys_of_an_issuer_no_route_uses() {
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("unused"));
 }
+
+/// An identity provider over https whose certificate comes from a private CA, serving: its
+/// discovery document for `https://a.test` at `/a/...` (keys at its own https `/jwks`), one
+/// for `https://c.test` at `/c/...` naming `plain`'s http `/jwks`, and at `/to-plain` a
+/// redirect to `plain`'s http `/jwks`. Records the paths asked for.
+struct TlsIdp {
+    addr: SocketAddr,
+    asked: Arc<Mutex<Vec<String>>>,
+    _server: TestServer,
+}
+
+impl TlsIdp {
+    fn start(ca: &super::certs::Ca, plain: SocketAddr) -> TlsIdp {
+        let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let port: Arc<Mutex<u16>> = Arc::default();
+        let (record, own) = (asked.clone(), port.clone());
+        let server = TestServer::start_tls(ca.server_config("localhost", None), move |req| {
+            let (record, own) = (record.clone(), own.clone());
+            async move {
+                let path = req.uri().path().to_string();
+                record.lock().unwrap().push(path.clone());
+                let own = *own.lock().unwrap();
+                let json = |v: Value| {
+                    Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(v.to_string())))
+                        .unwrap()
+                };
+                match path.as_str() {
+                    "/a/.well-known/openid-configuration" => json(json!({
+                        "issuer": "https://a.test",
+                        "jwks_uri": format!("https://localhost:{own}/jwks"),
+                    })),
+                    "/c/.well-known/openid-configuration" => json(json!({
+                        "issuer": "https://c.test",
+                        "jwks_uri": format!("http://{plain}/jwks"),
+                    })),
+                    "/jwks" => json(json!({"keys": [jwk("rot-1")]})),
+                    "/to-plain" => Response::builder()
+                        .status(302)
+                        .header("location", format!("http://{plain}/jwks"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                    _ => Response::builder()
+                        .status(404)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                }
+            }
+        });
+        *port.lock().unwrap() = server.addr.port();
+        TlsIdp {
+            addr: server.addr,
+            asked,
+            _server: server,
+        }
+    }
+
+    fn asked(&self, path: &str) -> usize {
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+}
+
+/// The `last_error` of issuer `name`'s fetched keys in the admin `/status`.
+async fn last_fetch_error(gw: &Gateway, name: &str) -> String {
+    let status: Value = client()
+        .get(format!("http://{}/status", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let issuer = status["issuers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .cloned()
+        .unwrap();
+    issuer["fetched"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An identity provider behind a private CA: its keys are fetched only when the issuer's
+/// `ca_file` holds that CA, and a corrected `ca_file` is used at once, without a restart (the
+/// next fetch would otherwise be `min_refresh_seconds` away). Keys fetched over TLS never
+/// come over plain HTTP: neither a redirect from https to http nor a discovery document that
+/// names an http `jwks_uri` is followed; the plain server is never asked.
+#[tokio::test]
+async fn an_identity_provider_behind_a_private_ca() {
+    let up = Upstream::start();
+    let plain = Idp::start(&["rot-1"]);
+    let (ca, stranger) = (super::certs::Ca::new(), super::certs::Ca::new());
+    let idp = TlsIdp::start(&ca, plain.addr);
+    let url = |path: &str| format!("https://localhost:{}{path}", idp.addr.port());
+    let issuer = |name: &str, key: &str, ca_file: &str| {
+        format!(
+            "[issuers.{name}]\nissuer = \"https://{name}.test\"\naudiences = [\"api\"]\n\
+             algorithms = [\"RS256\"]\nkeys = [{key}]\nca_file = \"{ca_file}\"\n\
+             fetch_timeout_ms = 2000\n"
+        )
+    };
+    let config =
+        format!(
+        "[server]\nthreads = 2\ngrace_period_seconds = 0\ngraceful_shutdown_timeout_seconds = 1\n\
+         [listen]\nproxy = \"127.0.0.1:{{proxy}}\"\nadmin = \"127.0.0.1:{{admin}}\"\n\
+         [rules]\ndir = \"rules\"\n[reload]\ndebounce_ms = 50\npoll_seconds = 1\n\
+         [upstreams.main]\naddresses = [\"{}\"]\n{}{}{}",
+        up.addr,
+        issuer(
+            "a",
+            &format!("{{ discovery_url = \"{}\" }}", url("/a/.well-known/openid-configuration")),
+            "idp-ca.pem",
+        ),
+        issuer("b", &format!("{{ jwks_url = \"{}\" }}", url("/to-plain")), "ca.pem"),
+        issuer(
+            "c",
+            &format!("{{ discovery_url = \"{}\" }}", url("/c/.well-known/openid-configuration")),
+            "ca.pem",
+        ),
+    );
+    let routes = "[[route]]\nname = \"a\"\npath = \"/a\"\nissuers = [\"a\"]\n\n\
+                  [[route]]\nname = \"b\"\npath = \"/b\"\nissuers = [\"b\"]\n\n\
+                  [[route]]\nname = \"c\"\npath = \"/c\"\nissuers = [\"c\"]\n";
+    let (dir, proxy, admin) = write_setup(&config, &[("api.toml", routes)]);
+    std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+    // Issuer a's `ca_file` holds another CA at first.
+    std::fs::write(dir.path().join("idp-ca.pem"), stranger.cert.pem()).unwrap();
+    let conf_dir = dir.path().to_path_buf();
+    let gw = Gateway::start_in(dir, proxy, admin, &[]);
+    let key =
+        EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
+    let token = |iss: &str| {
+        sign(
+            Algorithm::RS256,
+            Some("rot-1"),
+            &claims(iss, json!({})),
+            &key,
+        )
+    };
+    let at = |path: &str, iss: &str| {
+        let (gw, t) = (&gw, token(iss));
+        let path = path.to_string();
+        async move {
+            client()
+                .get(gw.url(&path))
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // No keys anywhere: fail closed (503), each for its own reason.
+    let start = Instant::now();
+    while last_fetch_error(&gw, "a").await.is_empty()
+        || last_fetch_error(&gw, "b").await.is_empty()
+        || last_fetch_error(&gw, "c").await.is_empty()
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "no fetch failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (path, iss) in [
+        ("/a", "https://a.test"),
+        ("/b", "https://b.test"),
+        ("/c", "https://c.test"),
+    ] {
+        assert_eq!(at(path, iss).await, 503, "{path}");
+    }
+    let a = last_fetch_error(&gw, "a").await;
+    assert!(a.contains("certificate"), "{a}");
+    assert_eq!(
+        idp.asked("/a/.well-known/openid-configuration"),
+        0,
+        "no TLS session with an untrusted server"
+    );
+    let b = last_fetch_error(&gw, "b").await;
+    assert!(b.contains("a redirect from https to http"), "{b}");
+    assert!(idp.asked("/to-plain") >= 1);
+    let c = last_fetch_error(&gw, "c").await;
+    assert!(c.contains("is not https"), "{c}");
+    assert!(idp.asked("/c/.well-known/openid-configuration") >= 1);
+    assert_eq!(plain.fetches(), 0, "keys were asked for over plain HTTP");
+
+    // The right CA: keys at once, without a restart.
+    write_atomically(&conf_dir.join("idp-ca.pem"), &ca.cert.pem());
+    let took = {
+        let start = Instant::now();
+        while at("/a", "https://a.test").await != 200 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the new CA was not used: {}",
+                last_fetch_error(&gw, "a").await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        start.elapsed()
+    };
+    assert!(idp.asked("/jwks") >= 1);
+    assert_eq!(plain.fetches(), 0);
+    eprintln!("keys from the private-CA provider {took:?} after the CA file was corrected");
+}

@@ -20,6 +20,7 @@ mod websocket;
 mod admission;
 mod auth;
 mod cases;
+mod certs;
 mod cli;
 mod deploy;
 mod drain;

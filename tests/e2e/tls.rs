@@ -2,46 +2,12 @@
 //! certificate replaced on disk is served from the next handshake without a restart; a broken
 //! one is refused and the old one keeps serving; `check` locates a bad certificate.
 
+use super::certs::Ca;
 use super::harness::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A test CA and a way to issue leaf certificates from it.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(DnType::CommonName, "claimgate test CA");
-        let key = KeyPair::generate().unwrap();
-        let cert = p.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// A leaf for `name` with common name `cn`, written as `<file>.pem` and `<file>-key.pem`.
-    fn issue(&self, dir: &Path, file: &str, name: &str, cn: &str) {
-        self.issue_with(dir, file, name, cn, Vec::new());
-    }
-
-    /// [`Ca::issue`] with more subject alternative names.
-    fn issue_with(&self, dir: &Path, file: &str, name: &str, cn: &str, more: Vec<rcgen::SanType>) {
-        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
-        p.subject_alt_names.extend(more);
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
-        write_atomically(&dir.join(format!("{file}.pem")), &cert.pem());
-        write_atomically(&dir.join(format!("{file}-key.pem")), &key.serialize_pem());
-    }
-}
 
 /// A CA (its certificate in `ca.pem`) and leaf certificates for `a.test` and `b.test` (`a.pem`,
 /// `b.pem` and their keys), in a new directory: what [`tls_config`] serves.
@@ -266,37 +232,7 @@ struct HttpsUpstream {
 
 impl HttpsUpstream {
     fn start(ca: &Ca, name: &str, client_ca: Option<&Ca>) -> HttpsUpstream {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-        let chain = vec![CertificateDer::from(cert.der().to_vec())];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let config = match client_ca {
-            Some(c) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots
-                    .add(CertificateDer::from(c.cert.der().to_vec()))
-                    .unwrap();
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    roots.into(),
-                    provider,
-                )
-                .build()
-                .unwrap();
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        }
-        .with_single_cert(chain, key)
-        .unwrap();
-        let mut config = config;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = ca.server_config(name, client_ca);
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = requests.clone();
