@@ -12,6 +12,7 @@
 //! `$_REQUEST`, Rails' `params` and ASP.NET's model binding take a form field (Rails also a
 //! multipart field and a JSON member) of the same name, most of them over the query's. On a
 //! route whose rules read query parameters, such a body is read and its field names checked.
+//! And PHP's `$_REQUEST` and ASP.NET's `Request[...]` read cookies as parameters too.
 
 use crate::facts::{Body, RequestFacts};
 use crate::media_type::{self, MediaType};
@@ -37,6 +38,33 @@ pub(super) fn one_value_each(
     }
     if let (false, Some(q)) = (reads.query.is_empty(), query) {
         query_is_one_value(&reads.query, q).map_err(|m| (DenyReason::AmbiguousQuery, m))?;
+    }
+    if !reads.query.is_empty() {
+        no_cookie_is_a_parameter(&reads.query, headers)
+            .map_err(|m| (DenyReason::AmbiguousQuery, m))?;
+    }
+    Ok(())
+}
+
+/// Some upstreams read a cookie as a request parameter: PHP's `$_REQUEST` takes cookies after
+/// the query and the form (over them) when `request_order` is unset, as it is without a
+/// `php.ini` (the official container images), and classic ASP.NET's `Request[name]` reads a
+/// cookie when the query has no such parameter. A cookie named (in any spelling PHP reads) as
+/// a query parameter the rules read is refused; on a route whose rules read the whole query,
+/// every cookie is.
+fn no_cookie_is_a_parameter(reads: &NameReads, headers: &HeaderMap) -> Result<(), String> {
+    for line in headers.get_all(http::header::COOKIE) {
+        // PHP splits at `;` and decodes names as it decodes the query's.
+        for pair in line.as_bytes().split(|b| *b == b';') {
+            let Some((name, _)) = form_urlencoded::parse(pair.trim_ascii_start()).next() else {
+                continue;
+            };
+            if reads.any || reads.names.iter().any(|r| one_name(r, &name)) {
+                return Err(format!(
+                    "the cookie `{name}` is the query parameter `{name}` to some upstreams (PHP's `$_REQUEST`, ASP.NET's `Request[...]`), a name the rules read"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -372,6 +400,43 @@ mod tests {
         assert!(query_is_one_value(&r, "a=1&a=2").is_err());
         assert!(query_is_one_value(&r, "a[]=1").is_err());
         assert!(query_is_one_value(&r, "a=1;b").is_err());
+    }
+
+    #[test]
+    fn a_cookie_is_never_a_query_parameter_the_rules_read() {
+        let check = |r: &NameReads, lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(
+                    http::header::COOKIE,
+                    http::HeaderValue::from_str(l).unwrap(),
+                );
+            }
+            no_cookie_is_a_parameter(r, &h)
+        };
+        let r = reads(&["account"], false);
+        for ok in [
+            &["session=1"][..],
+            &["accounts=1; x=2"],
+            &["session=1", "theme=dark"],
+            &[],
+        ] {
+            assert_eq!(check(&r, ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            &["account=victim"][..],
+            &["session=1; account=victim"],
+            &["session=1", "account=victim"],
+            &["acc%6Funt=victim"],
+            &["account[]=victim"],
+            &[" account=victim"],
+        ] {
+            let e = check(&r, bad).unwrap_err();
+            assert!(e.contains("the cookie `account"), "{bad:?}: {e}");
+        }
+        // Read whole: every cookie; not read: none.
+        assert!(check(&reads(&[], true), &["theme=dark"]).is_err());
+        assert_eq!(check(&reads(&[], false), &["account=1"]), Ok(()));
     }
 
     fn request_reads(query: &[&str], any: bool) -> RequestReads {

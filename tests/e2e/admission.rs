@@ -967,4 +967,34 @@ auth = "none"
     // Routes whose rules read no query parameter are untouched.
     assert_eq!(post("/x?account=mine", form, b"account=victim").0, 200);
     assert_eq!(up.count(), 7);
+    // PHP's `$_REQUEST` (no php.ini) and ASP.NET's `Request[...]` read a cookie as a parameter.
+    let get = |path: &str, cookie: &str| {
+        exchange(
+            gw.proxy,
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    for cookie in [
+        "account=victim",
+        "theme=dark; account=victim",
+        "account%5B%5D=victim",
+    ] {
+        let (status, _, resp) = get("/statements?account=mine", cookie);
+        assert_eq!(
+            (status, reason(&resp).as_str()),
+            (400, "ambiguous_query"),
+            "{cookie}"
+        );
+        assert!(resp.contains("the cookie `account"), "{resp}");
+    }
+    assert_eq!(
+        get("/statements?account=mine", "theme=dark; accounts=2").0,
+        200
+    );
+    assert_eq!(up.last().headers["cookie"], "theme=dark; accounts=2");
+    assert_eq!(get("/x?account=mine", "account=victim").0, 200);
+    assert_eq!(up.count(), 9);
 }

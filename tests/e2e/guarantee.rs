@@ -128,7 +128,8 @@ struct Case {
     token: Tok,
     spoof: bool,
     body: Option<(&'static str, bool)>,
-    /// Header lines a route's rules read, in one spelling or another, once or twice.
+    /// Header lines a route's rules read, in one spelling or another, once or twice, and
+    /// cookies some upstreams read as query parameters.
     tenant: Vec<&'static str>,
 }
 
@@ -282,6 +283,9 @@ fn tenant_lines() -> impl Strategy<Value = Vec<&'static str>> {
             "x-tenant: good, evil",
             "X-Request-Id: client-1",
             "X-Request-Id: bad id",
+            "Cookie: theme=dark",
+            "Cookie: theme=dark; q=evil",
+            "Cookie: q%5B%5D=evil",
         ]),
         0..3,
     )
@@ -712,6 +716,18 @@ fn check_tenant(seen: &Seen) -> Result<(), TestCaseError> {
             o.get("q")
                 .map(|v| v.as_str().unwrap_or("<not text>").to_string()),
         );
+    }
+    // PHP's `$_REQUEST` (without a php.ini) and ASP.NET's `Request[...]` read cookies too.
+    for line in seen.headers.get_all("cookie") {
+        for pair in line.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii_start();
+            values.extend(
+                form_urlencoded::parse(pair)
+                    .take(1)
+                    .filter(|(k, _)| stems(k).iter().any(|s| s == "q"))
+                    .map(|(_, v)| v.into_owned()),
+            );
+        }
     }
     values.dedup();
     prop_assert!(
