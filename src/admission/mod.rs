@@ -381,7 +381,7 @@ impl Snapshot {
         // of the two protects more (how much a rule protects cannot be compared). Another
         // form no route serves protects nothing, and a 405 stays a 405.
         let same = |other: &Lookup| match (&found, other) {
-            (_, Lookup::NoRoute) | (Lookup::MethodNotAllowed(_), _) => true,
+            (_, Lookup::NoRoute) | (Lookup::MethodNotAllowed { .. }, _) => true,
             (Lookup::Route(a), Lookup::Route(b)) => a.route == b.route,
             _ => false,
         };
@@ -414,7 +414,7 @@ impl Snapshot {
         let absorbed = match &found {
             Lookup::Route(m) => !self.policy.routes[m.route].path.ends_with('/'),
             Lookup::NoRoute => true,
-            Lookup::MethodNotAllowed(_) => false,
+            Lookup::MethodNotAllowed { .. } => false,
         };
         if let (true, Some(stripped)) = (absorbed, path.strip_suffix('/').filter(|s| !s.is_empty()))
         {
@@ -430,7 +430,7 @@ impl Snapshot {
         match found {
             Lookup::Route(m) => Ok(Some(m)),
             Lookup::NoRoute => Ok(None),
-            Lookup::MethodNotAllowed(allowed) => {
+            Lookup::MethodNotAllowed { allowed, route } => {
                 let methods = allowed.join(", ");
                 let denial = Denial::new(
                     405,
@@ -438,7 +438,10 @@ impl Snapshot {
                     format!("this path is served for {methods} only"),
                 )
                 .with_allow(methods);
-                Err(Box::new(Decision::denied(None, denial)))
+                // Counted under the route of the path (`_unmatched` said nothing of it).
+                let mut d = Decision::denied(None, denial);
+                d.route = Some(self.policy.routes[route].name.clone());
+                Err(Box::new(d))
             }
         }
     }

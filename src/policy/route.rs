@@ -99,8 +99,12 @@ pub struct RouteMatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     Route(RouteMatch),
-    /// A route serves the path, for other methods only (listed, upper-case).
-    MethodNotAllowed(Vec<String>),
+    /// Routes serve the path, for other methods only: the methods (listed, upper-case) and
+    /// the first of those routes, which the refusal is counted under.
+    MethodNotAllowed {
+        allowed: Vec<String>,
+        route: usize,
+    },
     /// No route serves the path: the unmatched action decides.
     NoRoute,
 }
@@ -429,7 +433,10 @@ fn lookup_in(tree: &Tree, method: &str, path: &str) -> Lookup {
     };
     let slot = &tree.slots[m.value.slot];
     let Some(route) = slot.find(method) else {
-        return Lookup::MethodNotAllowed(slot.allowed());
+        return Lookup::MethodNotAllowed {
+            allowed: slot.allowed(),
+            route: slot.entries.first().map_or(0, |(_, r)| *r),
+        };
     };
     let mut params: Vec<(String, String)> = m
         .params
@@ -477,7 +484,10 @@ mod tests {
         assert_eq!(route(ix.lookup(None, "POST", "/users/7")), Some(1));
         assert_eq!(
             ix.lookup(None, "DELETE", "/users/7"),
-            Lookup::MethodNotAllowed(vec!["GET".into(), "POST".into()])
+            Lookup::MethodNotAllowed {
+                allowed: vec!["GET".into(), "POST".into()],
+                route: 0
+            }
         );
         assert_eq!(route(ix.lookup(None, "GET", "/files/a/b")), Some(2));
         assert_eq!(
@@ -497,7 +507,10 @@ mod tests {
         ix.seal();
         assert_eq!(
             ix.lookup(Some("admin.test"), "POST", "/admin/x"),
-            Lookup::MethodNotAllowed(vec!["GET".into()])
+            Lookup::MethodNotAllowed {
+                allowed: vec!["GET".into()],
+                route: 0
+            }
         );
         assert_eq!(
             ix.lookup(Some("admin.test"), "GET", "/public"),

@@ -105,6 +105,28 @@ async fn cel_rules_allow_and_deny() {
     assert_eq!(resp.headers()["allow"], "POST");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["reason"], "method_not_allowed");
+    // Counted under the route whose path it is, not among requests no route serves.
+    let metrics = c
+        .get(format!("http://{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let denials = |route: &str| {
+        metric_value(
+            &metrics,
+            "claimgate_denials_total",
+            &[
+                ("route", route),
+                ("rule", ""),
+                ("reason", "method_not_allowed"),
+            ],
+        )
+    };
+    assert_eq!(denials("transfer"), Some(1.0));
+    assert_eq!(denials("_unmatched"), None);
 }
 
 #[tokio::test]
