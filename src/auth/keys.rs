@@ -348,23 +348,41 @@ pub fn from_secret(
 }
 
 /// Reads a secret from an environment variable.
+/// Reads a secret from an environment variable (its bytes, UTF-8 or not); one trailing newline
+/// is not part of it, as in a file: a Kubernetes secret made with `--from-file` from a file an
+/// editor or `echo` wrote reaches the variable with it, and a key one byte longer than the
+/// identity provider's would refuse every token as `bad_signature`.
 pub fn secret_from_env(var: &str) -> Result<Vec<u8>, KeyError> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Ok(v.into_bytes()),
-        _ => Err(KeyError::MissingEnv(var.to_string())),
+    secret_from_value(var, std::env::var_os(var))
+}
+
+/// [`secret_from_env`] given the variable's value (tests never change the environment of a
+/// process whose other threads may read it).
+fn secret_from_value(var: &str, value: Option<std::ffi::OsString>) -> Result<Vec<u8>, KeyError> {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = value
+        .map(OsStringExt::into_vec)
+        .map(without_trailing_newline)
+        .unwrap_or_default();
+    if bytes.is_empty() {
+        return Err(KeyError::MissingEnv(var.to_string()));
     }
+    Ok(bytes)
 }
 
 /// Reads a secret from a file; one trailing newline (as editors and `echo` add) is not part of it.
 pub fn secret_from_file(path: &Path) -> Result<Vec<u8>, KeyError> {
-    let mut bytes = read(path)?;
+    read(path).map(without_trailing_newline)
+}
+
+fn without_trailing_newline(mut bytes: Vec<u8>) -> Vec<u8> {
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
             bytes.pop();
         }
     }
-    Ok(bytes)
+    bytes
 }
 
 /// The keys of one issuer.
@@ -412,5 +430,30 @@ impl KeySet {
             return None;
         }
         Some(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_from_the_environment_or_a_file_loses_one_trailing_newline() {
+        use std::os::unix::ffi::OsStrExt;
+        let var = "CLAIMGATE_UNIT_SECRET_NEWLINE";
+        let env = |v: &[u8]| secret_from_value(var, Some(std::ffi::OsStr::from_bytes(v).into()));
+        assert_eq!(env(b"s3cret\n").unwrap(), b"s3cret");
+        assert_eq!(env(b"s3cret\r\n").unwrap(), b"s3cret");
+        assert_eq!(env(b"s3cret\n\n").unwrap(), b"s3cret\n");
+        assert_eq!(env(b"s3cr\xffet").unwrap(), b"s3cr\xffet");
+        assert!(matches!(env(b"\n"), Err(KeyError::MissingEnv(_))));
+        assert!(matches!(
+            secret_from_value(var, None),
+            Err(KeyError::MissingEnv(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(secret_from_file(&file).unwrap(), b"s3cret");
     }
 }
