@@ -1158,6 +1158,15 @@ impl Loader<'_> {
                 format!("route `{name}` can never match: {w}"),
             ));
         }
+        // Every parameter may be one the rules read: what admission refuses for a read
+        // parameter (see `admission::reads`) it refuses for all, cookies and form bodies too,
+        // which a browser sends on every request.
+        if self.reads.request.query.any {
+            self.warnings.push(fx.err(
+                at.start,
+                format!("route `{name}` reads the query whole (not parameter by parameter): any repeated parameter, any cookie and any form, multipart or JSON body is refused on it (400 `ambiguous_query`), as some upstreams read those as query parameters; read the parameters by name"),
+            ));
+        }
     }
 }
 
@@ -1295,6 +1304,27 @@ mod tests {
         // Two open routes without rules protect alike: nothing to say.
         let src = "[[route]]\nname = \"a\"\npath = \"/a\"\nauth = \"none\"\n\n[[route]]\nname = \"rest\"\npath = \"/*\"\nauth = \"none\"\n";
         assert!(load(&[("b.toml", src)]).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn a_route_that_reads_the_query_whole_is_warned_about() {
+        let warned = |rule: &str| -> Vec<String> {
+            let set = load(&[("q.toml", &route(rule))]).unwrap();
+            set.warnings.iter().map(|w| w.to_string()).collect()
+        };
+        for whole in [
+            "allow_if = \"size(request.query) < 3\"",
+            "allow_if = \"request.query[claims.param] == 'x'\"",
+        ] {
+            let w = warned(whole);
+            assert!(
+                w.iter()
+                    .any(|w| w.starts_with("q.toml:1:") && w.contains("reads the query whole")),
+                "{whole}: {w:?}"
+            );
+        }
+        let by_name = warned("allow_if = \"!has(request.query.q) || request.query.q == 'x'\"");
+        assert!(by_name.is_empty(), "{by_name:?}");
     }
 
     #[test]
