@@ -1,6 +1,7 @@
 //! HTTP/2 on the plain listener (h2c with prior knowledge) with real clients (curl and the h2
 //! crate): decided like HTTP/1, told apart from HTTP/1 without delaying short HTTP/1 requests,
-//! and bounded against hostile h2 clients (oversized header blocks, rapid reset).
+//! and bounded against hostile h2 clients (oversized header blocks, rapid reset) and against
+//! requests that would smuggle a second request to an HTTP/1.1 upstream (raw frames).
 
 use super::harness::*;
 use super::tokens::*;
@@ -235,4 +236,238 @@ async fn hostile_h2_clients_are_bounded() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+/// One h2 frame: length, type, flags, stream id, payload (RFC 9113 §4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len();
+    let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A header block of literal fields without indexing and without Huffman coding (RFC 7541
+/// §6.2.2): any name and value, written exactly as given, whatever h2 libraries would send.
+fn hpack_literal(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    let string = |s: &str, block: &mut Vec<u8>| {
+        assert!(s.len() < 127);
+        block.push(s.len() as u8);
+        block.extend_from_slice(s.as_bytes());
+    };
+    for (name, value) in headers {
+        block.push(0x00);
+        string(name, &mut block);
+        string(value, &mut block);
+    }
+    block
+}
+
+/// Sends one h2 request as raw frames (HEADERS, then `data` in one DATA frame ending the
+/// stream) on a new h2c connection and reads what the gateway answers for a second.
+fn raw_h2(gw: SocketAddr, headers: &[(&str, &str)], data: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(gw).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    let end_stream = if data.is_empty() { 0x1 } else { 0 };
+    out.extend(frame(0x1, 0x4 | end_stream, 1, &hpack_literal(headers)));
+    if !data.is_empty() {
+        out.extend(frame(0x0, 0x1, 1, data));
+    }
+    s.write_all(&out).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 16384];
+    while start.elapsed() < Duration::from_secs(2) && !stream_ended(&got) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    got
+}
+
+/// Whether the server refused stream 1 as malformed: RST_STREAM or GOAWAY with
+/// PROTOCOL_ERROR (RFC 9113 §8.1.1).
+fn refused(mut bytes: &[u8]) -> bool {
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        if bytes.len() < 9 + len {
+            return false;
+        }
+        let code = |at: usize| {
+            bytes
+                .get(9 + at..13 + at)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        };
+        match bytes[3] {
+            0x3 if code(0) == Some(1) => return true,
+            0x7 if code(4) == Some(1) => return true,
+            _ => {}
+        }
+        bytes = &bytes[9 + len..];
+    }
+    false
+}
+
+/// Whether the server's frames so far end stream 1 (END_STREAM on its HEADERS or DATA, or
+/// RST_STREAM) or the connection (GOAWAY).
+fn stream_ended(mut bytes: &[u8]) -> bool {
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        let (kind, flags) = (bytes[3], bytes[4]);
+        let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
+        if bytes.len() < 9 + len {
+            return false;
+        }
+        let ends = match kind {
+            0x0 | 0x1 => stream == 1 && flags & 0x1 != 0,
+            0x3 => stream == 1,
+            0x7 => true,
+            _ => false,
+        };
+        if ends {
+            return true;
+        }
+        bytes = &bytes[9 + len..];
+    }
+    false
+}
+
+/// HTTP/2 requests go to HTTP/1.1 upstreams, where the body's framing is rewritten. An h2
+/// request whose declared length disagrees with its DATA (H2.CL), or that carries HTTP/1
+/// framing of its own (`transfer-encoding`, H2.TE), or a header that would be a second line in
+/// HTTP/1, must not reach the upstream as anything but the one request decided on: otherwise
+/// the rest of its body is read there as a second request, never decided (request
+/// smuggling by downgrade).
+#[test]
+fn an_h2_request_cannot_smuggle_a_second_request_to_an_http1_upstream() {
+    let (up, gw) = start_standard("", &[("rules.toml", RULES)]);
+    let smuggled = "GET /api/x HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let base = |extra: &[(&'static str, &'static str)]| {
+        let mut h = vec![
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "a.test"),
+            (":path", "/open"),
+        ];
+        h.extend_from_slice(extra);
+        h
+    };
+    let cl: &'static str = Box::leak(smuggled.len().to_string().into_boxed_str());
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "H2.CL: declares 0, sends a request",
+            base(&[("content-length", "0")]),
+        ),
+        ("H2.CL: declares 1", base(&[("content-length", "1")])),
+        ("H2.TE: chunked", base(&[("transfer-encoding", "chunked")])),
+        ("two lengths", {
+            let mut h = base(&[("content-length", "0")]);
+            h.push(("content-length", cl));
+            h
+        }),
+        (
+            "connection-specific header",
+            base(&[("connection", "keep-alive")]),
+        ),
+        ("upper-case name", base(&[("Content-Length", "0")])),
+        // Header and request-line injection (HTTP/2 carries CR and LF where HTTP/1 cannot).
+        (
+            "CRLF in a value",
+            base(&[("x-a", "1\r\ntransfer-encoding: chunked")]),
+        ),
+        (
+            "CRLF in a name",
+            base(&[("x-a\r\ntransfer-encoding", "chunked")]),
+        ),
+        ("colon in a name", base(&[("x-a:b", "1")])),
+        (
+            "CRLF in :path",
+            vec![
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "a.test"),
+                (":path", "/open HTTP/1.1\r\nHost: a.test\r\n\r\nGET /api/x"),
+            ],
+        ),
+        (
+            "a request line in :method",
+            vec![
+                (":method", "GET /api/x HTTP/1.1\r\nHost: a.test\r\n\r\nPOST"),
+                (":scheme", "http"),
+                (":authority", "a.test"),
+                (":path", "/open"),
+            ],
+        ),
+        (
+            "CRLF in :authority",
+            vec![
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "a.test\r\nx: y"),
+                (":path", "/open"),
+            ],
+        ),
+    ];
+    // Whether the upstream got a request with exactly `body`, waiting a little: it records
+    // a request when its handler runs, which may be after the client saw the answer.
+    let arrived = |body: &[u8]| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            if up.seen.lock().unwrap().iter().any(|s| s.body == body) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    };
+    for (n, (what, headers)) in cases.iter().enumerate() {
+        let body = if what.starts_with("H2.TE") {
+            format!("0\r\n\r\n{smuggled}")
+        } else {
+            smuggled.to_string()
+        };
+        let got = raw_h2(gw.proxy, headers, body.as_bytes());
+        assert!(refused(&got), "{what}: not refused as malformed");
+        // A request cut off upstream leaves no connection half-read in the pool: the next
+        // requests arrive whole (a pooled connection still waiting for a declared byte would
+        // take the next request's first byte as it).
+        for i in 0..3 {
+            let body = format!("whole-{n}-{i}");
+            let len: &'static str = Box::leak(body.len().to_string().into_boxed_str());
+            let _ = raw_h2(gw.proxy, &base(&[("content-length", len)]), body.as_bytes());
+            assert!(
+                arrived(body.as_bytes()),
+                "{what}: the next request did not arrive whole"
+            );
+        }
+    }
+    // Malformed requests (RFC 9113 §8.2.2, §8.1.1) are refused before anything is sent on; a
+    // length the DATA overruns may be found only after the head went upstream: then the
+    // upstream gets no byte beyond the declared length, and the request is cut off. Either
+    // way, nothing reached `/api/x`.
+    for s in up.seen.lock().unwrap().iter() {
+        assert_eq!(s.uri, "/open", "{s:?}");
+        let declared: usize = s.headers["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(s.body.len() <= declared, "{s:?}");
+        let text = String::from_utf8_lossy(&s.body);
+        assert!(text.starts_with("whole-") || s.body.is_empty(), "{s:?}");
+    }
+    // The same text sent as a well-formed body is a body: it arrives whole, as one request.
+    let _ = raw_h2(
+        gw.proxy,
+        &base(&[("content-length", cl)]),
+        smuggled.as_bytes(),
+    );
+    assert!(arrived(smuggled.as_bytes()));
+    assert!(up.seen.lock().unwrap().iter().all(|s| s.uri == "/open"));
 }
