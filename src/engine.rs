@@ -240,6 +240,10 @@ impl Snapshot {
     ) -> Step {
         let now: DateTime<Utc> = now.into();
         let route = &self.policy.routes[m.route];
+        if let Some(mut d) = self.client_certificate_missing(req) {
+            d.route = Some(route.name.clone());
+            return Step::Decided(d);
+        }
         let (token, verified, token_cache) = match credentials {
             Credentials::Verify => {
                 match self.authenticate(req, route.auth, &self.route_issuers[m.route], now) {
@@ -459,6 +463,21 @@ impl Snapshot {
         Ok((Some(t), Some(false)))
     }
 
+    /// A request over TLS without a client certificate the trust in force accepts, where
+    /// `client_auth = "required"`: a full handshake never lets one through, but a session
+    /// resumed after a reload that added or replaced `client_ca` (or made it required) does.
+    fn client_certificate_missing(&self, req: &RequestFacts<'_>) -> Option<Decision> {
+        let tls = req.tls?;
+        let required = self.tls.as_ref().is_some_and(|t| t.client_required);
+        (required && tls.client.is_none()).then(|| {
+            Decision::refused(
+                403,
+                DenyReason::ClientCertificate,
+                "this listener requires a client certificate that its `client_ca` accepts; connect again with one".into(),
+            )
+        })
+    }
+
     /// Verifies a token within the limits on what rules will walk: claims larger than
     /// `limits.max_claims_bytes` (judged before decoding) or nested deeper than
     /// `limits.max_claims_depth` (read or not) are refused. Only the claims this snapshot's
@@ -481,6 +500,9 @@ impl Snapshot {
     /// The `[unmatched]` action for a request no route serves: a decision, or the need for
     /// an issuer's keys first.
     pub fn begin_unmatched(&self, req: &RequestFacts<'_>, now: SystemTime) -> Step {
+        if let Some(d) = self.client_certificate_missing(req) {
+            return Step::Decided(d);
+        }
         let Some(upstream) = &self.unmatched_upstream else {
             let status = self.config.raw.unmatched.status;
             return Step::Decided(Decision::refused(

@@ -125,19 +125,28 @@ fn h2_target(req: &RequestHeader) -> Option<Vec<u8>> {
 
 /// What the TLS listener learnt of the connection: version, cipher and the client certificate
 /// it verified (its SHA-256 thumbprint, RFC 8705's `x5t#S256`).
-fn tls_facts(session: &Session) -> Option<crate::facts::TlsFacts> {
+/// The TLS facts of the request's connection. Its client certificate counts only if the
+/// trust of `certs` (the snapshot deciding the request) accepts it: a resumed session or a
+/// reload may have brought one that trust never verified.
+fn tls_facts(
+    session: &Session,
+    certs: Option<&crate::tls::Certificates>,
+) -> Option<crate::facts::TlsFacts> {
     use base64::Engine as _;
     let ssl = session.digest()?.ssl_digest.as_ref()?;
-    let client = (!ssl.cert_digest.is_empty()).then(|| crate::facts::ClientCertificate {
-        thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&ssl.cert_digest),
-        organization: ssl.organization.clone(),
-        serial: ssl.serial_number.clone(),
-        names: ssl
-            .extension
-            .get::<Arc<crate::facts::CertificateNames>>()
-            .cloned()
-            .unwrap_or_default(),
-    });
+    let seen = ssl
+        .extension
+        .get::<Arc<crate::tls_listener::ClientCertificateSeen>>()
+        .filter(|seen| seen.accepted_by(certs));
+    let client =
+        seen.filter(|_| !ssl.cert_digest.is_empty())
+            .map(|seen| crate::facts::ClientCertificate {
+                thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(&ssl.cert_digest),
+                organization: ssl.organization.clone(),
+                serial: ssl.serial_number.clone(),
+                names: seen.names.clone(),
+            });
     Some(crate::facts::TlsFacts {
         version: crate::facts::tls_version_name(&ssl.version),
         cipher: ssl.cipher.clone(),
@@ -155,13 +164,15 @@ async fn respond_refusal(
     request_id: &str,
     message: &str,
 ) -> Result<()> {
-    let grpc = crate::grpc::is_grpc(
-        session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes()),
-    );
+    // gRPC is always POST: a GET that claims a gRPC type gets the JSON denial (an empty
+    // 200 for it could be cached as the page's answer).
+    let req = session.req_header();
+    let grpc = req.method == http::Method::POST
+        && crate::grpc::is_grpc(
+            req.headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+        );
     if grpc {
         return respond_grpc(session, status, headers, request_id, message).await;
     }
@@ -181,7 +192,9 @@ async fn respond_refusal(
         .await
 }
 
-/// A trailers-only gRPC response: HTTP 200 and one header block that ends the stream.
+/// A trailers-only gRPC response: HTTP 200 and one header block that ends the stream (on
+/// HTTP/2, END_STREAM on the HEADERS frame: clients read `grpc-status` there, and report a
+/// stream ended by an empty DATA frame without trailers as INTERNAL).
 async fn respond_grpc(
     session: &mut Session,
     status: u16,
@@ -194,13 +207,25 @@ async fn respond_grpc(
     resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
     resp.insert_header("grpc-status", answer.status.to_string())?;
     resp.insert_header("grpc-message", answer.message)?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if !session.is_http2() {
+        // gRPC-Web over HTTP/1.1: a body of none, said so.
+        resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    }
     if !request_id.is_empty() {
         resp.insert_header(REQUEST_ID, request_id)?;
     }
     for (name, value) in headers {
         resp.insert_header(name.clone(), value.as_str())?;
     }
-    session.write_response_header(Box::new(resp), true).await
+    // Not `write_response_header`, which writes the header block without ending the stream.
+    session
+        .write_response_tasks(vec![pingora::protocols::http::HttpTask::Header(
+            Box::new(resp),
+            true,
+        )])
+        .await
+        .map(|_| ())
 }
 
 impl ClaimgateProxy {
@@ -514,7 +539,7 @@ impl ProxyHttp for ClaimgateProxy {
             BodyRead::TooLarge => Body::TooLarge,
             _ => admitted.body(&buf),
         };
-        let tls = tls_facts(session);
+        let tls = tls_facts(session, snapshot.tls.as_deref());
         ctx.over_tls = tls.is_some();
         let head = head_of(session.req_header(), h2.as_deref());
         let facts = RequestFacts {

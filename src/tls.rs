@@ -33,6 +33,13 @@ pub struct Certificates {
     certs: Vec<Certificate>,
     /// Verifies client certificates against `client_ca` (`None`: none is asked for).
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// Names the client-certificate trust (`client_ca`'s certificates and `client_auth`) by
+    /// content: a connection's certificate verified under this trust needs no second check
+    /// after a reload that left it unchanged. `None` without `client_ca`.
+    pub client_trust: Option<u64>,
+    /// `client_auth = "required"` with a `client_ca`: every request needs a certificate this
+    /// trust accepts.
+    pub client_required: bool,
 }
 
 impl Certificates {
@@ -51,12 +58,15 @@ impl Certificates {
                 Err(msg) => errors.push(config.error_at(entry.span(), msg)),
             }
         }
-        let mut client_verifier = None;
+        let (mut client_verifier, mut client_trust) = (None, None);
         if let Some(ca) = &tls.client_ca {
-            match read_ca(&config.resolve(ca.get_ref()))
-                .and_then(|roots| client_verifier_for(roots, tls.client_auth))
-            {
-                Ok(v) => client_verifier = Some(v),
+            match read_ca(&config.resolve(ca.get_ref())).and_then(|(roots, key)| {
+                client_verifier_for(roots, tls.client_auth).map(|v| (v, key))
+            }) {
+                Ok((v, key)) => {
+                    client_verifier = Some(v);
+                    client_trust = Some(trust_key(key, tls.client_auth));
+                }
                 Err(msg) => errors.push(config.error_at(ca.span(), msg)),
             }
         }
@@ -64,6 +74,8 @@ impl Certificates {
             Ok(Some(Certificates {
                 certs,
                 client_verifier,
+                client_required: client_trust.is_some() && tls.client_auth == ClientAuth::Required,
+                client_trust,
             }))
         } else {
             Err(errors)
@@ -89,6 +101,27 @@ impl Certificates {
     pub fn iter(&self) -> impl Iterator<Item = &Certificate> {
         self.certs.iter()
     }
+
+    /// Whether `chain` (leaf first) is a client certificate the trust in force accepts now.
+    pub fn accepts_client(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let (Some(verifier), Some((leaf, intermediates))) =
+            (&self.client_verifier, chain.split_first())
+        else {
+            return false;
+        };
+        verifier
+            .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .is_ok()
+    }
+}
+
+/// The client-certificate trust by content: the CA bundle's certificates and the mode.
+fn trust_key(bundle: u64, auth: ClientAuth) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bundle.hash(&mut h);
+    (auth == ClientAuth::Required).hash(&mut h);
+    h.finish()
 }
 
 impl Certificate {
@@ -131,8 +164,8 @@ impl Certificate {
 }
 
 /// A PEM CA bundle as trust roots: at least one certificate, each parsing as X.509 and usable
-/// as a trust anchor.
-fn read_ca(path: &Path) -> Result<rustls::RootCertStore, String> {
+/// as a trust anchor; and a hash of its certificates.
+fn read_ca(path: &Path) -> Result<(rustls::RootCertStore, u64), String> {
     let pem = crate::set_file::read(path)
         .map_err(|e| format!("`{}`: cannot read ({e})", path.display()))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
@@ -141,6 +174,14 @@ fn read_ca(path: &Path) -> Result<rustls::RootCertStore, String> {
     if certs.is_empty() {
         return Err(format!("`{}` holds no certificate", path.display()));
     }
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for c in &certs {
+            c.as_ref().hash(&mut h);
+        }
+        h.finish()
+    };
     let mut roots = rustls::RootCertStore::empty();
     for c in certs {
         leaf_facts(&c)
@@ -149,7 +190,7 @@ fn read_ca(path: &Path) -> Result<rustls::RootCertStore, String> {
             .add(c)
             .map_err(|e| format!("`{}`: not a usable CA certificate ({e})", path.display()))?;
     }
-    Ok(roots)
+    Ok((roots, key))
 }
 
 /// The verifier of client certificates: chains to `roots`, with or without a certificate

@@ -34,7 +34,10 @@ impl ResolvesServerCert for SnapshotCertificates {
 /// Client certificates are asked for and verified by the snapshot in force: adding, replacing or
 /// removing `client_ca` (or changing `client_auth`) takes effect at the next handshake.
 pub fn settings(state: Arc<ArcSwap<Snapshot>>) -> Result<TlsSettings, String> {
-    let mut s = TlsSettings::with_callbacks(Box::new(ClientNames)).map_err(|e| e.to_string())?;
+    let mut s = TlsSettings::with_callbacks(Box::new(ClientIdentity {
+        state: state.clone(),
+    }))
+    .map_err(|e| e.to_string())?;
     s.set_cert_resolver(Arc::new(SnapshotCertificates {
         state: state.clone(),
     }));
@@ -113,18 +116,60 @@ fn schemes() -> rustls::crypto::WebPkiSupportedAlgorithms {
     rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
 }
 
-/// After each handshake: the client certificate's subject and alternative names, parsed once
-/// for the connection and carried in its TLS digest (every request on it, h2 streams included,
-/// reads the same `Arc`).
-struct ClientNames;
+/// After each handshake: the client certificate's names, parsed once for the connection and
+/// carried in its TLS digest (every request on it, h2 streams included, reads the same `Arc`),
+/// and whether the trust in force accepts it.
+///
+/// A resumed TLS session brings back the certificate of the handshake that made it without
+/// verifying it again, and it may be resumed after a reload replaced `client_ca` (rustls keeps
+/// sessions in memory and sends tickets; Pingora builds its configuration once): so the
+/// certificate is verified here, after every handshake, and again per request whenever the
+/// trust in force is not the one it was verified under.
+struct ClientIdentity {
+    state: Arc<ArcSwap<Snapshot>>,
+}
 
 #[async_trait::async_trait]
-impl TlsAccept for ClientNames {
+impl TlsAccept for ClientIdentity {
     async fn handshake_complete_callback(
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let names = crate::tls::certificate_names(tls.peer_certificate_der()?)?;
-        Some(Arc::new(Arc::new(names)))
+        let chain = tls.peer_cert_chain_der()?;
+        let names = crate::tls::certificate_names(chain.first()?)?;
+        let seen = ClientCertificateSeen {
+            names: Arc::new(names),
+            chain: chain.to_vec(),
+            verdict: std::sync::Mutex::new(None),
+        };
+        seen.accepted_by(self.state.load().tls.as_deref());
+        Some(Arc::new(Arc::new(seen)))
+    }
+}
+
+/// A connection's client certificate as its handshake showed it.
+pub struct ClientCertificateSeen {
+    pub names: Arc<crate::facts::CertificateNames>,
+    chain: Vec<CertificateDer<'static>>,
+    /// The trust (`Certificates::client_trust`) it was last verified under, and the answer.
+    verdict: std::sync::Mutex<Option<(u64, bool)>>,
+}
+
+impl ClientCertificateSeen {
+    /// Whether the trust of `certs` (the snapshot in force) accepts the certificate: verified
+    /// once per trust, so a request after a reload that changed `client_ca` verifies it again.
+    pub fn accepted_by(&self, certs: Option<&crate::tls::Certificates>) -> bool {
+        let Some((certs, trust)) = certs.and_then(|c| Some((c, c.client_trust?))) else {
+            return false;
+        };
+        let mut verdict = crate::sync::lock(&self.verdict);
+        match *verdict {
+            Some((t, ok)) if t == trust => ok,
+            _ => {
+                let ok = certs.accepts_client(&self.chain);
+                *verdict = Some((trust, ok));
+                ok
+            }
+        }
     }
 }

@@ -54,6 +54,9 @@ pub enum DenyReason {
     RateLimited,
     /// A limit's shared store could not be asked, and the limit fails closed (503).
     LimitStoreUnavailable,
+    /// `client_auth = "required"`, and the connection has no client certificate the trust in
+    /// force accepts (a TLS session resumed across a `client_ca` change).
+    ClientCertificate,
 }
 
 impl DenyReason {
@@ -82,6 +85,7 @@ impl DenyReason {
             DenyReason::HeadTimeout => "request_head_timeout",
             DenyReason::RateLimited => "rate_limited",
             DenyReason::LimitStoreUnavailable => "limit_store_unavailable",
+            DenyReason::ClientCertificate => "client_certificate",
         }
     }
 }

@@ -182,6 +182,41 @@ async fn grpc_calls_are_decided_and_denials_speak_grpc() {
         "health is for the ops role (100% of the time)"
     );
     assert!(denied.metadata().get("x-request-id").is_some());
+    // On the wire a denial is trailers-only: one HEADERS frame that ends the stream, no DATA
+    // (grpc-go and grpc-java read a stream ended by an empty DATA frame as INTERNAL).
+    let got = super::http2::raw_h2(
+        gw.proxy,
+        &[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "a.test"),
+            (":path", "/grpc.health.v1.Health/Check"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+        &[0, 0, 0, 0, 0],
+    );
+    let frames = super::http2::stream_1_frames(&got);
+    assert_eq!(
+        frames.first(),
+        Some(&(0x1, 0x5)),
+        "HEADERS with END_HEADERS and END_STREAM: {frames:?}"
+    );
+    assert!(
+        frames.iter().all(|(kind, _)| *kind != 0x0),
+        "a DATA frame: {frames:?}"
+    );
+    // gRPC is POST: a GET claiming a gRPC type is answered as any other request (JSON, not an
+    // empty 200 a cache could keep).
+    let r = super::harness::client()
+        .get(gw.url("/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.headers()["cache-control"], "no-store");
     assert_eq!(
         grpc.users.lock().unwrap().len(),
         calls,

@@ -266,7 +266,7 @@ fn hpack_literal(headers: &[(&str, &str)]) -> Vec<u8> {
 
 /// Sends one h2 request as raw frames (HEADERS, then `data` in one DATA frame ending the
 /// stream) on a new h2c connection and reads what the gateway answers for a second.
-fn raw_h2(gw: SocketAddr, headers: &[(&str, &str)], data: &[u8]) -> Vec<u8> {
+pub(super) fn raw_h2(gw: SocketAddr, headers: &[(&str, &str)], data: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(gw).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
@@ -312,6 +312,23 @@ fn refused(mut bytes: &[u8]) -> bool {
         bytes = &bytes[9 + len..];
     }
     false
+}
+
+/// The frames of stream 1 in what a server sent: (type, flags) in order.
+pub(super) fn stream_1_frames(mut bytes: &[u8]) -> Vec<(u8, u8)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
+        if bytes.len() < 9 + len {
+            break;
+        }
+        if stream == 1 {
+            out.push((bytes[3], bytes[4]));
+        }
+        bytes = &bytes[9 + len..];
+    }
+    out
 }
 
 /// Whether the server's frames so far end stream 1 (END_STREAM on its HEADERS or DATA, or

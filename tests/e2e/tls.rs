@@ -802,3 +802,138 @@ async fn sigterm_sends_goaway_to_h2_connections_over_tls_at_once() {
     .unwrap();
     assert_eq!(exit.0, Some(Some(0)), "{}", exit.1);
 }
+
+/// A TLS client that keeps its sessions (rustls' in-memory store): connections after the first
+/// resume, with the client certificate of the first, which a resuming server does not verify
+/// again.
+struct ResumingClient {
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl ResumingClient {
+    fn new(dir: &Path, client: &str) -> ResumingClient {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap())
+            .unwrap();
+        let chain = vec![CertificateDer::from_pem_file(dir.join(format!("{client}.pem"))).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(dir.join(format!("{client}-key.pem"))).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        ResumingClient {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+        }
+    }
+
+    /// `GET path` on a new connection: whether the session was resumed, and the status
+    /// (`None` when the handshake or the exchange failed).
+    async fn get(&self, tls: SocketAddr, path: &str) -> (bool, Option<u16>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let Ok(mut s) = self.connector.connect(name, tcp).await else {
+            return (false, None);
+        };
+        let resumed = s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        if s.write_all(req.as_bytes()).await.is_err() {
+            return (resumed, None);
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        let status = String::from_utf8_lossy(&answer)
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok());
+        (resumed, status)
+    }
+}
+
+/// A TLS session resumed after a reload replaced `client_ca` brings back a client certificate
+/// the new trust never verified: it does not count. Where a certificate is required, the
+/// request is refused (403 `client_certificate`); the trust restored, it counts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_session_brings_no_certificate_the_trust_in_force_refuses() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, clients, strangers) = (Ca::new(), Ca::new(), Ca::new());
+    let d = certs.path();
+    std::fs::write(d.join("ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(d.join("client-ca.pem"), clients.cert.pem()).unwrap();
+    ca.issue(d, "a", "a.test", "a.test");
+    clients.issue(d, "alice", "alice.client", "alice");
+    strangers.issue(d, "mallory", "mallory.client", "mallory");
+    let up = Upstream::start();
+    let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gw = Gateway::start(
+        &mtls_config(up.addr, tls.port(), d, "required"),
+        &[("m.toml", MTLS_ROUTES)],
+    );
+    wait_listening(tls);
+    let alice = ResumingClient::new(d, "alice");
+    assert_eq!(alice.get(tls, "/who").await, (false, Some(200)));
+    // The client resumes: what follows tests resumption, not a new handshake.
+    assert_eq!(alice.get(tls, "/who").await, (true, Some(200)));
+    assert_eq!(up.count(), 2);
+
+    // Alice's CA is no longer trusted (mallory's is): a fresh handshake with alice's
+    // certificate fails, and a resumed one must not let her certificate count.
+    write_atomically(&d.join("client-ca.pem"), &strangers.cert.pem());
+    let started = Instant::now();
+    while curl_client(d, tls, Some("mallory"), "/who", None) != "200" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new client CA was not used"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = up.count();
+    let (resumed, status) = alice.get(tls, "/who").await;
+    assert!(
+        resumed,
+        "the session was not resumed: the test tests nothing"
+    );
+    assert_eq!(status, Some(403));
+    assert_eq!(
+        up.count(),
+        seen,
+        "a request reached the upstream on a revoked certificate"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "claimgate_denials_total",
+            &[
+                ("route", "who"),
+                ("rule", ""),
+                ("reason", "client_certificate")
+            ]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // Alice's CA trusted again: her resumed sessions count again.
+    write_atomically(&d.join("client-ca.pem"), &clients.cert.pem());
+    let started = Instant::now();
+    while curl_client(d, tls, Some("alice"), "/who", None) != "200" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the client CA was not restored"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(alice.get(tls, "/who").await, (true, Some(200)));
+}
