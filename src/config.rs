@@ -49,7 +49,8 @@ pub struct RateLimitSettings {
     /// `memory` (this process; the default) or `redis` (shared by every replica).
     #[serde(default)]
     pub store: LimitStoreKind,
-    /// With `store = "redis"`: e.g. `redis://10.0.0.9:6379/0` (`rediss://` for TLS).
+    /// With `store = "redis"`: e.g. `redis://10.0.0.9:6379/0` (TLS to Redis is not built in:
+    /// `rediss://` is refused at load).
     #[serde(default)]
     pub redis_url: Option<Spanned<String>>,
     /// The most one call to the store may take; then the limit's `on_store_error` applies.

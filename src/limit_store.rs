@@ -42,6 +42,8 @@ for i = 1, #KEYS do
   end
   local base = now
   if tat and tat > now then base = tat end
+  -- A TAT stored under a longer window (a reload shortened it) counts as a spent window.
+  if base > now + window then base = now + window end
   local new_tat = base + cost * interval
   local allow_at = new_tat - window
   if now + interval * 1e-9 >= allow_at then

@@ -25,7 +25,9 @@ pub struct Step {
 /// others before coming here).
 pub fn step(tat: Option<f64>, now_ms: f64, limit: f64, window_ms: f64, cost: f64) -> Step {
     let interval = window_ms / limit;
-    let base = tat.unwrap_or(now_ms).max(now_ms);
+    // A TAT more than a window ahead was stored under a longer window (a reload shortened
+    // it): the budget is spent, for this window's length, not for what is left of the old one.
+    let base = tat.unwrap_or(now_ms).max(now_ms).min(now_ms + window_ms);
     let new_tat = base + cost.max(0.0) * interval;
     let allow_at = new_tat - window_ms;
     // A whisker of slack: costs and intervals are floating point, and `L` requests of cost 1
@@ -69,6 +71,16 @@ mod tests {
                 s
             })
             .collect()
+    }
+
+    #[test]
+    fn a_shortened_window_holds_a_spent_budget_for_its_own_length() {
+        let hour = 3_600_000.0;
+        // Spent under 2 per 24h: the TAT is a day ahead.
+        let s = step(Some(24.0 * hour), 0.0, 2.0, hour, 1.0);
+        assert!(!s.allowed);
+        assert_eq!(s.retry_after_ms, Some(hour / 2.0));
+        assert_eq!(s.reset_ms, hour);
     }
 
     #[test]

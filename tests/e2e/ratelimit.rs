@@ -153,6 +153,23 @@ async fn budgets(extra: &str) {
         line.contains("api-rate") || line.contains("daily-total"),
         "{line}"
     );
+
+    // The window shortened on reload (24h to 1h): tia's spent budget is a spent hour now,
+    // not a lock-out for the 23 hours the old window had left.
+    let generation = gw.status().await["rules"]["generation"].as_u64().unwrap();
+    write_atomically(
+        &gw.dir().join("rules/limits.toml"),
+        &RULES.replace("window = \"24h\"", "window = \"1h\""),
+    );
+    gw.wait_generation(generation + 1).await;
+    let refused = pay(50.0).await;
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((170..=181).contains(&retry), "{retry}"); // 50 units at 1000 per hour
 }
 
 #[test]
