@@ -116,6 +116,20 @@ impl Compiler<'_> {
                 0,
                 "`url` must start with http:// or https://".into(),
             );
+        } else if let Some(t) = &url {
+            // The endpoint is the operator's: a hole in the host (or before the path's first
+            // `/`) would let a claim or a header choose the server the gateway calls.
+            let prefix = t.prefix();
+            let authority_written = prefix
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.contains('/'));
+            if !authority_written && prefix.len() < raw.url.get_ref().len() {
+                self.err(
+                    &raw.url,
+                    prefix.len(),
+                    "`url`: the scheme and host are written out, with the path's first `/`; a hole may stand only in the path or the query".into(),
+                );
+            }
         }
         let method = match raw.method.get_ref().to_ascii_uppercase().as_str() {
             "GET" => Method::GET,
@@ -293,18 +307,19 @@ impl SourceSpec {
             headers.push((name.clone(), value));
         }
         let body = match &self.body {
-            Some(t) => Some(t.render(act, Escape::None)?),
+            Some(t) => Some(json_body(t.render(act, Escape::Json)?)?),
             None => None,
         };
         let mut h = Sha256::new();
+        // Length-prefixed, so no two different requests give the same byte stream.
+        let mut part = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
         match &self.cache_key {
-            Some(k) => h.update(k.render(act, Escape::None)?.as_bytes()),
+            // Piece by piece: `{a}{b}` of ("ac", "me1") and ("acme", "1") are two keys.
+            Some(k) => k.each_piece(act, Escape::None, |p| part(p.as_bytes()))?,
             None => {
-                // Length-prefixed, so no two different requests give the same byte stream.
-                let mut part = |b: &[u8]| {
-                    h.update((b.len() as u64).to_le_bytes());
-                    h.update(b);
-                };
                 part(self.method.as_str().as_bytes());
                 part(url.as_bytes());
                 for (n, v) in &headers {
@@ -322,6 +337,16 @@ impl SourceSpec {
             key: h.finalize().into(),
         })
     }
+}
+
+/// A rendered body, sent as `application/json`: it must be one JSON document without
+/// duplicate keys (a hole outside a string, say a number the client made text, cannot add a
+/// member the source would read over the operator's).
+fn json_body(text: String) -> Result<String, String> {
+    crate::strict_json::parse(text.as_bytes()).map_err(|e| {
+        format!("the rendered body is not one JSON document without duplicate keys ({e:?})")
+    })?;
+    Ok(text)
 }
 
 /// What a source gave for one request, after the fetcher applied TTLs and `stale`.

@@ -3,7 +3,9 @@
 //!
 //! A hole's value is text (strings as they are, numbers and bools formatted); in a URL it is
 //! percent-encoded as one path segment or query value, so a claim can never add a `/`, `?`
-//! or `#` to the request the gateway sends.
+//! or `#` to the request the gateway sends, and the scheme and host are never templated; in a
+//! JSON body it is escaped as JSON string content, so a value can never close its string and
+//! add a member.
 
 use crate::policy::activation::Activation;
 use crate::policy::cel::to_header_text;
@@ -108,10 +110,12 @@ enum Part {
     Hole(Program),
 }
 
-/// Where a rendered value goes: URL holes are percent-encoded, others are taken as they are.
+/// Where a rendered value goes: URL holes are percent-encoded, JSON body holes escaped as
+/// string content, others (headers, which refuse CR and LF themselves) taken as they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Escape {
     Url,
+    Json,
     None,
 }
 
@@ -132,9 +136,24 @@ impl Template {
     /// Fills the holes from `act`.
     pub fn render(&self, act: &Activation<'_>, escape: Escape) -> Result<String, String> {
         let mut out = String::new();
+        self.each_piece(act, escape, |piece| out.push_str(piece))?;
+        if escape == Escape::Url {
+            no_dot_segments(&out)?;
+        }
+        Ok(out)
+    }
+
+    /// The rendered pieces, literal text and holes apart, in order (a cache key hashes each
+    /// with its length, so text that moves between two holes is another key).
+    pub fn each_piece(
+        &self,
+        act: &Activation<'_>,
+        escape: Escape,
+        mut f: impl FnMut(&str),
+    ) -> Result<(), String> {
         for part in &self.parts {
             match part {
-                Part::Text(t) => out.push_str(t),
+                Part::Text(t) => f(t),
                 Part::Hole(p) => {
                     let v = act.execute_program(p).map_err(|e| e.to_string())?;
                     let text = hole_text(&v)?;
@@ -144,14 +163,47 @@ impl Template {
                             if text.is_empty() || text == "." || text == ".." {
                                 return Err(format!("`{text}` cannot be a URL segment"));
                             }
-                            out.extend(utf8_percent_encode(&text, HOLE));
+                            let encoded: String = utf8_percent_encode(&text, HOLE).collect();
+                            f(&encoded);
                         }
-                        Escape::None => out.push_str(&text),
+                        Escape::Json => f(&json_string_content(&text)),
+                        Escape::None => f(&text),
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The literal text before the first hole (all of it, without holes).
+    pub fn prefix(&self) -> &str {
+        match self.parts.first() {
+            Some(Part::Text(t)) => t,
+            _ => "",
+        }
+    }
+}
+
+/// `text` as the content of a JSON string: quotes, backslashes and control characters escaped.
+fn json_string_content(text: &str) -> String {
+    let quoted = serde_json::Value::String(text.to_string()).to_string();
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// A rendered URL whose path has a `.` or `..` segment: holes next to each other (or to text)
+/// can make one that no hole holds alone, and a URL parser would walk the path with it.
+fn no_dot_segments(url: &str) -> Result<(), String> {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let Some(slash) = after_scheme.find('/') else {
+        return Ok(());
+    };
+    let path = after_scheme[slash..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    match path.split('/').find(|seg| *seg == "." || *seg == "..") {
+        Some(seg) => Err(format!("the URL's path has a `{seg}` segment")),
+        None => Ok(()),
     }
 }
 
@@ -217,6 +269,35 @@ mod tests {
         assert_eq!(parse("ab{claims.x").unwrap_err().0, 2);
         assert_eq!(parse("ab}").unwrap_err().0, 2);
         assert_eq!(parse("x{ }").unwrap_err().0, 1);
+    }
+
+    #[test]
+    fn json_holes_stay_inside_their_string() {
+        assert_eq!(
+            json_string_content("x\",\"player\":\"victim\\\n"),
+            "x\\\",\\\"player\\\":\\\"victim\\\\\\n"
+        );
+        assert_eq!(json_string_content("plain 42"), "plain 42");
+    }
+
+    #[test]
+    fn a_rendered_path_has_no_dot_segment() {
+        for bad in [
+            "http://h/a/../b",
+            "http://h/./b",
+            "https://h:1/a/..?x=1",
+            "http://h/..",
+        ] {
+            assert!(no_dot_segments(bad).is_err(), "{bad}");
+        }
+        for ok in [
+            "http://h/a/..b/c",
+            "http://h/a?x=..",
+            "http://h",
+            "http://h/a.b/.c",
+        ] {
+            assert_eq!(no_dot_segments(ok), Ok(()), "{ok}");
+        }
     }
 
     #[test]

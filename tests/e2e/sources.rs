@@ -468,3 +468,122 @@ async fn caches_survive_reloads_until_the_source_changes() {
     assert_eq!(play(&gw, "alice").await.0, 200);
     assert_eq!(game.calls("alice"), 2);
 }
+
+/// What a client controls cannot change what a source is asked, nor which answer it gets:
+/// a value in a JSON body stays inside its string, a custom `cache_key` keeps its holes apart,
+/// and the host of a source's URL is never templated.
+#[tokio::test]
+async fn client_values_cannot_change_what_a_source_is_asked() {
+    use http_body_util::BodyExt;
+    // Records each request's path and body; answers `{"asked": <the body's player>}`.
+    type Asked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let asked: Asked = Arc::default();
+    let record = asked.clone();
+    let server = TestServer::start(move |req: Request<hyper::body::Incoming>| {
+        let record = record.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+            let player = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["player"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            record.lock().unwrap().push((path, body));
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(
+                    json!({ "asked": player }).to_string(),
+                )))
+                .unwrap()
+        }
+    });
+    let addr = server.addr;
+    let sources = format!(
+        "[sources.inventory]\nurl = \"http://{addr}/inventory\"\nmethod = \"POST\"\n\
+         body = '{{{{\"player\":\"{{claims.sub}}\",\"item\":\"{{request.query.item}}\"}}}}'\n\
+         [sources.tier]\nurl = \"http://{addr}/tier\"\ncache_key = \"{{claims.a}}{{claims.b}}\"\nttl_seconds = 60\n"
+    );
+    let rules = r#"
+[[route]]
+name = "shop"
+path = "/shop"
+issuers = ["hs"]
+  [route.forward]
+  "x-asked" = "ext.inventory.asked"
+
+[[route]]
+name = "tier"
+path = "/tier"
+issuers = ["hs"]
+  [route.forward]
+  "x-tier" = "ext.tier.asked"
+"#;
+    let (up, gw) = start_standard(&sources, &[("shop.toml", rules)]);
+    let shop = |item: &str| {
+        let url = gw.url(&format!("/shop?item={item}"));
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(token(Algorithm::HS256, json!({"sub": "alice"})))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(shop("sword").await, 200);
+    assert_eq!(up.last().headers["x-asked"], "alice");
+    // `x","player":"victim` would close the string and add a second `player`, which most
+    // parsers read over the first.
+    assert_eq!(shop("x%22%2C%22player%22%3A%22victim").await, 200);
+    assert_eq!(up.last().headers["x-asked"], "alice");
+    let (_, body) = asked.lock().unwrap().last().cloned().unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v,
+        json!({"player": "alice", "item": "x\",\"player\":\"victim"})
+    );
+
+    // `{claims.a}{claims.b}`: ("x", "yz") and ("xy", "z") are two keys, two calls.
+    for (a, b) in [("x", "yz"), ("xy", "z")] {
+        let r = client()
+            .get(gw.url("/tier"))
+            .bearer_auth(token(Algorithm::HS256, json!({"sub": a, "a": a, "b": b})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let tier_calls = asked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p == "/tier")
+        .count();
+    assert_eq!(tier_calls, 2, "two users shared one cached answer");
+
+    // A hole in the host: a header could choose the server the gateway calls.
+    for url in [
+        "http://{request.headers['x-region']}/v",
+        "http://h{claims.sub}/v",
+        "https://{claims.sub}",
+    ] {
+        let config = format!(
+            "{}\n[sources.s]\nurl = \"{url}\"\n",
+            standard_config(up.addr)
+        );
+        let (dir, _, _) = write_setup(&config, &[("shop.toml", "")]);
+        let out = binary()
+            .args(["check", "--config"])
+            .arg(dir.path().join("gateway.toml"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}");
+        assert!(
+            err.contains("the scheme and host are written out"),
+            "{url}: {err}"
+        );
+    }
+}
