@@ -186,6 +186,12 @@ fn read_ca(path: &Path) -> Result<(rustls::RootCertStore, u64), String> {
     for c in certs {
         leaf_facts(&c)
             .map_err(|e| format!("`{}`: a certificate does not parse ({e})", path.display()))?;
+        if let Some(subject) = not_a_ca(&c) {
+            return Err(format!(
+                "`{}`: `{subject}` is not a CA certificate (no `CA:TRUE`): name the CA that issues the client certificates (a server's certificate chain here would make its issuer's every certificate a client)",
+                path.display()
+            ));
+        }
         roots
             .add(c)
             .map_err(|e| format!("`{}`: not a usable CA certificate ({e})", path.display()))?;
@@ -288,6 +294,15 @@ pub fn certificate_names(der: &[u8]) -> Option<CertificateNames> {
 }
 
 /// The leaf's DNS names and `notAfter`.
+/// The subject of a certificate that cannot be a trust anchor for client certificates: one
+/// without `CA:TRUE` that is not self-signed (a self-signed one pins itself).
+fn not_a_ca(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+    let self_signed = cert.issuer() == cert.subject();
+    (!ca && !self_signed).then(|| cert.subject().to_string())
+}
+
 fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
     let mut names: Vec<String> = match cert.subject_alternative_name() {

@@ -937,3 +937,41 @@ async fn a_resumed_session_brings_no_certificate_the_trust_in_force_refuses() {
     }
     assert_eq!(alice.get(tls, "/who").await, (true, Some(200)));
 }
+
+/// `client_ca` must hold CAs: a client's (or a server's) leaf certificate there is a located
+/// error, not a trust anchor.
+#[test]
+fn check_refuses_a_leaf_as_the_client_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    let (ca, clients) = (Ca::new(), Ca::new());
+    ca.issue(d, "a", "a.test", "a.test");
+    clients.issue(d, "alice", "alice.client", "alice");
+    std::fs::copy(d.join("alice.pem"), d.join("client-ca.pem")).unwrap();
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let (dir, _, _) = write_setup(
+        &mtls_config(up, free_port(), d, "required"),
+        &[("m.toml", MTLS_ROUTES)],
+    );
+    let out = binary()
+        .args(["check", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("gateway.toml:"), "{err}");
+    assert!(err.contains("`CN=alice` is not a CA certificate"), "{err}");
+    // The CA itself loads.
+    std::fs::write(d.join("client-ca.pem"), clients.cert.pem()).unwrap();
+    let out = binary()
+        .args(["check", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
