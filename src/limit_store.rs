@@ -208,9 +208,11 @@ impl LimitStore {
         }
     }
 
-    /// Whether the shared store answers a PING within the timeout (always, without one). A
-    /// missing connection is attempted, so a replica kept out of rotation by this still
-    /// connects.
+    /// Whether the shared store can count within the timeout (always, without one): the
+    /// charging script itself, at no cost, on a key of its own that expires in seconds. A
+    /// PING would pass on a store that refuses every charge: a read-only replica after a
+    /// failover, a store out of memory, a cluster node that owns other keys. A missing
+    /// connection is attempted, so a replica kept out of rotation by this still connects.
     pub async fn reachable(&self) -> bool {
         let Some(redis) = &self.redis else {
             return true;
@@ -218,9 +220,24 @@ impl LimitStore {
         let Some(mut conn) = redis.connection(self.timeout).await else {
             return false;
         };
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
-        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
+        let probe = [Charge {
+            name: Arc::from("readiness"),
+            // Not a digest (those are hex): no counter of a limit is ever this key.
+            key: "readiness-probe".to_string(),
+            limit: 1.0,
+            window_ms: 1000,
+            cost: 0.0,
+            on_store_error: StoreFailMode::Closed,
+        }];
+        let counted = invoke(&redis.script, &mut conn, &probe);
+        match tokio::time::timeout(self.timeout, counted).await {
+            Ok(Ok(fields)) => outcomes(&probe, &fields).is_ok(),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "rate limit store cannot count");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Each limit's `on_store_error`: `closed` refuses the request; `local` counts here at its

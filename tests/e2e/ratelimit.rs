@@ -203,10 +203,17 @@ struct RedisServer {
 
 impl RedisServer {
     fn start(port: u16) -> RedisServer {
+        RedisServer::start_with(port, &[])
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` arguments.
+    fn start_with(port: u16, more: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(more)
+            .arg("--dir")
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -433,4 +440,41 @@ async fn replicas_share_one_budget_on_redis_and_each_mode_holds_when_it_is_down(
     a.wait_log("shared counting resumed");
     let logs = a.logs() + &b.logs() + &c.logs();
     assert!(!logs.contains("\"ERROR\""), "{logs}");
+}
+
+/// A store that answers PING but refuses to count (a read-only replica, as after a failover
+/// that demoted it) is not ready where readiness follows the store, and `closed` limits refuse.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_refuses_writes_is_not_ready() {
+    let up = Upstream::start();
+    // A replica of a primary that does not exist: PING answers, writes are refused.
+    let unused = free_port();
+    let replica = RedisServer::start_with(
+        free_port(),
+        &["--replicaof", "127.0.0.1", &unused.to_string()],
+    );
+    let config = format!(
+        "{}\n[rate_limits]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/\"\ntimeout_ms = 200\nready_requires_store = true\n",
+        standard_config(up.addr),
+        replica.port
+    );
+    let gw = Gateway::start(&config, &[("limits.toml", SHARED)]);
+    let readyz = client()
+        .get(format!("http://{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    let r = client()
+        .get(gw.url("/closed"))
+        .bearer_auth(user("sam", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "a closed limit counted on a store that cannot count"
+    );
+    assert_eq!(up.count(), 0);
 }
