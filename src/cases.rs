@@ -211,7 +211,10 @@ fn prepare(snapshot: &Snapshot, case: &Case, file: &Path) -> Result<Prepared, St
         Some(t) => {
             let dir = file.parent().unwrap_or(Path::new("."));
             let pem = t.client_certificate.as_ref().map(|p| dir.join(p));
-            Some(crate::tls::described_connection(pem.as_deref())?)
+            Some(crate::tls::described_connection(
+                pem.as_deref(),
+                snapshot.tls.as_deref(),
+            )?)
         }
     };
     let mut req = EvalRequest {
@@ -233,6 +236,13 @@ fn prepare(snapshot: &Snapshot, case: &Case, file: &Path) -> Result<Prepared, St
         (Some(b), None) => {
             let json = serde_json::to_vec(b).map_err(|e| format!("body: {e}"))?;
             req.body = Some(json);
+            // Sent as JSON: typed so unless the case types it. `body_text` is sent as written.
+            if !req.headers.contains_key(http::header::CONTENT_TYPE) {
+                req.headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+            }
         }
         (None, Some(t)) => req.body = Some(t.clone().into_bytes()),
         (None, None) => {}

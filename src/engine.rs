@@ -500,6 +500,25 @@ impl Snapshot {
     /// The `[unmatched]` action for a request no route serves: a decision, or the need for
     /// an issuer's keys first.
     pub fn begin_unmatched(&self, req: &RequestFacts<'_>, now: SystemTime) -> Step {
+        self.begin_unmatched_with(req, now, Credentials::Verify)
+    }
+
+    /// The names of the issuers the `[unmatched]` action accepts.
+    pub fn unmatched_issuer_names(&self) -> Vec<String> {
+        self.unmatched_issuers
+            .iter()
+            .map(|i| i.name.to_string())
+            .collect()
+    }
+
+    /// [`Snapshot::begin_unmatched`] with the token's origin chosen by the caller (the offline
+    /// tools' claims, held to what the action holds a verified token to).
+    pub fn begin_unmatched_with(
+        &self,
+        req: &RequestFacts<'_>,
+        now: SystemTime,
+        credentials: Credentials,
+    ) -> Step {
         if let Some(d) = self.client_certificate_missing(req) {
             return Step::Decided(d);
         }
@@ -512,7 +531,23 @@ impl Snapshot {
             ));
         };
         let mode = self.config.raw.unmatched.auth;
-        match self.authenticate(req, mode, &self.unmatched_issuers, now.into()) {
+        let authenticated = match credentials {
+            Credentials::Verify => {
+                self.authenticate(req, mode, &self.unmatched_issuers, now.into())
+            }
+            Credentials::Unverified(_) if mode == AuthMode::None => Ok((None, None)),
+            Credentials::Unverified(Some(t)) => {
+                let issuers = &self.unmatched_issuers;
+                if issuers.iter().any(|i| i.name == t.issuer) {
+                    bound_to_connection(&t, issuers, req).map(|()| (Some(t), None))
+                } else {
+                    Err(TokenError::WrongIssuer.into())
+                }
+            }
+            Credentials::Unverified(None) if mode == AuthMode::Optional => Ok((None, None)),
+            Credentials::Unverified(None) => Err(TokenError::Missing.into()),
+        };
+        match authenticated {
             Ok((token, token_cache)) => Step::Decided(
                 Decision::new(
                     None,
@@ -684,6 +719,11 @@ fn bound_to_connection(
             retry_after: None,
         }),
     }
+}
+
+/// The denial of a token refused for `error` (offline tools that check given claims).
+pub fn token_refusal(route: Option<Arc<str>>, error: TokenError) -> Decision {
+    token_denial(route, error.into())
 }
 
 /// The step after a token was rejected: a refetch of keys for an unknown key id, else the

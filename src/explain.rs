@@ -170,12 +170,6 @@ pub fn explain(
             headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(b.len()));
         }
     }
-    if req.body.is_some() && !headers.contains_key(http::header::CONTENT_TYPE) {
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
     if let Some(h) = &req.host {
         match HeaderValue::from_str(h) {
             Ok(v) => {
@@ -213,9 +207,13 @@ pub fn explain(
         Ok(a) => a,
         Err(d) => return finish(*d, trace, unverified),
     };
+    let Some(body_bytes) = as_framed(&headers, req.body.as_deref().unwrap_or_default()) else {
+        let d = crate::engine::incomplete_body(false, admitted.route_name.clone());
+        return finish(d, trace, unverified);
+    };
     // What the gateway would send upstream, and the rules would see.
     let request_id = crate::request_id::RequestId::for_headers(&headers);
-    let body = admitted.body(req.body.as_deref().unwrap_or_default());
+    let body = admitted.body(body_bytes);
     let facts = RequestFacts {
         location: location.as_ref(),
         tls: req.tls.as_ref(),
@@ -227,18 +225,22 @@ pub fn explain(
             body,
         )
     };
-    let Some(m) = admitted.route.clone() else {
-        let d = snapshot.decide_matched(&facts, None, now);
-        return finish(d, trace, unverified);
-    };
+    let route = admitted
+        .route
+        .as_ref()
+        .map(|m| &snapshot.policy.routes[m.route]);
     let credentials = match token {
-        TokenInput::Claims { claims, issuer } => claims_as_given(
-            snapshot,
-            &snapshot.policy.routes[m.route],
-            claims,
-            issuer.as_deref(),
-        ),
+        TokenInput::Claims { claims, issuer } => {
+            match claims_as_given(snapshot, route, claims, issuer.as_deref(), now) {
+                Ok(c) => c,
+                Err(d) => return finish(*d, trace, unverified),
+            }
+        }
         _ => Credentials::Verify,
+    };
+    let Some(m) = admitted.route.clone() else {
+        let d = unmatched(snapshot, &facts, now, credentials);
+        return finish(d, trace, unverified);
     };
     let pending = match snapshot.begin_with(&facts, &m, now, credentials) {
         Step::Evaluate(p) => p,
@@ -253,6 +255,37 @@ pub fn explain(
         trace,
         unverified,
     )
+}
+
+/// The `[unmatched]` action's answer, with the given credentials.
+fn unmatched(
+    snapshot: &Snapshot,
+    facts: &RequestFacts<'_>,
+    now: SystemTime,
+    credentials: Credentials,
+) -> Decision {
+    match snapshot.begin_unmatched_with(facts, now, credentials) {
+        Step::Decided(d) | Step::NeedsKeys { otherwise: d, .. } => d,
+        Step::Evaluate(_) => Decision::refused(
+            403,
+            DenyReason::PolicyError,
+            "the unmatched action could not be decided".into(),
+        ),
+    }
+}
+
+/// The body as the gateway reads it by its declared length: `None` when it is shorter (it
+/// never arrives whole: 400 `incomplete_body`); a longer one is cut at the length (the rest
+/// would be the next request on the connection).
+fn as_framed<'b>(headers: &HeaderMap, body: &'b [u8]) -> Option<&'b [u8]> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match declared {
+        Some(n) => body.get(..n),
+        None => Some(body),
+    }
 }
 
 /// Charges an allowed request's limits against a described state (`used` units per limit
@@ -274,34 +307,69 @@ fn with_mocked_limits(d: Decision, used: &BTreeMap<String, f64>, now: SystemTime
 }
 
 /// Claims taken as given (`eval --claims`, policy tests), as a token of `issuer` (by default
-/// the route's first) signed with its first algorithm.
+/// the route's first, or the unmatched action's) signed with its first algorithm. Held to what
+/// the gateway holds a signed token to at `now`: `iss` and `aud` (filled in with the issuer's
+/// when absent), `exp`, `nbf` and `iat`, and the claims' size and depth limits: a denial, as
+/// the gateway would answer the same claims signed.
 fn claims_as_given(
     snapshot: &Snapshot,
-    route: &crate::policy::Route,
+    route: Option<&crate::policy::Route>,
     claims: &serde_json::Map<String, serde_json::Value>,
     issuer: Option<&str>,
-) -> Credentials {
+    now: SystemTime,
+) -> Result<Credentials, Box<Decision>> {
     let issuer = issuer
         .map(str::to_string)
-        .or_else(|| route.issuers.first().map(|i| i.to_string()))
+        .or_else(|| route.and_then(|r| r.issuers.first()).map(|i| i.to_string()))
+        .or_else(|| snapshot.unmatched_issuer_names().into_iter().next())
         .unwrap_or_else(|| "unverified".to_string());
-    let alg = snapshot
-        .issuers
-        .get(&issuer)
+    let configured = snapshot.issuers.get(&issuer);
+    let alg = configured
         .and_then(|i| i.algorithms.first().copied())
         .unwrap_or(jsonwebtoken::Algorithm::RS256);
-    let exp = claims
-        .get("exp")
-        .and_then(|e| e.as_i64())
-        .unwrap_or(i64::MAX);
-    Credentials::Unverified(Some(Arc::new(VerifiedToken::new(
+    let mut claims = claims.clone();
+    let now_s = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let exp = match configured {
+        Some(i) => {
+            claims
+                .entry("iss")
+                .or_insert_with(|| serde_json::Value::String(i.iss.clone()));
+            if let Some(a) = i.audiences.first() {
+                claims
+                    .entry("aud")
+                    .or_insert_with(|| serde_json::Value::String(a.clone()));
+            }
+            // Without `exp` the claims are taken as valid an hour past `now`.
+            claims
+                .entry("exp")
+                .or_insert_with(|| serde_json::Value::from(now_s + 3600));
+            let refused = |e: crate::auth::error::TokenError| {
+                Box::new(crate::engine::token_refusal(
+                    route.map(|r| r.name.clone()),
+                    e,
+                ))
+            };
+            let text = serde_json::Value::Object(claims.clone()).to_string();
+            if text.len() > snapshot.config.raw.limits.max_claims_bytes {
+                return Err(refused(crate::auth::error::TokenError::ClaimsTooLarge));
+            }
+            crate::auth::verify::check_given_claims(&claims, i, now_s).map_err(refused)?
+        }
+        None => claims
+            .get("exp")
+            .and_then(|e| e.as_i64())
+            .unwrap_or(i64::MAX),
+    };
+    Ok(Credentials::Unverified(Some(Arc::new(VerifiedToken::new(
         Arc::from(issuer.as_str()),
         alg,
         None,
         Some("JWT".into()),
-        claims.clone(),
+        claims,
         exp,
-    ))))
+    )))))
 }
 
 /// The mocked answer of each source the request needs, in its order; a source without a mock

@@ -136,7 +136,11 @@ fn unmatched_allowed_past_routes(config: &Config, p: &PolicySet) -> Vec<SourceEr
 /// remote keys are fetched once so tokens of JWKS issuers can be verified.
 pub fn for_tools(path: &Path, fetch_keys: bool) -> Result<Snapshot, SourceErrors> {
     let remote = RemoteRegistry::default();
-    let snapshot = load(path, &remote)?.snapshot;
+    let mut snapshot = load(path, &remote)?.snapshot;
+    // Each decision verifies its own token: cases decided at different `now`s must not see a
+    // token another case's decision cached (a hit does not check `iat` again), and a case's
+    // answer must not depend on the cases before it.
+    snapshot.token_cache = None;
     if fetch_keys {
         initial_key_fetch(&snapshot);
     }

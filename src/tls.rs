@@ -216,20 +216,41 @@ fn client_verifier_for(
 }
 
 /// A connection as the offline tools describe it (`eval --tls`, a test case's `tls`): TLS 1.3,
-/// and the client certificate of a PEM file when one is given, with the facts the listener
-/// would report for it.
-pub fn described_connection(client_pem: Option<&Path>) -> Result<crate::facts::TlsFacts, String> {
-    let client =
-        match client_pem {
-            None => None,
-            Some(path) => {
-                let der = CertificateDer::from_pem_file(path)
-                    .map_err(|e| format!("`{}`: not a PEM certificate ({e})", path.display()))?;
-                Some(client_certificate(der.as_ref()).ok_or_else(|| {
-                    format!("`{}`: the certificate does not parse", path.display())
-                })?)
+/// and the client certificate of a PEM file (leaf first, then intermediates) when one is given,
+/// with the facts the listener would report for it. Held to what `listener` (the snapshot's
+/// TLS listener) does with it: without `client_ca` no certificate is asked for, so none is
+/// seen; one that `client_ca` does not accept, or none where one is required, fails the
+/// handshake, which is no HTTP answer at all: an error here.
+pub fn described_connection(
+    client_pem: Option<&Path>,
+    listener: Option<&Certificates>,
+) -> Result<crate::facts::TlsFacts, String> {
+    let required = listener.is_some_and(|l| l.client_required);
+    let asked = listener.is_some_and(|l| l.client_verifier.is_some());
+    let client = match client_pem {
+        None if required => {
+            return Err("the listener requires a client certificate (`client_auth = \"required\"`): the TLS handshake fails without one".into())
+        }
+        None => None,
+        Some(_) if !asked => None,
+        Some(path) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<_, _>>())
+                .map_err(|e| format!("`{}`: not a PEM certificate ({e})", path.display()))?;
+            let Some(leaf) = chain.first() else {
+                return Err(format!("`{}` holds no certificate", path.display()));
+            };
+            if listener.is_some_and(|l| !l.accepts_client(&chain)) {
+                return Err(format!(
+                    "`{}`: the listener's `client_ca` does not accept this certificate: the TLS handshake fails",
+                    path.display()
+                ));
             }
-        };
+            Some(client_certificate(leaf.as_ref()).ok_or_else(|| {
+                format!("`{}`: the certificate does not parse", path.display())
+            })?)
+        }
+    };
     Ok(crate::facts::TlsFacts {
         version: crate::facts::tls_version_name("TLSv1_3"),
         cipher: "TLS13_AES_256_GCM_SHA384".into(),

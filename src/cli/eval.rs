@@ -145,7 +145,10 @@ pub fn run(a: EvalArgs) -> ExitCode {
         }
     }
     if a.tls || a.client_cert.is_some() {
-        match claimgate::tls::described_connection(a.client_cert.as_deref()) {
+        match claimgate::tls::described_connection(
+            a.client_cert.as_deref(),
+            snapshot.tls.as_deref(),
+        ) {
             Ok(t) => req.tls = Some(t),
             Err(e) => return fail(e),
         }
@@ -162,6 +165,13 @@ pub fn run(a: EvalArgs) -> ExitCode {
         match text_or_file(b) {
             Ok(t) => req.body = Some(t.into_bytes()),
             Err(e) => return fail(e),
+        }
+        // `--body` is JSON: typed so unless a `-H` types it otherwise.
+        if !req.headers.contains_key(http::header::CONTENT_TYPE) {
+            req.headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
         }
     }
     let token = match (&a.token, &a.claims) {

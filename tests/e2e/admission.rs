@@ -581,8 +581,37 @@ method = "POST"
 host = "other.test"
 path = "/api/pay"
 claims = {{ sub = "alice" }}
+headers = {{ content-type = "application/json" }}
 body_text = '{{"amount":1,"amount":1000}}'
 expect = {{ status = 400, reason = "bad_body" }}
+
+[[case]]
+name = "exact bytes are sent as written: no type, no JSON"
+method = "POST"
+host = "other.test"
+path = "/api/pay"
+claims = {{ sub = "alice" }}
+body_text = '{{"amount":1}}'
+expect = {{ status = 415, reason = "unsupported_media_type" }}
+
+[[case]]
+name = "a body shorter than its declared length never arrives whole"
+method = "POST"
+host = "other.test"
+path = "/api/pay"
+claims = {{ sub = "alice" }}
+headers = {{ content-type = "application/json", content-length = "20" }}
+body_text = '{{"amount":1}}'
+expect = {{ status = 400, reason = "incomplete_body" }}
+
+[[case]]
+name = "given claims are held to the token's checks: expired"
+method = "POST"
+host = "other.test"
+path = "/api/pay"
+claims = {{ sub = "alice", exp = 1 }}
+body = {{ amount = 1 }}
+expect = {{ status = 401, reason = "token_expired" }}
 "#
         ),
     )

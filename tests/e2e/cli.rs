@@ -458,6 +458,38 @@ auth = "none"
     // The proxy gives an `auth = "none"` route's rules no token, whatever the request carries.
     let v = eval(&["--claims", r#"{"sub":"a"}"#, "/open"]);
     assert_eq!(v["decision"], "allow", "{v}");
+    // Held to what the gateway holds the same claims signed to: expired, not yet valid, for
+    // another audience.
+    for (claims, reason) in [
+        (r#"{"sub":"a","exp":1}"#, "token_expired"),
+        (r#"{"sub":"a","nbf":4102444800}"#, "token_not_yet_valid"),
+        (r#"{"sub":"a","aud":"someone-else"}"#, "wrong_audience"),
+    ] {
+        let v = eval(&["--claims", claims, "--issuer", "ec", "/ec"]);
+        assert_eq!(
+            (v["status"].as_u64(), v["reason"].as_str()),
+            (Some(401), Some(reason)),
+            "{claims}: {v}"
+        );
+    }
+
+    // A request no route serves, where `[unmatched]` lets tokens through: the claims count.
+    let config_text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{config_text}\n[unmatched]\naction = \"allow\"\nupstream = \"main\"\nauth = \"required\"\n"),
+    )
+    .unwrap();
+    let v = eval(&[
+        "--claims",
+        r#"{"sub":"a"}"#,
+        "--issuer",
+        "hs",
+        "/not-routed",
+    ]);
+    assert_eq!(v["decision"], "allow", "{v}");
+    let v = eval(&["/not-routed"]);
+    assert_eq!(v["reason"], "missing_token", "{v}");
 }
 
 /// `check` warns about key setups that load and refuse every token: a certificate-bound issuer

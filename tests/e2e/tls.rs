@@ -975,3 +975,45 @@ fn check_refuses_a_leaf_as_the_client_ca() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `eval` describes a client certificate as the listener would take it: one `client_ca`
+/// accepts is seen by the rules; one it refuses, or none where one is required, fails the
+/// handshake (an error, exit 2), not an HTTP answer the gateway would never give.
+#[test]
+fn eval_holds_a_described_client_certificate_to_the_listener() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    let (ca, clients, strangers) = (Ca::new(), Ca::new(), Ca::new());
+    std::fs::write(d.join("client-ca.pem"), clients.cert.pem()).unwrap();
+    ca.issue(d, "a", "a.test", "a.test");
+    clients.issue(d, "alice", "alice.client", "alice");
+    strangers.issue(d, "mallory", "mallory.client", "mallory");
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let eval = |auth: &str, cert: Option<&str>| {
+        let (dir, _, _) = write_setup(
+            &mtls_config(up, free_port(), d, auth),
+            &[("m.toml", MTLS_ROUTES)],
+        );
+        let mut cmd = binary();
+        cmd.args(["eval", "--config"])
+            .arg(dir.path().join("gateway.toml"));
+        match cert {
+            Some(c) => cmd.arg("--client-cert").arg(d.join(format!("{c}.pem"))),
+            None => cmd.arg("--tls"),
+        };
+        let out = cmd.arg("/who").output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(eval("optional", Some("alice")).0, Some(0));
+    let (code, err) = eval("optional", Some("mallory"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("does not accept this certificate"), "{err}");
+    // Optional and no certificate: decided, the rule sees none.
+    assert_eq!(eval("optional", None).0, Some(1));
+    let (code, err) = eval("required", None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("requires a client certificate"), "{err}");
+}
