@@ -341,7 +341,8 @@ impl ClaimgateProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let path = String::from_utf8_lossy(req.raw_path());
+        // Refused before a path was decided on: the target as sent, cut to its path.
+        let path = crate::logging::target::loggable(req.raw_path());
         let log = LogFacts {
             request_id: ctx.request_id.as_str(),
             method: req.method.as_str(),
@@ -708,6 +709,21 @@ impl ProxyHttp for ClaimgateProxy {
         }
         ctx.upstream_observed = true;
         Ok(())
+    }
+
+    /// What Pingora's own error and warning lines say of the request: by default the whole
+    /// target and the Host (a query's `access_token=` in the log, and a different line for every
+    /// request, which the repeated-line limit cannot collapse). The method, the path without
+    /// its query and the route instead (no request id, which would make every line unique:
+    /// the decision line carries it).
+    fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, route: {}",
+            req.method,
+            crate::logging::target::loggable(req.raw_path()),
+            ctx.route.as_deref().unwrap_or("-")
+        )
     }
 
     /// A client that went away or stopped sending is a client event: counted, logged at DEBUG,

@@ -66,7 +66,10 @@ impl log::Log for Bridge {
     fn flush(&self) {}
 }
 
-/// Routes the `log` crate into the subscriber, up to `max` (the filter's most verbose level).
+/// Routes the `log` crate into the subscriber, up to `max` (the filter's most verbose level)
+/// and never below INFO: Pingora's DEBUG and TRACE records print request and response heads
+/// (`Authorization` and `Cookie` included) and body bytes, and no filter setting
+/// (`RUST_LOG=debug`) may put a token in the log. claimgate's own DEBUG lines are not affected.
 pub fn install(max: Option<LevelFilter>) {
     if log::set_boxed_logger(Box::new(Bridge)).is_err() {
         return;
@@ -75,9 +78,7 @@ pub fn install(max: Option<LevelFilter>) {
         LevelFilter::OFF => log::LevelFilter::Off,
         LevelFilter::ERROR => log::LevelFilter::Error,
         LevelFilter::WARN => log::LevelFilter::Warn,
-        LevelFilter::INFO => log::LevelFilter::Info,
-        LevelFilter::DEBUG => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
+        _ => log::LevelFilter::Info,
     };
     // Demoted records start at ERROR in Pingora, so they always reach the classifier.
     log::set_max_level(level.max(log::LevelFilter::Warn));

@@ -9,6 +9,7 @@
 
 pub mod bridge;
 pub mod rate_limit;
+pub mod target;
 
 use std::io::IsTerminal;
 use std::time::Duration;

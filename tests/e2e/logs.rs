@@ -82,3 +82,75 @@ async fn a_client_that_leaves_is_no_upstream_error() {
     let logs = gw.logs();
     assert!(!logs.contains("\"ERROR\""), "{logs}");
 }
+
+/// A query carries credentials in some APIs (`?access_token=`, a signed URL's signature), and
+/// an absolute-form target `user:password@`: neither reaches a log line, whether the request is
+/// refused before its rules (the decision line) or fails upstream (Pingora's own line).
+#[tokio::test]
+async fn a_query_or_userinfo_never_reaches_a_log_line() {
+    // Nothing listens there: every allowed request fails upstream.
+    let down: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let rules = "[[route]]\nname = \"open\"\npath = \"/*\"\nauth = \"none\"\nbody_limit = 16\n  [[route.rule]]\n  name = \"no-x\"\n  deny_if = \"body != null && has(body.x)\"\n";
+    let gw = Gateway::start(&standard_config(down), &[("open.toml", rules)]);
+    let c = client();
+    let r = c
+        .get(gw.url("/down?access_token=SECRET-Q1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let r = c
+        .post(gw.url("/upload?access_token=SECRET-Q2"))
+        .body(vec![b'x'; 64])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let mut s = std::net::TcpStream::connect(gw.proxy).unwrap();
+    s.write_all(b"GET http://user:SECRET-PW@a.test/x?k=SECRET-Q3 HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    let logs = gw.wait_log("/upload");
+    for secret in ["SECRET-Q1", "SECRET-Q2", "SECRET-PW", "SECRET-Q3"] {
+        assert!(!logs.contains(secret), "{secret} in the log: {logs}");
+    }
+    // The failure upstream is still told, with its path and route.
+    assert!(logs.contains("GET /down, route: open"), "{logs}");
+}
+
+/// Even with every filter opened (`RUST_LOG=debug`), no line shows the bearer token or the
+/// cookie: Pingora's DEBUG records (which print request heads) are not passed on.
+#[tokio::test]
+async fn debug_logging_shows_no_token() {
+    let up = Upstream::start();
+    let rules = "[[route]]\nname = \"api\"\npath = \"/api/{*rest}\"\nissuers = [\"hs\"]\n\n\
+                 [[route]]\nname = \"err\"\npath = \"/err\"\nissuers = [\"hs\"]\n  [[route.rule]]\n  name = \"missing\"\n  allow_if = \"claims.nope == 1\"\n";
+    let (dir, proxy, admin) = write_setup(&standard_config(up.addr), &[("api.toml", rules)]);
+    let gw = Gateway::start_in_wrapped(&["env", "RUST_LOG=debug"], dir, proxy, admin);
+    let token = super::tokens::token(jsonwebtoken::Algorithm::HS256, serde_json::json!({}));
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&token)
+        .header("cookie", "session=COOKIE-SECRET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A rule that fails writes claimgate's own DEBUG line: the filter is open.
+    let r = client()
+        .get(gw.url("/err"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let logs = gw.wait_log("rule evaluation failed");
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!logs.contains(signature), "a token in the log: {logs}");
+    assert!(
+        !logs.contains("COOKIE-SECRET"),
+        "a cookie in the log: {logs}"
+    );
+}
