@@ -6,9 +6,13 @@
 //!   in a tight loop while a runtime shuts down (rate-limited like every line).
 //! - `h2_handshake_error`: "H2 handshake error": a client that negotiated HTTP/2 and then did
 //!   not complete its connection preface (gone, silent past the head deadline, or not h2).
-//! - `tls_handshake_error`: "Downstream handshake error": a client whose TLS handshake failed
-//!   (closed early, no common version, a client certificate that does not verify). A client's
-//!   failure; a rise is a metric to alert on, not an ERROR line per connection.
+//! - `tls_handshake_error`: "Downstream handshake error" or "timeout": a client whose TLS
+//!   handshake failed (closed early, too slow, no common version, a client certificate that
+//!   does not verify). A client's failure; a rise is a metric to alert on, not an ERROR line
+//!   per connection.
+//! - `client_closed`: "Fail to proxy: Downstream ConnectionClosed … while reading request
+//!   headers": a client that closed in the middle of its request head (at DEBUG; one that
+//!   stalled there is the head deadline's, logged and counted as `request_head_timeout`).
 
 use tracing::level_filters::LevelFilter;
 use tracing::Level;
@@ -26,8 +30,18 @@ pub fn classify(level: log::Level, message: &str) -> (Level, Option<&'static str
     if message.starts_with("H2 handshake error") {
         return (Level::INFO, Some("h2_handshake_error"));
     }
-    if message.starts_with("Downstream handshake error") {
+    if message.starts_with("Downstream handshake error")
+        || message.starts_with("Downstream handshake timeout")
+    {
         return (Level::INFO, Some("tls_handshake_error"));
+    }
+    // A client that closed or stalled in the middle of its request head: its own failure,
+    // before any request exists (a stall is counted and logged by the head deadline).
+    if message.starts_with("Fail to proxy: Downstream")
+        && message.contains("while reading request headers")
+    {
+        let closed = message.contains("ConnectionClosed");
+        return (Level::DEBUG, closed.then_some("client_closed"));
     }
     let level = match level {
         log::Level::Error => Level::ERROR,
@@ -87,6 +101,30 @@ pub fn install(max: Option<LevelFilter>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_failing_in_its_head_is_no_error() {
+        assert_eq!(
+            classify(log::Level::Error, "Fail to proxy: Downstream ConnectionClosed context: while reading request headers, bytes already read: 29, downstream session type: h1"),
+            (Level::DEBUG, Some("client_closed"))
+        );
+        assert_eq!(
+            classify(log::Level::Error, "Fail to proxy: Downstream ReadError context: while reading request headers cause: timed out, downstream session type: h1"),
+            (Level::DEBUG, None)
+        );
+        assert_eq!(
+            classify(log::Level::Error, "Downstream handshake timeout"),
+            (Level::INFO, Some("tls_handshake_error"))
+        );
+        // An upstream's failure stays an ERROR.
+        assert_eq!(
+            classify(
+                log::Level::Error,
+                "Fail to proxy: Upstream ConnectRefused context: ..."
+            ),
+            (Level::ERROR, None)
+        );
+    }
 
     #[test]
     fn normal_proxy_conditions_are_demoted_and_counted() {

@@ -154,3 +154,34 @@ async fn debug_logging_shows_no_token() {
         "a cookie in the log: {logs}"
     );
 }
+
+/// A client that closes in the middle of its request head, or stalls past the head deadline,
+/// is a client event: no ERROR line.
+#[tokio::test]
+async fn a_client_that_stops_mid_head_is_no_error() {
+    let up = Upstream::start();
+    let config =
+        standard_config(up.addr).replace("[limits]", "[limits]\nrequest_head_timeout_ms = 300");
+    let config = if config.contains("request_head_timeout_ms") {
+        config
+    } else {
+        format!("{config}\n[limits]\nrequest_head_timeout_ms = 300\n")
+    };
+    let gw = Gateway::start(&config, &[("open.toml", RULES)]);
+    {
+        let mut s = std::net::TcpStream::connect(gw.proxy).unwrap();
+        s.write_all(b"GET /half HTTP/1.1\r\nHost: a\r\n").unwrap();
+    }
+    let mut stalled = std::net::TcpStream::connect(gw.proxy).unwrap();
+    stalled
+        .write_all(b"GET /stalled HTTP/1.1\r\nHost: a\r\n")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(stalled);
+    // A request after them is served, and its line comes after theirs.
+    let r = client().get(gw.url("/after")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let logs = gw.wait_log("/after");
+    let errors: Vec<&str> = logs.lines().filter(|l| l.contains("\"ERROR\"")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
