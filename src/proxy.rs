@@ -186,10 +186,16 @@ async fn respond_refusal(
     for (name, value) in headers {
         resp.insert_header(name.clone(), value.as_str())?;
     }
-    session.write_response_header(Box::new(resp), false).await?;
+    // A write that fails here failed towards the client (gone, or its h2 stream reset): a
+    // client event, never counted or logged as an upstream's failure.
+    session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .map_err(|e| e.into_down())?;
     session
         .write_response_body(Some(Bytes::from(body)), true)
         .await
+        .map_err(|e| e.into_down())
 }
 
 /// A trailers-only gRPC response: HTTP 200 and one header block that ends the stream (on
@@ -226,6 +232,7 @@ async fn respond_grpc(
         )])
         .await
         .map(|_| ())
+        .map_err(|e| e.into_down())
 }
 
 impl ClaimgateProxy {
@@ -412,7 +419,11 @@ async fn read_body(session: &mut Session, limit: usize, buf: &mut Vec<u8>) -> Re
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
-        session.as_mut().write_continue_response().await?;
+        session
+            .as_mut()
+            .write_continue_response()
+            .await
+            .map_err(|e| e.into_down())?;
     }
     session.as_mut().enable_retry_buffering();
     loop {
@@ -724,6 +735,27 @@ impl ProxyHttp for ClaimgateProxy {
             crate::logging::target::loggable(req.raw_path()),
             ctx.route.as_deref().unwrap_or("-")
         )
+    }
+
+    /// A retried upstream attempt (a pooled connection the upstream had closed, an h2 GOAWAY)
+    /// is normal for a proxy whose upstream times out idle connections before it does: counted
+    /// as `upstream_retry` and logged at DEBUG, not a WARN line per request. A retry that also
+    /// fails ends in Pingora's ERROR line and the 502 as before.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Self::CTX,
+        e: &Error,
+        context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        if matches!(context, pingora::proxy::ProxyWarnLogContext::UpstreamRetry) {
+            crate::logging::bridge::PROXY_EVENTS
+                .with_label_values(&["upstream_retry"])
+                .inc();
+            tracing::debug!(error = %e, "retrying the request on another upstream connection");
+            return true;
+        }
+        false
     }
 
     /// A client that went away or stopped sending is a client event: counted, logged at DEBUG,

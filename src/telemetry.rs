@@ -62,7 +62,7 @@ pub static PROXY_EVENTS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLoc
     let c = IntCounterVec::new(
         Opts::new(
             "claimgate_proxy_events_total",
-            "Conditions normal for a proxy, counted instead of logged as errors: pool_race (a pooled upstream connection was taken; a new one served the request), accept_error, client_closed (the client went away before its answer, or in the middle of its request head), h2_handshake_error (a client that negotiated HTTP/2 did not complete its preface), tls_handshake_error (a client's TLS handshake failed), and tunnels (WebSockets) closed by the gateway: tunnel_idle, tunnel_lifetime, tunnel_token_expired.",
+            "Conditions normal for a proxy, counted instead of logged as errors: pool_race (a pooled upstream connection was taken; a new one served the request), accept_error, client_closed (the client went away before its answer, or in the middle of its request head), h2_handshake_error (a client that negotiated HTTP/2 did not complete its preface), tls_handshake_error (a client's TLS handshake failed), upstream_retry (an upstream attempt failed on a pooled connection and was retried on another), and tunnels (WebSockets) closed by the gateway: tunnel_idle, tunnel_lifetime, tunnel_token_expired.",
         ),
         &["kind"],
     )
@@ -73,6 +73,7 @@ pub static PROXY_EVENTS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLoc
         "client_closed",
         "h2_handshake_error",
         "tls_handshake_error",
+        "upstream_retry",
         "tunnel_idle",
         "tunnel_lifetime",
         "tunnel_token_expired",

@@ -185,3 +185,63 @@ async fn a_client_that_stops_mid_head_is_no_error() {
     let errors: Vec<&str> = logs.lines().filter(|l| l.contains("\"ERROR\"")).collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+/// An upstream that closes a kept-alive connection when the next request arrives on it (as
+/// one whose idle timeout is shorter than the gateway's does): the request is retried on a
+/// new connection and served, counted as `upstream_retry`, with no WARN or ERROR line.
+#[tokio::test]
+async fn a_retry_on_a_closed_pooled_connection_is_no_warning() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let served = Served::start(|listener| async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                // The first request on a connection is answered, kept alive; the second is
+                // read and the connection closed without an answer.
+                let mut answered = false;
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if answered {
+                        return;
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    answered = true;
+                }
+            });
+        }
+    });
+    let config = standard_config(served.addr).replace("threads = 2", "threads = 1");
+    let gw = Gateway::start(&config, &[("open.toml", RULES)]);
+    let c = client();
+    for i in 0..3 {
+        let r = c.get(gw.url(&format!("/r{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    let m = gw.metrics().await;
+    let retries = metric_value(
+        &m,
+        "claimgate_proxy_events_total",
+        &[("kind", "upstream_retry")],
+    );
+    assert!(
+        retries.unwrap_or(0.0) >= 1.0,
+        "no retry happened: the test tests nothing\n{m}"
+    );
+    let logs = gw.logs();
+    let loud: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .collect();
+    assert!(loud.is_empty(), "{loud:#?}");
+}
