@@ -326,7 +326,11 @@ fn compare(want: &Expect, got: &Explanation) -> Vec<String> {
     check("message", want.message.clone(), s.message.clone());
     check("upstream", want.upstream.clone(), s.upstream.clone());
     for (h, v) in &want.headers {
-        let got_v = got.trace.forward.get(&h.to_ascii_lowercase()).cloned();
+        let got_v = got
+            .trace
+            .upstream_headers
+            .get(&h.to_ascii_lowercase())
+            .cloned();
         let want_v = (!v.is_empty()).then(|| v.clone());
         if got_v != want_v {
             diffs.push(format!(

@@ -21,7 +21,7 @@ use crate::policy::{Decision, Denial, DenyReason, Outcome, PolicySet};
 use crate::sources::{FailMode, SourceRequest, SourceSet, SourceSpec, SourceValue};
 use crate::strict_json::StrictJsonError;
 use crate::upstream::Upstreams;
-use crate::upstream_head::StripList;
+use crate::upstream_edits::StripList;
 use chrono::{DateTime, Utc};
 use http::HeaderName;
 use std::net::IpAddr;

@@ -238,8 +238,10 @@ pub fn explain(
         }
         _ => Credentials::Verify,
     };
+    let sent = |d: &Decision| upstream_headers(snapshot, req, &headers, &admitted, &request_id, d);
     let Some(m) = admitted.route.clone() else {
         let d = unmatched(snapshot, &facts, now, credentials);
+        trace.upstream_headers = sent(&d);
         return finish(d, trace, unverified);
     };
     let pending = match snapshot.begin_with(&facts, &m, now, credentials) {
@@ -250,11 +252,64 @@ pub fn explain(
     };
     let values = mocked(&pending, mocks);
     let d = snapshot.finish_traced(&facts, &m, pending, &values, Some(&mut trace));
-    finish(
-        with_mocked_limits(d, &req.limits_used, now),
-        trace,
-        unverified,
-    )
+    let d = with_mocked_limits(d, &req.limits_used, now);
+    trace.upstream_headers = sent(&d);
+    finish(d, trace, unverified)
+}
+
+/// The headers of the head the gateway would send upstream for an allowed `d`: the described
+/// request's, with the edits the proxy makes (the same function). Empty for a denial.
+fn upstream_headers(
+    snapshot: &Snapshot,
+    req: &EvalRequest,
+    headers: &HeaderMap,
+    admitted: &crate::admission::Admitted,
+    request_id: &crate::request_id::RequestId,
+    d: &Decision,
+) -> BTreeMap<String, String> {
+    let crate::policy::Outcome::Allow(allow) = &d.outcome else {
+        return BTreeMap::new();
+    };
+    let target = if admitted.rewrite_target {
+        match http::Uri::builder()
+            .path_and_query(admitted.upstream_target())
+            .build()
+        {
+            Ok(uri) => Some(uri),
+            Err(_) => return BTreeMap::new(),
+        }
+    } else {
+        None
+    };
+    let peer = snapshot.peer(req.client_ip);
+    let edits = crate::upstream_edits::Edits {
+        strip: snapshot.strip_for(peer),
+        forward: &allow.forward,
+        target,
+        host: admitted.set_host.as_deref(),
+        content_length: admitted
+            .content_length
+            .filter(|_| admitted.collapse_content_length),
+        request_id: request_id.header_value().clone(),
+        client: peer,
+        scheme: if req.tls.is_some() { "https" } else { "http" },
+    };
+    let mut head = http::Request::new(()).into_parts().0;
+    head.headers = headers.clone();
+    if crate::upstream_edits::edit(&mut head, &edits).is_err() {
+        return BTreeMap::new();
+    }
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &head.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        out.entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    out
 }
 
 /// The `[unmatched]` action's answer, with the given credentials.

@@ -2,7 +2,7 @@
 //! How conditions see these facts is [`crate::policy::activation`].
 
 use crate::geo::Location;
-use crate::upstream_head::StripList;
+use crate::upstream_edits::StripList;
 use http::HeaderMap;
 use std::net::IpAddr;
 use std::sync::Arc;

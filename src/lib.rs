@@ -30,6 +30,7 @@ pub mod sources;
 pub mod strict_json;
 pub mod sync;
 pub mod tls;
+pub mod upstream_edits;
 pub mod websocket_handshake;
 
 // Loading: files -> snapshot, for the shell and the tools alike.

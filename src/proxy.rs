@@ -13,7 +13,7 @@ use crate::request_id::RequestId;
 use crate::sources::SourceFetcher;
 use crate::telemetry::{log_decision, LogFacts, Metrics, RouteMetrics};
 use crate::upstream::UpstreamProtocol;
-use crate::upstream_head::Edits;
+use crate::upstream_edits::Edits;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -25,7 +25,7 @@ use crate::engine::Snapshot;
 use crate::facts::{Body, RequestFacts};
 use crate::policy::route::{Lookup, RouteMatch};
 use crate::policy::{Decision, Denial, DenyReason};
-use crate::upstream_head::StripList;
+use crate::upstream_edits::StripList;
 use http::HeaderMap;
 use std::net::IpAddr;
 use std::sync::Arc;

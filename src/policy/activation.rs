@@ -10,7 +10,7 @@ use crate::auth::VerifiedToken;
 use crate::facts::RequestFacts;
 use crate::geo::GeoResolver;
 use crate::request_id::REQUEST_ID;
-use crate::upstream_head::StripList;
+use crate::upstream_edits::StripList;
 use cel::common::traits::Indexer;
 use cel::common::types::{self, CelString};
 use cel::common::value::{CowVal, Val};

@@ -151,7 +151,12 @@ fn run(route: &Route, activation: &Activation<'_>, mut trace: Option<&mut Trace>
             }
             Ok(Value::Bool(false)) => {}
             other => {
-                tracing::debug!(route = %route.name, result = ?other, "upstream selection failed");
+                // The kind of result only: a value would be a claim's or a header's.
+                let result = match &other {
+                    Ok(v) => format!("a {} instead of a bool", v.type_of()),
+                    Err(e) => e.to_string(),
+                };
+                tracing::debug!(route = %route.name, %result, "upstream selection failed");
                 return RouteVerdict {
                     outcome: Outcome::Deny(Denial::new(
                         403,

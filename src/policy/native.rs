@@ -28,7 +28,7 @@ pub struct Facts<'a> {
     pub path: &'a str,
     pub headers: &'a HeaderMap,
     /// See [`crate::facts::RequestFacts::hidden`].
-    pub hidden: Option<&'a crate::upstream_head::StripList>,
+    pub hidden: Option<&'a crate::upstream_edits::StripList>,
     /// See [`crate::facts::RequestFacts::request_id`].
     pub request_id: Option<&'a str>,
 }
@@ -523,7 +523,7 @@ mod tests {
             c.claims.clone(),
             i64::MAX,
         );
-        let hidden = crate::upstream_head::StripList::new(
+        let hidden = crate::upstream_edits::StripList::new(
             c.tenant_hidden
                 .then(|| http::HeaderName::from_static("x-tenant")),
         );

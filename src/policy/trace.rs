@@ -14,8 +14,12 @@ pub struct Trace {
     /// Derived attributes the evaluation computed (attributes never read are not computed).
     pub attrs: BTreeMap<String, serde_json::Value>,
     pub upstream: Option<String>,
-    /// Headers the upstream would receive from the gateway.
+    /// The headers the route computes (`[route.forward]`).
     pub forward: BTreeMap<String, String>,
+    /// Every header of the head the upstream would receive, as the gateway edits it: the
+    /// client's own that pass, the forwarded ones, `Host`, `X-Request-Id`, `X-Forwarded-*`
+    /// (several lines joined with `, `). Empty when the request is denied.
+    pub upstream_headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

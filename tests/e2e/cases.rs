@@ -71,3 +71,79 @@ fn every_claim_the_repository_rules_mention_is_decoded() {
         }
     }
 }
+
+/// `expect.headers` of a policy case is checked against the whole head the gateway sends
+/// upstream, not only the route's computed headers: the same request through the real gateway
+/// and through `claimgate test` gives the same values, and a header the client sent that
+/// passes cannot be asserted "not sent".
+#[test]
+fn expected_headers_are_the_head_the_gateway_sends() {
+    use super::harness::*;
+    let rules = "[[route]]\nname = \"api\"\npath = \"/api/{*rest}\"\nissuers = [\"hs\"]\n  [route.forward]\n  \"x-user-id\" = \"claims.sub\"\n";
+    let (up, gw) = start_standard("", &[("api.toml", rules)]);
+    let token = super::tokens::token(
+        jsonwebtoken::Algorithm::HS256,
+        serde_json::json!({"sub": "ann"}),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        client()
+            .get(gw.url("/api/x"))
+            .bearer_auth(&token)
+            .header("x-tenant", "acme")
+            .header("x-user-id", "forged")
+            .header("x-request-id", "req-42")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    let seen = up.last();
+    let names = [
+        "x-tenant",
+        "x-user-id",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+    ];
+    let expected: Vec<String> = names
+        .iter()
+        .map(|n| format!("\"{n}\" = \"{}\"", seen.headers[*n].to_str().unwrap()))
+        .collect();
+    assert!(
+        expected.contains(&"\"x-user-id\" = \"ann\"".to_string()),
+        "{expected:?}"
+    );
+    let case = |expect: &str| {
+        format!(
+            "[[case]]\nname = \"c\"\npath = \"/api/x\"\ntoken = \"{token}\"\nclient_ip = \"127.0.0.1\"\n\
+             headers = {{ x-tenant = \"acme\", x-user-id = \"forged\", x-request-id = \"req-42\" }}\n\
+             expect = {{ status = 200, headers = {{ {expect} }} }}\n"
+        )
+    };
+    let tests = gw.dir().join("rules/tests");
+    std::fs::create_dir_all(&tests).unwrap();
+    let run = |text: String| {
+        std::fs::write(tests.join("h.toml"), text).unwrap();
+        let out = binary()
+            .arg("test")
+            .arg("--config")
+            .arg(gw.dir().join("gateway.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(case(&expected.join(", ")));
+    assert_eq!(code, Some(0), "{out}");
+    // The client's own header reaches the upstream: asserting it is not sent fails.
+    let (code, out) = run(case("x-tenant = \"\""));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("header x-tenant: expected not sent, got \"acme\""),
+        "{out}"
+    );
+}
