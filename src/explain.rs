@@ -270,29 +270,16 @@ fn upstream_headers(
     let crate::policy::Outcome::Allow(allow) = &d.outcome else {
         return BTreeMap::new();
     };
-    let target = if admitted.rewrite_target {
-        match http::Uri::builder()
-            .path_and_query(admitted.upstream_target())
-            .build()
-        {
-            Ok(uri) => Some(uri),
-            Err(_) => return BTreeMap::new(),
-        }
-    } else {
-        None
-    };
     let peer = snapshot.peer(req.client_ip);
-    let edits = crate::upstream_edits::Edits {
-        strip: snapshot.strip_for(peer),
-        forward: &allow.forward,
-        target,
-        host: admitted.set_host.as_deref(),
-        content_length: admitted
-            .content_length
-            .filter(|_| admitted.collapse_content_length),
-        request_id: request_id.header_value().clone(),
-        client: peer,
-        scheme: if req.tls.is_some() { "https" } else { "http" },
+    let Ok(edits) = crate::upstream_edits::Edits::for_request(
+        snapshot.strip_for(peer),
+        admitted,
+        &allow.forward,
+        request_id.header_value().clone(),
+        peer,
+        req.tls.is_some(),
+    ) else {
+        return BTreeMap::new();
     };
     let mut head = http::Request::new(()).into_parts().0;
     head.headers = headers.clone();

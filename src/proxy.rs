@@ -653,32 +653,16 @@ impl ProxyHttp for ClaimgateProxy {
                 None => return Error::e_explain(ErrorType::ConnectNoRoute, "unknown upstream"),
             },
         };
-        let target = if admitted.rewrite_target {
-            match http::Uri::builder()
-                .path_and_query(admitted.upstream_target())
-                .build()
-            {
-                Ok(uri) => Some(uri),
-                Err(_) => {
-                    return Error::e_explain(ErrorType::InvalidHTTPHeader, "decided target");
-                }
-            }
-        } else {
-            None
-        };
         let trusted = ctx.peer;
-        let edits = Edits {
-            strip: snapshot.strip_for(trusted),
-            forward: &allow.forward,
-            target,
-            host: admitted.set_host.as_deref(),
-            content_length: admitted
-                .content_length
-                .filter(|_| admitted.collapse_content_length),
-            request_id: ctx.request_id.header_value().clone(),
-            client: trusted,
-            scheme: if ctx.over_tls { "https" } else { "http" },
-        };
+        let edits = Edits::for_request(
+            snapshot.strip_for(trusted),
+            admitted,
+            &allow.forward,
+            ctx.request_id.header_value().clone(),
+            trusted,
+            ctx.over_tls,
+        )
+        .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?;
         crate::upstream_head::apply(upstream_request, &edits, preserve_case)
     }
 

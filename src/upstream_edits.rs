@@ -16,7 +16,7 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub enum EditError {
     #[error("too many request headers")]
     TooMany,
-    #[error("the {0} header cannot be written")]
+    #[error("the {0} cannot be written")]
     Header(&'static str),
     #[error("{0}")]
     Rejected(String),
@@ -56,7 +56,41 @@ pub struct Edits<'a> {
     pub scheme: &'static str,
 }
 
-impl Edits<'_> {
+impl<'a> Edits<'a> {
+    /// The edits for a request admitted as `admitted` and allowed with `forward`, from a
+    /// client at `client` (and whether it is a trusted proxy), over TLS or not: what the proxy
+    /// applies to Pingora's head and the offline tools to the head they describe.
+    pub fn for_request(
+        strip: &'a StripList,
+        admitted: &'a crate::admission::Admitted,
+        forward: &'a [(HeaderName, HeaderValue)],
+        request_id: HeaderValue,
+        client: Option<(IpAddr, bool)>,
+        over_tls: bool,
+    ) -> Result<Edits<'a>, EditError> {
+        let target = if admitted.rewrite_target {
+            let uri = Uri::builder()
+                .path_and_query(admitted.upstream_target())
+                .build()
+                .map_err(|_| EditError::header("decided target"))?;
+            Some(uri)
+        } else {
+            None
+        };
+        Ok(Edits {
+            strip,
+            forward,
+            target,
+            host: admitted.set_host.as_deref(),
+            content_length: admitted
+                .content_length
+                .filter(|_| admitted.collapse_content_length),
+            request_id,
+            client,
+            scheme: if over_tls { "https" } else { "http" },
+        })
+    }
+
     /// An upper bound of the headers the edits add.
     pub(crate) fn added(&self) -> usize {
         self.forward.len() + 5
@@ -115,7 +149,8 @@ pub(crate) fn edit<H: Head>(head: &mut H, e: &Edits) -> Result<(), EditError> {
         head.set_target(uri.clone());
     }
     if let Some(host) = e.host {
-        let value = HeaderValue::from_str(host).map_err(|_| EditError::header("decided Host"))?;
+        let value =
+            HeaderValue::from_str(host).map_err(|_| EditError::header("decided Host header"))?;
         head.insert(&http::header::HOST, value)?;
     }
     if let Some(n) = e.content_length {
@@ -132,7 +167,8 @@ pub(crate) fn edit<H: Head>(head: &mut H, e: &Edits) -> Result<(), EditError> {
             .map(HeaderValue::as_bytes)
             .collect::<Vec<_>>()
             .join(&b"; "[..]);
-        let value = HeaderValue::from_bytes(&all).map_err(|_| EditError::header("Cookie"))?;
+        let value =
+            HeaderValue::from_bytes(&all).map_err(|_| EditError::header("Cookie header"))?;
         head.insert(&http::header::COOKIE, value)?;
     }
     if let Some((ip, trusted)) = e.client {
@@ -160,7 +196,7 @@ pub(crate) fn edit<H: Head>(head: &mut H, e: &Edits) -> Result<(), EditError> {
         // Never forwarded without this hop: a chain that cannot be extended fails the request
         // rather than reach the upstream unchanged.
         let Some(value) = value else {
-            return Err(EditError::header("X-Forwarded-For"));
+            return Err(EditError::header("X-Forwarded-For header"));
         };
         head.insert(&X_FORWARDED_FOR, value)?;
     }

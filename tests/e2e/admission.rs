@@ -616,18 +616,8 @@ expect = {{ status = 401, reason = "token_expired" }}
         ),
     )
     .unwrap();
-    let out = binary()
-        .arg("test")
-        .arg("--config")
-        .arg(gw.dir().join("gateway.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, out) = policy_tests(&gw.dir().join("gateway.toml"));
+    assert_eq!(code, Some(0), "{out}");
 }
 
 #[test]

@@ -126,16 +126,7 @@ fn expected_headers_are_the_head_the_gateway_sends() {
     std::fs::create_dir_all(&tests).unwrap();
     let run = |text: String| {
         std::fs::write(tests.join("h.toml"), text).unwrap();
-        let out = binary()
-            .arg("test")
-            .arg("--config")
-            .arg(gw.dir().join("gateway.toml"))
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        policy_tests(&gw.dir().join("gateway.toml"))
     };
     let (code, out) = run(case(&expected.join(", ")));
     assert_eq!(code, Some(0), "{out}");

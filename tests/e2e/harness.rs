@@ -365,6 +365,36 @@ pub fn write_setup_at(
     (dir, proxy, admin)
 }
 
+/// `claimgate check --config <config>`: its exit code and what it wrote on stderr.
+pub fn check(config: &Path) -> (Option<i32>, String) {
+    let out = binary()
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `claimgate test --config <config>`: its exit code and its output (stdout, then stderr).
+pub fn policy_tests(config: &Path) -> (Option<i32>, String) {
+    let out = binary()
+        .args(["test", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 pub fn binary() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_claimgate"));
     c.env("CLAIMGATE_TEST_SECRET", HS_SECRET);

@@ -167,8 +167,12 @@ async fn until_status(gw: &Gateway, token: &str, status: u16, secs: u64, what: &
 }
 
 async fn status_of(gw: &Gateway, t: &str) -> u16 {
+    status_at(gw, "/api", t).await
+}
+
+async fn status_at(gw: &Gateway, path: &str, t: &str) -> u16 {
     client()
-        .get(gw.url("/api"))
+        .get(gw.url(path))
         .bearer_auth(t)
         .send()
         .await
@@ -710,19 +714,9 @@ async fn an_identity_provider_behind_a_private_ca() {
             &key,
         )
     };
-    let at = |path: &str, iss: &str| {
+    let at = |path: &'static str, iss: &str| {
         let (gw, t) = (&gw, token(iss));
-        let path = path.to_string();
-        async move {
-            client()
-                .get(gw.url(&path))
-                .bearer_auth(t)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
+        async move { status_at(gw, path, &t).await }
     };
     // No keys anywhere: fail closed (503), each for its own reason.
     let start = Instant::now();

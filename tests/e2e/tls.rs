@@ -559,14 +559,7 @@ fn client_certificates_are_verified_and_bind_tokens() {
     // The client CA replaced on disk: the next handshakes verify against the new bundle, with
     // no restart (and none asked for).
     write_atomically(&d.join("client-ca.pem"), &strangers.cert.pem());
-    let started = Instant::now();
-    while curl_client(d, tls, Some("mallory"), "/who", None) != "200" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the new client CA was not used"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until_admitted(d, tls, Some("mallory"), "the new client CA was not used");
     assert_eq!(curl_client(d, tls, Some("alice"), "/who", None), "fail");
     let status = tokio::runtime::Runtime::new()
         .unwrap()
@@ -581,14 +574,7 @@ fn client_certificates_are_verified_and_bind_tokens() {
     gw.wait_log("client-ca.pem");
     assert_eq!(curl_client(d, tls, Some("mallory"), "/who", None), "200");
     write_atomically(&d.join("client-ca.pem"), &clients.cert.pem());
-    let started = Instant::now();
-    while curl_client(d, tls, Some("alice"), "/who", None) != "200" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the client CA was not restored"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until_admitted(d, tls, Some("alice"), "the client CA was not restored");
     drop(gw);
 
     // Optional: no certificate is admitted (and the rule sees none); a token bound to alice's
@@ -803,6 +789,16 @@ async fn sigterm_sends_goaway_to_h2_connections_over_tls_at_once() {
     assert_eq!(exit.0, Some(Some(0)), "{}", exit.1);
 }
 
+/// Waits (10 s at most) until `client`'s certificate is admitted to `/who` on a fresh
+/// connection: a reload of `client-ca.pem` took effect.
+fn until_admitted(d: &Path, tls: SocketAddr, client: Option<&str>, what: &str) {
+    let started = Instant::now();
+    while curl_client(d, tls, client, "/who", None) != "200" {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A TLS client that keeps its sessions (rustls' in-memory store): connections after the first
 /// resume, with the client certificate of the first, which a resuming server does not verify
 /// again.
@@ -885,14 +881,7 @@ async fn a_resumed_session_brings_no_certificate_the_trust_in_force_refuses() {
     // Alice's CA is no longer trusted (mallory's is): a fresh handshake with alice's
     // certificate fails, and a resumed one must not let her certificate count.
     write_atomically(&d.join("client-ca.pem"), &strangers.cert.pem());
-    let started = Instant::now();
-    while curl_client(d, tls, Some("mallory"), "/who", None) != "200" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the new client CA was not used"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until_admitted(d, tls, Some("mallory"), "the new client CA was not used");
     let seen = up.count();
     let (resumed, status) = alice.get(tls, "/who").await;
     assert!(
@@ -927,14 +916,7 @@ async fn a_resumed_session_brings_no_certificate_the_trust_in_force_refuses() {
 
     // Alice's CA trusted again: her resumed sessions count again.
     write_atomically(&d.join("client-ca.pem"), &clients.cert.pem());
-    let started = Instant::now();
-    while curl_client(d, tls, Some("alice"), "/who", None) != "200" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the client CA was not restored"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until_admitted(d, tls, Some("alice"), "the client CA was not restored");
     assert_eq!(alice.get(tls, "/who").await, (true, Some(200)));
 }
 
@@ -953,27 +935,14 @@ fn check_refuses_a_leaf_as_the_client_ca() {
         &mtls_config(up, free_port(), d, "required"),
         &[("m.toml", MTLS_ROUTES)],
     );
-    let out = binary()
-        .args(["check", "--config"])
-        .arg(dir.path().join("gateway.toml"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = check(&dir.path().join("gateway.toml"));
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("gateway.toml:"), "{err}");
     assert!(err.contains("`CN=alice` is not a CA certificate"), "{err}");
     // The CA itself loads.
     std::fs::write(d.join("client-ca.pem"), clients.cert.pem()).unwrap();
-    let out = binary()
-        .args(["check", "--config"])
-        .arg(dir.path().join("gateway.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = check(&dir.path().join("gateway.toml"));
+    assert_eq!(code, Some(0), "{err}");
 }
 
 /// `eval` describes a client certificate as the listener would take it: one `client_ca`
