@@ -1,7 +1,9 @@
 //! Identical lines within a window are written once; the rest are counted and reported in one
-//! line when the window ends. Lines of any kind past a per-second budget are dropped and
-//! counted the same way. Decision logs (`claimgate::decision`) are exempt: each is about one
-//! request, and the operator chose to have them.
+//! line when the window ends. Lines past a per-second budget are dropped and counted the same
+//! way; WARN and ERROR lines have a budget of their own, so a flood of INFO lines (a client's
+//! failed TLS handshakes, say) cannot hide a failed reload. Decision logs
+//! (`claimgate::decision`) are exempt: each is about one request, and the operator chose to
+//! have them.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -59,7 +61,9 @@ struct State {
     /// Per line (hash of level, target and fields): the text, and how many were suppressed.
     seen: HashMap<u64, (String, u64)>,
     second_start: Instant,
+    /// Lines written this second: INFO and below, WARN and ERROR.
     this_second: u32,
+    important_this_second: u32,
     over_budget: u64,
 }
 
@@ -91,6 +95,7 @@ impl RateLimit {
                 seen: HashMap::new(),
                 second_start: now,
                 this_second: 0,
+                important_this_second: 0,
                 over_budget: 0,
             }),
         }
@@ -132,16 +137,22 @@ impl RateLimit {
             if now.duration_since(s.second_start) >= Duration::from_secs(1) {
                 s.second_start = now;
                 s.this_second = 0;
+                s.important_this_second = 0;
             }
             let state = &mut *s;
+            let budget = if *meta.level() <= tracing::Level::WARN {
+                &mut state.important_this_second
+            } else {
+                &mut state.this_second
+            };
             let allowed = if let Some((_, n)) = state.seen.get_mut(&key) {
                 *n += 1;
                 false
-            } else if state.this_second >= self.per_second {
+            } else if *budget >= self.per_second {
                 state.over_budget += 1;
                 false
             } else {
-                state.this_second += 1;
+                *budget += 1;
                 state.seen.insert(key, (text.message, 0));
                 true
             };
@@ -218,6 +229,10 @@ mod tests {
             for i in 0..1000 {
                 tracing::warn!(n = i, "a different line every time");
             }
+            // INFO lines spend a budget of their own (50 more written, 950 dropped).
+            for i in 0..1000 {
+                tracing::info!(target: "pingora", n = i, "Downstream handshake error");
+            }
             std::thread::sleep(Duration::from_millis(1100));
             tracing::info!("after the window");
         });
@@ -246,10 +261,31 @@ mod tests {
             "{summary:?}"
         );
         assert!(
-            summary.iter().any(|l| l.contains("\"suppressed\":951")),
+            summary.iter().any(|l| l.contains("\"suppressed\":1901")),
             "{summary:?}"
         );
         assert!(out.iter().any(|l| l.contains("after the window")));
-        assert!(out.len() < 200, "{} lines", out.len());
+        assert!(out.len() < 250, "{} lines", out.len());
+    }
+
+    #[test]
+    fn a_flood_of_info_lines_does_not_hide_an_error() {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let report: Report = Box::new(|_, _, _| {});
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(move || writer.clone())
+            .with_filter(RateLimit::new(Duration::from_secs(10), 50, report));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..1000 {
+                tracing::info!(target: "pingora", peer = i, "Downstream handshake error");
+            }
+            tracing::error!("reload failed: the set in force stays");
+        });
+        let out = lines(&buf);
+        assert!(out.iter().any(|l| l.contains("reload failed")), "{out:?}");
+        assert_eq!(out.len(), 51);
     }
 }
