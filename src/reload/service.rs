@@ -404,15 +404,26 @@ impl BackgroundService for ReloadService {
             // symlink (`mv rules.new rules`) is another directory: its watch was dropped with
             // the old one, and in-place edits in it would go unseen. Only when either changed,
             // and the new watcher starts before the old one stops, so no event falls between.
+            //
+            // An edit made in a new directory before its watch started made no event: once
+            // watched, the files on disk are compared with the set in force, and read if they
+            // differ (a few rounds at most: a set read then may name other directories).
             if settings.watch {
-                let plan = self.reloader.watch_plan();
-                let ids = dir_identities(&plan.0);
-                if plan != watching || ids != watched {
+                for _ in 0..3 {
+                    let plan = self.reloader.watch_plan();
+                    let ids = dir_identities(&plan.0);
+                    if plan == watching && ids == watched {
+                        break;
+                    }
                     tracing::debug!(dirs = ?plan.0, "watching the set's directories anew");
                     let next = self.watcher(tx.clone(), fences.clone());
                     drop(std::mem::replace(&mut watcher, next));
                     watching = plan;
                     watched = ids;
+                    if !self.disk_changed().await {
+                        break;
+                    }
+                    self.settle_and_reload("watch", false, &mut w).await;
                 }
             }
         }
