@@ -79,6 +79,14 @@ pub fn build(
         (Ok(i), Ok(mut p), Ok(g), Ok(s), Ok((tls, upstreams))) => {
             p.warnings
                 .extend(unmatched_allowed_past_routes(&config, &p));
+            if let Some(certs) = &tls {
+                p.warnings.extend(certificate_warnings(
+                    &config,
+                    certs,
+                    &p,
+                    crate::sync::unix_seconds(std::time::SystemTime::now()) as i64,
+                ));
+            }
             for w in i.warnings.iter().chain(&p.warnings) {
                 tracing::warn!(warning = %w, "configuration warning");
             }
@@ -130,6 +138,60 @@ fn unmatched_allowed_past_routes(config: &Config, p: &PolicySet) -> Vec<SourceEr
             )
         })
         .collect()
+}
+
+/// Certificates that load and that clients will refuse: expired, or expiring within 14 days
+/// (at the certificate's entry), and route hosts no certificate names (a client for one is
+/// served the first certificate, and refuses the handshake).
+fn certificate_warnings(
+    config: &Config,
+    certs: &crate::tls::Certificates,
+    policy: &PolicySet,
+    now: i64,
+) -> Vec<SourceError> {
+    const SOON: i64 = 14 * 86_400;
+    let mut out = Vec::new();
+    let entries = config
+        .raw
+        .listen
+        .tls
+        .iter()
+        .flat_map(|t| t.certificates.iter());
+    for (entry, cert) in entries.zip(certs.iter()) {
+        let date = chrono::DateTime::from_timestamp(cert.not_after, 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default();
+        let file = cert.file.display();
+        let message = if cert.not_after <= now {
+            format!("certificate `{file}` expired on {date}: clients refuse it")
+        } else if cert.not_after - now < SOON {
+            let days = (cert.not_after - now) / 86_400;
+            format!("certificate `{file}` expires on {date}, in {days} day(s)")
+        } else {
+            continue;
+        };
+        out.push(config.error_at(entry.span(), message));
+    }
+    let mut hosts: Vec<(&str, &crate::policy::Route)> = policy
+        .routes
+        .iter()
+        .filter_map(|r| r.host.as_deref().map(|h| (h, r)))
+        .filter(|(h, _)| h.parse::<std::net::IpAddr>().is_err())
+        .collect();
+    hosts.sort_by_key(|(h, _)| *h);
+    hosts.dedup_by_key(|(h, _)| *h);
+    for (host, route) in hosts {
+        if !certs.covers(host) {
+            out.push(SourceError::whole_file(
+                &route.file,
+                format!(
+                    "route `{}`: no certificate of `[listen.tls]` names host `{host}`: a TLS client for it is served the first certificate and refuses the handshake",
+                    route.name
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// Loads a snapshot for the offline tools (`check`, `eval`, `test`); with `fetch_keys`,

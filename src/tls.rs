@@ -102,6 +102,18 @@ impl Certificates {
         self.certs.iter()
     }
 
+    /// Whether a certificate names `host` (exactly, or by a wildcard one label above): a TLS
+    /// client for it is then served a certificate it accepts, not the first one.
+    pub fn covers(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let wildcard = host
+            .split_once('.')
+            .map(|(_, parent)| format!("*.{parent}"));
+        self.certs.iter().any(|c| {
+            c.names.contains(&host) || wildcard.as_ref().is_some_and(|w| c.names.contains(w))
+        })
+    }
+
     /// Whether `chain` (leaf first) is a client certificate the trust in force accepts now.
     pub fn accepts_client(&self, chain: &[CertificateDer<'static>]) -> bool {
         let (Some(verifier), Some((leaf, intermediates))) =

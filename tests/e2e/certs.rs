@@ -46,6 +46,19 @@ impl Ca {
         write_atomically(&dir.join(format!("{file}-key.pem")), &key.serialize_pem());
     }
 
+    /// [`Ca::issue`] with a certificate that expires `days` days from today.
+    pub fn issue_expiring(&self, dir: &Path, file: &str, name: &str, days: i64) {
+        use chrono::Datelike;
+        let end = chrono::Utc::now() + chrono::Duration::days(days);
+        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.not_after = rcgen::date_time_ymd(end.year(), end.month() as u8, end.day() as u8);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        write_atomically(&dir.join(format!("{file}.pem")), &cert.pem());
+        write_atomically(&dir.join(format!("{file}-key.pem")), &key.serialize_pem());
+    }
+
     /// A server's TLS configuration with a certificate for `name` from this CA, offering h2
     /// and HTTP/1.1; with `client_ca`, clients must show a certificate from that CA.
     pub fn server_config(&self, name: &str, client_ca: Option<&Ca>) -> rustls::ServerConfig {

@@ -986,3 +986,28 @@ fn eval_holds_a_described_client_certificate_to_the_listener() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("requires a client certificate"), "{err}");
 }
+
+/// `check` warns about certificates that load and that clients will refuse: one that expires
+/// within two weeks, and a route host no certificate names (its clients get the first one).
+#[test]
+fn check_warns_about_certificates_clients_will_refuse() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    let ca = Ca::new();
+    ca.issue(d, "a", "a.test", "a.test");
+    ca.issue_expiring(d, "b", "b.test", 3);
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let routes = format!(
+        "{OPEN}\n[[route]]\nname = \"c-only\"\nhost = \"c.test\"\npath = \"/c\"\nauth = \"none\"\n"
+    );
+    let (dir, _, _) = write_setup(&tls_config(up, free_port(), d), &[("open.toml", &routes)]);
+    let (code, err) = check(&dir.path().join("gateway.toml"));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("b.pem` expires on"), "{err}");
+    assert!(err.contains("gateway.toml:"), "{err}");
+    assert!(
+        err.contains("no certificate of `[listen.tls]` names host `c.test`"),
+        "{err}"
+    );
+    assert!(!err.contains("a.pem`"), "{err}");
+}
