@@ -279,7 +279,10 @@ impl ClaimgateProxy {
                     snapshot.finish(facts, m, pending, &[])
                 }
                 (Step::Evaluate(pending), Some(m)) => {
-                    let values = self.sources.fetch_all(&pending.requests).await;
+                    let values = self
+                        .sources
+                        .fetch_all(&pending.requests, &snapshot.sources)
+                        .await;
                     snapshot.finish(facts, m, pending, &values)
                 }
                 (Step::Evaluate(_), None) => snapshot.decide_matched(facts, None, now),

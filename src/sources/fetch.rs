@@ -95,13 +95,26 @@ impl SourceFetcher {
         })
     }
 
-    /// The values of `requests`, in the same order, all fetched at once.
-    pub async fn fetch_all(&self, requests: &[SourceRequest]) -> Vec<SourceValue> {
+    /// The values of `requests`, in the same order, all fetched at once. `named` is the set of
+    /// sources of the snapshot deciding the request: a cache of a source it does not name (a
+    /// reload removed or renamed it) is dropped, and its memory with it.
+    pub async fn fetch_all(
+        &self,
+        requests: &[SourceRequest],
+        named: &super::SourceSet,
+    ) -> Vec<SourceValue> {
+        if !requests.is_empty() {
+            self.forget_others(named);
+        }
         match requests {
             [] => Vec::new(),
             [one] => vec![self.fetch(one).await],
             many => futures_util::future::join_all(many.iter().map(|r| self.fetch(r))).await,
         }
+    }
+
+    fn forget_others(&self, named: &super::SourceSet) {
+        lock(&self.caches).retain(|name, _| named.get(name).is_some());
     }
 
     fn cache_for(&self, spec: &Arc<SourceSpec>) -> Arc<SourceCache> {
@@ -250,5 +263,43 @@ fn without_url(e: &reqwest::Error) -> String {
         kind.to_string()
     } else {
         format!("{kind}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::sources::SourceSet;
+    use std::path::Path;
+
+    fn sources(names: &[&str]) -> SourceSet {
+        let mut text = String::from(
+            "[listen]\nproxy = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:9901\"\n[rules]\ndir = \"rules\"\n",
+        );
+        for n in names {
+            text.push_str(&format!(
+                "[sources.{n}]\nurl = \"http://127.0.0.1:9/{n}/{{claims.sub}}\"\n"
+            ));
+        }
+        let config = Config::from_str(Path::new("/x/gateway.toml"), text).unwrap();
+        SourceSet::compile(&config).unwrap()
+    }
+
+    #[test]
+    fn a_source_no_snapshot_names_loses_its_cache() {
+        let fetcher = SourceFetcher::new(None).unwrap();
+        let both = sources(&["a", "b"]);
+        for name in ["a", "b"] {
+            fetcher.cache_for(both.get(name).unwrap());
+        }
+        assert_eq!(lock(&fetcher.caches).len(), 2);
+        // The same settings after a reload: the cache is kept; a source removed: dropped.
+        let only_a = sources(&["a"]);
+        let kept = fetcher.cache_for(only_a.get("a").unwrap());
+        fetcher.forget_others(&only_a);
+        let caches = lock(&fetcher.caches);
+        assert_eq!(caches.keys().map(|k| &**k).collect::<Vec<_>>(), ["a"]);
+        assert!(Arc::ptr_eq(&caches["a"], &kept));
     }
 }
