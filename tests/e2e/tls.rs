@@ -807,22 +807,28 @@ struct ResumingClient {
 }
 
 impl ResumingClient {
-    fn new(dir: &Path, client: &str) -> ResumingClient {
+    /// A client with `client`'s certificate, or with none.
+    fn new(dir: &Path, client: Option<&str>) -> ResumingClient {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap())
             .unwrap();
-        let chain = vec![CertificateDer::from_pem_file(dir.join(format!("{client}.pem"))).unwrap()];
-        let key = PrivateKeyDer::from_pem_file(dir.join(format!("{client}-key.pem"))).unwrap();
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
+            .with_root_certificates(roots);
+        let config = match client {
+            Some(c) => {
+                let chain =
+                    vec![CertificateDer::from_pem_file(dir.join(format!("{c}.pem"))).unwrap()];
+                let key = PrivateKeyDer::from_pem_file(dir.join(format!("{c}-key.pem"))).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
         ResumingClient {
             connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
         }
@@ -872,7 +878,7 @@ async fn a_resumed_session_brings_no_certificate_the_trust_in_force_refuses() {
         &[("m.toml", MTLS_ROUTES)],
     );
     wait_listening(tls);
-    let alice = ResumingClient::new(d, "alice");
+    let alice = ResumingClient::new(d, Some("alice"));
     assert_eq!(alice.get(tls, "/who").await, (false, Some(200)));
     // The client resumes: what follows tests resumption, not a new handshake.
     assert_eq!(alice.get(tls, "/who").await, (true, Some(200)));
@@ -1010,4 +1016,50 @@ fn check_warns_about_certificates_clients_will_refuse() {
         "{err}"
     );
     assert!(!err.contains("a.pem`"), "{err}");
+}
+
+/// A session made without a client certificate on an `optional` listener, resumed after a
+/// reload made certificates `required`: the resumed session has none, and is refused (403
+/// `client_certificate`), where a full handshake without one fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_resumed_after_certificates_became_required_is_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, clients) = (Ca::new(), Ca::new());
+    let d = certs.path();
+    std::fs::write(d.join("ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(d.join("client-ca.pem"), clients.cert.pem()).unwrap();
+    ca.issue(d, "a", "a.test", "a.test");
+    let up = Upstream::start();
+    let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let routes =
+        format!("{MTLS_ROUTES}\n[[route]]\nname = \"open\"\npath = \"/open\"\nauth = \"none\"\n");
+    let gw = Gateway::start(
+        &mtls_config(up.addr, tls.port(), d, "optional"),
+        &[("m.toml", &routes)],
+    );
+    wait_listening(tls);
+    let anonymous = ResumingClient::new(d, None);
+    assert_eq!(anonymous.get(tls, "/open").await, (false, Some(200)));
+    assert_eq!(anonymous.get(tls, "/open").await, (true, Some(200)));
+    let generation = gw.status().await["rules"]["generation"].as_u64().unwrap();
+    let config = std::fs::read_to_string(gw.dir().join("gateway.toml")).unwrap();
+    write_atomically(
+        &gw.dir().join("gateway.toml"),
+        &config.replace("client_auth = \"optional\"", "client_auth = \"required\""),
+    );
+    gw.wait_generation(generation + 1).await;
+    // A full handshake without a certificate now fails.
+    assert_eq!(curl_path(d, tls, "a.test", "/open", None).0, "000");
+    let seen = up.count();
+    let (resumed, status) = anonymous.get(tls, "/open").await;
+    assert!(
+        resumed,
+        "the session was not resumed: the test tests nothing"
+    );
+    assert_eq!(status, Some(403));
+    assert_eq!(
+        up.count(),
+        seen,
+        "a request without a certificate reached the upstream"
+    );
 }
