@@ -858,6 +858,23 @@ impl ResumingClient {
     }
 }
 
+/// `GET path` on a resumed session is refused (403) and reaches no upstream.
+async fn refused_on_resumption(
+    client: &ResumingClient,
+    tls: SocketAddr,
+    path: &str,
+    up: &Upstream,
+) {
+    let seen = up.count();
+    let (resumed, status) = client.get(tls, path).await;
+    assert!(
+        resumed,
+        "the session was not resumed: the test tests nothing"
+    );
+    assert_eq!(status, Some(403));
+    assert_eq!(up.count(), seen, "a refused request reached the upstream");
+}
+
 /// A TLS session resumed after a reload replaced `client_ca` brings back a client certificate
 /// the new trust never verified: it does not count. Where a certificate is required, the
 /// request is refused (403 `client_certificate`); the trust restored, it counts again.
@@ -888,18 +905,7 @@ async fn a_resumed_session_brings_no_certificate_the_trust_in_force_refuses() {
     // certificate fails, and a resumed one must not let her certificate count.
     write_atomically(&d.join("client-ca.pem"), &strangers.cert.pem());
     until_admitted(d, tls, Some("mallory"), "the new client CA was not used");
-    let seen = up.count();
-    let (resumed, status) = alice.get(tls, "/who").await;
-    assert!(
-        resumed,
-        "the session was not resumed: the test tests nothing"
-    );
-    assert_eq!(status, Some(403));
-    assert_eq!(
-        up.count(),
-        seen,
-        "a request reached the upstream on a revoked certificate"
-    );
+    refused_on_resumption(&alice, tls, "/who", &up).await;
     let metrics = reqwest::get(format!("http://{}/metrics", gw.admin))
         .await
         .unwrap()
@@ -1050,16 +1056,5 @@ async fn a_session_resumed_after_certificates_became_required_is_refused() {
     gw.wait_generation(generation + 1).await;
     // A full handshake without a certificate now fails.
     assert_eq!(curl_path(d, tls, "a.test", "/open", None).0, "000");
-    let seen = up.count();
-    let (resumed, status) = anonymous.get(tls, "/open").await;
-    assert!(
-        resumed,
-        "the session was not resumed: the test tests nothing"
-    );
-    assert_eq!(status, Some(403));
-    assert_eq!(
-        up.count(),
-        seen,
-        "a request without a certificate reached the upstream"
-    );
+    refused_on_resumption(&anonymous, tls, "/open", &up).await;
 }
